@@ -1,0 +1,289 @@
+//! `DedupActor`: idempotency for the metric/log path. One per handler.
+//!
+//! A host may send the same event twice (a retry after a timeout, a re-delivered queue message);
+//! it must count once. The actor answers a whole batch at a time:
+//!
+//! - `memory`: a bounded LRU with TTL (`dedup.memory_max_entries`, `dedup.ttl_secs`). Events are
+//!   routed to handlers by `(tenant_id, event_id)`, so a re-sent event meets its first copy here.
+//! - `redis`: one pipelined round trip of `SET {prefix}:{tenant}:{event_id} 1 NX EX ttl` per
+//!   batch, shared by every handler and process.
+//!
+//! **Fail-open**: a Redis that is down, slow (past `dedup.timeout_ms`) or erroring never delays
+//! or loses an event: the batch is answered [`Verdict::Unavailable`], processed, and counted.
+//! While Redis is down the connection is retried at most every `dedup.reconnect_interval_ms`, so
+//! a Redis that comes back is used again without a restart.
+
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use actix::prelude::*;
+use lru::LruCache;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::config::{DedupBackendKind, DedupSection};
+
+/// What identifies an event for dedup.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DedupKey {
+    /// The tenant: two tenants' ids never collide.
+    pub tenant_id: String,
+    /// The event id.
+    pub event_id: Uuid,
+}
+
+/// The answer for one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// First time seen within the TTL: process it.
+    New,
+    /// Seen before within the TTL: drop it as a duplicate.
+    Duplicate,
+    /// The store could not answer: process it (fail-open) and count.
+    Unavailable,
+}
+
+/// Check a batch of keys; the reply has one verdict per key, in order.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<Verdict>")]
+pub struct CheckBatch(pub Vec<DedupKey>);
+
+/// The in-memory backend: bounded, with TTL.
+#[derive(Debug)]
+pub struct MemoryDedup {
+    seen: LruCache<DedupKey, Instant>,
+    ttl: Duration,
+}
+
+impl MemoryDedup {
+    /// At most `max_entries` keys, each remembered for `ttl`.
+    pub fn new(max_entries: usize, ttl: Duration) -> Self {
+        let cap = NonZeroUsize::new(max_entries.max(1)).unwrap_or(NonZeroUsize::MIN);
+        MemoryDedup {
+            seen: LruCache::new(cap),
+            ttl,
+        }
+    }
+
+    /// Marks `key` as seen and says whether it was new.
+    pub fn check(&mut self, key: DedupKey) -> Verdict {
+        let now = Instant::now();
+        if let Some(expires) = self.seen.get(&key) {
+            if *expires > now {
+                return Verdict::Duplicate;
+            }
+        }
+        self.seen.put(key, now + self.ttl);
+        Verdict::New
+    }
+
+    /// Keys currently held.
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+}
+
+/// The Redis backend's connection state.
+#[derive(Debug)]
+struct RedisDedup {
+    client: redis::Client,
+    conn: Option<ConnectionManager>,
+    next_attempt: Instant,
+    connecting: bool,
+}
+
+#[derive(Debug)]
+enum Backend {
+    Memory(MemoryDedup),
+    Redis(RedisDedup),
+}
+
+/// The dedup actor of one handler.
+#[derive(Debug)]
+pub struct DedupActor {
+    backend: Backend,
+    key_prefix: String,
+    ttl_secs: u64,
+    timeout: Duration,
+    reconnect_interval: Duration,
+}
+
+/// Why the dedup actor could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum DedupBuildError {
+    /// `dedup.redis_url` is not a usable Redis URL.
+    #[error("dedup.redis_url is invalid: {0}")]
+    RedisUrl(String),
+}
+
+impl DedupActor {
+    /// Builds the backend named by `dedup.backend`. Redis is connected lazily, so a Redis that is
+    /// down at start does not stop the gateway (events fail open until it is up).
+    pub fn new(cfg: &DedupSection) -> Result<Self, DedupBuildError> {
+        let backend = match cfg.backend {
+            DedupBackendKind::Memory => Backend::Memory(MemoryDedup::new(
+                cfg.memory_max_entries,
+                Duration::from_secs(cfg.ttl_secs),
+            )),
+            DedupBackendKind::Redis => Backend::Redis(RedisDedup {
+                client: redis::Client::open(cfg.redis_url.as_str())
+                    .map_err(|e| DedupBuildError::RedisUrl(e.to_string()))?,
+                conn: None,
+                next_attempt: Instant::now(),
+                connecting: false,
+            }),
+        };
+        Ok(DedupActor {
+            backend,
+            key_prefix: cfg.key_prefix.clone(),
+            ttl_secs: cfg.ttl_secs,
+            timeout: Duration::from_millis(cfg.timeout_ms),
+            reconnect_interval: Duration::from_millis(cfg.reconnect_interval_ms),
+        })
+    }
+
+    fn redis_key(&self, k: &DedupKey) -> String {
+        format!("{}:{}:{}", self.key_prefix, k.tenant_id, k.event_id)
+    }
+}
+
+impl Actor for DedupActor {
+    type Context = Context<Self>;
+}
+
+/// The outcome of one Redis round trip, for the actor to update its connection state.
+enum RedisOutcome {
+    Answered(Vec<Verdict>),
+    Failed { drop_connection: bool },
+}
+
+impl Handler<CheckBatch> for DedupActor {
+    type Result = ResponseActFuture<Self, Vec<Verdict>>;
+
+    fn handle(&mut self, msg: CheckBatch, _ctx: &mut Self::Context) -> Self::Result {
+        let n = msg.0.len();
+        let keys: Vec<String> = match &self.backend {
+            Backend::Redis(_) => msg.0.iter().map(|k| self.redis_key(k)).collect(),
+            Backend::Memory(_) => Vec::new(),
+        };
+        let (ttl, timeout, reconnect_interval) = (self.ttl_secs, self.timeout, self.reconnect_interval);
+        let redis = match &mut self.backend {
+            Backend::Memory(m) => {
+                let v = msg.0.into_iter().map(|k| m.check(k)).collect();
+                return Box::pin(actix::fut::ready(v));
+            }
+            Backend::Redis(r) => r,
+        };
+        let now = Instant::now();
+        let conn = redis.conn.clone();
+        if conn.is_none() && (now < redis.next_attempt || redis.connecting) {
+            // Down, and not yet time to try again: fail open at once.
+            return Box::pin(actix::fut::ready(vec![Verdict::Unavailable; n]));
+        }
+        let client = redis.client.clone();
+        if conn.is_none() {
+            redis.connecting = true;
+            redis.next_attempt = now + reconnect_interval;
+        }
+        let fut = async move {
+            let started = Instant::now();
+            let mut new_conn = None;
+            let mut c = match conn {
+                Some(c) => c,
+                None => {
+                    let cfg = ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(timeout))
+                        .set_response_timeout(Some(timeout))
+                        .set_number_of_retries(1)
+                        .set_max_delay(reconnect_interval);
+                    match tokio::time::timeout(timeout, ConnectionManager::new_with_config(client, cfg)).await {
+                        Ok(Ok(c)) => {
+                            new_conn = Some(c.clone());
+                            c
+                        }
+                        _ => return (RedisOutcome::Failed { drop_connection: true }, None),
+                    }
+                }
+            };
+            let mut pipe = redis::pipe();
+            for k in &keys {
+                pipe.cmd("SET").arg(k).arg(1).arg("NX").arg("EX").arg(ttl);
+            }
+            let remaining = timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
+            let res: Result<Result<Vec<Option<String>>, redis::RedisError>, _> =
+                tokio::time::timeout(remaining, pipe.query_async(&mut c)).await;
+            let outcome = match res {
+                Ok(Ok(replies)) if replies.len() == n => RedisOutcome::Answered(
+                    replies
+                        .into_iter()
+                        .map(|r| if r.is_some() { Verdict::New } else { Verdict::Duplicate })
+                        .collect(),
+                ),
+                Ok(Ok(_)) => RedisOutcome::Failed { drop_connection: false },
+                Ok(Err(e)) => RedisOutcome::Failed {
+                    drop_connection: e.is_connection_dropped() || e.is_io_error(),
+                },
+                // A timeout keeps the connection: the manager reconnects by itself if the
+                // socket is dead, and a merely slow Redis should not cost a reconnect.
+                Err(_) => RedisOutcome::Failed { drop_connection: false },
+            };
+            (outcome, new_conn)
+        };
+        Box::pin(fut.into_actor(self).map(move |(outcome, new_conn), act, _ctx| {
+            let Backend::Redis(r) = &mut act.backend else {
+                return vec![Verdict::Unavailable; n];
+            };
+            r.connecting = false;
+            if let Some(c) = new_conn {
+                r.conn = Some(c);
+            }
+            match outcome {
+                RedisOutcome::Answered(v) => v,
+                RedisOutcome::Failed { drop_connection } => {
+                    if drop_connection {
+                        r.conn = None;
+                        r.next_attempt = Instant::now() + act.reconnect_interval;
+                    }
+                    vec![Verdict::Unavailable; n]
+                }
+            }
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(t: &str, id: u128) -> DedupKey {
+        DedupKey {
+            tenant_id: t.into(),
+            event_id: Uuid::from_u128(id),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn memory_counts_once_per_ttl_and_per_tenant() {
+        let mut m = MemoryDedup::new(100, Duration::from_secs(10));
+        assert_eq!(m.check(key("a", 1)), Verdict::New);
+        assert_eq!(m.check(key("a", 1)), Verdict::Duplicate);
+        assert_eq!(m.check(key("b", 1)), Verdict::New, "tenants never collide");
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(m.check(key("a", 1)), Verdict::New, "expired after the TTL");
+    }
+
+    #[test]
+    fn memory_is_bounded() {
+        let mut m = MemoryDedup::new(10, Duration::from_secs(10));
+        for i in 0..100 {
+            m.check(key("a", i));
+        }
+        assert_eq!(m.len(), 10);
+    }
+}

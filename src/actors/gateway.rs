@@ -1,0 +1,259 @@
+//! `GatewayActor`: the single entrance.
+//!
+//! Takes envelopes from the gateway queue (filled by `emit()`), and for each one:
+//! 1. **eligibility and data type** from the routing table, under the runtime switches in force
+//!    now (a drop is counted with its reason);
+//! 2. resolves correlation and trace ids ([`crate::correlation::resolve`]);
+//! 3. **offloads** a payload above `payloads.inline_threshold_bytes` (serialized JSON) to the
+//!    payload store at `{tenant_id}/{event_id}.json`, keeping a fallback of its scalar fields; if
+//!    the store fails, times out or is saturated, the payload goes inline and that is counted;
+//! 4. hands it to the trace batcher or the metric transport with `try_send`: a full queue is a
+//!    counted drop, never a wait.
+//!
+//! The actor never blocks on I/O: offloads run as spawned futures, at most
+//! `gateway.max_offloads_in_flight` at once.
+
+use std::io::Write;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use serde_json::Value as Json;
+use tokio::sync::mpsc;
+
+use super::{Shared, TraceItem};
+use crate::contracts::{
+    JsonObject, Payload, PayloadFallback, SignalType, TelemetryEnvelope, MAX_FALLBACK_BYTES,
+};
+use crate::diagnostics::{Counters, ReasonCode};
+use crate::export::mapping::CONTENT_FIELDS;
+use crate::payload_store::PayloadStore;
+use crate::routing::Decision;
+use crate::transport::{MetricTransport, TransportError};
+
+/// The longest string field copied into an automatic fallback, in bytes.
+pub const FALLBACK_MAX_STRING_BYTES: usize = 1024;
+
+/// The gateway actor.
+#[derive(Debug)]
+pub struct GatewayActor {
+    shared: Arc<Shared>,
+    trace_tx: mpsc::Sender<TraceItem>,
+    transport: Arc<dyn MetricTransport>,
+    store: PayloadStore,
+    inline_threshold: usize,
+    offloads_in_flight: usize,
+    max_offloads: usize,
+}
+
+impl GatewayActor {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        trace_tx: mpsc::Sender<TraceItem>,
+        transport: Arc<dyn MetricTransport>,
+        store: PayloadStore,
+        inline_threshold: usize,
+        max_offloads: usize,
+    ) -> Self {
+        GatewayActor {
+            shared,
+            trace_tx,
+            transport,
+            store,
+            inline_threshold,
+            offloads_in_flight: 0,
+            max_offloads,
+        }
+    }
+
+    fn counters(&self) -> &Counters {
+        &self.shared.counters
+    }
+
+    /// The event leaves the gateway stage dropped.
+    fn drop_event(&self, reason: ReasonCode) {
+        self.counters().dropped(reason, 1);
+        Counters::pending_sub(&self.counters().gateway_pending, 1);
+    }
+
+    /// Hands a routed event to its path. The downstream gauge goes up before the send and the
+    /// gateway gauge down after it, so the event is always counted in some stage.
+    fn forward(&mut self, env: TelemetryEnvelope, signal: SignalType, to_main: bool) {
+        let c = self.shared.counters.clone();
+        match signal {
+            SignalType::Trace => {
+                Counters::pending_add(&c.trace_pending, 1);
+                match self.trace_tx.try_send(TraceItem { env, to_main }) {
+                    Ok(()) => Counters::add(&c.routed_trace, 1),
+                    Err(e) => {
+                        c.trace_pending_sub(1);
+                        c.dropped(send_reason(matches!(e, mpsc::error::TrySendError::Closed(_))), 1);
+                    }
+                }
+            }
+            SignalType::MetricLog => {
+                Counters::pending_add(&c.metric_pending, 1);
+                match self.transport.try_send(env) {
+                    Ok(()) => Counters::add(&c.routed_metric_log, 1),
+                    Err(e) => {
+                        c.metric_pending_sub(1);
+                        c.dropped(send_reason(e == TransportError::Closed), 1);
+                    }
+                }
+            }
+        }
+        Counters::pending_sub(&c.gateway_pending, 1);
+    }
+
+    fn route(&mut self, mut env: TelemetryEnvelope, ctx: &mut Context<Self>) {
+        let gw = self.shared.gateway_enabled.load(Ordering::Relaxed);
+        let ent = self.shared.enterprise_enabled.load(Ordering::Relaxed);
+        let signal = match self.shared.table.decide(&env.case, gw, ent) {
+            Decision::Drop(reason) => return self.drop_event(reason),
+            Decision::Trace => SignalType::Trace,
+            Decision::MetricLog => SignalType::MetricLog,
+        };
+        let Some(route) = self.shared.table.route(&env.case) else {
+            return self.drop_event(ReasonCode::UnknownCase);
+        };
+        env.signal = Some(signal);
+        crate::correlation::resolve(&mut env, &route);
+
+        let oversize = match &env.payload {
+            Payload::Inline(obj) => serialized_len(obj) > self.inline_threshold,
+            Payload::Ref(_) => false,
+        };
+        if !oversize {
+            return self.forward(env, signal, ent);
+        }
+        if self.offloads_in_flight >= self.max_offloads {
+            self.counters().degraded(ReasonCode::PayloadOffloadFailed, 1);
+            tracing::warn!(event_id = %env.event_id, "payload offload saturated; payload kept inline");
+            return self.forward(env, signal, ent);
+        }
+        let Payload::Inline(obj) = &env.payload else {
+            return self.forward(env, signal, ent);
+        };
+        let bytes = match serde_json::to_vec(obj) {
+            Ok(b) => Bytes::from(b),
+            Err(_) => return self.forward(env, signal, ent),
+        };
+        if env.payload_fallback.is_none() {
+            env.payload_fallback = auto_fallback(obj);
+        }
+        self.offloads_in_flight += 1;
+        let store = self.store.clone();
+        let tenant = env.context.tenant_id.clone();
+        let id = env.event_id;
+        let fut = async move { store.put(&tenant, &id, bytes).await };
+        ctx.spawn(fut.into_actor(self).map(move |res, act, _ctx| {
+            act.offloads_in_flight -= 1;
+            match res {
+                Ok(r) => {
+                    env.payload = Payload::Ref(r);
+                    Counters::add(&act.shared.counters.offloaded, 1);
+                }
+                Err(e) => {
+                    act.shared.counters.degraded(ReasonCode::PayloadOffloadFailed, 1);
+                    tracing::warn!(event_id = %env.event_id, error = %e, "payload offload failed; payload kept inline");
+                }
+            }
+            act.forward(env, signal, ent);
+        }));
+    }
+}
+
+fn send_reason(closed: bool) -> ReasonCode {
+    if closed {
+        ReasonCode::Shutdown
+    } else {
+        ReasonCode::QueueFull
+    }
+}
+
+/// The serialized JSON size of `obj`, without allocating the serialization.
+pub(crate) fn serialized_len(obj: &JsonObject) -> usize {
+    struct Count(usize);
+    impl Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    let _ = serde_json::to_writer(&mut c, obj);
+    c.0
+}
+
+/// A fallback for an offloaded payload: its scalar fields (no user content, no long strings),
+/// within [`MAX_FALLBACK_BYTES`]. Enough for the metrics (tokens, durations, status) when the
+/// store cannot be read back.
+pub(crate) fn auto_fallback(obj: &JsonObject) -> Option<PayloadFallback> {
+    let mut fb = JsonObject::new();
+    let mut size = 2usize;
+    for (k, v) in obj {
+        if CONTENT_FIELDS.contains(&k.as_str()) {
+            continue;
+        }
+        let keep = match v {
+            Json::Bool(_) | Json::Number(_) => true,
+            Json::String(s) => s.len() <= FALLBACK_MAX_STRING_BYTES,
+            _ => false,
+        };
+        if !keep {
+            continue;
+        }
+        let add = k.len() + serialized_value_len(v) + 4;
+        if size + add > MAX_FALLBACK_BYTES {
+            break;
+        }
+        size += add;
+        fb.insert(k.clone(), v.clone());
+    }
+    PayloadFallback::from_object(&fb).ok()
+}
+
+fn serialized_value_len(v: &Json) -> usize {
+    serde_json::to_string(v).map(|s| s.len()).unwrap_or(0)
+}
+
+impl Actor for GatewayActor {
+    type Context = Context<Self>;
+}
+
+impl StreamHandler<TelemetryEnvelope> for GatewayActor {
+    fn handle(&mut self, env: TelemetryEnvelope, ctx: &mut Context<Self>) {
+        self.route(env, ctx);
+    }
+
+    fn finished(&mut self, _ctx: &mut Context<Self>) {
+        // The gateway queue closed (every handle dropped): nothing more will arrive.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn serialized_len_matches_serde() {
+        let v = json!({"a": "x".repeat(100), "b": [1, 2, 3], "c": {"d": null}});
+        let obj = v.as_object().unwrap();
+        assert_eq!(serialized_len(obj), serde_json::to_string(obj).unwrap().len());
+    }
+
+    #[test]
+    fn auto_fallback_keeps_scalars_not_content() {
+        let v = json!({"total_tokens": 10, "status": "succeeded", "inputs": "secret",
+                       "big": "x".repeat(5000), "nested": {"a": 1}});
+        let fb = auto_fallback(v.as_object().unwrap()).unwrap().to_object().unwrap();
+        assert_eq!(fb.len(), 2);
+        assert_eq!(fb["total_tokens"], 10);
+        assert!(!fb.contains_key("inputs"));
+    }
+}

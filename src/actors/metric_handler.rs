@@ -1,0 +1,289 @@
+//! `MetricHandlerActor`: handles metric/log events, one supervised actor per partition.
+//!
+//! Per batch taken from its [`EnvelopeSource`]: dedup (one `CheckBatch` to its `DedupActor`),
+//! rehydrate the offloaded ones (one `RehydrateBatch` to its `RehydratorActor`), then for each
+//! event the host's [`CaseHandler`] (if any), the metric updates and one log record, queued to
+//! the log batcher which settles the event's accounting when the record is exported.
+//!
+//! **Supervision.** A panic in a case handler is caught at the event, never reaches the host: the
+//! event is dead-lettered (`handler_panicked`, never retried), and the actor stops so its
+//! `Supervisor` restarts it with fresh per-actor state. The events taken in the same batch behind
+//! the poison event stay in `in_hand`, which survives the restart, and are handled next.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt::Debug;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use opentelemetry::KeyValue;
+
+use super::dedup::{CheckBatch, DedupActor, DedupKey, Verdict};
+use super::rehydrator::{RehydrateBatch, RehydrateItem, RehydratorActor};
+use super::{ExportHandles, Shared};
+use crate::contracts::{JsonObject, Payload, TelemetryEnvelope};
+use crate::diagnostics::{Counters, ReasonCode};
+use crate::transport::EnvelopeSource;
+
+/// Host code run for every metric/log event of one case, before the built-in mapping.
+///
+/// Returns extra attributes for the event's log record. A panic here is caught: the event is
+/// dead-lettered and counted (`handler_panicked`), and the handler restarted.
+pub trait CaseHandler: Send + Sync + Debug + 'static {
+    /// Handles one event. `payload` is `None` for a degraded event whose payload was lost.
+    fn handle(&self, env: &TelemetryEnvelope, payload: Option<&JsonObject>) -> Vec<KeyValue>;
+}
+
+/// One event on its way through the handler.
+#[derive(Debug)]
+struct Work {
+    env: TelemetryEnvelope,
+    deduped: bool,
+    payload: Option<JsonObject>,
+    rehydrated: bool,
+    degraded: Option<ReasonCode>,
+}
+
+/// The metric/log handler of one partition.
+pub struct MetricHandlerActor {
+    index: usize,
+    source: Option<Box<dyn EnvelopeSource>>,
+    in_hand: VecDeque<Work>,
+    batch_size: usize,
+    dedup: Addr<DedupActor>,
+    rehydrator: Addr<RehydratorActor>,
+    shared: Arc<Shared>,
+    export: Arc<ExportHandles>,
+    case_handlers: Arc<HashMap<String, Arc<dyn CaseHandler>>>,
+    source_closed: bool,
+}
+
+impl Debug for MetricHandlerActor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricHandlerActor")
+            .field("index", &self.index)
+            .field("in_hand", &self.in_hand.len())
+            .finish()
+    }
+}
+
+impl MetricHandlerActor {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        index: usize,
+        source: Box<dyn EnvelopeSource>,
+        batch_size: usize,
+        dedup: Addr<DedupActor>,
+        rehydrator: Addr<RehydratorActor>,
+        shared: Arc<Shared>,
+        export: Arc<ExportHandles>,
+        case_handlers: Arc<HashMap<String, Arc<dyn CaseHandler>>>,
+    ) -> Self {
+        MetricHandlerActor {
+            index,
+            source: Some(source),
+            in_hand: VecDeque::new(),
+            batch_size,
+            dedup,
+            rehydrator,
+            shared,
+            export,
+            case_handlers,
+            source_closed: false,
+        }
+    }
+
+    fn counters(&self) -> &Counters {
+        &self.shared.counters
+    }
+
+    /// One event leaves the metric path with a final outcome other than "queued for export".
+    fn settle_dropped(&self, reason: ReasonCode) {
+        self.counters().dropped(reason, 1);
+        self.counters().metric_pending_sub(1);
+    }
+
+    /// The next step of the pump: take, dedup, rehydrate or handle, whichever is due.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        if self.in_hand.iter().any(|w| !w.deduped) {
+            return self.dedup_step(ctx);
+        }
+        if self.in_hand.iter().any(|w| !w.rehydrated) {
+            return self.rehydrate_step(ctx);
+        }
+        if !self.in_hand.is_empty() {
+            return self.handle_step(ctx);
+        }
+        self.take_step(ctx);
+    }
+
+    fn take_step(&mut self, ctx: &mut Context<Self>) {
+        let Some(mut source) = self.source.take() else {
+            return;
+        };
+        let max = self.batch_size;
+        let fut = async move {
+            let batch = source.recv_batch(max).await;
+            (source, batch)
+        };
+        ctx.spawn(fut.into_actor(self).map(|(source, batch), act, ctx| {
+            act.source = Some(source);
+            match batch {
+                Some(envs) => {
+                    act.in_hand.extend(envs.into_iter().map(|env| Work {
+                        rehydrated: !matches!(env.payload, Payload::Ref(_)),
+                        payload: None,
+                        env,
+                        deduped: false,
+                        degraded: None,
+                    }));
+                    act.pump(ctx);
+                }
+                None => act.source_closed = true,
+            }
+        }));
+    }
+
+    fn dedup_step(&mut self, ctx: &mut Context<Self>) {
+        let keys: Vec<DedupKey> = self
+            .in_hand
+            .iter()
+            .filter(|w| !w.deduped)
+            .map(|w| DedupKey {
+                tenant_id: w.env.context.tenant_id.clone(),
+                event_id: w.env.event_id,
+            })
+            .collect();
+        let n = keys.len();
+        ctx.spawn(self.dedup.send(CheckBatch(keys)).into_actor(self).map(
+            move |res, act, ctx| {
+                let verdicts = res.unwrap_or_else(|_| vec![Verdict::Unavailable; n]);
+                let mut verdicts = verdicts.into_iter();
+                let mut kept = VecDeque::with_capacity(act.in_hand.len());
+                for mut w in act.in_hand.drain(..) {
+                    if w.deduped {
+                        kept.push_back(w);
+                        continue;
+                    }
+                    w.deduped = true;
+                    match verdicts.next().unwrap_or(Verdict::Unavailable) {
+                        Verdict::Duplicate => {
+                            act.shared.counters.dropped(ReasonCode::Duplicate, 1);
+                            act.shared.counters.metric_pending_sub(1);
+                            continue;
+                        }
+                        Verdict::Unavailable => {
+                            Counters::add(&act.shared.counters.dedup_store_errors, 1);
+                            act.shared.counters.degraded(ReasonCode::DedupStoreUnavailable, 1);
+                        }
+                        Verdict::New => {}
+                    }
+                    kept.push_back(w);
+                }
+                act.in_hand = kept;
+                act.pump(ctx);
+            },
+        ));
+    }
+
+    fn rehydrate_step(&mut self, ctx: &mut Context<Self>) {
+        let items: Vec<RehydrateItem> = self
+            .in_hand
+            .iter()
+            .filter(|w| !w.rehydrated)
+            .filter_map(|w| match &w.env.payload {
+                Payload::Ref(r) => Some(RehydrateItem {
+                    tenant_id: w.env.context.tenant_id.clone(),
+                    payload_ref: r.clone(),
+                    fallback: w.env.payload_fallback.clone(),
+                }),
+                Payload::Inline(_) => None,
+            })
+            .collect();
+        ctx.spawn(self.rehydrator.send(RehydrateBatch(items)).into_actor(self).map(
+            |res, act, ctx| {
+                let mut results = res.unwrap_or_default().into_iter();
+                for w in act.in_hand.iter_mut().filter(|w| !w.rehydrated) {
+                    w.rehydrated = true;
+                    match results.next() {
+                        Some(r) => {
+                            w.payload = r.payload;
+                            w.degraded = r.degraded;
+                        }
+                        None => {
+                            act.shared.counters.degraded(ReasonCode::RehydrationFailed, 1);
+                            w.degraded = Some(ReasonCode::RehydrationFailed);
+                        }
+                    }
+                }
+                act.pump(ctx);
+            },
+        ));
+    }
+
+    fn handle_step(&mut self, ctx: &mut Context<Self>) {
+        while let Some(w) = self.in_hand.pop_front() {
+            let outcome = catch_unwind(AssertUnwindSafe(|| self.handle_one(&w)));
+            match outcome {
+                Ok(Ok(())) => {}
+                Ok(Err(reason)) => self.settle_dropped(reason),
+                Err(_) => {
+                    self.settle_dropped(ReasonCode::HandlerPanicked);
+                    tracing::error!(
+                        handler = self.index,
+                        event_id = %w.env.event_id,
+                        case = %w.env.case,
+                        "case handler panicked; event dead-lettered, handler restarting"
+                    );
+                    // The supervisor restarts us; `in_hand` keeps the events behind this one.
+                    ctx.stop();
+                    return;
+                }
+            }
+        }
+        self.pump(ctx);
+    }
+
+    /// Handles one event; `Err` is a drop reason.
+    fn handle_one(&self, w: &Work) -> Result<(), ReasonCode> {
+        let env = &w.env;
+        let payload: Option<&JsonObject> = match &env.payload {
+            Payload::Inline(p) => Some(p),
+            Payload::Ref(_) => w.payload.as_ref(),
+        };
+        let extra = match self.case_handlers.get(env.case.as_str()) {
+            Some(h) => h.handle(env, payload),
+            None => Vec::new(),
+        };
+        let m = &self.export.mapper;
+        m.record_metrics(env, payload, w.degraded);
+        let mut record = m.log_record(&self.export.logger, env, payload, w.degraded);
+        if !extra.is_empty() {
+            use opentelemetry::logs::LogRecord as _;
+            record.add_attributes(
+                extra
+                    .into_iter()
+                    .map(|kv| (kv.key, crate::export::mapping::value_to_any(kv.value))),
+            );
+        }
+        Counters::add(&self.counters().processed_metric_log, 1);
+        self.export
+            .log_batcher
+            .try_send(record, true)
+            .map_err(|_| ReasonCode::QueueFull)
+    }
+}
+
+impl Actor for MetricHandlerActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.pump(ctx);
+    }
+}
+
+impl Supervised for MetricHandlerActor {
+    fn restarting(&mut self, _ctx: &mut Self::Context) {
+        Counters::add(&self.shared.counters.handler_restarts, 1);
+    }
+}

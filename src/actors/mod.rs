@@ -1,0 +1,61 @@
+//! The actors, one per file with its messages at the top.
+//!
+//! ```text
+//!  host threads ── emit() ──▶ [gateway queue] ──▶ GatewayActor ──┬─▶ [trace queue] ──▶ TraceBatcherActor ──▶ sinks
+//!                  (try_send,                     eligibility,   │
+//!                   never waits)                  data type,     └─▶ MetricTransport ──▶ MetricHandlerActor × pool_size
+//!                                                 offload             (partition by       ├─ DedupActor
+//!                                                                      tenant+event id)   └─ RehydratorActor
+//! ```
+//!
+//! Data moves on bounded `tokio::sync::mpsc` channels (exact capacity, `try_send`, a full queue
+//! is a counted drop); control (drain, flush) moves on the actors' mailboxes with explicit
+//! replies. Nothing on the data path uses `do_send`.
+
+pub mod dedup;
+pub mod gateway;
+pub mod metric_handler;
+pub mod rehydrator;
+pub mod trace_batcher;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use opentelemetry_sdk::logs::SdkLogger;
+
+use crate::contracts::TelemetryEnvelope;
+use crate::diagnostics::Counters;
+use crate::export::logs::LogBatcher;
+use crate::export::mapping::Mapper;
+use crate::export::sink::SinkWorker;
+use crate::export::CommunitySink;
+use crate::routing::RoutingTable;
+
+/// State every actor and the handle share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) table: RoutingTable,
+    pub(crate) gateway_enabled: AtomicBool,
+    pub(crate) enterprise_enabled: AtomicBool,
+    pub(crate) closed: AtomicBool,
+}
+
+/// What the actors need from the export pipeline.
+#[derive(Debug)]
+pub(crate) struct ExportHandles {
+    pub(crate) main_sink: SinkWorker,
+    pub(crate) community: Vec<CommunitySink>,
+    pub(crate) log_batcher: LogBatcher,
+    pub(crate) logger: SdkLogger,
+    pub(crate) mapper: Mapper,
+    pub(crate) sampling_ratio: f64,
+}
+
+/// A trace event on its way to the batcher, with the decision it was routed under.
+#[derive(Debug)]
+pub(crate) struct TraceItem {
+    pub(crate) env: TelemetryEnvelope,
+    /// Whether the enterprise exporter takes it (decided at routing time).
+    pub(crate) to_main: bool,
+}

@@ -1,0 +1,118 @@
+//! `RehydratorActor`: gives an offloaded event its payload back. One per handler.
+//!
+//! Order of resort, for each event with a `payload_ref`:
+//! 1. read the ref from the payload store, within `payloads.read_timeout_ms` and
+//!    `payloads.max_read_bytes`, after checking the ref stays in its tenant's prefix;
+//! 2. else the envelope's `payload_fallback` (counted `rehydrated_from_fallback`);
+//! 3. else a degraded event (`rehydration_failed`), which the handler turns into a degraded log
+//!    record, counted.
+//!
+//! A ref outside its tenant's prefix is never read; it is counted `payload_ref_refused` and the
+//! event continues with step 2. Reads of one batch run concurrently, so a batch takes at most
+//! one read timeout.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use crate::contracts::{JsonObject, PayloadFallback};
+use crate::diagnostics::{Counters, ReasonCode};
+use crate::payload_store::{PayloadStore, ReadError};
+
+/// One payload to fetch.
+#[derive(Debug, Clone)]
+pub struct RehydrateItem {
+    /// The envelope's tenant: the ref must be inside its prefix.
+    pub tenant_id: String,
+    /// The payload ref.
+    pub payload_ref: String,
+    /// The fallback, if the envelope carries one.
+    pub fallback: Option<PayloadFallback>,
+}
+
+/// The result for one item.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rehydrated {
+    /// The payload, when any source had it.
+    pub payload: Option<JsonObject>,
+    /// Set when the event is degraded (fallback from a refused ref, or no payload at all).
+    pub degraded: Option<ReasonCode>,
+}
+
+/// Fetch a batch; the reply has one result per item, in order.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<Rehydrated>")]
+pub struct RehydrateBatch(pub Vec<RehydrateItem>);
+
+/// The rehydrator of one handler.
+#[derive(Debug)]
+pub struct RehydratorActor {
+    store: PayloadStore,
+    counters: Arc<Counters>,
+}
+
+impl RehydratorActor {
+    /// A rehydrator reading from `store`.
+    pub fn new(store: PayloadStore, counters: Arc<Counters>) -> Self {
+        RehydratorActor { store, counters }
+    }
+}
+
+impl Actor for RehydratorActor {
+    type Context = Context<Self>;
+}
+
+async fn one(store: PayloadStore, counters: Arc<Counters>, item: RehydrateItem) -> Rehydrated {
+    let refused;
+    match store.get(&item.tenant_id, &item.payload_ref).await {
+        Ok(p) => {
+            Counters::add(&counters.rehydrated_from_store, 1);
+            return Rehydrated {
+                payload: Some(p),
+                degraded: None,
+            };
+        }
+        Err(ReadError::Refused(e)) => {
+            counters.degraded(ReasonCode::PayloadRefRefused, 1);
+            tracing::warn!(tenant_id = %item.tenant_id, error = %e, "payload ref refused, not read");
+            refused = true;
+        }
+        Err(e) => {
+            tracing::debug!(tenant_id = %item.tenant_id, error = %e, "payload store read failed");
+            refused = false;
+        }
+    }
+    match item.fallback.as_ref().and_then(|f| f.to_object()) {
+        Some(p) => {
+            Counters::add(&counters.rehydrated_from_fallback, 1);
+            Rehydrated {
+                payload: Some(p),
+                degraded: refused.then_some(ReasonCode::PayloadRefRefused),
+            }
+        }
+        None => {
+            counters.degraded(ReasonCode::RehydrationFailed, 1);
+            Rehydrated {
+                payload: None,
+                degraded: Some(ReasonCode::RehydrationFailed),
+            }
+        }
+    }
+}
+
+impl Handler<RehydrateBatch> for RehydratorActor {
+    type Result = ResponseFuture<Vec<Rehydrated>>;
+
+    fn handle(&mut self, msg: RehydrateBatch, _ctx: &mut Self::Context) -> Self::Result {
+        let store = self.store.clone();
+        let counters = self.counters.clone();
+        Box::pin(async move {
+            futures::future::join_all(
+                msg.0
+                    .into_iter()
+                    .map(|item| one(store.clone(), counters.clone(), item)),
+            )
+            .await
+        })
+    }
+}

@@ -1,0 +1,206 @@
+//! `TraceBatcherActor`: batches trace-shaped events and turns them into spans, companion logs
+//! and metrics.
+//!
+//! A batch is flushed when `trace_batcher.max_batch_size` events wait, or when
+//! `trace_batcher.flush_interval_ms` has passed since the **oldest** waiting event arrived,
+//! whichever comes first: a timer starts with the first event of an empty buffer, so no event
+//! waits for a next one to arrive.
+//!
+//! At flush, per event: memory dedup (a re-sent trace event counts once), trace sampling
+//! (`otlp.sampling_ratio`, decided on the trace id so a trace is kept whole), destinations (the
+//! enterprise exporter if the event was routed to it, plus the community sinks of its
+//! tenant/app), then the span, one companion log record and the metric updates. Each destination
+//! gets one job on its own bounded queue; see [`crate::export::sink`] for how the events of a
+//! batch are accounted.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use opentelemetry_sdk::trace::SpanData;
+
+use super::dedup::{DedupKey, MemoryDedup, Verdict};
+use super::{ExportHandles, Shared, TraceItem};
+use crate::contracts::{JsonObject, Payload};
+use crate::diagnostics::{Counters, ReasonCode};
+use crate::export::mapping::ResolvedIds;
+use crate::export::sink::{GroupTracker, SinkJob, SinkWorker};
+
+/// Flush at once, and keep flushing every event at once from now on (shutdown).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Drain;
+
+/// The trace batcher.
+#[derive(Debug)]
+pub struct TraceBatcherActor {
+    shared: Arc<Shared>,
+    export: Arc<ExportHandles>,
+    buffer: Vec<TraceItem>,
+    max_batch: usize,
+    flush_interval: Duration,
+    timer: Option<SpawnHandle>,
+    draining: bool,
+    dedup: MemoryDedup,
+}
+
+impl TraceBatcherActor {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        export: Arc<ExportHandles>,
+        max_batch: usize,
+        flush_interval: Duration,
+        dedup: MemoryDedup,
+    ) -> Self {
+        TraceBatcherActor {
+            shared,
+            export,
+            buffer: Vec::with_capacity(max_batch),
+            max_batch,
+            flush_interval,
+            timer: None,
+            draining: false,
+            dedup,
+        }
+    }
+
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        if let Some(t) = self.timer.take() {
+            ctx.cancel_future(t);
+        }
+        if self.buffer.is_empty() {
+            return;
+        }
+        let items = std::mem::replace(&mut self.buffer, Vec::with_capacity(self.max_batch));
+        self.export_items(items);
+    }
+
+    fn export_items(&mut self, items: Vec<TraceItem>) {
+        let counters = self.shared.counters.clone();
+        let ex = self.export.clone();
+        // Group events by destination set: (enterprise?, community sink indexes).
+        let mut groups: BTreeMap<(bool, Vec<usize>), Vec<SpanData>> = BTreeMap::new();
+        for item in items {
+            let env = &item.env;
+            let key = DedupKey {
+                tenant_id: env.context.tenant_id.clone(),
+                event_id: env.event_id,
+            };
+            if self.dedup.check(key) == Verdict::Duplicate {
+                counters.dropped(ReasonCode::Duplicate, 1);
+                counters.trace_pending_sub(1);
+                continue;
+            }
+            let payload: Option<JsonObject> = match &env.payload {
+                Payload::Inline(p) => Some(p.clone()),
+                // Spans carry scalars only; an offloaded payload is represented by its fallback
+                // and its ref attribute, the full payload stays in the store.
+                Payload::Ref(_) => env.payload_fallback.as_ref().and_then(|f| f.to_object()),
+            };
+            ex.mapper.record_metrics(env, payload.as_ref(), None);
+            if !crate::export::trace_sampled(ResolvedIds::of(env).trace_id, ex.sampling_ratio) {
+                counters.dropped(ReasonCode::SampledOut, 1);
+                counters.trace_pending_sub(1);
+                continue;
+            }
+            let sinks: Vec<usize> = ex
+                .community
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| {
+                    s.tenant_id == env.context.tenant_id
+                        && (s.app_id.is_none() || s.app_id == env.context.app_id)
+                })
+                .map(|(i, _)| i)
+                .collect();
+            if !item.to_main && sinks.is_empty() {
+                counters.dropped(ReasonCode::NoDestination, 1);
+                counters.trace_pending_sub(1);
+                continue;
+            }
+            let record = ex.mapper.log_record(&ex.logger, env, payload.as_ref(), None);
+            if ex.log_batcher.try_send(record, false).is_err() {
+                Counters::add(&counters.companion_logs_dropped, 1);
+            }
+            let span = ex.mapper.span(env, payload.as_ref());
+            groups.entry((item.to_main, sinks)).or_default().push(span);
+        }
+        if groups.is_empty() {
+            return;
+        }
+        // One job per destination, carrying every group that goes there.
+        let mut main_job: (Vec<SpanData>, Vec<Arc<GroupTracker>>) = (Vec::new(), Vec::new());
+        let mut sink_jobs: BTreeMap<usize, (Vec<SpanData>, Vec<Arc<GroupTracker>>)> = BTreeMap::new();
+        for ((to_main, sinks), spans) in groups {
+            let destinations = sinks.len() + usize::from(to_main);
+            let tracker = GroupTracker::new(spans.len() as u64, destinations, counters.clone());
+            for &i in &sinks {
+                let job = sink_jobs.entry(i).or_default();
+                job.0.extend(spans.iter().cloned());
+                job.1.push(tracker.clone());
+            }
+            if to_main {
+                main_job.0.extend(spans);
+                main_job.1.push(tracker);
+            }
+        }
+        if !main_job.0.is_empty() {
+            send_job(&ex.main_sink, main_job.0, main_job.1);
+        }
+        for (i, (spans, trackers)) in sink_jobs {
+            if let Some(s) = ex.community.get(i) {
+                send_job(&s.worker, spans, trackers);
+            } else {
+                for t in trackers {
+                    t.report(Err(ReasonCode::NoDestination));
+                }
+            }
+        }
+    }
+}
+
+fn send_job(worker: &SinkWorker, spans: Vec<SpanData>, groups: Vec<Arc<GroupTracker>>) {
+    if let Err(SinkJob::Export { groups, .. }) = worker.try_send(SinkJob::Export { spans, groups }) {
+        tracing::warn!(sink = %worker.name, "sink queue full; batch dropped for this sink");
+        for g in groups {
+            g.report(Err(ReasonCode::QueueFull));
+        }
+    }
+}
+
+impl Actor for TraceBatcherActor {
+    type Context = Context<Self>;
+}
+
+impl StreamHandler<TraceItem> for TraceBatcherActor {
+    fn handle(&mut self, item: TraceItem, ctx: &mut Context<Self>) {
+        self.buffer.push(item);
+        if self.buffer.len() >= self.max_batch {
+            self.flush(ctx);
+        } else if self.timer.is_none() {
+            let wait = if self.draining {
+                Duration::ZERO
+            } else {
+                self.flush_interval
+            };
+            self.timer = Some(ctx.run_later(wait, |act, ctx| {
+                act.timer = None;
+                act.flush(ctx);
+            }));
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        self.flush(ctx);
+    }
+}
+
+impl Handler<Drain> for TraceBatcherActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Drain, ctx: &mut Context<Self>) {
+        self.draining = true;
+        self.flush(ctx);
+    }
+}

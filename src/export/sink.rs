@@ -1,0 +1,245 @@
+//! Trace sinks: where finished spans go, each behind its own bounded queue.
+//!
+//! The enterprise exporter and every community sink implement [`TraceSink`]. The batcher never
+//! calls a sink directly: each sink has a [`SinkWorker`] (a task on the export runtime) with a
+//! bounded queue of batches (`trace_batcher.sink_queue_batches`). A slow or failing sink fills
+//! only its own queue; when it is full that sink's copy is dropped and counted, and the other
+//! sinks carry on.
+//!
+//! Event accounting: the events of one batch are split into *groups* that share a destination
+//! set. Each group has a [`GroupTracker`]; every sink that receives the group reports to it once.
+//! When the last report arrives the group's events are **delivered** if at least one destination
+//! accepted them, else **dropped** under the first failure's reason.
+
+use std::fmt::Debug;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use tokio::sync::mpsc;
+
+use crate::diagnostics::{Counters, ReasonCode};
+
+/// Why a sink could not take a batch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SinkError {
+    /// A transient or unknown failure, after the sink's own retries.
+    #[error("export failed: {0}")]
+    Failed(String),
+    /// The backend refused the data as invalid; it will never accept it, so it is not retried.
+    #[error("export rejected: {0}")]
+    Rejected(String),
+    /// The sink did not answer within its timeout.
+    #[error("export timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+impl SinkError {
+    /// The reason code events are dropped under when this was the only destination.
+    pub fn reason(&self) -> ReasonCode {
+        match self {
+            SinkError::Rejected(_) => ReasonCode::ExportRejected,
+            SinkError::Failed(_) | SinkError::Timeout(_) => ReasonCode::ExportFailed,
+        }
+    }
+}
+
+/// A destination for finished spans. Implement it to add a community sink (a tracing provider of
+/// your own); the gateway gives each sink its own bounded queue, retries nothing on its behalf
+/// and never calls `export` concurrently on one sink.
+pub trait TraceSink: Send + Sync + Debug + 'static {
+    /// A short name for counters and logs. Must not contain credentials.
+    fn name(&self) -> &str;
+
+    /// Exports one batch. Must finish or fail in bounded time (the worker also applies a timeout).
+    fn export(&self, batch: Vec<SpanData>) -> BoxFuture<'_, Result<(), SinkError>>;
+
+    /// Releases resources at shutdown, after the last batch.
+    fn shutdown(&self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+/// Classifies an OTLP exporter error message: the exporters report a non-retryable status
+/// (gRPC `INVALID_ARGUMENT`, HTTP 400) in their message.
+pub(crate) fn classify_otlp_error(msg: String) -> SinkError {
+    let lower = msg.to_ascii_lowercase();
+    if lower.contains("invalidargument")
+        || lower.contains("invalid_argument")
+        || lower.contains("invalid argument")
+        || lower.contains("status: 400")
+        || lower.contains("status code 400")
+        || lower.contains("400 bad request")
+    {
+        SinkError::Rejected(msg)
+    } else {
+        SinkError::Failed(msg)
+    }
+}
+
+/// A sink over `opentelemetry_otlp::SpanExporter` (gRPC or HTTP/protobuf).
+#[derive(Debug)]
+pub struct OtlpTraceSink {
+    name: String,
+    exporter: opentelemetry_otlp::SpanExporter,
+}
+
+impl OtlpTraceSink {
+    /// Wraps a built exporter. The resource must already be set on it.
+    pub fn new(name: impl Into<String>, exporter: opentelemetry_otlp::SpanExporter) -> Self {
+        OtlpTraceSink {
+            name: name.into(),
+            exporter,
+        }
+    }
+}
+
+impl TraceSink for OtlpTraceSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn export(&self, batch: Vec<SpanData>) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async move {
+            self.exporter
+                .export(batch)
+                .await
+                .map_err(|e| classify_otlp_error(e.to_string()))
+        })
+    }
+
+    fn shutdown(&self) -> Result<(), SinkError> {
+        self.exporter
+            .shutdown()
+            .map_err(|e| SinkError::Failed(e.to_string()))
+    }
+}
+
+/// The outcome slot of one group of trace events (see the module docs).
+#[derive(Debug)]
+pub(crate) struct GroupTracker {
+    events: u64,
+    remaining: AtomicUsize,
+    any_ok: AtomicBool,
+    first_failure: AtomicU8,
+    counters: Arc<Counters>,
+}
+
+const NO_FAILURE: u8 = u8::MAX;
+
+impl GroupTracker {
+    /// A group of `events` events going to `destinations` sinks.
+    pub(crate) fn new(events: u64, destinations: usize, counters: Arc<Counters>) -> Arc<Self> {
+        Arc::new(GroupTracker {
+            events,
+            remaining: AtomicUsize::new(destinations),
+            any_ok: AtomicBool::new(false),
+            first_failure: AtomicU8::new(NO_FAILURE),
+            counters,
+        })
+    }
+
+    /// One destination's result. The last report settles the group.
+    pub(crate) fn report(&self, result: Result<(), ReasonCode>) {
+        match result {
+            Ok(()) => self.any_ok.store(true, Ordering::Release),
+            Err(reason) => {
+                let idx = ReasonCode::ALL
+                    .iter()
+                    .position(|r| *r == reason)
+                    .unwrap_or(0) as u8;
+                let _ = self.first_failure.compare_exchange(
+                    NO_FAILURE,
+                    idx,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+            }
+        }
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if self.any_ok.load(Ordering::Acquire) {
+                Counters::add(&self.counters.delivered_trace, self.events);
+            } else {
+                let idx = self.first_failure.load(Ordering::Acquire);
+                let reason = ReasonCode::ALL
+                    .get(idx as usize)
+                    .copied()
+                    .unwrap_or(ReasonCode::ExportFailed);
+                self.counters.dropped(reason, self.events);
+            }
+            self.counters.trace_pending_sub(self.events);
+        }
+    }
+}
+
+/// What a sink worker is asked to do.
+#[derive(Debug)]
+pub(crate) enum SinkJob {
+    /// Export these spans and report to these groups.
+    Export {
+        spans: Vec<SpanData>,
+        groups: Vec<Arc<GroupTracker>>,
+    },
+}
+
+/// The sending side of one sink's queue.
+#[derive(Debug, Clone)]
+pub(crate) struct SinkWorker {
+    pub(crate) name: Arc<str>,
+    tx: mpsc::Sender<SinkJob>,
+}
+
+impl SinkWorker {
+    /// Starts the worker for `sink` on `rt`.
+    pub(crate) fn spawn(
+        sink: Arc<dyn TraceSink>,
+        queue_batches: usize,
+        timeout: Duration,
+        counters: Arc<Counters>,
+        rt: &tokio::runtime::Handle,
+    ) -> Self {
+        let (tx, mut rx) = mpsc::channel::<SinkJob>(queue_batches);
+        let name: Arc<str> = Arc::from(sink.name());
+        rt.spawn(async move {
+            while let Some(job) = rx.recv().await {
+                match job {
+                    SinkJob::Export { spans, groups } => {
+                        let n = spans.len() as u64;
+                        let result = match tokio::time::timeout(timeout, sink.export(spans)).await {
+                            Ok(r) => r,
+                            Err(_) => Err(SinkError::Timeout(timeout)),
+                        };
+                        match &result {
+                            Ok(()) => {
+                                Counters::add(&counters.exported_spans, n);
+                                Counters::add(&counters.export_batches_ok, 1);
+                            }
+                            Err(e) => {
+                                Counters::add(&counters.export_batches_failed, 1);
+                                Counters::add(&counters.sink_spans_failed, n);
+                                tracing::warn!(sink = sink.name(), spans = n, error = %e, "trace sink export failed");
+                            }
+                        }
+                        let r = result.map_err(|e| e.reason());
+                        for g in groups {
+                            g.report(r);
+                        }
+                    }
+                }
+            }
+            let _ = sink.shutdown();
+        });
+        SinkWorker { name, tx }
+    }
+
+    /// Queues a job without waiting; a full queue gives the job back.
+    pub(crate) fn try_send(&self, job: SinkJob) -> Result<(), SinkJob> {
+        self.tx.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
+        })
+    }
+}
+    }
+}

@@ -1,0 +1,63 @@
+//! # telemetry-gateway
+//!
+//! One safe entrance for a Rust service's telemetry. The host starts the gateway, then sends
+//! typed events ([`TelemetryEnvelope`]) from its request path with [`GatewayHandle::emit`], which
+//! never blocks and never panics. Inside, an actix actor system routes each event by one table
+//! (eligibility, then trace vs metric/log), batches trace-shaped events into OpenTelemetry spans,
+//! handles metric/log events in a supervised pool with idempotency and payload rehydration, and
+//! exports over OTLP (or to a local JSON lines file when no collector is configured). Every event
+//! ends delivered or dropped with a [`ReasonCode`]; nothing is lost silently.
+//!
+//! ```no_run
+//! use telemetry_gateway::{start, GatewayConfig, TelemetryCase, TelemetryContext, TelemetryEnvelope};
+//! use std::time::Duration;
+//!
+//! let gateway = start(GatewayConfig::load(None)?)?;
+//! let event = TelemetryEnvelope::new(TelemetryCase::WorkflowRun, TelemetryContext::tenant("t1").app("a1"))
+//!     .with_run_id("run-1")
+//!     .with_payload(serde_json::json!({"status": "succeeded", "duration_ms": 1200, "total_tokens": 42}));
+//! gateway.emit(event)?;
+//! let report = gateway.shutdown_blocking(Duration::from_secs(5));
+//! assert_eq!(report.stats.emitted, report.stats.delivered + report.stats.dropped_total());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Layout
+//! - [`contracts`]: the typed messages (case, context, correlation, envelope) and validation.
+//! - [`config`]: figment configuration, one struct per TOML section, defaults as constants.
+//! - [`routing`]: the routing table and its two decisions.
+//! - [`correlation`]: trace and span ids derived from run and event ids.
+//! - [`runtime`]: `start`, the handle, `emit`, `shutdown` and its report.
+//! - [`actors`]: `GatewayActor`, `TraceBatcherActor`, `MetricHandlerActor`, `DedupActor`,
+//!   `RehydratorActor`.
+//! - [`transport`]: the seam between the gateway and the handler pool.
+//! - [`payload_store`]: offload and read-back of large payloads, with ref validation.
+//! - [`export`]: OTLP and JSON lines exporters, trace sinks, the case mapping.
+//! - [`diagnostics`]: reason codes and the ledger of counters.
+//! - `testing` (feature `testing`): an in-test OTLP receiver and a `redis-server` guard.
+
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+pub mod actors;
+pub mod config;
+pub mod contracts;
+pub mod correlation;
+pub mod diagnostics;
+pub mod export;
+pub mod payload_store;
+pub mod routing;
+pub mod runtime;
+pub mod transport;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use actors::metric_handler::CaseHandler;
+pub use config::GatewayConfig;
+pub use contracts::{
+    Correlation, EnvelopeError, Payload, PayloadFallback, SignalType, TelemetryCase,
+    TelemetryContext, TelemetryEnvelope,
+};
+pub use diagnostics::{ReasonCode, StatsSnapshot};
+pub use export::sink::{SinkError, TraceSink};
+pub use runtime::{start, EmitError, GatewayBuilder, GatewayHandle, ShutdownReport, StartError};

@@ -1,0 +1,349 @@
+//! The payload store: where large payloads wait while only their reference travels.
+//!
+//! Backed by the `object_store` crate (in-memory and local filesystem built in; S3, GCS and Azure
+//! behind the `aws`, `gcp` and `azure` cargo features), so the gateway never hand-writes file or
+//! HTTP storage code. Keys are `{tenant_id}/{event_id}.json`.
+//!
+//! A payload ref is **untrusted input**: it arrives in an envelope that may have crossed a process
+//! boundary. [`validate_ref`] refuses a ref that could leave its tenant's prefix (`..`, an
+//! absolute path, a backslash, another tenant's key) before anything is read, and every read is
+//! bounded in time (`payloads.read_timeout_ms`) and size (`payloads.max_read_bytes`) and must
+//! decode as a JSON object.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use object_store::memory::InMemory;
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use uuid::Uuid;
+
+use crate::config::{PayloadStoreKind, PayloadsSection};
+use crate::contracts::JsonObject;
+
+/// The longest payload ref accepted, in bytes.
+pub const MAX_REF_BYTES: usize = 512;
+
+/// Why a payload ref was refused without being read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RefError {
+    /// The ref is empty.
+    #[error("payload ref is empty")]
+    Empty,
+    /// Longer than [`MAX_REF_BYTES`].
+    #[error("payload ref is {0} bytes, at most {MAX_REF_BYTES} allowed")]
+    TooLong(usize),
+    /// Starts with `/` or a drive letter.
+    #[error("payload ref must be relative, not absolute")]
+    Absolute,
+    /// Contains `..`, `.`, an empty segment or a backslash.
+    #[error("payload ref contains a path traversal or empty segment")]
+    Traversal,
+    /// Does not start with the envelope's own tenant.
+    #[error("payload ref is outside the tenant's prefix")]
+    OtherTenant,
+    /// Contains a character outside `[A-Za-z0-9._-/]`.
+    #[error("payload ref contains a character outside [A-Za-z0-9._-/]")]
+    BadCharacter,
+}
+
+/// Checks that `r` is a key inside `tenant_id`'s prefix. Never touches the store.
+pub fn validate_ref(tenant_id: &str, r: &str) -> Result<(), RefError> {
+    if r.is_empty() {
+        return Err(RefError::Empty);
+    }
+    if r.len() > MAX_REF_BYTES {
+        return Err(RefError::TooLong(r.len()));
+    }
+    if r.starts_with('/') || r.as_bytes().get(1) == Some(&b':') {
+        return Err(RefError::Absolute);
+    }
+    if r.contains('\\') {
+        return Err(RefError::Traversal);
+    }
+    let mut segments = r.split('/');
+    for seg in r.split('/') {
+        if seg.is_empty() || seg == "." || seg == ".." {
+            return Err(RefError::Traversal);
+        }
+    }
+    if !r
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
+    {
+        return Err(RefError::BadCharacter);
+    }
+    if segments.next() != Some(tenant_id) || segments.next().is_none() {
+        return Err(RefError::OtherTenant);
+    }
+    Ok(())
+}
+
+/// The key a payload is offloaded under.
+pub fn payload_key(tenant_id: &str, event_id: &Uuid) -> String {
+    format!("{tenant_id}/{event_id}.json")
+}
+
+/// Why a payload could not be written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OffloadError {
+    /// The write did not finish within `payloads.write_timeout_ms`.
+    #[error("payload store write timed out after {0:?}")]
+    Timeout(Duration),
+    /// The store refused the write.
+    #[error("payload store write failed: {0}")]
+    Store(String),
+}
+
+/// Why a payload could not be read back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    /// The ref was refused without being read.
+    #[error(transparent)]
+    Refused(#[from] RefError),
+    /// No object under that key.
+    #[error("payload not found in the store")]
+    NotFound,
+    /// The read did not finish within `payloads.read_timeout_ms`.
+    #[error("payload store read timed out after {0:?}")]
+    Timeout(Duration),
+    /// The stored object is larger than `payloads.max_read_bytes`.
+    #[error("stored payload is {size} bytes, at most {max} allowed")]
+    TooLarge {
+        /// The object's size.
+        size: u64,
+        /// The limit.
+        max: usize,
+    },
+    /// The object is not a JSON object.
+    #[error("stored payload is not a JSON object: {0}")]
+    Corrupt(String),
+    /// The store failed.
+    #[error("payload store read failed: {0}")]
+    Store(String),
+}
+
+/// Why the payload store could not be built from config.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreBuildError {
+    /// `payloads.local_path` could not be created or opened.
+    #[error("payloads.local_path {path:?}: {error}")]
+    Local {
+        /// The directory.
+        path: String,
+        /// What failed.
+        error: String,
+    },
+    /// `payloads.url` could not be parsed or its backend is not compiled in.
+    #[error("payloads.url {url:?}: {error}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// What failed.
+        error: String,
+    },
+}
+
+/// The payload store with its time and size bounds.
+#[derive(Debug, Clone)]
+pub struct PayloadStore {
+    store: Arc<dyn ObjectStore>,
+    write_timeout: Duration,
+    read_timeout: Duration,
+    max_read_bytes: usize,
+}
+
+impl PayloadStore {
+    /// Wraps any `object_store` backend (hosts and tests can inject their own).
+    pub fn new(store: Arc<dyn ObjectStore>, cfg: &PayloadsSection) -> Self {
+        PayloadStore {
+            store,
+            write_timeout: Duration::from_millis(cfg.write_timeout_ms),
+            read_timeout: Duration::from_millis(cfg.read_timeout_ms),
+            max_read_bytes: cfg.max_read_bytes,
+        }
+    }
+
+    /// Builds the store named by `payloads.store`.
+    pub fn from_config(cfg: &PayloadsSection) -> Result<Self, StoreBuildError> {
+        let store: Arc<dyn ObjectStore> = match cfg.store {
+            PayloadStoreKind::Memory => Arc::new(InMemory::new()),
+            PayloadStoreKind::Local => {
+                let local_err = |e: &dyn std::fmt::Display| StoreBuildError::Local {
+                    path: cfg.local_path.display().to_string(),
+                    error: e.to_string(),
+                };
+                std::fs::create_dir_all(&cfg.local_path).map_err(|e| local_err(&e))?;
+                Arc::new(
+                    object_store::local::LocalFileSystem::new_with_prefix(&cfg.local_path)
+                        .map_err(|e| local_err(&e))?,
+                )
+            }
+            PayloadStoreKind::Url => {
+                let raw = cfg.url.clone().unwrap_or_default();
+                let url_err = |e: &dyn std::fmt::Display| StoreBuildError::Url {
+                    url: raw.clone(),
+                    error: e.to_string(),
+                };
+                let url = url::Url::parse(&raw).map_err(|e| url_err(&e))?;
+                // Cloud credentials come from the usual environment variables of each backend.
+                let opts = std::env::vars().filter_map(|(k, v)| {
+                    let lk = k.to_ascii_lowercase();
+                    (lk.starts_with("aws_") || lk.starts_with("google_") || lk.starts_with("azure_"))
+                        .then_some((lk, v))
+                });
+                let (store, prefix) =
+                    object_store::parse_url_opts(&url, opts).map_err(|e| url_err(&e))?;
+                Arc::new(object_store::prefix::PrefixStore::new(store, prefix))
+            }
+        };
+        Ok(Self::new(store, cfg))
+    }
+
+    /// Writes `json` (serialized payload bytes) under `{tenant_id}/{event_id}.json` and returns
+    /// the ref.
+    pub async fn put(
+        &self,
+        tenant_id: &str,
+        event_id: &Uuid,
+        json: Bytes,
+    ) -> Result<String, OffloadError> {
+        let key = payload_key(tenant_id, event_id);
+        let path = StorePath::parse(&key).map_err(|e| OffloadError::Store(e.to_string()))?;
+        match tokio::time::timeout(
+            self.write_timeout,
+            self.store.put(&path, PutPayload::from(json)),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(key),
+            Ok(Err(e)) => Err(OffloadError::Store(e.to_string())),
+            Err(_) => Err(OffloadError::Timeout(self.write_timeout)),
+        }
+    }
+
+    /// Reads the payload behind `r`, after checking that `r` belongs to `tenant_id`.
+    pub async fn get(&self, tenant_id: &str, r: &str) -> Result<JsonObject, ReadError> {
+        validate_ref(tenant_id, r)?;
+        let path = StorePath::parse(r).map_err(|_| ReadError::Refused(RefError::Traversal))?;
+        let max = self.max_read_bytes;
+        let read = async {
+            let got = self.store.get(&path).await.map_err(|e| match e {
+                object_store::Error::NotFound { .. } => ReadError::NotFound,
+                other => ReadError::Store(other.to_string()),
+            })?;
+            if got.meta.size > max as u64 {
+                return Err(ReadError::TooLarge {
+                    size: got.meta.size,
+                    max,
+                });
+            }
+            got.bytes()
+                .await
+                .map_err(|e| ReadError::Store(e.to_string()))
+        };
+        let bytes = match tokio::time::timeout(self.read_timeout, read).await {
+            Ok(r) => r?,
+            Err(_) => return Err(ReadError::Timeout(self.read_timeout)),
+        };
+        if bytes.len() > max {
+            return Err(ReadError::TooLarge {
+                size: bytes.len() as u64,
+                max,
+            });
+        }
+        match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Ok(serde_json::Value::Object(o)) => Ok(o),
+            Ok(_) => Err(ReadError::Corrupt("not an object".into())),
+            Err(e) => Err(ReadError::Corrupt(e.to_string())),
+        }
+    }
+
+    /// Writes raw bytes under a key, bypassing the tenant layout (tests use it to plant corrupt
+    /// or oversized blobs).
+    pub async fn put_raw(&self, key: &str, bytes: Bytes) -> Result<(), OffloadError> {
+        let path = StorePath::parse(key).map_err(|e| OffloadError::Store(e.to_string()))?;
+        self.store
+            .put(&path, PutPayload::from(bytes))
+            .await
+            .map(|_| ())
+            .map_err(|e| OffloadError::Store(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refs_inside_the_tenant_are_accepted() {
+        validate_ref("t1", "t1/0190c3a4-0000-7000-8000-000000000000.json").unwrap();
+        validate_ref("t1", "t1/sub/x.json").unwrap();
+    }
+
+    #[test]
+    fn escaping_refs_are_refused() {
+        let cases = [
+            ("", RefError::Empty),
+            ("/etc/passwd", RefError::Absolute),
+            ("C:/x", RefError::Absolute),
+            ("t1/../t2/x.json", RefError::Traversal),
+            ("../t1/x.json", RefError::Traversal),
+            ("t1//x.json", RefError::Traversal),
+            ("t1/./x.json", RefError::Traversal),
+            ("t1\\..\\x", RefError::Traversal),
+            ("t2/x.json", RefError::OtherTenant),
+            ("t1", RefError::OtherTenant),
+            ("t10/x.json", RefError::OtherTenant),
+            ("t1/x%2e%2e.json", RefError::BadCharacter),
+        ];
+        for (r, want) in cases {
+            assert_eq!(validate_ref("t1", r), Err(want), "{r}");
+        }
+        assert!(matches!(
+            validate_ref("t1", &format!("t1/{}", "a".repeat(600))),
+            Err(RefError::TooLong(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn put_then_get_round_trips_and_bounds_hold() {
+        let cfg = PayloadsSection {
+            max_read_bytes: 64,
+            ..Default::default()
+        };
+        let store = PayloadStore::new(Arc::new(InMemory::new()), &cfg);
+        let id = Uuid::now_v7();
+        let r = store
+            .put("t1", &id, Bytes::from_static(br#"{"a":1}"#))
+            .await
+            .unwrap();
+        assert_eq!(r, format!("t1/{id}.json"));
+        assert_eq!(store.get("t1", &r).await.unwrap()["a"], 1);
+        assert_eq!(
+            store.get("t2", &r).await,
+            Err(ReadError::Refused(RefError::OtherTenant))
+        );
+        assert_eq!(
+            store.get("t1", "t1/missing.json").await,
+            Err(ReadError::NotFound)
+        );
+        store
+            .put_raw("t1/corrupt.json", Bytes::from_static(b"\x80\x04pickle"))
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.get("t1", "t1/corrupt.json").await,
+            Err(ReadError::Corrupt(_))
+        ));
+        store
+            .put_raw("t1/big.json", Bytes::from(vec![b' '; 100]))
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.get("t1", "t1/big.json").await,
+            Err(ReadError::TooLarge { size: 100, max: 64 })
+        ));
+    }
+}

@@ -1,0 +1,520 @@
+//! Lifecycle: [`start`] the gateway, [`GatewayHandle::emit`] into it, [`GatewayHandle::shutdown`]
+//! it with a report.
+//!
+//! The gateway runs on its own threads whatever the host runs: one actix system thread for the
+//! gateway actor and the trace batcher, one actix arbiter thread per metric handler (with its
+//! dedup and rehydrator actors), and a one-worker tokio runtime for export I/O. So the handle
+//! works the same from an actix, tokio, axum or plain-threads host.
+//!
+//! `emit()` does cheap validation and one `try_send` on a bounded channel: it never waits, never
+//! panics, and returns why when it did not take the event. Every outcome is counted (see
+//! [`crate::diagnostics`]).
+//!
+//! Shutdown, bounded by the caller's deadline: close intake; wait for the gateway queue to empty;
+//! drain the batcher and wait for every trace and metric/log event to settle (exported or
+//! dropped); flush and shut down the metric provider; stop the actors and the export runtime.
+//! Whatever is still unsettled at the deadline is counted as dropped under `shutdown`, so the
+//! report always satisfies `emitted == delivered + sum(dropped)`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::actors::dedup::{DedupActor, DedupBuildError, MemoryDedup};
+use crate::actors::gateway::GatewayActor;
+use crate::actors::metric_handler::{CaseHandler, MetricHandlerActor};
+use crate::actors::rehydrator::RehydratorActor;
+use crate::actors::trace_batcher::{Drain, TraceBatcherActor};
+use crate::actors::{ExportHandles, Shared, TraceItem};
+use crate::config::{ConfigError, GatewayConfig};
+use crate::contracts::{EnvelopeError, TelemetryEnvelope};
+use crate::diagnostics::{Counters, ReasonCode, StatsSnapshot};
+use crate::export::sink::TraceSink;
+use crate::export::{ExportBuildError, ExportPipeline};
+use crate::payload_store::{PayloadStore, StoreBuildError};
+use crate::routing::RoutingTable;
+use crate::transport::{InProcessTransport, MetricTransport};
+
+/// How long `start()` waits for the actor threads to come up.
+pub const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often shutdown re-checks the stage gauges.
+const SETTLE_POLL: Duration = Duration::from_millis(2);
+
+/// Why the gateway did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The payload store could not be built.
+    #[error(transparent)]
+    PayloadStore(#[from] StoreBuildError),
+    /// The dedup store could not be built.
+    #[error(transparent)]
+    Dedup(#[from] DedupBuildError),
+    /// An exporter could not be built.
+    #[error(transparent)]
+    Export(#[from] ExportBuildError),
+    /// The actor threads did not start.
+    #[error("the actor system did not start: {0}")]
+    Actors(String),
+}
+
+/// Why `emit()` did not take an event. Each is also counted as a drop with its reason code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EmitError {
+    /// The envelope is invalid (the error names the field).
+    #[error(transparent)]
+    Invalid(#[from] EnvelopeError),
+    /// The gateway queue is full; the event was dropped (`queue_full`).
+    #[error("gateway queue is full; event dropped")]
+    QueueFull,
+    /// The gateway is shut down; the event was dropped (`shutdown`).
+    #[error("gateway is shut down; event dropped")]
+    ShutDown,
+}
+
+impl EmitError {
+    /// The reason code this refusal is counted under.
+    pub fn reason(&self) -> ReasonCode {
+        match self {
+            EmitError::Invalid(EnvelopeError::UnknownCase { .. }) => ReasonCode::UnknownCase,
+            EmitError::Invalid(_) => ReasonCode::InvalidEnvelope,
+            EmitError::QueueFull => ReasonCode::QueueFull,
+            EmitError::ShutDown => ReasonCode::Shutdown,
+        }
+    }
+}
+
+/// What shutdown delivered and what it did not.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShutdownReport {
+    /// The final ledger: `emitted == delivered + sum(dropped)`, nothing in flight.
+    pub stats: StatsSnapshot,
+    /// Events still unsettled at the deadline, now counted as dropped under `shutdown`.
+    pub unsettled_at_deadline: u64,
+    /// Whether the deadline passed before everything settled.
+    pub deadline_exceeded: bool,
+    /// How long shutdown took.
+    pub elapsed_ms: u64,
+}
+
+impl ShutdownReport {
+    /// Dropped events by reason.
+    pub fn dropped(&self) -> &BTreeMap<String, u64> {
+        &self.stats.dropped
+    }
+}
+
+/// Builds a gateway with host-supplied parts; [`start`] is the shortcut for config alone.
+#[derive(Debug)]
+pub struct GatewayBuilder {
+    config: GatewayConfig,
+    case_handlers: HashMap<String, Arc<dyn CaseHandler>>,
+    payload_store: Option<PayloadStore>,
+    sinks: Vec<(String, Option<String>, Arc<dyn TraceSink>)>,
+}
+
+impl GatewayBuilder {
+    /// A builder over `config`.
+    pub fn new(config: GatewayConfig) -> Self {
+        GatewayBuilder {
+            config,
+            case_handlers: HashMap::new(),
+            payload_store: None,
+            sinks: Vec::new(),
+        }
+    }
+
+    /// Runs `handler` for every metric/log event of `case` (built-in or configured).
+    pub fn case_handler(mut self, case: &str, handler: Arc<dyn CaseHandler>) -> Self {
+        self.case_handlers.insert(case.to_owned(), handler);
+        self
+    }
+
+    /// Uses this payload store instead of the one `[payloads]` describes.
+    pub fn payload_store(mut self, store: PayloadStore) -> Self {
+        self.payload_store = Some(store);
+        self
+    }
+
+    /// Adds a community trace sink for `tenant_id` (and only `app_id`, when given).
+    pub fn trace_sink(mut self, tenant_id: &str, app_id: Option<&str>, sink: Arc<dyn TraceSink>) -> Self {
+        self.sinks
+            .push((tenant_id.to_owned(), app_id.map(str::to_owned), sink));
+        self
+    }
+
+    /// Starts the gateway.
+    pub fn start(self) -> Result<GatewayHandle, StartError> {
+        let cfg = self.config;
+        cfg.validate()?;
+        let table = RoutingTable::new(&cfg.cases);
+        let counters = Arc::new(Counters::default());
+        let store = match self.payload_store {
+            Some(s) => s,
+            None => PayloadStore::from_config(&cfg.payloads)?,
+        };
+        // Build every dedup actor's state up front so a bad URL fails start, not a thread.
+        let pool_size = cfg.metric_pool.pool_size;
+        let dedups = (0..pool_size)
+            .map(|_| DedupActor::new(&cfg.dedup))
+            .collect::<Result<Vec<_>, _>>()?;
+        let export = ExportPipeline::build(&cfg, &table, counters.clone(), self.sinks)?;
+        let shared = Arc::new(Shared {
+            counters: counters.clone(),
+            table,
+            gateway_enabled: AtomicBool::new(cfg.gateway.enabled),
+            enterprise_enabled: AtomicBool::new(cfg.gateway.enterprise_enabled),
+            closed: AtomicBool::new(false),
+        });
+
+        let (gw_tx, gw_rx) = mpsc::channel::<TelemetryEnvelope>(cfg.gateway.queue_capacity);
+        let (trace_tx, trace_rx) = mpsc::channel::<TraceItem>(cfg.trace_batcher.queue_capacity);
+        let (transport, sources) =
+            InProcessTransport::new(pool_size, cfg.metric_pool.queue_capacity);
+        let transport: Arc<dyn MetricTransport> = Arc::new(transport);
+
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let handles = export.handles.clone();
+        let sh = shared.clone();
+        let case_handlers = Arc::new(self.case_handlers);
+        let cfg2 = cfg.clone();
+        let transport2 = transport.clone();
+        let thread = std::thread::Builder::new()
+            .name("telemetry-gateway-actors".into())
+            .spawn(move || {
+                let sys = actix::System::new();
+                sys.block_on(async move {
+                    let started = start_actors(
+                        &cfg2,
+                        sh,
+                        handles,
+                        store,
+                        dedups,
+                        case_handlers,
+                        gw_rx,
+                        trace_tx,
+                        trace_rx,
+                        transport2,
+                        sources,
+                    );
+                    let _ = ready_tx.send((actix::System::current(), started));
+                });
+                let _ = sys.run();
+            })
+            .map_err(|e| StartError::Actors(e.to_string()))?;
+        let (system, actors) = ready_rx
+            .recv_timeout(START_TIMEOUT)
+            .map_err(|e| StartError::Actors(e.to_string()))?;
+
+        Ok(GatewayHandle {
+            inner: Arc::new(Inner {
+                tx: gw_tx,
+                shared,
+                transport,
+                active_emits: AtomicU64::new(0),
+                lifecycle: Mutex::new(Some(Lifecycle {
+                    system,
+                    thread,
+                    actors,
+                    export,
+                })),
+                default_deadline: Duration::from_millis(cfg.shutdown.deadline_ms),
+                final_report: Mutex::new(None),
+            }),
+        })
+    }
+}
+
+/// Starts the gateway from configuration alone.
+pub fn start(config: GatewayConfig) -> Result<GatewayHandle, StartError> {
+    GatewayBuilder::new(config).start()
+}
+
+/// Addresses the lifecycle needs.
+struct Actors {
+    batcher: Addr<TraceBatcherActor>,
+    arbiters: Vec<Arbiter>,
+}
+
+struct Lifecycle {
+    system: actix::System,
+    thread: JoinHandle<()>,
+    actors: Actors,
+    export: ExportPipeline,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn start_actors(
+    cfg: &GatewayConfig,
+    shared: Arc<Shared>,
+    export: Arc<ExportHandles>,
+    store: PayloadStore,
+    dedups: Vec<DedupActor>,
+    case_handlers: Arc<HashMap<String, Arc<dyn CaseHandler>>>,
+    gw_rx: mpsc::Receiver<TelemetryEnvelope>,
+    trace_tx: mpsc::Sender<TraceItem>,
+    trace_rx: mpsc::Receiver<TraceItem>,
+    transport: Arc<dyn MetricTransport>,
+    sources: Vec<crate::transport::InProcessSource>,
+) -> Actors {
+    let batcher_dedup = MemoryDedup::new(
+        cfg.dedup.memory_max_entries,
+        Duration::from_secs(cfg.dedup.ttl_secs),
+    );
+    let (sh, ex) = (shared.clone(), export.clone());
+    let max_batch = cfg.trace_batcher.max_batch_size;
+    let interval = Duration::from_millis(cfg.trace_batcher.flush_interval_ms);
+    let batcher = TraceBatcherActor::create(move |ctx| {
+        ctx.add_stream(tokio_stream::wrappers::ReceiverStream::new(trace_rx));
+        TraceBatcherActor::new(sh, ex, max_batch, interval, batcher_dedup)
+    });
+
+    let mut arbiters = Vec::new();
+    for (index, (source, dedup)) in sources.into_iter().zip(dedups).enumerate() {
+        let arbiter = Arbiter::new();
+        let h = arbiter.handle();
+        let dedup_addr = DedupActor::start_in_arbiter(&h, move |_| dedup);
+        let (st, c) = (store.clone(), shared.counters.clone());
+        let rehydrator = RehydratorActor::start_in_arbiter(&h, move |_| RehydratorActor::new(st, c));
+        let (sh, ex, ch) = (shared.clone(), export.clone(), case_handlers.clone());
+        let batch_size = cfg.metric_pool.batch_size;
+        let source: Box<dyn crate::transport::EnvelopeSource> = Box::new(source);
+        Supervisor::start_in_arbiter(&h, move |_| {
+            MetricHandlerActor::new(index, source, batch_size, dedup_addr, rehydrator, sh, ex, ch)
+        });
+        arbiters.push(arbiter);
+    }
+
+    let threshold = cfg.payloads.inline_threshold_bytes;
+    let max_offloads = cfg.gateway.max_offloads_in_flight;
+    GatewayActor::create(move |ctx| {
+        ctx.add_stream(tokio_stream::wrappers::ReceiverStream::new(gw_rx));
+        // The gateway owns the only sender of the trace queue: when it stops, the batcher's
+        // stream ends and the batcher flushes.
+        GatewayActor::new(shared, trace_tx, transport, store, threshold, max_offloads)
+    });
+    Actors { batcher, arbiters }
+}
+
+/// The state behind every clone of the handle.
+struct Inner {
+    tx: mpsc::Sender<TelemetryEnvelope>,
+    shared: Arc<Shared>,
+    transport: Arc<dyn MetricTransport>,
+    active_emits: AtomicU64,
+    lifecycle: Mutex<Option<Lifecycle>>,
+    default_deadline: Duration,
+    final_report: Mutex<Option<ShutdownReport>>,
+}
+
+/// The host's handle: cheap to clone, `Send + Sync`, usable from any thread or runtime.
+#[derive(Clone)]
+pub struct GatewayHandle {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for GatewayHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayHandle")
+            .field("closed", &self.inner.shared.closed.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+/// Decrements the active-emit gauge on every exit path of `emit()`.
+struct EmitGuard<'a>(&'a AtomicU64);
+
+impl Drop for EmitGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl GatewayHandle {
+    /// Sends an event. Never waits and never panics: `Ok(event_id)` when the gateway took it,
+    /// otherwise why not. Every refusal is counted as a drop with its reason code.
+    pub fn emit(&self, env: TelemetryEnvelope) -> Result<Uuid, EmitError> {
+        let inner = &*self.inner;
+        let c = &inner.shared.counters;
+        inner.active_emits.fetch_add(1, Ordering::SeqCst);
+        let _guard = EmitGuard(&inner.active_emits);
+        Counters::add(&c.emitted, 1);
+        let refuse = |e: EmitError| {
+            c.dropped(e.reason(), 1);
+            Err(e)
+        };
+        if inner.shared.closed.load(Ordering::SeqCst) {
+            return refuse(EmitError::ShutDown);
+        }
+        if let Err(e) = env.validate_cheap() {
+            return refuse(EmitError::Invalid(e));
+        }
+        if inner.shared.table.route(&env.case).is_none() {
+            return refuse(EmitError::Invalid(EnvelopeError::UnknownCase {
+                case: env.case.as_str().to_owned(),
+            }));
+        }
+        let id = env.event_id;
+        Counters::pending_add(&c.gateway_pending, 1);
+        match inner.tx.try_send(env) {
+            Ok(()) => Ok(id),
+            Err(e) => {
+                Counters::pending_sub(&c.gateway_pending, 1);
+                refuse(match e {
+                    mpsc::error::TrySendError::Full(_) => EmitError::QueueFull,
+                    mpsc::error::TrySendError::Closed(_) => EmitError::ShutDown,
+                })
+            }
+        }
+    }
+
+    /// A copy of the ledger.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.inner.shared.counters.snapshot()
+    }
+
+    /// Turns the gateway on or off at runtime (`gateway.enabled`). Events already routed finish
+    /// under the rule they were routed with.
+    pub fn set_gateway_enabled(&self, enabled: bool) {
+        self.inner.shared.gateway_enabled.store(enabled, Ordering::SeqCst);
+    }
+
+    /// Turns the enterprise exporter on or off at runtime (`gateway.enterprise_enabled`).
+    pub fn set_enterprise_enabled(&self, enabled: bool) {
+        self.inner.shared.enterprise_enabled.store(enabled, Ordering::SeqCst);
+    }
+
+    /// Metric/log envelopes waiting in the transport.
+    pub fn metric_queue_depth(&self) -> usize {
+        self.inner.transport.queued()
+    }
+
+    /// Shuts down within `deadline` and reports. Runs on a gateway-owned thread, so it is safe to
+    /// await from any async runtime. A second call returns the first call's report.
+    pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("telemetry-gateway-shutdown".into())
+            .spawn(move || {
+                let _ = tx.send(me.shutdown_blocking(deadline));
+            });
+        match spawned {
+            Ok(_) => match rx.await {
+                Ok(r) => r,
+                Err(_) => self.final_or_snapshot(),
+            },
+            Err(_) => self.shutdown_blocking(deadline),
+        }
+    }
+
+    fn final_or_snapshot(&self) -> ShutdownReport {
+        self.inner.final_report.lock().clone().unwrap_or_else(|| ShutdownReport {
+            stats: self.stats(),
+            unsettled_at_deadline: 0,
+            deadline_exceeded: true,
+            elapsed_ms: 0,
+        })
+    }
+
+    /// [`shutdown`](Self::shutdown) for hosts without an async runtime: blocks this thread.
+    pub fn shutdown_blocking(&self, deadline: Duration) -> ShutdownReport {
+        let started = Instant::now();
+        let end = started + deadline;
+        let inner = &*self.inner;
+        let Some(lc) = inner.lifecycle.lock().take() else {
+            return self.final_or_snapshot();
+        };
+        let c = inner.shared.counters.clone();
+        inner.shared.closed.store(true, Ordering::SeqCst);
+        let wait_until = |cond: &dyn Fn() -> bool, nudge: &dyn Fn()| -> bool {
+            loop {
+                if cond() {
+                    return true;
+                }
+                if Instant::now() >= end {
+                    return false;
+                }
+                nudge();
+                std::thread::sleep(SETTLE_POLL);
+            }
+        };
+        let no_emits = || inner.active_emits.load(Ordering::SeqCst) == 0;
+        let mut settled = wait_until(&no_emits, &|| {});
+        settled &= wait_until(&|| c.pending().0 <= 0, &|| {});
+        // From here on the batcher flushes every event as it arrives.
+        let _ = futures::executor::block_on(lc.actors.batcher.send(Drain));
+        let handles = lc.export.handles.clone();
+        let rt = lc.export.rt.handle().clone();
+        let nudge_logs = || {
+            let lb = handles.log_batcher.clone();
+            let _ = rt.block_on(async move {
+                tokio::time::timeout(Duration::from_millis(20), lb.flush()).await
+            });
+        };
+        settled &= wait_until(
+            &|| {
+                let (g, t, m) = c.pending();
+                g <= 0 && t <= 0 && m <= 0
+            },
+            &nudge_logs,
+        );
+        // Final metric collection and export.
+        let _ = lc.export.meter_provider.shutdown();
+        let _ = lc.export.logger_provider.shutdown();
+        for a in &lc.actors.arbiters {
+            a.stop();
+        }
+        lc.system.stop();
+        let _ = lc.thread.join();
+        let remaining = end.saturating_duration_since(Instant::now());
+        lc.export.rt.shutdown_timeout(remaining.max(Duration::from_millis(10)));
+        // Anything not settled now never will be: count it, so the ledger adds up.
+        wait_until(&no_emits, &|| {});
+        let snap = c.snapshot();
+        let unsettled = snap.in_flight;
+        if unsettled > 0 {
+            c.dropped(ReasonCode::Shutdown, unsettled);
+            tracing::warn!(events = unsettled, "events unsettled at the shutdown deadline, counted as dropped");
+        }
+        let report = ShutdownReport {
+            stats: c.snapshot(),
+            unsettled_at_deadline: unsettled,
+            deadline_exceeded: !settled,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        };
+        *inner.final_report.lock() = Some(report.clone());
+        report
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if self.lifecycle.lock().is_some() {
+            // The last handle went away without shutdown(): settle what we can, bounded.
+            let handle = GatewayHandle {
+                inner: Arc::new(Inner {
+                    tx: self.tx.clone(),
+                    shared: self.shared.clone(),
+                    transport: self.transport.clone(),
+                    active_emits: AtomicU64::new(0),
+                    lifecycle: Mutex::new(self.lifecycle.lock().take()),
+                    default_deadline: self.default_deadline,
+                    final_report: Mutex::new(None),
+                }),
+            };
+            let _ = handle.shutdown_blocking(self.default_deadline);
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! The seam between the gateway actor and the metric/log handler pool.
+//!
+//! The gateway only sees [`MetricTransport`] (a non-blocking `try_send`), and each handler only
+//! sees an [`EnvelopeSource`] (an async `recv_batch`). The built-in transport is in process:
+//! one bounded channel per handler, an envelope's channel chosen by a hash of
+//! `(tenant_id, event_id)`, so that a re-sent event meets its first copy in the same handler's
+//! memory dedup. A Redis Streams transport can implement both traits without changing the
+//! handlers.
+
+use std::fmt::Debug;
+use std::hash::{Hash, Hasher};
+
+use futures::future::BoxFuture;
+use tokio::sync::mpsc;
+
+use crate::contracts::TelemetryEnvelope;
+
+/// Why the transport did not take an envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    /// The destination queue is full.
+    #[error("metric/log queue is full")]
+    Full,
+    /// The transport is shut down.
+    #[error("metric/log transport is closed")]
+    Closed,
+}
+
+/// The producer side: never waits.
+pub trait MetricTransport: Send + Sync + Debug + 'static {
+    /// Queues `env` or says why not.
+    fn try_send(&self, env: TelemetryEnvelope) -> Result<(), TransportError>;
+    /// Envelopes waiting, summed over partitions.
+    fn queued(&self) -> usize;
+    /// Total capacity, summed over partitions.
+    fn capacity(&self) -> usize;
+}
+
+/// The consumer side, one per handler.
+pub trait EnvelopeSource: Send + Debug + 'static {
+    /// Waits for at least one envelope and returns up to `max`; `None` when the transport is
+    /// closed and empty.
+    fn recv_batch(&mut self, max: usize) -> BoxFuture<'_, Option<Vec<TelemetryEnvelope>>>;
+}
+
+/// The in-process transport: bounded channels, one per handler.
+#[derive(Debug, Clone)]
+pub struct InProcessTransport {
+    partitions: Vec<mpsc::Sender<TelemetryEnvelope>>,
+}
+
+/// One handler's end of the in-process transport.
+#[derive(Debug)]
+pub struct InProcessSource {
+    rx: mpsc::Receiver<TelemetryEnvelope>,
+}
+
+impl InProcessTransport {
+    /// `partitions` channels of `capacity` each, and their sources.
+    pub fn new(partitions: usize, capacity: usize) -> (Self, Vec<InProcessSource>) {
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..partitions.max(1))
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(capacity.max(1));
+                (tx, InProcessSource { rx })
+            })
+            .unzip();
+        (InProcessTransport { partitions: txs }, rxs)
+    }
+
+    /// The partition `env` goes to.
+    pub fn partition_of(&self, env: &TelemetryEnvelope) -> usize {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        env.context.tenant_id.hash(&mut h);
+        env.event_id.hash(&mut h);
+        (h.finish() % self.partitions.len() as u64) as usize
+    }
+}
+
+impl MetricTransport for InProcessTransport {
+    fn try_send(&self, env: TelemetryEnvelope) -> Result<(), TransportError> {
+        let p = self.partition_of(&env);
+        self.partitions[p].try_send(env).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => TransportError::Full,
+            mpsc::error::TrySendError::Closed(_) => TransportError::Closed,
+        })
+    }
+
+    fn queued(&self) -> usize {
+        self.partitions
+            .iter()
+            .map(|t| t.max_capacity() - t.capacity())
+            .sum()
+    }
+
+    fn capacity(&self) -> usize {
+        self.partitions.iter().map(|t| t.max_capacity()).sum()
+    }
+}
+
+impl EnvelopeSource for InProcessSource {
+    fn recv_batch(&mut self, max: usize) -> BoxFuture<'_, Option<Vec<TelemetryEnvelope>>> {
+        Box::pin(async move {
+            let mut buf = Vec::with_capacity(max.min(1024));
+            let n = self.rx.recv_many(&mut buf, max.max(1)).await;
+            (n > 0).then_some(buf)
+        })
+    }
+}
