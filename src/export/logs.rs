@@ -151,7 +151,6 @@ impl LogBatcher {
         }
     }
 }
-}
 
 /// A bounded queue had no room (or was closed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -241,5 +241,3 @@ impl SinkWorker {
         })
     }
 }
-    }
-}
