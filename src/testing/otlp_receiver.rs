@@ -1,0 +1,214 @@
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
+use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
+use opentelemetry_proto::tonic::metrics::v1::Metric;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use parking_lot::Mutex;
+use tonic::{Request, Response, Status};
+
+/// Everything the receiver has accepted so far.
+#[derive(Debug, Default, Clone)]
+pub struct Received {
+    /// Every span, in arrival order.
+    pub spans: Vec<Span>,
+    /// Every log record, in arrival order.
+    pub logs: Vec<LogRecord>,
+    /// Every metric of every export, in arrival order (cumulative metrics repeat).
+    pub metrics: Vec<Metric>,
+    /// Export requests per signal: (traces, logs, metrics).
+    pub requests: (u64, u64, u64),
+    /// The `authorization` metadata of the last request, if any.
+    pub last_authorization: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    received: Mutex<Received>,
+    fail_with: Mutex<Option<tonic::Code>>,
+}
+
+impl State {
+    fn check<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        if let Some(auth) = req.metadata().get("authorization").and_then(|v| v.to_str().ok()) {
+            self.received.lock().last_authorization = Some(auth.to_owned());
+        }
+        match *self.fail_with.lock() {
+            Some(code) => Err(Status::new(code, "configured failure")),
+            None => Ok(()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Svc(Arc<State>);
+
+#[tonic::async_trait]
+impl TraceService for Svc {
+    async fn export(
+        &self,
+        req: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        self.0.check(&req)?;
+        let mut r = self.0.received.lock();
+        r.requests.0 += 1;
+        for rs in req.into_inner().resource_spans {
+            for ss in rs.scope_spans {
+                r.spans.extend(ss.spans);
+            }
+        }
+        Ok(Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl LogsService for Svc {
+    async fn export(
+        &self,
+        req: Request<ExportLogsServiceRequest>,
+    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
+        self.0.check(&req)?;
+        let mut r = self.0.received.lock();
+        r.requests.1 += 1;
+        for rl in req.into_inner().resource_logs {
+            for sl in rl.scope_logs {
+                r.logs.extend(sl.log_records);
+            }
+        }
+        Ok(Response::new(ExportLogsServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Svc {
+    async fn export(
+        &self,
+        req: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        self.0.check(&req)?;
+        let mut r = self.0.received.lock();
+        r.requests.2 += 1;
+        for rm in req.into_inner().resource_metrics {
+            for sm in rm.scope_metrics {
+                r.metrics.extend(sm.metrics);
+            }
+        }
+        Ok(Response::new(ExportMetricsServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+/// A real OTLP gRPC receiver on `127.0.0.1:<free port>`, running on its own thread and runtime
+/// so it works from any test, sync or async. Stops on drop.
+#[derive(Debug)]
+pub struct OtlpReceiver {
+    addr: SocketAddr,
+    state: Arc<State>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl OtlpReceiver {
+    /// Binds a free loopback port and starts serving traces, logs and metrics.
+    pub fn start() -> Self {
+        let state = Arc::new(State::default());
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let st = state.clone();
+        let thread = std::thread::Builder::new()
+            .name("otlp-receiver".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => panic!("otlp receiver runtime: {e}"),
+                };
+                rt.block_on(async move {
+                    let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
+                        Ok(l) => l,
+                        Err(e) => panic!("otlp receiver bind: {e}"),
+                    };
+                    let _ = addr_tx.send(listener.local_addr().ok());
+                    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                    let svc = Svc(st);
+                    let _ = tonic::transport::Server::builder()
+                        .add_service(TraceServiceServer::new(svc.clone()))
+                        .add_service(LogsServiceServer::new(svc.clone()))
+                        .add_service(MetricsServiceServer::new(svc))
+                        .serve_with_incoming_shutdown(incoming, async {
+                            let _ = stop_rx.await;
+                        })
+                        .await;
+                });
+            })
+            .expect("spawn otlp receiver thread");
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(10))
+            .ok()
+            .flatten()
+            .expect("otlp receiver did not bind");
+        OtlpReceiver {
+            addr,
+            state,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// `http://127.0.0.1:<port>`, for `otlp.endpoint`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A copy of everything received so far.
+    pub fn received(&self) -> Received {
+        self.state.received.lock().clone()
+    }
+
+    /// Makes every following export fail with `code` (`None` to accept again).
+    pub fn fail_with(&self, code: Option<tonic::Code>) {
+        *self.state.fail_with.lock() = code;
+    }
+
+    /// Polls until `cond` holds for what was received, or `timeout` passes; returns the last
+    /// state and whether the condition held.
+    pub fn wait_for(&self, timeout: Duration, cond: impl Fn(&Received) -> bool) -> (Received, bool) {
+        let end = Instant::now() + timeout;
+        loop {
+            let r = self.received();
+            if cond(&r) {
+                return (r, true);
+            }
+            if Instant::now() >= end {
+                return (r, false);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for OtlpReceiver {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
