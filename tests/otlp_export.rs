@@ -1,0 +1,158 @@
+//! The export path against a real OTLP gRPC receiver: what arrives, not just that something did.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::common::v1::any_value::Value as PValue;
+use opentelemetry_proto::tonic::common::v1::KeyValue as PKeyValue;
+use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value as NValue;
+use serde_json::json;
+use telemetry_gateway::testing::OtlpReceiver;
+use telemetry_gateway::{start, TelemetryCase, TelemetryContext, TelemetryEnvelope};
+
+fn attr<'a>(attrs: &'a [PKeyValue], key: &str) -> Option<&'a PValue> {
+    attrs
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v| v.value.as_ref())
+}
+
+fn attr_str(attrs: &[PKeyValue], key: &str) -> Option<String> {
+    match attr(attrs, key) {
+        Some(PValue::StringValue(s)) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_workflow_run_with_nodes_arrives_as_one_trace_with_logs_and_metrics() {
+    let rx = OtlpReceiver::start();
+    let (mut cfg, _dir) = support::config();
+    cfg.otlp.endpoint = Some(rx.endpoint());
+    cfg.otlp.api_key = Some("sekret-key".into());
+    cfg.export.include_content = false;
+    let gw = start(cfg).unwrap();
+    let ctx = TelemetryContext::tenant("acme").app("app-1");
+    for n in 0..3 {
+        gw.emit(
+            TelemetryEnvelope::new(TelemetryCase::NodeExecution, ctx.clone())
+                .with_run_id("run-7")
+                .with_correlation_id("req-1")
+                .with_payload(json!({"node_id": format!("n{n}"), "duration_ms": 10, "total_tokens": 5,
+                                      "inputs": "private question"})),
+        )
+        .unwrap();
+    }
+    gw.emit(
+        TelemetryEnvelope::new(TelemetryCase::WorkflowRun, ctx.clone())
+            .with_run_id("run-7")
+            .with_correlation_id("req-1")
+            .with_payload(json!({"status": "succeeded", "duration_ms": 1500, "total_tokens": 15})),
+    )
+    .unwrap();
+    gw.emit(
+        TelemetryEnvelope::new(TelemetryCase::AppCreated, ctx.clone())
+            .with_correlation_id("req-1")
+            .with_payload(json!({"app_mode": "chat"})),
+    )
+    .unwrap();
+    let report = gw.shutdown_blocking(support::DEADLINE);
+    assert_eq!(report.stats.emitted, 5);
+    assert_eq!(report.stats.delivered, 5, "{:?}", report.stats);
+    assert!(report.stats.is_settled());
+
+    let r = rx.received();
+    // Spans: one root and three children in one trace.
+    assert_eq!(r.spans.len(), 4);
+    let root = r.spans.iter().find(|s| s.name == "app.workflow.run").expect("root span");
+    let children: Vec<_> = r.spans.iter().filter(|s| s.name == "app.node.execution").collect();
+    assert_eq!(children.len(), 3);
+    assert!(root.parent_span_id.is_empty(), "the run is the root");
+    for c in &children {
+        assert_eq!(c.trace_id, root.trace_id, "one trace");
+        assert_eq!(c.parent_span_id, root.span_id, "children of the run");
+        assert_eq!(attr_str(&c.attributes, "correlation.id").as_deref(), Some("req-1"));
+        assert_eq!(attr_str(&c.attributes, "tenant.id").as_deref(), Some("acme"));
+        let redacted = attr_str(&c.attributes, "app.inputs").unwrap();
+        assert!(redacted.starts_with("ref:acme/"), "content redacted: {redacted}");
+    }
+    let ids: HashSet<_> = r.spans.iter().map(|s| s.span_id.clone()).collect();
+    assert_eq!(ids.len(), 4, "distinct span ids");
+    assert_eq!(
+        (root.end_time_unix_nano - root.start_time_unix_nano) as u128,
+        Duration::from_millis(1500).as_nanos()
+    );
+    // Logs: four companion records and the app_created record, with trace context.
+    assert_eq!(r.logs.len(), 5);
+    let app_log = r.logs.iter().find(|l| l.event_name == "app.app_created").expect("app log");
+    match app_log.body.as_ref().and_then(|b| b.value.as_ref()) {
+        Some(PValue::StringValue(s)) => assert!(s.contains("app_created"), "{s}"),
+        other => panic!("unexpected body {other:?}"),
+    }
+    let run_log = r.logs.iter().find(|l| l.event_name == "app.workflow_run").expect("run log");
+    assert_eq!(run_log.trace_id, root.trace_id);
+    assert_eq!(run_log.span_id, root.span_id);
+    // Metrics: the requests counter by case.
+    let mut requests: HashMap<String, f64> = HashMap::new();
+    let mut saw_duration = false;
+    for m in &r.metrics {
+        match (&m.name[..], &m.data) {
+            ("app.requests.total", Some(Data::Sum(sum))) => {
+                for p in &sum.data_points {
+                    let case = attr_str(&p.attributes, "case").unwrap();
+                    let v = match p.value {
+                        Some(NValue::AsInt(i)) => i as f64,
+                        Some(NValue::AsDouble(d)) => d,
+                        None => 0.0,
+                    };
+                    requests.insert(case, v);
+                }
+            }
+            ("app.workflow.duration", Some(Data::Histogram(h))) => {
+                saw_duration = true;
+                assert_eq!(h.data_points[0].count, 1);
+                assert!((h.data_points[0].sum.unwrap() - 1.5).abs() < 1e-9);
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(requests.get("node_execution"), Some(&3.0));
+    assert_eq!(requests.get("workflow_run"), Some(&1.0));
+    assert_eq!(requests.get("app_created"), Some(&1.0));
+    assert!(saw_duration, "workflow duration histogram exported");
+    assert_eq!(r.last_authorization.as_deref(), Some("Bearer sekret-key"));
+    assert_eq!(report.stats.exported.spans, 4);
+    assert_eq!(report.stats.exported.log_records, 5);
+}
+
+#[test]
+fn a_rejecting_collector_is_accounted_exactly() {
+    let rx = OtlpReceiver::start();
+    rx.fail_with(Some(tonic::Code::InvalidArgument));
+    let (mut cfg, _dir) = support::config();
+    cfg.otlp.endpoint = Some(rx.endpoint());
+    cfg.otlp.timeout_ms = 2_000;
+    let gw = start(cfg).unwrap();
+    for i in 0..10 {
+        gw.emit(
+            TelemetryEnvelope::new(TelemetryCase::WorkflowRun, TelemetryContext::tenant("t"))
+                .with_run_id(format!("r{i}")),
+        )
+        .unwrap();
+    }
+    let report = gw.shutdown_blocking(support::DEADLINE);
+    let s = &report.stats;
+    assert_eq!(s.emitted, 10);
+    assert_eq!(s.delivered, 0);
+    assert_eq!(s.dropped_total(), 10, "{s:?}");
+    assert_eq!(
+        s.dropped_for(telemetry_gateway::ReasonCode::ExportRejected)
+            + s.dropped_for(telemetry_gateway::ReasonCode::ExportFailed),
+        10
+    );
+    assert!(rx.received().spans.is_empty());
+}
