@@ -17,9 +17,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::json;
-use telemetry_gateway::{
-    start, GatewayConfig, TelemetryCase, TelemetryContext, TelemetryEnvelope,
-};
+use telemetry_gateway::{start, GatewayConfig, TelemetryCase, TelemetryContext, TelemetryEnvelope};
 use uuid::Uuid;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -30,7 +28,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         match a.as_str() {
             "--json" => as_json = true,
             "--config" => config_path = args.next().map(PathBuf::from),
-            other => return Err(format!("unknown argument {other:?} (use --config PATH, --json)").into()),
+            other => {
+                return Err(
+                    format!("unknown argument {other:?} (use --config PATH, --json)").into(),
+                )
+            }
         }
     }
     let config = GatewayConfig::load(config_path.as_deref())?;
@@ -51,7 +53,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let tenants = ["acme", "globex"];
     for (t, tenant) in tenants.iter().enumerate() {
-        let ctx = TelemetryContext::tenant(*tenant).app(format!("app-{t}")).user("u-1");
+        let ctx = TelemetryContext::tenant(*tenant)
+            .app(format!("app-{t}"))
+            .user("u-1");
         // Workflow runs, each with its node executions: one trace per run.
         for run in 0..20 {
             let run_id = format!("{tenant}-run-{run}");
@@ -70,7 +74,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             emit(
                 TelemetryEnvelope::new(TelemetryCase::WorkflowRun, ctx.clone())
                     .with_run_id(&run_id)
-                    .with_payload(json!({"status": "succeeded", "duration_ms": 400, "total_tokens": 600})),
+                    .with_payload(
+                        json!({"status": "succeeded", "duration_ms": 400, "total_tokens": 600}),
+                    ),
             );
         }
         // Chat messages with a tool call, a retrieval and a moderation check each.
@@ -79,47 +85,75 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             emit(
                 TelemetryEnvelope::new(TelemetryCase::MessageRun, ctx.clone())
                     .with_run_id(&run_id)
-                    .with_payload(json!({"status": "succeeded", "duration_ms": 900, "total_tokens": 350,
-                                          "query": "hello", "answer": "hi there"})),
+                    .with_payload(
+                        json!({"status": "succeeded", "duration_ms": 900, "total_tokens": 350,
+                                          "query": "hello", "answer": "hi there"}),
+                    ),
             );
-            emit(TelemetryEnvelope::new(TelemetryCase::ToolExecution, ctx.clone())
-                .with_run_id(&run_id)
-                .with_payload(json!({"tool_name": "web_search", "duration_ms": 120})));
-            emit(TelemetryEnvelope::new(TelemetryCase::DatasetRetrieval, ctx.clone())
-                .with_run_id(&run_id)
-                .with_payload(json!({"dataset_id": "ds-1", "documents": 4})));
-            emit(TelemetryEnvelope::new(TelemetryCase::ModerationCheck, ctx.clone())
-                .with_run_id(&run_id)
-                .with_payload(json!({"flagged": m % 10 == 0})));
+            emit(
+                TelemetryEnvelope::new(TelemetryCase::ToolExecution, ctx.clone())
+                    .with_run_id(&run_id)
+                    .with_payload(json!({"tool_name": "web_search", "duration_ms": 120})),
+            );
+            emit(
+                TelemetryEnvelope::new(TelemetryCase::DatasetRetrieval, ctx.clone())
+                    .with_run_id(&run_id)
+                    .with_payload(json!({"dataset_id": "ds-1", "documents": 4})),
+            );
+            emit(
+                TelemetryEnvelope::new(TelemetryCase::ModerationCheck, ctx.clone())
+                    .with_run_id(&run_id)
+                    .with_payload(json!({"flagged": m % 10 == 0})),
+            );
         }
         // App lifecycle.
-        for kind in [TelemetryCase::AppCreated, TelemetryCase::AppUpdated, TelemetryCase::AppDeleted] {
-            emit(TelemetryEnvelope::new(kind, ctx.clone()).with_payload(json!({"app_mode": "workflow"})));
+        for kind in [
+            TelemetryCase::AppCreated,
+            TelemetryCase::AppUpdated,
+            TelemetryCase::AppDeleted,
+        ] {
+            emit(
+                TelemetryEnvelope::new(kind, ctx.clone())
+                    .with_payload(json!({"app_mode": "workflow"})),
+            );
         }
         // Feedback, each re-sent once with the same event id (a client retry): counts once.
         for f in 0..10 {
             let id = Uuid::now_v7();
             let fb = TelemetryEnvelope::new(TelemetryCase::FeedbackCreated, ctx.clone())
                 .with_event_id(id)
-                .with_payload(json!({"rating": if f % 3 == 0 { "dislike" } else { "like" },
-                                      "content": "user feedback text"}));
+                .with_payload(
+                    json!({"rating": if f % 3 == 0 { "dislike" } else { "like" },
+                                      "content": "user feedback text"}),
+                );
             emit(fb.clone());
             emit(fb);
         }
     }
     // One payload over 1 MiB: offloaded to the payload store, only its ref travels.
     emit(
-        TelemetryEnvelope::new(TelemetryCase::ToolExecution, TelemetryContext::tenant("acme").app("app-0"))
-            .with_payload(json!({"tool_name": "pdf_extract", "duration_ms": 3000,
+        TelemetryEnvelope::new(
+            TelemetryCase::ToolExecution,
+            TelemetryContext::tenant("acme").app("app-0"),
+        )
+        .with_payload(json!({"tool_name": "pdf_extract", "duration_ms": 3000,
                                   "outputs": "x".repeat(1_200_000)})),
     );
     // An enterprise-only case while the enterprise exporter is off: dropped, counted.
     gateway.set_enterprise_enabled(false);
-    emit(TelemetryEnvelope::new(TelemetryCase::PromptGeneration, TelemetryContext::tenant("acme"))
-        .with_payload(json!({"total_tokens": 80})));
+    emit(
+        TelemetryEnvelope::new(
+            TelemetryCase::PromptGeneration,
+            TelemetryContext::tenant("acme"),
+        )
+        .with_payload(json!({"total_tokens": 80})),
+    );
     gateway.set_enterprise_enabled(true);
     // An event that fails validation: refused at emit(), counted.
-    emit(TelemetryEnvelope::new(TelemetryCase::AppCreated, TelemetryContext::tenant("")));
+    emit(TelemetryEnvelope::new(
+        TelemetryCase::AppCreated,
+        TelemetryContext::tenant(""),
+    ));
 
     let report = gateway.shutdown_blocking(Duration::from_secs(10));
     let s = &report.stats;
@@ -142,7 +176,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("telemetry-gateway quickstart");
     println!("  emitted      {}", s.emitted);
     println!("  delivered    {}", s.delivered);
-    println!("  routed       trace {} / metric_log {}", s.routed.trace, s.routed.metric_log);
+    println!(
+        "  routed       trace {} / metric_log {}",
+        s.routed.trace, s.routed.metric_log
+    );
     println!(
         "  exported     spans {} / log records {} / metric points {}",
         s.exported.spans, s.exported.log_records, s.exported.metric_points
@@ -157,7 +194,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         s.emitted,
         s.delivered,
         dropped_total,
-        if s.emitted == s.delivered + dropped_total { "ok" } else { "MISMATCH" }
+        if s.emitted == s.delivered + dropped_total {
+            "ok"
+        } else {
+            "MISMATCH"
+        }
     );
     println!("  output       {output}");
     if as_json {

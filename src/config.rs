@@ -532,7 +532,10 @@ impl GatewayConfig {
                 self.trace_batcher.sink_queue_batches,
             ),
             ("metric_pool.pool_size", self.metric_pool.pool_size),
-            ("metric_pool.queue_capacity", self.metric_pool.queue_capacity),
+            (
+                "metric_pool.queue_capacity",
+                self.metric_pool.queue_capacity,
+            ),
             ("metric_pool.batch_size", self.metric_pool.batch_size),
             ("dedup.memory_max_entries", self.dedup.memory_max_entries),
             ("export.log_queue_capacity", self.export.log_queue_capacity),
@@ -603,7 +606,10 @@ impl GatewayConfig {
             ));
         }
         if self.payloads.store == PayloadStoreKind::Url && self.payloads.url.is_none() {
-            return Err(bad("payloads.url", "required when payloads.store = \"url\""));
+            return Err(bad(
+                "payloads.url",
+                "required when payloads.store = \"url\"",
+            ));
         }
         for (name, case) in &self.cases {
             let key = format!("cases.{name}");
@@ -612,7 +618,10 @@ impl GatewayConfig {
                     .chars()
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
             {
-                return Err(bad(&key, "case names are lowercase letters, digits and '_'"));
+                return Err(bad(
+                    &key,
+                    "case names are lowercase letters, digits and '_'",
+                ));
             }
             let built_in = crate::contracts::TelemetryCase::BUILT_IN
                 .iter()
@@ -674,6 +683,8 @@ fn check_endpoint(key: &str, ep: &str) -> Result<(), ConfigError> {
 }
 
 #[cfg(test)]
+// Figment's `Jail` closures return figment's own (large) error type; that is its API.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
     use figment::Jail;
@@ -738,7 +749,10 @@ mod tests {
             ("[otlp]\nendpoint = \"localhost:4317\"\n", "otlp.endpoint"),
             ("[otlp]\nprotocol = \"thrift\"\n", "protocol"),
             ("[dedup]\nbackend = \"memcached\"\n", "backend"),
-            ("[cases.billing]\nenterprise_only = true\n", "cases.billing.signal"),
+            (
+                "[cases.billing]\nenterprise_only = true\n",
+                "cases.billing.signal",
+            ),
             ("[export]\nnamespace = \"My App\"\n", "export.namespace"),
         ];
         for (toml, key) in cases {
@@ -752,7 +766,8 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gateway.toml");
         let text = std::fs::read_to_string(path).unwrap();
         let from_file = GatewayConfig::from_figment(
-            Figment::from(Serialized::defaults(GatewayConfig::default())).merge(Toml::string(&text)),
+            Figment::from(Serialized::defaults(GatewayConfig::default()))
+                .merge(Toml::string(&text)),
         )
         .unwrap();
         assert_eq!(from_file, GatewayConfig::default());
@@ -761,7 +776,9 @@ mod tests {
         let defaults = figment::value::Value::serialize(GatewayConfig::default()).unwrap();
         let dict = defaults.into_dict().unwrap();
         for (section, value) in dict {
-            let Some(keys) = value.into_dict() else { continue };
+            let Some(keys) = value.into_dict() else {
+                continue;
+            };
             assert!(
                 text.contains(&format!("[{section}]")) || text.contains(&format!("[[{section}]]")),
                 "config/gateway.toml lacks section [{section}]"

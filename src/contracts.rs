@@ -706,7 +706,10 @@ mod tests {
             let mut e = env();
             e.context.tenant_id = bad.into();
             let err = e.validate_cheap().unwrap_err();
-            assert!(err.to_string().contains("context.tenant_id"), "{bad}: {err}");
+            assert!(
+                err.to_string().contains("context.tenant_id"),
+                "{bad}: {err}"
+            );
         }
     }
 
@@ -715,7 +718,9 @@ mod tests {
         let mut big = JsonObject::new();
         big.insert("x".into(), Value::String("a".repeat(MAX_FALLBACK_BYTES)));
         let err = PayloadFallback::from_object(&big).unwrap_err();
-        assert!(matches!(err, EnvelopeError::FallbackTooLarge { max, .. } if max == MAX_FALLBACK_BYTES));
+        assert!(
+            matches!(err, EnvelopeError::FallbackTooLarge { max, .. } if max == MAX_FALLBACK_BYTES)
+        );
         assert!(err.to_string().contains("payload_fallback"));
     }
 

@@ -83,8 +83,8 @@ pub fn resolve(env: &mut TelemetryEnvelope, route: &Route) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::contracts::{TelemetryCase, TelemetryContext};
     use crate::contracts::SignalType;
+    use crate::contracts::{TelemetryCase, TelemetryContext};
 
     fn route(root: bool) -> Route {
         Route {
@@ -96,10 +96,12 @@ mod tests {
 
     #[test]
     fn a_run_and_its_nodes_share_one_trace() {
-        let mut run = TelemetryEnvelope::new(TelemetryCase::WorkflowRun, TelemetryContext::tenant("t"))
-            .with_run_id("run-42");
-        let mut node = TelemetryEnvelope::new(TelemetryCase::NodeExecution, TelemetryContext::tenant("t"))
-            .with_run_id("run-42");
+        let mut run =
+            TelemetryEnvelope::new(TelemetryCase::WorkflowRun, TelemetryContext::tenant("t"))
+                .with_run_id("run-42");
+        let mut node =
+            TelemetryEnvelope::new(TelemetryCase::NodeExecution, TelemetryContext::tenant("t"))
+                .with_run_id("run-42");
         resolve(&mut run, &route(true));
         resolve(&mut node, &route(false));
         assert_eq!(run.correlation.trace_id, node.correlation.trace_id);
@@ -112,17 +114,24 @@ mod tests {
     #[test]
     fn derivation_is_stable() {
         // Fixed vectors: a change here breaks cross-version trace joins.
-        assert_eq!(derive_trace_id("run-42").to_string(), derive_trace_id("run-42").to_string());
+        assert_eq!(
+            derive_trace_id("run-42").to_string(),
+            derive_trace_id("run-42").to_string()
+        );
         assert_ne!(derive_trace_id("run-42"), derive_trace_id("run-43"));
         assert_eq!(derive_root_span_id("r"), derive_root_span_id("r"));
     }
 
     #[test]
     fn host_ids_win() {
-        let mut e = TelemetryEnvelope::new(TelemetryCase::WorkflowRun, TelemetryContext::tenant("t"))
-            .with_run_id("run-1");
+        let mut e =
+            TelemetryEnvelope::new(TelemetryCase::WorkflowRun, TelemetryContext::tenant("t"))
+                .with_run_id("run-1");
         e.correlation.trace_id = Some("0af7651916cd43dd8448eb211c80319c".into());
         resolve(&mut e, &route(true));
-        assert_eq!(e.correlation.trace_id.as_deref(), Some("0af7651916cd43dd8448eb211c80319c"));
+        assert_eq!(
+            e.correlation.trace_id.as_deref(),
+            Some("0af7651916cd43dd8448eb211c80319c")
+        );
     }
 }

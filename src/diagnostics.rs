@@ -203,7 +203,11 @@ impl Counters {
     /// Events in each stage: (gateway, trace path, metric/log path).
     pub fn pending(&self) -> (i64, i64, i64) {
         let l = |g: &AtomicI64| g.load(std::sync::atomic::Ordering::SeqCst);
-        (l(&self.gateway_pending), l(&self.trace_pending), l(&self.metric_pending))
+        (
+            l(&self.gateway_pending),
+            l(&self.trace_pending),
+            l(&self.metric_pending),
+        )
     }
 
     /// A consistent-enough copy of every counter (each read is atomic; the set is not a
@@ -350,7 +354,10 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for r in ReasonCode::ALL {
             assert!(seen.insert(r.as_str()));
-            assert!(r.as_str().chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+            assert!(r
+                .as_str()
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c == '_'));
             assert_eq!(ReasonCode::ALL[r.index()], r);
         }
     }

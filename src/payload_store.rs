@@ -190,8 +190,10 @@ impl PayloadStore {
                 // Cloud credentials come from the usual environment variables of each backend.
                 let opts = std::env::vars().filter_map(|(k, v)| {
                     let lk = k.to_ascii_lowercase();
-                    (lk.starts_with("aws_") || lk.starts_with("google_") || lk.starts_with("azure_"))
-                        .then_some((lk, v))
+                    (lk.starts_with("aws_")
+                        || lk.starts_with("google_")
+                        || lk.starts_with("azure_"))
+                    .then_some((lk, v))
                 });
                 let (store, prefix) =
                     object_store::parse_url_opts(&url, opts).map_err(|e| url_err(&e))?;

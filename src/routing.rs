@@ -154,16 +154,32 @@ mod tests {
     fn built_in_table_matches_the_spec() {
         let t = table();
         let trace_community = ["workflow_run", "message_run"];
-        let trace_enterprise = ["node_execution", "draft_node_execution", "prompt_generation"];
+        let trace_enterprise = [
+            "node_execution",
+            "draft_node_execution",
+            "prompt_generation",
+        ];
         for case in TelemetryCase::BUILT_IN.iter() {
             let r = t.route(case).unwrap();
             let name = case.as_str();
             if trace_community.contains(&name) {
-                assert_eq!((r.signal, r.enterprise_only), (SignalType::Trace, false), "{name}");
+                assert_eq!(
+                    (r.signal, r.enterprise_only),
+                    (SignalType::Trace, false),
+                    "{name}"
+                );
             } else if trace_enterprise.contains(&name) {
-                assert_eq!((r.signal, r.enterprise_only), (SignalType::Trace, true), "{name}");
+                assert_eq!(
+                    (r.signal, r.enterprise_only),
+                    (SignalType::Trace, true),
+                    "{name}"
+                );
             } else {
-                assert_eq!((r.signal, r.enterprise_only), (SignalType::MetricLog, true), "{name}");
+                assert_eq!(
+                    (r.signal, r.enterprise_only),
+                    (SignalType::MetricLog, true),
+                    "{name}"
+                );
             }
         }
         assert_eq!(t.rows().len(), 14);

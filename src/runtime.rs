@@ -148,7 +148,12 @@ impl GatewayBuilder {
     }
 
     /// Adds a community trace sink for `tenant_id` (and only `app_id`, when given).
-    pub fn trace_sink(mut self, tenant_id: &str, app_id: Option<&str>, sink: Arc<dyn TraceSink>) -> Self {
+    pub fn trace_sink(
+        mut self,
+        tenant_id: &str,
+        app_id: Option<&str>,
+        sink: Arc<dyn TraceSink>,
+    ) -> Self {
         self.sinks
             .push((tenant_id.to_owned(), app_id.map(str::to_owned), sink));
         self
@@ -244,6 +249,9 @@ pub fn start(config: GatewayConfig) -> Result<GatewayHandle, StartError> {
 /// Addresses the lifecycle needs.
 struct Actors {
     batcher: Addr<TraceBatcherActor>,
+    /// Held for the gateway's lifetime: actix restarts a supervised actor only while its
+    /// mailbox is connected, i.e. while some `Addr` to it is alive.
+    handlers: Vec<Addr<MetricHandlerActor>>,
     arbiters: Vec<Arbiter>,
 }
 
@@ -281,18 +289,22 @@ fn start_actors(
     });
 
     let mut arbiters = Vec::new();
+    let mut handlers = Vec::new();
     for (index, (source, dedup)) in sources.into_iter().zip(dedups).enumerate() {
         let arbiter = Arbiter::new();
         let h = arbiter.handle();
         let dedup_addr = DedupActor::start_in_arbiter(&h, move |_| dedup);
         let (st, c) = (store.clone(), shared.counters.clone());
-        let rehydrator = RehydratorActor::start_in_arbiter(&h, move |_| RehydratorActor::new(st, c));
+        let rehydrator =
+            RehydratorActor::start_in_arbiter(&h, move |_| RehydratorActor::new(st, c));
         let (sh, ex, ch) = (shared.clone(), export.clone(), case_handlers.clone());
         let batch_size = cfg.metric_pool.batch_size;
         let source: Box<dyn crate::transport::EnvelopeSource> = Box::new(source);
-        Supervisor::start_in_arbiter(&h, move |_| {
-            MetricHandlerActor::new(index, source, batch_size, dedup_addr, rehydrator, sh, ex, ch)
-        });
+        handlers.push(Supervisor::start_in_arbiter(&h, move |_| {
+            MetricHandlerActor::new(
+                index, source, batch_size, dedup_addr, rehydrator, sh, ex, ch,
+            )
+        }));
         arbiters.push(arbiter);
     }
 
@@ -304,7 +316,11 @@ fn start_actors(
         // stream ends and the batcher flushes.
         GatewayActor::new(shared, trace_tx, transport, store, threshold, max_offloads)
     });
-    Actors { batcher, arbiters }
+    Actors {
+        batcher,
+        handlers,
+        arbiters,
+    }
 }
 
 /// The state behind every clone of the handle.
@@ -387,12 +403,18 @@ impl GatewayHandle {
     /// Turns the gateway on or off at runtime (`gateway.enabled`). Events already routed finish
     /// under the rule they were routed with.
     pub fn set_gateway_enabled(&self, enabled: bool) {
-        self.inner.shared.gateway_enabled.store(enabled, Ordering::SeqCst);
+        self.inner
+            .shared
+            .gateway_enabled
+            .store(enabled, Ordering::SeqCst);
     }
 
     /// Turns the enterprise exporter on or off at runtime (`gateway.enterprise_enabled`).
     pub fn set_enterprise_enabled(&self, enabled: bool) {
-        self.inner.shared.enterprise_enabled.store(enabled, Ordering::SeqCst);
+        self.inner
+            .shared
+            .enterprise_enabled
+            .store(enabled, Ordering::SeqCst);
     }
 
     /// Metric/log envelopes waiting in the transport.
@@ -420,12 +442,16 @@ impl GatewayHandle {
     }
 
     fn final_or_snapshot(&self) -> ShutdownReport {
-        self.inner.final_report.lock().clone().unwrap_or_else(|| ShutdownReport {
-            stats: self.stats(),
-            unsettled_at_deadline: 0,
-            deadline_exceeded: true,
-            elapsed_ms: 0,
-        })
+        self.inner
+            .final_report
+            .lock()
+            .clone()
+            .unwrap_or_else(|| ShutdownReport {
+                stats: self.stats(),
+                unsettled_at_deadline: 0,
+                deadline_exceeded: true,
+                elapsed_ms: 0,
+            })
     }
 
     /// [`shutdown`](Self::shutdown) for hosts without an async runtime: blocks this thread.
@@ -473,20 +499,26 @@ impl GatewayHandle {
         // Final metric collection and export.
         let _ = lc.export.meter_provider.shutdown();
         let _ = lc.export.logger_provider.shutdown();
+        drop(lc.actors.handlers);
         for a in &lc.actors.arbiters {
             a.stop();
         }
         lc.system.stop();
         let _ = lc.thread.join();
         let remaining = end.saturating_duration_since(Instant::now());
-        lc.export.rt.shutdown_timeout(remaining.max(Duration::from_millis(10)));
+        lc.export
+            .rt
+            .shutdown_timeout(remaining.max(Duration::from_millis(10)));
         // Anything not settled now never will be: count it, so the ledger adds up.
         wait_until(&no_emits, &|| {});
         let snap = c.snapshot();
         let unsettled = snap.in_flight;
         if unsettled > 0 {
             c.dropped(ReasonCode::Shutdown, unsettled);
-            tracing::warn!(events = unsettled, "events unsettled at the shutdown deadline, counted as dropped");
+            tracing::warn!(
+                events = unsettled,
+                "events unsettled at the shutdown deadline, counted as dropped"
+            );
         }
         let report = ShutdownReport {
             stats: c.snapshot(),

@@ -19,9 +19,12 @@ fn cfg_for(redis: &RedisServer) -> (telemetry_gateway::GatewayConfig, tempfile::
 }
 
 fn fb(tenant: &str, id: Uuid) -> TelemetryEnvelope {
-    TelemetryEnvelope::new(TelemetryCase::FeedbackCreated, TelemetryContext::tenant(tenant))
-        .with_event_id(id)
-        .with_payload(json!({"rating": "like"}))
+    TelemetryEnvelope::new(
+        TelemetryCase::FeedbackCreated,
+        TelemetryContext::tenant(tenant),
+    )
+    .with_event_id(id)
+    .with_payload(json!({"rating": "like"}))
 }
 
 #[test]
@@ -43,7 +46,10 @@ fn the_same_event_twice_counts_once_and_tenants_never_collide() {
     let key = format!("telemetry:dedup:t1:{id}");
     let ttl: i64 = redis::cmd("TTL").arg(&key).query(&mut c).unwrap();
     assert!(ttl > 3500 && ttl <= 3600, "ttl {ttl}");
-    let exists: bool = redis::cmd("EXISTS").arg(format!("telemetry:dedup:t2:{id}")).query(&mut c).unwrap();
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(format!("telemetry:dedup:t2:{id}"))
+        .query(&mut c)
+        .unwrap();
     assert!(exists);
 }
 
@@ -61,7 +67,10 @@ fn redis_down_means_processed_and_counted_then_used_again_when_back() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let s = gw.stats();
-    assert_eq!(s.delivered, 2, "fail-open: both processed while Redis is down: {s:?}");
+    assert_eq!(
+        s.delivered, 2,
+        "fail-open: both processed while Redis is down: {s:?}"
+    );
     assert_eq!(s.degraded_for(ReasonCode::DedupStoreUnavailable), 2);
     assert_eq!(s.dedup_store_errors, 2);
 
@@ -86,6 +95,9 @@ fn redis_down_means_processed_and_counted_then_used_again_when_back() {
     }
     gw.emit(fb("t1", id2)).unwrap();
     let s = gw.shutdown_blocking(support::DEADLINE).stats;
-    assert!(s.dropped_for(ReasonCode::Duplicate) >= 1, "dedup works again: {s:?}");
+    assert!(
+        s.dropped_for(ReasonCode::Duplicate) >= 1,
+        "dedup works again: {s:?}"
+    );
     assert!(s.is_settled());
 }

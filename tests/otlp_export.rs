@@ -42,8 +42,10 @@ fn a_workflow_run_with_nodes_arrives_as_one_trace_with_logs_and_metrics() {
             TelemetryEnvelope::new(TelemetryCase::NodeExecution, ctx.clone())
                 .with_run_id("run-7")
                 .with_correlation_id("req-1")
-                .with_payload(json!({"node_id": format!("n{n}"), "duration_ms": 10, "total_tokens": 5,
-                                      "inputs": "private question"})),
+                .with_payload(
+                    json!({"node_id": format!("n{n}"), "duration_ms": 10, "total_tokens": 5,
+                                      "inputs": "private question"}),
+                ),
         )
         .unwrap();
     }
@@ -68,17 +70,34 @@ fn a_workflow_run_with_nodes_arrives_as_one_trace_with_logs_and_metrics() {
     let r = rx.received();
     // Spans: one root and three children in one trace.
     assert_eq!(r.spans.len(), 4);
-    let root = r.spans.iter().find(|s| s.name == "app.workflow.run").expect("root span");
-    let children: Vec<_> = r.spans.iter().filter(|s| s.name == "app.node.execution").collect();
+    let root = r
+        .spans
+        .iter()
+        .find(|s| s.name == "app.workflow.run")
+        .expect("root span");
+    let children: Vec<_> = r
+        .spans
+        .iter()
+        .filter(|s| s.name == "app.node.execution")
+        .collect();
     assert_eq!(children.len(), 3);
     assert!(root.parent_span_id.is_empty(), "the run is the root");
     for c in &children {
         assert_eq!(c.trace_id, root.trace_id, "one trace");
         assert_eq!(c.parent_span_id, root.span_id, "children of the run");
-        assert_eq!(attr_str(&c.attributes, "correlation.id").as_deref(), Some("req-1"));
-        assert_eq!(attr_str(&c.attributes, "tenant.id").as_deref(), Some("acme"));
+        assert_eq!(
+            attr_str(&c.attributes, "correlation.id").as_deref(),
+            Some("req-1")
+        );
+        assert_eq!(
+            attr_str(&c.attributes, "tenant.id").as_deref(),
+            Some("acme")
+        );
         let redacted = attr_str(&c.attributes, "app.inputs").unwrap();
-        assert!(redacted.starts_with("ref:acme/"), "content redacted: {redacted}");
+        assert!(
+            redacted.starts_with("ref:acme/"),
+            "content redacted: {redacted}"
+        );
     }
     let ids: HashSet<_> = r.spans.iter().map(|s| s.span_id.clone()).collect();
     assert_eq!(ids.len(), 4, "distinct span ids");
@@ -88,12 +107,20 @@ fn a_workflow_run_with_nodes_arrives_as_one_trace_with_logs_and_metrics() {
     );
     // Logs: four companion records and the app_created record, with trace context.
     assert_eq!(r.logs.len(), 5);
-    let app_log = r.logs.iter().find(|l| l.event_name == "app.app_created").expect("app log");
+    let app_log = r
+        .logs
+        .iter()
+        .find(|l| l.event_name == "app.app_created")
+        .expect("app log");
     match app_log.body.as_ref().and_then(|b| b.value.as_ref()) {
         Some(PValue::StringValue(s)) => assert!(s.contains("app_created"), "{s}"),
         other => panic!("unexpected body {other:?}"),
     }
-    let run_log = r.logs.iter().find(|l| l.event_name == "app.workflow_run").expect("run log");
+    let run_log = r
+        .logs
+        .iter()
+        .find(|l| l.event_name == "app.workflow_run")
+        .expect("run log");
     assert_eq!(run_log.trace_id, root.trace_id);
     assert_eq!(run_log.span_id, root.span_id);
     // Metrics: the requests counter by case.

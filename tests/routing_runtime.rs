@@ -10,7 +10,8 @@ use telemetry_gateway::{
 };
 
 fn ev(case: TelemetryCase) -> TelemetryEnvelope {
-    TelemetryEnvelope::new(case, TelemetryContext::tenant("t1").app("a1")).with_payload(json!({"k": 1}))
+    TelemetryEnvelope::new(case, TelemetryContext::tenant("t1").app("a1"))
+        .with_payload(json!({"k": 1}))
 }
 
 #[test]
@@ -28,7 +29,10 @@ fn enterprise_off_drops_enterprise_cases_and_keeps_community_traces() {
     let s = gw.shutdown_blocking(support::DEADLINE).stats;
     assert_eq!(s.emitted, 14);
     assert_eq!(s.dropped_for(ReasonCode::EnterpriseDisabled), 12);
-    assert_eq!(s.delivered, 2, "workflow_run and message_run reach the tenant's sink");
+    assert_eq!(
+        s.delivered, 2,
+        "workflow_run and message_run reach the tenant's sink"
+    );
     let mut names: Vec<_> = sink.spans().iter().map(|s| s.name.to_string()).collect();
     names.sort();
     assert_eq!(names, vec!["app.message.run", "app.workflow.run"]);
@@ -56,7 +60,9 @@ fn legacy_mode_passes_traces_and_drops_metric_cases_and_flips_at_runtime() {
     gw.emit(ev(TelemetryCase::AppCreated)).unwrap();
     // Wait until those three are routed, then flip back on: later events use the new rule.
     let end = std::time::Instant::now() + support::DEADLINE;
-    while gw.stats().routed.trace + gw.stats().dropped_total() < 3 && std::time::Instant::now() < end {
+    while gw.stats().routed.trace + gw.stats().dropped_total() < 3
+        && std::time::Instant::now() < end
+    {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     gw.set_gateway_enabled(true);
@@ -95,13 +101,20 @@ fn invalid_envelopes_are_refused_naming_the_field_and_counted() {
     let (cfg, _d) = support::config();
     let gw = telemetry_gateway::start(cfg).unwrap();
     let err = gw
-        .emit(TelemetryEnvelope::new(TelemetryCase::AppCreated, TelemetryContext::tenant("")))
+        .emit(TelemetryEnvelope::new(
+            TelemetryCase::AppCreated,
+            TelemetryContext::tenant(""),
+        ))
         .unwrap_err();
     assert!(matches!(err, EmitError::Invalid(_)));
     assert!(err.to_string().contains("context.tenant_id"), "{err}");
     let mut bad_version = ev(TelemetryCase::AppCreated);
     bad_version.schema_version = 7;
-    assert!(gw.emit(bad_version).unwrap_err().to_string().contains("schema_version"));
+    assert!(gw
+        .emit(bad_version)
+        .unwrap_err()
+        .to_string()
+        .contains("schema_version"));
     let s = gw.shutdown_blocking(support::DEADLINE).stats;
     assert_eq!(s.dropped_for(ReasonCode::InvalidEnvelope), 2);
     assert!(s.is_settled());

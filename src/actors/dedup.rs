@@ -172,7 +172,8 @@ impl Handler<CheckBatch> for DedupActor {
             Backend::Redis(_) => msg.0.iter().map(|k| self.redis_key(k)).collect(),
             Backend::Memory(_) => Vec::new(),
         };
-        let (ttl, timeout, reconnect_interval) = (self.ttl_secs, self.timeout, self.reconnect_interval);
+        let (ttl, timeout, reconnect_interval) =
+            (self.ttl_secs, self.timeout, self.reconnect_interval);
         let redis = match &mut self.backend {
             Backend::Memory(m) => {
                 let v = msg.0.into_iter().map(|k| m.check(k)).collect();
@@ -202,12 +203,24 @@ impl Handler<CheckBatch> for DedupActor {
                         .set_response_timeout(Some(timeout))
                         .set_number_of_retries(1)
                         .set_max_delay(reconnect_interval);
-                    match tokio::time::timeout(timeout, ConnectionManager::new_with_config(client, cfg)).await {
+                    match tokio::time::timeout(
+                        timeout,
+                        ConnectionManager::new_with_config(client, cfg),
+                    )
+                    .await
+                    {
                         Ok(Ok(c)) => {
                             new_conn = Some(c.clone());
                             c
                         }
-                        _ => return (RedisOutcome::Failed { drop_connection: true }, None),
+                        _ => {
+                            return (
+                                RedisOutcome::Failed {
+                                    drop_connection: true,
+                                },
+                                None,
+                            )
+                        }
                     }
                 }
             };
@@ -215,45 +228,60 @@ impl Handler<CheckBatch> for DedupActor {
             for k in &keys {
                 pipe.cmd("SET").arg(k).arg(1).arg("NX").arg("EX").arg(ttl);
             }
-            let remaining = timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
+            let remaining = timeout
+                .saturating_sub(started.elapsed())
+                .max(Duration::from_millis(1));
             let res: Result<Result<Vec<Option<String>>, redis::RedisError>, _> =
                 tokio::time::timeout(remaining, pipe.query_async(&mut c)).await;
             let outcome = match res {
                 Ok(Ok(replies)) if replies.len() == n => RedisOutcome::Answered(
                     replies
                         .into_iter()
-                        .map(|r| if r.is_some() { Verdict::New } else { Verdict::Duplicate })
+                        .map(|r| {
+                            if r.is_some() {
+                                Verdict::New
+                            } else {
+                                Verdict::Duplicate
+                            }
+                        })
                         .collect(),
                 ),
-                Ok(Ok(_)) => RedisOutcome::Failed { drop_connection: false },
+                Ok(Ok(_)) => RedisOutcome::Failed {
+                    drop_connection: false,
+                },
                 Ok(Err(e)) => RedisOutcome::Failed {
                     drop_connection: e.is_connection_dropped() || e.is_io_error(),
                 },
                 // A timeout keeps the connection: the manager reconnects by itself if the
                 // socket is dead, and a merely slow Redis should not cost a reconnect.
-                Err(_) => RedisOutcome::Failed { drop_connection: false },
+                Err(_) => RedisOutcome::Failed {
+                    drop_connection: false,
+                },
             };
             (outcome, new_conn)
         };
-        Box::pin(fut.into_actor(self).map(move |(outcome, new_conn), act, _ctx| {
-            let Backend::Redis(r) = &mut act.backend else {
-                return vec![Verdict::Unavailable; n];
-            };
-            r.connecting = false;
-            if let Some(c) = new_conn {
-                r.conn = Some(c);
-            }
-            match outcome {
-                RedisOutcome::Answered(v) => v,
-                RedisOutcome::Failed { drop_connection } => {
-                    if drop_connection {
-                        r.conn = None;
-                        r.next_attempt = Instant::now() + act.reconnect_interval;
+        Box::pin(
+            fut.into_actor(self)
+                .map(move |(outcome, new_conn), act, _ctx| {
+                    let Backend::Redis(r) = &mut act.backend else {
+                        return vec![Verdict::Unavailable; n];
+                    };
+                    r.connecting = false;
+                    if let Some(c) = new_conn {
+                        r.conn = Some(c);
                     }
-                    vec![Verdict::Unavailable; n]
-                }
-            }
-        }))
+                    match outcome {
+                        RedisOutcome::Answered(v) => v,
+                        RedisOutcome::Failed { drop_connection } => {
+                            if drop_connection {
+                                r.conn = None;
+                                r.next_attempt = Instant::now() + act.reconnect_interval;
+                            }
+                            vec![Verdict::Unavailable; n]
+                        }
+                    }
+                }),
+        )
     }
 }
 

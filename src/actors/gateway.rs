@@ -88,7 +88,10 @@ impl GatewayActor {
                     Ok(()) => Counters::add(&c.routed_trace, 1),
                     Err(e) => {
                         c.trace_pending_sub(1);
-                        c.dropped(send_reason(matches!(e, mpsc::error::TrySendError::Closed(_))), 1);
+                        c.dropped(
+                            send_reason(matches!(e, mpsc::error::TrySendError::Closed(_))),
+                            1,
+                        );
                     }
                 }
             }
@@ -128,7 +131,8 @@ impl GatewayActor {
             return self.forward(env, signal, ent);
         }
         if self.offloads_in_flight >= self.max_offloads {
-            self.counters().degraded(ReasonCode::PayloadOffloadFailed, 1);
+            self.counters()
+                .degraded(ReasonCode::PayloadOffloadFailed, 1);
             tracing::warn!(event_id = %env.event_id, "payload offload saturated; payload kept inline");
             return self.forward(env, signal, ent);
         }
@@ -244,14 +248,20 @@ mod tests {
     fn serialized_len_matches_serde() {
         let v = json!({"a": "x".repeat(100), "b": [1, 2, 3], "c": {"d": null}});
         let obj = v.as_object().unwrap();
-        assert_eq!(serialized_len(obj), serde_json::to_string(obj).unwrap().len());
+        assert_eq!(
+            serialized_len(obj),
+            serde_json::to_string(obj).unwrap().len()
+        );
     }
 
     #[test]
     fn auto_fallback_keeps_scalars_not_content() {
         let v = json!({"total_tokens": 10, "status": "succeeded", "inputs": "secret",
                        "big": "x".repeat(5000), "nested": {"a": 1}});
-        let fb = auto_fallback(v.as_object().unwrap()).unwrap().to_object().unwrap();
+        let fb = auto_fallback(v.as_object().unwrap())
+            .unwrap()
+            .to_object()
+            .unwrap();
         assert_eq!(fb.len(), 2);
         assert_eq!(fb["total_tokens"], 10);
         assert!(!fb.contains_key("inputs"));

@@ -155,35 +155,40 @@ impl MetricHandlerActor {
             })
             .collect();
         let n = keys.len();
-        ctx.spawn(self.dedup.send(CheckBatch(keys)).into_actor(self).map(
-            move |res, act, ctx| {
-                let verdicts = res.unwrap_or_else(|_| vec![Verdict::Unavailable; n]);
-                let mut verdicts = verdicts.into_iter();
-                let mut kept = VecDeque::with_capacity(act.in_hand.len());
-                for mut w in act.in_hand.drain(..) {
-                    if w.deduped {
-                        kept.push_back(w);
-                        continue;
-                    }
-                    w.deduped = true;
-                    match verdicts.next().unwrap_or(Verdict::Unavailable) {
-                        Verdict::Duplicate => {
-                            act.shared.counters.dropped(ReasonCode::Duplicate, 1);
-                            act.shared.counters.metric_pending_sub(1);
+        ctx.spawn(
+            self.dedup
+                .send(CheckBatch(keys))
+                .into_actor(self)
+                .map(move |res, act, ctx| {
+                    let verdicts = res.unwrap_or_else(|_| vec![Verdict::Unavailable; n]);
+                    let mut verdicts = verdicts.into_iter();
+                    let mut kept = VecDeque::with_capacity(act.in_hand.len());
+                    for mut w in act.in_hand.drain(..) {
+                        if w.deduped {
+                            kept.push_back(w);
                             continue;
                         }
-                        Verdict::Unavailable => {
-                            Counters::add(&act.shared.counters.dedup_store_errors, 1);
-                            act.shared.counters.degraded(ReasonCode::DedupStoreUnavailable, 1);
+                        w.deduped = true;
+                        match verdicts.next().unwrap_or(Verdict::Unavailable) {
+                            Verdict::Duplicate => {
+                                act.shared.counters.dropped(ReasonCode::Duplicate, 1);
+                                act.shared.counters.metric_pending_sub(1);
+                                continue;
+                            }
+                            Verdict::Unavailable => {
+                                Counters::add(&act.shared.counters.dedup_store_errors, 1);
+                                act.shared
+                                    .counters
+                                    .degraded(ReasonCode::DedupStoreUnavailable, 1);
+                            }
+                            Verdict::New => {}
                         }
-                        Verdict::New => {}
+                        kept.push_back(w);
                     }
-                    kept.push_back(w);
-                }
-                act.in_hand = kept;
-                act.pump(ctx);
-            },
-        ));
+                    act.in_hand = kept;
+                    act.pump(ctx);
+                }),
+        );
     }
 
     fn rehydrate_step(&mut self, ctx: &mut Context<Self>) {
@@ -200,25 +205,30 @@ impl MetricHandlerActor {
                 Payload::Inline(_) => None,
             })
             .collect();
-        ctx.spawn(self.rehydrator.send(RehydrateBatch(items)).into_actor(self).map(
-            |res, act, ctx| {
-                let mut results = res.unwrap_or_default().into_iter();
-                for w in act.in_hand.iter_mut().filter(|w| !w.rehydrated) {
-                    w.rehydrated = true;
-                    match results.next() {
-                        Some(r) => {
-                            w.payload = r.payload;
-                            w.degraded = r.degraded;
-                        }
-                        None => {
-                            act.shared.counters.degraded(ReasonCode::RehydrationFailed, 1);
-                            w.degraded = Some(ReasonCode::RehydrationFailed);
+        ctx.spawn(
+            self.rehydrator
+                .send(RehydrateBatch(items))
+                .into_actor(self)
+                .map(|res, act, ctx| {
+                    let mut results = res.unwrap_or_default().into_iter();
+                    for w in act.in_hand.iter_mut().filter(|w| !w.rehydrated) {
+                        w.rehydrated = true;
+                        match results.next() {
+                            Some(r) => {
+                                w.payload = r.payload;
+                                w.degraded = r.degraded;
+                            }
+                            None => {
+                                act.shared
+                                    .counters
+                                    .degraded(ReasonCode::RehydrationFailed, 1);
+                                w.degraded = Some(ReasonCode::RehydrationFailed);
+                            }
                         }
                     }
-                }
-                act.pump(ctx);
-            },
-        ));
+                    act.pump(ctx);
+                }),
+        );
     }
 
     fn handle_step(&mut self, ctx: &mut Context<Self>) {

@@ -63,8 +63,7 @@ impl Actor for RehydratorActor {
 }
 
 async fn one(store: PayloadStore, counters: Arc<Counters>, item: RehydrateItem) -> Rehydrated {
-    let refused;
-    match store.get(&item.tenant_id, &item.payload_ref).await {
+    let refused = match store.get(&item.tenant_id, &item.payload_ref).await {
         Ok(p) => {
             Counters::add(&counters.rehydrated_from_store, 1);
             return Rehydrated {
@@ -75,13 +74,13 @@ async fn one(store: PayloadStore, counters: Arc<Counters>, item: RehydrateItem) 
         Err(ReadError::Refused(e)) => {
             counters.degraded(ReasonCode::PayloadRefRefused, 1);
             tracing::warn!(tenant_id = %item.tenant_id, error = %e, "payload ref refused, not read");
-            refused = true;
+            true
         }
         Err(e) => {
             tracing::debug!(tenant_id = %item.tenant_id, error = %e, "payload store read failed");
-            refused = false;
+            false
         }
-    }
+    };
     match item.fallback.as_ref().and_then(|f| f.to_object()) {
         Some(p) => {
             Counters::add(&counters.rehydrated_from_fallback, 1);

@@ -119,7 +119,9 @@ impl TraceBatcherActor {
                 counters.trace_pending_sub(1);
                 continue;
             }
-            let record = ex.mapper.log_record(&ex.logger, env, payload.as_ref(), None);
+            let record = ex
+                .mapper
+                .log_record(&ex.logger, env, payload.as_ref(), None);
             if ex.log_batcher.try_send(record, false).is_err() {
                 Counters::add(&counters.companion_logs_dropped, 1);
             }
@@ -131,7 +133,8 @@ impl TraceBatcherActor {
         }
         // One job per destination, carrying every group that goes there.
         let mut main_job: (Vec<SpanData>, Vec<Arc<GroupTracker>>) = (Vec::new(), Vec::new());
-        let mut sink_jobs: BTreeMap<usize, (Vec<SpanData>, Vec<Arc<GroupTracker>>)> = BTreeMap::new();
+        let mut sink_jobs: BTreeMap<usize, (Vec<SpanData>, Vec<Arc<GroupTracker>>)> =
+            BTreeMap::new();
         for ((to_main, sinks), spans) in groups {
             let destinations = sinks.len() + usize::from(to_main);
             let tracker = GroupTracker::new(spans.len() as u64, destinations, counters.clone());
@@ -161,7 +164,8 @@ impl TraceBatcherActor {
 }
 
 fn send_job(worker: &SinkWorker, spans: Vec<SpanData>, groups: Vec<Arc<GroupTracker>>) {
-    if let Err(SinkJob::Export { groups, .. }) = worker.try_send(SinkJob::Export { spans, groups }) {
+    if let Err(SinkJob::Export { groups, .. }) = worker.try_send(SinkJob::Export { spans, groups })
+    {
         tracing::warn!(sink = %worker.name, "sink queue full; batch dropped for this sink");
         for g in groups {
             g.report(Err(ReasonCode::QueueFull));

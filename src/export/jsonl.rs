@@ -187,10 +187,7 @@ impl LogExporter for JsonlLogExporter {
                 attrs.insert(k.as_str().to_owned(), any_to_json(v));
             }
             let (trace_id, span_id) = match r.trace_context() {
-                Some(tc) => (
-                    Some(tc.trace_id.to_string()),
-                    Some(tc.span_id.to_string()),
-                ),
+                Some(tc) => (Some(tc.trace_id.to_string()), Some(tc.span_id.to_string())),
                 None => (None, None),
             };
             json!({
@@ -250,21 +247,27 @@ fn metric_lines<T: JsonNumber>(name: &str, unit: &str, data: &MetricData<T>, out
     match data {
         MetricData::Sum(s) => {
             for p in s.data_points() {
-                out.push(json!({"signal": "metric", "name": name, "unit": unit, "kind": "sum",
-                    "value": p.value().to_json(), "attributes": attrs_to_json(p.attributes())}));
+                out.push(
+                    json!({"signal": "metric", "name": name, "unit": unit, "kind": "sum",
+                    "value": p.value().to_json(), "attributes": attrs_to_json(p.attributes())}),
+                );
             }
         }
         MetricData::Gauge(g) => {
             for p in g.data_points() {
-                out.push(json!({"signal": "metric", "name": name, "unit": unit, "kind": "gauge",
-                    "value": p.value().to_json(), "attributes": attrs_to_json(p.attributes())}));
+                out.push(
+                    json!({"signal": "metric", "name": name, "unit": unit, "kind": "gauge",
+                    "value": p.value().to_json(), "attributes": attrs_to_json(p.attributes())}),
+                );
             }
         }
         MetricData::Histogram(h) => {
             for p in h.data_points() {
-                out.push(json!({"signal": "metric", "name": name, "unit": unit, "kind": "histogram",
+                out.push(
+                    json!({"signal": "metric", "name": name, "unit": unit, "kind": "histogram",
                     "count": p.count(), "sum": p.sum().to_json(),
-                    "attributes": attrs_to_json(p.attributes())}));
+                    "attributes": attrs_to_json(p.attributes())}),
+                );
             }
         }
         MetricData::ExponentialHistogram(h) => {

@@ -21,6 +21,8 @@ use crate::diagnostics::{Counters, ReasonCode};
 
 /// The log exporter in use (the SDK trait is not object safe).
 #[derive(Debug)]
+// One instance per gateway, built once: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum LogBackend {
     Otlp(opentelemetry_otlp::LogExporter),
     Jsonl(JsonlLogExporter),
@@ -101,9 +103,10 @@ impl LogBatcher {
                 let mut job = first;
                 loop {
                     match job.take() {
-                        Some(LogJob::Record { record, accounts_event }) => {
-                            batch.push((record, accounts_event))
-                        }
+                        Some(LogJob::Record {
+                            record,
+                            accounts_event,
+                        }) => batch.push((record, accounts_event)),
                         Some(LogJob::Flush(done)) => {
                             flush_waiters.push(done);
                             break;
@@ -134,7 +137,11 @@ impl LogBatcher {
     }
 
     /// Queues a record without waiting; fails when the queue is full or closed.
-    pub(crate) fn try_send(&self, record: SdkLogRecord, accounts_event: bool) -> Result<(), QueueFull> {
+    pub(crate) fn try_send(
+        &self,
+        record: SdkLogRecord,
+        accounts_event: bool,
+    ) -> Result<(), QueueFull> {
         self.tx
             .try_send(LogJob::Record {
                 record: Box::new(record),

@@ -124,22 +124,53 @@ impl Instruments {
                 .build()
         };
         Instruments {
-            requests: c("requests.total", "Telemetry events handled, by case and status", "{event}"),
+            requests: c(
+                "requests.total",
+                "Telemetry events handled, by case and status",
+                "{event}",
+            ),
             tokens: c("tokens.total", "Model tokens used", "{token}"),
             workflow_duration: h("workflow.duration", "Workflow run duration"),
             node_duration: h("node.duration", "Node execution duration"),
             message_duration: h("message.duration", "Message run duration"),
             tool_duration: h("tool.duration", "Tool execution duration"),
-            prompt_generation_duration: h("prompt_generation.duration", "Prompt generation duration"),
+            prompt_generation_duration: h(
+                "prompt_generation.duration",
+                "Prompt generation duration",
+            ),
             app_created: c("app.created.total", "Apps created", "{app}"),
             app_updated: c("app.updated.total", "Apps updated", "{app}"),
             app_deleted: c("app.deleted.total", "Apps deleted", "{app}"),
-            feedback: c("feedback.total", "Feedback created, by rating", "{feedback}"),
-            dataset_retrievals: c("dataset.retrievals.total", "Dataset retrievals", "{retrieval}"),
-            moderation_checks: c("moderation.checks.total", "Moderation checks, by flagged", "{check}"),
-            suggested_questions: c("suggested_questions.total", "Suggested question generations", "{generation}"),
-            names_generated: c("names_generated.total", "Conversation names generated", "{generation}"),
-            degraded: c("events.degraded.total", "Events handled in degraded form, by reason", "{event}"),
+            feedback: c(
+                "feedback.total",
+                "Feedback created, by rating",
+                "{feedback}",
+            ),
+            dataset_retrievals: c(
+                "dataset.retrievals.total",
+                "Dataset retrievals",
+                "{retrieval}",
+            ),
+            moderation_checks: c(
+                "moderation.checks.total",
+                "Moderation checks, by flagged",
+                "{check}",
+            ),
+            suggested_questions: c(
+                "suggested_questions.total",
+                "Suggested question generations",
+                "{generation}",
+            ),
+            names_generated: c(
+                "names_generated.total",
+                "Conversation names generated",
+                "{generation}",
+            ),
+            degraded: c(
+                "events.degraded.total",
+                "Events handled in degraded form, by reason",
+                "{event}",
+            ),
         }
     }
 }
@@ -180,7 +211,12 @@ fn leak(s: String) -> &'static str {
 }
 
 impl Mapper {
-    pub(crate) fn new(ns: &str, include_content: bool, table: &RoutingTable, meter: &Meter) -> Self {
+    pub(crate) fn new(
+        ns: &str,
+        include_content: bool,
+        table: &RoutingTable,
+        meter: &Meter,
+    ) -> Self {
         let names = table
             .rows()
             .into_iter()
@@ -204,16 +240,26 @@ impl Mapper {
     }
 
     fn names(&self, case: &TelemetryCase) -> CaseNames {
-        self.names.get(case.as_str()).cloned().unwrap_or_else(|| CaseNames {
-            span: Cow::Owned(format!("{}.{}", self.ns, case.as_str())),
-            event: self.degraded_event,
-        })
+        self.names
+            .get(case.as_str())
+            .cloned()
+            .unwrap_or_else(|| CaseNames {
+                span: Cow::Owned(format!("{}.{}", self.ns, case.as_str())),
+                event: self.degraded_event,
+            })
     }
 
     /// The attributes every span and log record of `env` carries.
-    pub(crate) fn attributes(&self, env: &TelemetryEnvelope, payload: Option<&JsonObject>) -> Vec<KeyValue> {
+    pub(crate) fn attributes(
+        &self,
+        env: &TelemetryEnvelope,
+        payload: Option<&JsonObject>,
+    ) -> Vec<KeyValue> {
         let mut a = Vec::with_capacity(12);
-        a.push(KeyValue::new("telemetry.case", env.case.as_str().to_owned()));
+        a.push(KeyValue::new(
+            "telemetry.case",
+            env.case.as_str().to_owned(),
+        ));
         a.push(KeyValue::new("event.id", env.event_id.to_string()));
         a.push(KeyValue::new("tenant.id", env.context.tenant_id.clone()));
         if let Some(app) = &env.context.app_id {
@@ -222,7 +268,10 @@ impl Mapper {
         if let Some(user) = &env.context.user_id {
             a.push(KeyValue::new("user.id", user.clone()));
         }
-        a.push(KeyValue::new("correlation.id", env.effective_correlation_id()));
+        a.push(KeyValue::new(
+            "correlation.id",
+            env.effective_correlation_id(),
+        ));
         if let Some(run) = &env.correlation.run_id {
             a.push(KeyValue::new("run.id", run.clone()));
         }
@@ -301,7 +350,11 @@ impl Mapper {
         let mut r = logger.create_log_record();
         let names = self.names(&env.case);
         let failed = error_of(payload);
-        r.set_event_name(if degraded.is_some() { self.degraded_event } else { names.event });
+        r.set_event_name(if degraded.is_some() {
+            self.degraded_event
+        } else {
+            names.event
+        });
         r.set_timestamp(env.created_at);
         r.set_observed_timestamp(SystemTime::now());
         let (sev, text) = match (degraded.is_some(), failed.is_some()) {
@@ -364,12 +417,18 @@ impl Mapper {
         let secs = duration_of(payload).map(|d| d.as_secs_f64());
         use TelemetryCase::*;
         match &env.case {
-            WorkflowRun => secs.into_iter().for_each(|s| i.workflow_duration.record(s, &with_status)),
-            NodeExecution | DraftNodeExecution => {
-                secs.into_iter().for_each(|s| i.node_duration.record(s, &with_status))
-            }
-            MessageRun => secs.into_iter().for_each(|s| i.message_duration.record(s, &with_status)),
-            ToolExecution => secs.into_iter().for_each(|s| i.tool_duration.record(s, &with_status)),
+            WorkflowRun => secs
+                .into_iter()
+                .for_each(|s| i.workflow_duration.record(s, &with_status)),
+            NodeExecution | DraftNodeExecution => secs
+                .into_iter()
+                .for_each(|s| i.node_duration.record(s, &with_status)),
+            MessageRun => secs
+                .into_iter()
+                .for_each(|s| i.message_duration.record(s, &with_status)),
+            ToolExecution => secs
+                .into_iter()
+                .for_each(|s| i.tool_duration.record(s, &with_status)),
             PromptGeneration => secs
                 .into_iter()
                 .for_each(|s| i.prompt_generation_duration.record(s, &with_status)),
@@ -440,7 +499,11 @@ fn status_of(p: Option<&JsonObject>) -> Option<&str> {
 
 fn error_of(p: Option<&JsonObject>) -> Option<String> {
     let p = p?;
-    if let Some(e) = p.get("error").and_then(Json::as_str).filter(|e| !e.is_empty()) {
+    if let Some(e) = p
+        .get("error")
+        .and_then(Json::as_str)
+        .filter(|e| !e.is_empty())
+    {
         return Some(e.to_owned());
     }
     match status_of(Some(p)) {

@@ -45,6 +45,8 @@ impl<F: Future> Future for InRuntime<F> {
 
 /// The metric exporter in use.
 #[derive(Debug)]
+// One instance per gateway, built once: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum MetricBackend {
     Otlp(opentelemetry_otlp::MetricExporter),
     Jsonl(JsonlMetricExporter),
@@ -59,8 +61,16 @@ pub(crate) struct CountingMetricExporter {
 }
 
 impl CountingMetricExporter {
-    pub(crate) fn new(backend: MetricBackend, counters: Arc<Counters>, rt: tokio::runtime::Handle) -> Self {
-        CountingMetricExporter { backend, counters, rt }
+    pub(crate) fn new(
+        backend: MetricBackend,
+        counters: Arc<Counters>,
+        rt: tokio::runtime::Handle,
+    ) -> Self {
+        CountingMetricExporter {
+            backend,
+            counters,
+            rt,
+        }
     }
 }
 

@@ -118,7 +118,10 @@ impl OtlpSettings<'_> {
     }
 
     fn http_headers(&self) -> HashMap<String, String> {
-        self.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        self.headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     fn err(&self, signal: &'static str, e: impl std::fmt::Display) -> ExportBuildError {
@@ -252,8 +255,13 @@ impl ExportPipeline {
                 }
             };
         log_backend.set_resource(&resource);
-        let main_sink =
-            SinkWorker::spawn(main_sink, queue_batches, export_timeout, counters.clone(), &handle);
+        let main_sink = SinkWorker::spawn(
+            main_sink,
+            queue_batches,
+            export_timeout,
+            counters.clone(),
+            &handle,
+        );
 
         let mut community = Vec::new();
         for (i, s) in cfg.sinks.iter().enumerate() {
@@ -261,14 +269,26 @@ impl ExportPipeline {
             community.push(CommunitySink {
                 tenant_id: s.tenant_id.clone(),
                 app_id: s.app_id.clone(),
-                worker: SinkWorker::spawn(sink, queue_batches, export_timeout, counters.clone(), &handle),
+                worker: SinkWorker::spawn(
+                    sink,
+                    queue_batches,
+                    export_timeout,
+                    counters.clone(),
+                    &handle,
+                ),
             });
         }
         for (tenant_id, app_id, sink) in extra_sinks {
             community.push(CommunitySink {
                 tenant_id,
                 app_id,
-                worker: SinkWorker::spawn(sink, queue_batches, export_timeout, counters.clone(), &handle),
+                worker: SinkWorker::spawn(
+                    sink,
+                    queue_batches,
+                    export_timeout,
+                    counters.clone(),
+                    &handle,
+                ),
             });
         }
 
@@ -296,7 +316,12 @@ impl ExportPipeline {
             .with_resource(resource.clone())
             .build();
         let meter = meter_provider.meter("telemetry-gateway");
-        let mapper = Mapper::new(&cfg.export.namespace, cfg.export.include_content, table, &meter);
+        let mapper = Mapper::new(
+            &cfg.export.namespace,
+            cfg.export.include_content,
+            table,
+            &meter,
+        );
         let logger_provider = SdkLoggerProvider::builder().with_resource(resource).build();
         let logger = logger_provider.logger("telemetry-gateway");
         drop(_entered);

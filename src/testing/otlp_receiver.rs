@@ -2,16 +2,24 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
-use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
+    LogsService, LogsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
 };
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::metrics::v1::Metric;
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -41,7 +49,11 @@ struct State {
 
 impl State {
     fn check<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        if let Some(auth) = req.metadata().get("authorization").and_then(|v| v.to_str().ok()) {
+        if let Some(auth) = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+        {
             self.received.lock().last_authorization = Some(auth.to_owned());
         }
         match *self.fail_with.lock() {
@@ -134,7 +146,10 @@ impl OtlpReceiver {
         let thread = std::thread::Builder::new()
             .name("otlp-receiver".into())
             .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
                     Ok(rt) => rt,
                     Err(e) => panic!("otlp receiver runtime: {e}"),
                 };
@@ -187,7 +202,11 @@ impl OtlpReceiver {
 
     /// Polls until `cond` holds for what was received, or `timeout` passes; returns the last
     /// state and whether the condition held.
-    pub fn wait_for(&self, timeout: Duration, cond: impl Fn(&Received) -> bool) -> (Received, bool) {
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        cond: impl Fn(&Received) -> bool,
+    ) -> (Received, bool) {
         let end = Instant::now() + timeout;
         loop {
             let r = self.received();

@@ -1,0 +1,158 @@
+//! Batch by size or time, bounded queues, and shutdown that leaves nothing behind.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use telemetry_gateway::{
+    EmitError, GatewayBuilder, ReasonCode, TelemetryCase, TelemetryContext, TelemetryEnvelope,
+};
+
+fn run(i: usize) -> TelemetryEnvelope {
+    TelemetryEnvelope::new(TelemetryCase::WorkflowRun, TelemetryContext::tenant("t1"))
+        .with_run_id(format!("run-{i}"))
+}
+
+#[test]
+fn batches_flush_by_size_and_a_lone_event_flushes_by_time() {
+    let (mut cfg, _d) = support::config();
+    cfg.gateway.enterprise_enabled = false; // only the recording sink
+    cfg.trace_batcher.max_batch_size = 10;
+    cfg.trace_batcher.flush_interval_ms = 200;
+    let sink = support::RecordingSink::default();
+    let gw = GatewayBuilder::new(cfg)
+        .trace_sink("t1", None, Arc::new(sink.clone()))
+        .start()
+        .unwrap();
+    for i in 0..20 {
+        gw.emit(run(i)).unwrap();
+    }
+    // Two full batches go by size, without waiting for the timer or another event.
+    let end = Instant::now() + support::DEADLINE;
+    while sink.batch_sizes().len() < 2 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(sink.batch_sizes(), vec![10, 10]);
+    // A lone event is flushed by the timer: no next event is needed.
+    gw.emit(run(99)).unwrap();
+    let end = Instant::now() + support::DEADLINE;
+    while sink.batch_sizes().len() < 3 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(sink.batch_sizes(), vec![10, 10, 1]);
+    let s = gw.shutdown_blocking(support::DEADLINE).stats;
+    assert_eq!(s.delivered, 21);
+    assert!(s.is_settled());
+}
+
+#[test]
+fn shutdown_exports_everything_and_later_emits_are_counted_drops() {
+    let (cfg, dir) = support::config();
+    let gw = telemetry_gateway::start(cfg).unwrap();
+    let n = 2_000;
+    for i in 0..n {
+        let case = if i % 2 == 0 {
+            TelemetryCase::WorkflowRun
+        } else {
+            TelemetryCase::AppUpdated
+        };
+        gw.emit(
+            TelemetryEnvelope::new(case, TelemetryContext::tenant("t1"))
+                .with_run_id(format!("r{i}")),
+        )
+        .unwrap();
+    }
+    let report = gw.shutdown_blocking(support::DEADLINE);
+    let s = &report.stats;
+    assert_eq!(s.emitted, n);
+    assert_eq!(s.delivered, n, "{s:?}");
+    assert_eq!(report.unsettled_at_deadline, 0);
+    assert!(!report.deadline_exceeded);
+    assert_eq!(s.exported.spans, n / 2);
+    // Every span and log record is in the file.
+    let text = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.contains("\"signal\":\"span\""))
+            .count() as u64,
+        n / 2
+    );
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.contains("\"signal\":\"log\""))
+            .count() as u64,
+        n
+    );
+    // After shutdown: a counted drop, not a panic.
+    assert_eq!(gw.emit(run(1)), Err(EmitError::ShutDown));
+    let after = gw.stats();
+    assert_eq!(after.dropped_for(ReasonCode::Shutdown), 1);
+    assert_eq!(after.emitted, after.delivered + after.dropped_total());
+    // A second shutdown returns the first report.
+    let again = gw.shutdown_blocking(support::DEADLINE);
+    assert_eq!(again.stats.delivered, n);
+}
+
+#[test]
+fn a_full_gateway_queue_refuses_at_once_and_every_event_is_accounted() {
+    let (mut cfg, _d) = support::config();
+    cfg.gateway.queue_capacity = 8;
+    cfg.trace_batcher.queue_capacity = 8;
+    cfg.metric_pool.queue_capacity = 8;
+    let gw = telemetry_gateway::start(cfg).unwrap();
+    let mut refused = 0u64;
+    let n = 20_000u64;
+    for i in 0..n {
+        let case = if i % 2 == 0 {
+            TelemetryCase::WorkflowRun
+        } else {
+            TelemetryCase::AppUpdated
+        };
+        match gw.emit(
+            TelemetryEnvelope::new(case, TelemetryContext::tenant("t1"))
+                .with_run_id(format!("r{i}")),
+        ) {
+            Ok(_) => {}
+            Err(EmitError::QueueFull) => refused += 1,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    let s = gw.shutdown_blocking(support::DEADLINE).stats;
+    assert!(refused > 0, "a tiny queue under a flood must refuse some");
+    assert_eq!(s.emitted, n);
+    assert!(s.dropped_for(ReasonCode::QueueFull) >= refused);
+    assert_eq!(s.emitted, s.delivered + s.dropped_total(), "{s:?}");
+    assert!(s.is_settled());
+}
+
+#[test]
+fn the_handle_works_from_a_tokio_host_and_many_threads() {
+    let (cfg, _d) = support::config();
+    let gw = telemetry_gateway::start(cfg).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for t in 0..4 {
+            let gw = gw.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..250 {
+                    gw.emit(
+                        TelemetryEnvelope::new(
+                            TelemetryCase::AppCreated,
+                            TelemetryContext::tenant(format!("t{t}")),
+                        )
+                        .with_run_id(format!("{t}-{i}")),
+                    )
+                    .unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let report = gw.shutdown(support::DEADLINE).await;
+        assert_eq!(report.stats.delivered, 1000);
+        assert!(report.stats.is_settled());
+    });
+}

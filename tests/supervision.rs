@@ -1,0 +1,65 @@
+//! A handler that panics mid-stream is restarted; the events behind the poison are processed.
+
+mod support;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use opentelemetry::KeyValue;
+use serde_json::json;
+use telemetry_gateway::contracts::JsonObject;
+use telemetry_gateway::{
+    CaseHandler, GatewayBuilder, ReasonCode, TelemetryCase, TelemetryContext, TelemetryEnvelope,
+};
+
+#[derive(Debug, Default)]
+struct PoisonOnFlag {
+    handled: AtomicU64,
+}
+
+impl CaseHandler for PoisonOnFlag {
+    fn handle(&self, _env: &TelemetryEnvelope, payload: Option<&JsonObject>) -> Vec<KeyValue> {
+        if payload.and_then(|p| p.get("poison")).is_some() {
+            panic!("poison event");
+        }
+        self.handled.fetch_add(1, Ordering::SeqCst);
+        vec![KeyValue::new("handled.by", "test")]
+    }
+}
+
+#[test]
+fn poison_events_are_dead_lettered_and_the_handler_restarts() {
+    let (mut cfg, _d) = support::config();
+    cfg.metric_pool.pool_size = 1; // one handler: the poison and its followers share a queue
+    cfg.metric_pool.batch_size = 64;
+    let h = Arc::new(PoisonOnFlag::default());
+    let gw = GatewayBuilder::new(cfg)
+        .case_handler("tool_execution", h.clone())
+        .start()
+        .unwrap();
+    let total = 300u64;
+    let mut poison = 0;
+    for i in 0..total {
+        let p = if i % 100 == 50 {
+            poison += 1;
+            json!({"poison": true})
+        } else {
+            json!({"i": i})
+        };
+        gw.emit(
+            TelemetryEnvelope::new(TelemetryCase::ToolExecution, TelemetryContext::tenant("t"))
+                .with_payload(p),
+        )
+        .unwrap();
+    }
+    let s = gw.shutdown_blocking(support::DEADLINE).stats;
+    assert_eq!(s.handler_restarts, poison, "{s:?}");
+    assert_eq!(s.dropped_for(ReasonCode::HandlerPanicked), poison);
+    assert_eq!(
+        h.handled.load(Ordering::SeqCst),
+        total - poison,
+        "every non-poison event handled"
+    );
+    assert_eq!(s.delivered, total - poison);
+    assert!(s.is_settled());
+}
