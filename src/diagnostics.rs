@@ -312,7 +312,8 @@ pub struct StatsSnapshot {
     pub export_batches_ok: u64,
     /// Export calls that failed.
     pub export_batches_failed: u64,
-    /// Spans a community sink failed to export (the event may still be delivered elsewhere).
+    /// Spans a sink failed to export or had no queue room for (the event may still be delivered
+    /// by another destination; its own outcome is in `delivered` / `dropped`).
     pub sink_spans_failed: u64,
     /// Companion log records of spans dropped because the log queue was full (their events are
     /// accounted by their spans).

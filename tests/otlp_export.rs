@@ -183,3 +183,29 @@ fn a_rejecting_collector_is_accounted_exactly() {
     );
     assert!(rx.received().spans.is_empty());
 }
+
+#[test]
+fn http_protobuf_export_delivers_spans_logs_and_metrics() {
+    let rx = OtlpReceiver::start_http();
+    let (mut cfg, _dir) = support::config();
+    cfg.otlp.endpoint = Some(rx.endpoint());
+    cfg.otlp.protocol = telemetry_gateway::config::OtlpProtocol::HttpProtobuf;
+    cfg.otlp.api_key = Some("k-http".into());
+    let gw = start(cfg).unwrap();
+    let ctx = TelemetryContext::tenant("acme").app("a");
+    gw.emit(TelemetryEnvelope::new(TelemetryCase::MessageRun, ctx.clone()).with_run_id("m1"))
+        .unwrap();
+    gw.emit(
+        TelemetryEnvelope::new(TelemetryCase::FeedbackCreated, ctx)
+            .with_payload(json!({"rating": "like"})),
+    )
+    .unwrap();
+    let s = gw.shutdown_blocking(support::DEADLINE).stats;
+    assert_eq!(s.delivered, 2, "{s:?}");
+    let r = rx.received();
+    assert_eq!(r.spans.len(), 1);
+    assert_eq!(r.spans[0].name, "app.message.run");
+    assert_eq!(r.logs.len(), 2);
+    assert!(r.metrics.iter().any(|m| m.name == "app.feedback.total"));
+    assert_eq!(r.last_authorization.as_deref(), Some("Bearer k-http"));
+}

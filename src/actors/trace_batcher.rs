@@ -149,11 +149,11 @@ impl TraceBatcherActor {
             }
         }
         if !main_job.0.is_empty() {
-            send_job(&ex.main_sink, main_job.0, main_job.1);
+            send_job(&ex.main_sink, main_job.0, main_job.1, &counters);
         }
         for (i, (spans, trackers)) in sink_jobs {
             if let Some(s) = ex.community.get(i) {
-                send_job(&s.worker, spans, trackers);
+                send_job(&s.worker, spans, trackers, &counters);
             } else {
                 for t in trackers {
                     t.report(Err(ReasonCode::NoDestination));
@@ -163,10 +163,19 @@ impl TraceBatcherActor {
     }
 }
 
-fn send_job(worker: &SinkWorker, spans: Vec<SpanData>, groups: Vec<Arc<GroupTracker>>) {
+fn send_job(
+    worker: &SinkWorker,
+    spans: Vec<SpanData>,
+    groups: Vec<Arc<GroupTracker>>,
+    counters: &Counters,
+) {
+    let n = spans.len() as u64;
     if let Err(SinkJob::Export { groups, .. }) = worker.try_send(SinkJob::Export { spans, groups })
     {
-        tracing::warn!(sink = %worker.name, "sink queue full; batch dropped for this sink");
+        // This sink's copy is lost; the events may still be delivered by another destination,
+        // so the sink's loss is counted on its own.
+        Counters::add(&counters.sink_spans_failed, n);
+        tracing::warn!(sink = %worker.name, spans = n, "sink queue full; batch dropped for this sink");
         for g in groups {
             g.report(Err(ReasonCode::QueueFull));
         }

@@ -4,6 +4,7 @@
 //!   services) on a loopback port, recording what arrives.
 //! - [`RedisServer`]: starts a real `redis-server` on a free loopback port and stops it on drop.
 
+mod otlp_http;
 mod otlp_receiver;
 mod redis_server;
 

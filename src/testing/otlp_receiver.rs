@@ -42,9 +42,9 @@ pub struct Received {
 }
 
 #[derive(Debug, Default)]
-struct State {
-    received: Mutex<Received>,
-    fail_with: Mutex<Option<tonic::Code>>,
+pub(super) struct State {
+    pub(super) received: Mutex<Received>,
+    pub(super) fail_with: Mutex<Option<tonic::Code>>,
 }
 
 impl State {
@@ -137,8 +137,18 @@ pub struct OtlpReceiver {
 }
 
 impl OtlpReceiver {
-    /// Binds a free loopback port and starts serving traces, logs and metrics.
+    /// Binds a free loopback port and serves OTLP/gRPC traces, logs and metrics.
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// Binds a free loopback port and serves OTLP/HTTP with protobuf bodies
+    /// (`POST /v1/traces`, `/v1/logs`, `/v1/metrics`).
+    pub fn start_http() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(http: bool) -> Self {
         let state = Arc::new(State::default());
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -159,6 +169,10 @@ impl OtlpReceiver {
                         Err(e) => panic!("otlp receiver bind: {e}"),
                     };
                     let _ = addr_tx.send(listener.local_addr().ok());
+                    if http {
+                        super::otlp_http::serve(listener, st, stop_rx).await;
+                        return;
+                    }
                     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
                     let svc = Svc(st);
                     let _ = tonic::transport::Server::builder()
