@@ -18,8 +18,8 @@
 //!
 //! Every entry can be overridden under `[cases.<name>]` and new cases added there. The table is
 //! built once at start and never changes; the two runtime switches (`gateway.enabled`,
-//! `gateway.enterprise_enabled`) are read per event by the gateway actor, so an event is routed
-//! under the switches in force when the actor takes it, and keeps that decision downstream.
+//! `gateway.enterprise_enabled`) are captured by `emit()` with each event, so an event is routed
+//! under the switches in force when the host emitted it, and keeps that decision downstream.
 
 use std::collections::HashMap;
 

@@ -33,7 +33,7 @@ use crate::actors::gateway::GatewayActor;
 use crate::actors::metric_handler::{CaseHandler, MetricHandlerActor};
 use crate::actors::rehydrator::RehydratorActor;
 use crate::actors::trace_batcher::{Drain, TraceBatcherActor};
-use crate::actors::{ExportHandles, Shared, TraceItem};
+use crate::actors::{ExportHandles, GatewayItem, Shared, TraceItem};
 use crate::config::{ConfigError, GatewayConfig};
 use crate::contracts::{EnvelopeError, TelemetryEnvelope};
 use crate::diagnostics::{Counters, ReasonCode, StatsSnapshot};
@@ -183,7 +183,7 @@ impl GatewayBuilder {
             closed: AtomicBool::new(false),
         });
 
-        let (gw_tx, gw_rx) = mpsc::channel::<TelemetryEnvelope>(cfg.gateway.queue_capacity);
+        let (gw_tx, gw_rx) = mpsc::channel::<GatewayItem>(cfg.gateway.queue_capacity);
         let (trace_tx, trace_rx) = mpsc::channel::<TraceItem>(cfg.trace_batcher.queue_capacity);
         let (transport, sources) =
             InProcessTransport::new(pool_size, cfg.metric_pool.queue_capacity);
@@ -270,7 +270,7 @@ fn start_actors(
     store: PayloadStore,
     dedups: Vec<DedupActor>,
     case_handlers: Arc<HashMap<String, Arc<dyn CaseHandler>>>,
-    gw_rx: mpsc::Receiver<TelemetryEnvelope>,
+    gw_rx: mpsc::Receiver<GatewayItem>,
     trace_tx: mpsc::Sender<TraceItem>,
     trace_rx: mpsc::Receiver<TraceItem>,
     transport: Arc<dyn MetricTransport>,
@@ -325,7 +325,7 @@ fn start_actors(
 
 /// The state behind every clone of the handle.
 struct Inner {
-    tx: mpsc::Sender<TelemetryEnvelope>,
+    tx: mpsc::Sender<GatewayItem>,
     shared: Arc<Shared>,
     transport: Arc<dyn MetricTransport>,
     active_emits: AtomicU64,
@@ -383,7 +383,12 @@ impl GatewayHandle {
         }
         let id = env.event_id;
         Counters::pending_add(&c.gateway_pending, 1);
-        match inner.tx.try_send(env) {
+        let item = GatewayItem {
+            env,
+            gateway_enabled: inner.shared.gateway_enabled.load(Ordering::SeqCst),
+            enterprise_enabled: inner.shared.enterprise_enabled.load(Ordering::SeqCst),
+        };
+        match inner.tx.try_send(item) {
             Ok(()) => Ok(id),
             Err(e) => {
                 Counters::pending_sub(&c.gateway_pending, 1);
@@ -400,8 +405,9 @@ impl GatewayHandle {
         self.inner.shared.counters.snapshot()
     }
 
-    /// Turns the gateway on or off at runtime (`gateway.enabled`). Events already routed finish
-    /// under the rule they were routed with.
+    /// Turns the gateway on or off at runtime (`gateway.enabled`). Takes effect for the next
+    /// `emit()`: every event is routed under the switches in force when it was emitted, even if
+    /// they change before the gateway actor reaches it.
     pub fn set_gateway_enabled(&self, enabled: bool) {
         self.inner
             .shared

@@ -119,3 +119,25 @@ fn invalid_envelopes_are_refused_naming_the_field_and_counted() {
     assert_eq!(s.dropped_for(ReasonCode::InvalidEnvelope), 2);
     assert!(s.is_settled());
 }
+
+#[test]
+fn each_event_follows_the_switches_in_force_when_it_was_emitted() {
+    let (cfg, _d) = support::config();
+    let gw = telemetry_gateway::start(cfg).unwrap();
+    // Flip back and forth with no pause: the gateway actor reaches most of these events after
+    // the switch has changed again, and must still use the value from emit() time.
+    let mut expected_dropped = 0;
+    for i in 0..2_000 {
+        let off = i % 2 == 0;
+        gw.set_enterprise_enabled(!off);
+        gw.emit(ev(TelemetryCase::AppUpdated)).unwrap();
+        if off {
+            expected_dropped += 1;
+        }
+    }
+    gw.set_enterprise_enabled(true);
+    let s = gw.shutdown_blocking(support::DEADLINE).stats;
+    assert_eq!(s.dropped_for(ReasonCode::EnterpriseDisabled), expected_dropped);
+    assert_eq!(s.delivered, 2_000 - expected_dropped);
+    assert!(s.is_settled());
+}

@@ -1,8 +1,8 @@
 //! `GatewayActor`: the single entrance.
 //!
 //! Takes envelopes from the gateway queue (filled by `emit()`), and for each one:
-//! 1. **eligibility and data type** from the routing table, under the runtime switches in force
-//!    now (a drop is counted with its reason);
+//! 1. **eligibility and data type** from the routing table, under the runtime switches that were
+//!    in force when `emit()` took the event (a drop is counted with its reason);
 //! 2. resolves correlation and trace ids ([`crate::correlation::resolve`]);
 //! 3. **offloads** a payload above `payloads.inline_threshold_bytes` (serialized JSON) to the
 //!    payload store at `{tenant_id}/{event_id}.json`, keeping a fallback of its scalar fields; if
@@ -14,7 +14,6 @@
 //! `gateway.max_offloads_in_flight` at once.
 
 use std::io::Write;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -22,7 +21,7 @@ use bytes::Bytes;
 use serde_json::Value as Json;
 use tokio::sync::mpsc;
 
-use super::{Shared, TraceItem};
+use super::{GatewayItem, Shared, TraceItem};
 use crate::contracts::{
     JsonObject, Payload, PayloadFallback, SignalType, TelemetryEnvelope, MAX_FALLBACK_BYTES,
 };
@@ -109,9 +108,12 @@ impl GatewayActor {
         Counters::pending_sub(&c.gateway_pending, 1);
     }
 
-    fn route(&mut self, mut env: TelemetryEnvelope, ctx: &mut Context<Self>) {
-        let gw = self.shared.gateway_enabled.load(Ordering::Relaxed);
-        let ent = self.shared.enterprise_enabled.load(Ordering::Relaxed);
+    fn route(&mut self, item: GatewayItem, ctx: &mut Context<Self>) {
+        let GatewayItem {
+            mut env,
+            gateway_enabled: gw,
+            enterprise_enabled: ent,
+        } = item;
         let signal = match self.shared.table.decide(&env.case, gw, ent) {
             Decision::Drop(reason) => return self.drop_event(reason),
             Decision::Trace => SignalType::Trace,
@@ -229,9 +231,9 @@ impl Actor for GatewayActor {
     type Context = Context<Self>;
 }
 
-impl StreamHandler<TelemetryEnvelope> for GatewayActor {
-    fn handle(&mut self, env: TelemetryEnvelope, ctx: &mut Context<Self>) {
-        self.route(env, ctx);
+impl StreamHandler<GatewayItem> for GatewayActor {
+    fn handle(&mut self, item: GatewayItem, ctx: &mut Context<Self>) {
+        self.route(item, ctx);
     }
 
     fn finished(&mut self, _ctx: &mut Context<Self>) {

@@ -52,6 +52,15 @@ pub(crate) struct ExportHandles {
     pub(crate) sampling_ratio: f64,
 }
 
+/// An event on the gateway queue, with the runtime switches in force when `emit()` took it: the
+/// event is routed under those, whatever the switches say by the time the actor reaches it.
+#[derive(Debug)]
+pub(crate) struct GatewayItem {
+    pub(crate) env: TelemetryEnvelope,
+    pub(crate) gateway_enabled: bool,
+    pub(crate) enterprise_enabled: bool,
+}
+
 /// A trace event on its way to the batcher, with the decision it was routed under.
 #[derive(Debug)]
 pub(crate) struct TraceItem {

@@ -1,0 +1,93 @@
+//! Runs the real quickstart example binary (built by `cargo test --all-targets`) and checks that
+//! its summary adds up, on the embedded defaults and against a collector set by environment.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use telemetry_gateway::testing::OtlpReceiver;
+
+fn quickstart_bin() -> PathBuf {
+    // target/<profile>/deps/quickstart-<hash> -> target/<profile>/examples/quickstart
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = profile_dir.join("examples").join("quickstart");
+    if !bin.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--example", "quickstart"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cargo build --example quickstart");
+        assert!(status.success());
+    }
+    bin
+}
+
+fn run(envs: &[(&str, String)]) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(quickstart_bin());
+    cmd.arg("--json").current_dir(dir.path());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run quickstart");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "quickstart failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = stdout.lines().last().expect("output");
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("last line is not JSON ({e}): {last}"))
+}
+
+fn check_ledger(s: &serde_json::Value) {
+    let dropped: u64 = s["dropped"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    let emitted = s["emitted"].as_u64().unwrap();
+    let delivered = s["delivered"].as_u64().unwrap();
+    assert_eq!(emitted, delivered + dropped, "{s}");
+    assert!(
+        s["dropped"]["duplicate"].as_u64().unwrap() > 0,
+        "re-sent feedback deduplicated: {s}"
+    );
+    assert_eq!(s["dropped"]["enterprise_disabled"], 1, "{s}");
+    assert_eq!(s["offloaded"], 1, "{s}");
+    let routed = &s["routed"];
+    assert!(routed["trace"].as_u64().unwrap() > 0 && routed["metric_log"].as_u64().unwrap() > 0);
+    let exported = &s["exported"];
+    assert_eq!(exported["spans"], routed["trace"], "{s}");
+    assert!(exported["log_records"].as_u64().unwrap() > 0);
+    assert!(exported["metric_points"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn the_quickstart_summary_adds_up_on_embedded_defaults() {
+    let s = run(&[]);
+    check_ledger(&s);
+    assert_eq!(s["output"], "telemetry-gateway-output.jsonl");
+}
+
+#[test]
+fn the_quickstart_exports_to_a_collector_set_by_environment() {
+    let rx = OtlpReceiver::start();
+    let s = run(&[("TELEMETRY_GATEWAY__OTLP__ENDPOINT", rx.endpoint())]);
+    check_ledger(&s);
+    let (r, ok) = rx.wait_for(Duration::from_secs(5), |r| {
+        r.spans.len() as u64 == s["exported"]["spans"].as_u64().unwrap()
+    });
+    assert!(
+        ok,
+        "spans at the collector: {} vs summary {}",
+        r.spans.len(),
+        s["exported"]["spans"]
+    );
+    assert_eq!(
+        r.logs.len() as u64,
+        s["exported"]["log_records"].as_u64().unwrap()
+    );
+}
