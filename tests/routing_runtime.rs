@@ -137,7 +137,10 @@ fn each_event_follows_the_switches_in_force_when_it_was_emitted() {
     }
     gw.set_enterprise_enabled(true);
     let s = gw.shutdown_blocking(support::DEADLINE).stats;
-    assert_eq!(s.dropped_for(ReasonCode::EnterpriseDisabled), expected_dropped);
+    assert_eq!(
+        s.dropped_for(ReasonCode::EnterpriseDisabled),
+        expected_dropped
+    );
     assert_eq!(s.delivered, 2_000 - expected_dropped);
     assert!(s.is_settled());
 }
