@@ -23,6 +23,19 @@ use crate::contracts::SignalType;
 /// Prefix of environment overrides: `TELEMETRY_GATEWAY__OTLP__ENDPOINT` sets `otlp.endpoint`.
 pub const ENV_PREFIX: &str = "TELEMETRY_GATEWAY__";
 
+/// Keys whose values are text even when they look like numbers or booleans.
+const STRING_KEYS: [&str; 9] = [
+    "otlp.endpoint",
+    "otlp.api_key",
+    "dedup.redis_url",
+    "dedup.key_prefix",
+    "export.namespace",
+    "export.service_name",
+    "export.file_path",
+    "payloads.url",
+    "payloads.local_path",
+];
+
 /// Default of `gateway.enabled`.
 pub const DEFAULT_GATEWAY_ENABLED: bool = true;
 /// Default of `gateway.enterprise_enabled`: the embedded default exports everything (to a local
@@ -33,6 +46,8 @@ pub const DEFAULT_GATEWAY_QUEUE_CAPACITY: usize = 65_536;
 /// Default of `gateway.max_offloads_in_flight`.
 pub const DEFAULT_MAX_OFFLOADS_IN_FLIGHT: usize = 16;
 
+/// Default of `payloads.store`.
+pub const DEFAULT_PAYLOAD_STORE: PayloadStoreKind = PayloadStoreKind::Memory;
 /// Default of `payloads.inline_threshold_bytes` (1 MiB of serialized JSON).
 pub const DEFAULT_INLINE_THRESHOLD_BYTES: usize = 1024 * 1024;
 /// Default of `payloads.write_timeout_ms`.
@@ -206,7 +221,7 @@ impl Default for PayloadsSection {
     fn default() -> Self {
         PayloadsSection {
             inline_threshold_bytes: DEFAULT_INLINE_THRESHOLD_BYTES,
-            store: PayloadStoreKind::Memory,
+            store: DEFAULT_PAYLOAD_STORE,
             local_path: PathBuf::from(DEFAULT_PAYLOAD_LOCAL_PATH),
             url: None,
             write_timeout_ms: DEFAULT_PAYLOAD_WRITE_TIMEOUT_MS,
@@ -478,7 +493,24 @@ impl GatewayConfig {
         if let Some(p) = path {
             f = f.merge(Toml::file_exact(p));
         }
-        f.merge(Env::prefixed(ENV_PREFIX).split("__"))
+        f = f.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        // Figment parses every environment value (`0012` becomes the number 12, `true` a bool).
+        // String-typed keys are merged again as the raw text, so an all-digit API key or header
+        // value is kept exactly and never fails to parse (a parse error would echo the value).
+        for (key, value) in std::env::vars() {
+            let Some(rest) = key
+                .get(..ENV_PREFIX.len())
+                .filter(|p| p.eq_ignore_ascii_case(ENV_PREFIX))
+                .map(|_| &key[ENV_PREFIX.len()..])
+            else {
+                continue;
+            };
+            let path = rest.split("__").collect::<Vec<_>>().join(".").to_ascii_lowercase();
+            if STRING_KEYS.contains(&path.as_str()) || path.starts_with("otlp.headers.") {
+                f = f.merge(Serialized::default(&path, value));
+            }
+        }
+        f
     }
 
     /// Loads and validates: see [`figment`](Self::figment).
@@ -721,6 +753,24 @@ mod tests {
             assert_eq!(c.dedup.ttl_secs, 60);
             assert!(!c.gateway.enabled);
             assert_eq!(c.dedup.timeout_ms, DEFAULT_DEDUP_TIMEOUT_MS);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn env_strings_that_look_like_numbers_stay_strings() {
+        Jail::expect_with(|jail| {
+            jail.set_env("TELEMETRY_GATEWAY__OTLP__API_KEY", "0012345");
+            jail.set_env("TELEMETRY_GATEWAY__OTLP__HEADERS__X_TENANT", "42");
+            jail.set_env("TELEMETRY_GATEWAY__DEDUP__KEY_PREFIX", "true");
+            let c = GatewayConfig::load(None).unwrap();
+            assert_eq!(c.otlp.api_key.as_deref(), Some("0012345"));
+            assert_eq!(c.otlp.headers.get("x_tenant").map(String::as_str), Some("42"));
+            assert_eq!(c.dedup.key_prefix, "true");
+            // Typed keys are still typed.
+            jail.set_env("TELEMETRY_GATEWAY__DEDUP__TTL_SECS", "abc");
+            let err = GatewayConfig::load(None).unwrap_err().to_string();
+            assert!(err.to_lowercase().contains("dedup.ttl_secs"), "{err}");
             Ok(())
         });
     }

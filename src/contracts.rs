@@ -576,6 +576,25 @@ pub enum EnvelopeError {
     Decode(String),
 }
 
+/// `created_at` on the wire: RFC 3339, written in UTC with nanoseconds; read with any offset.
+fn format_rfc3339(t: SystemTime) -> Result<String, EnvelopeError> {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .map_err(|e| EnvelopeError::InvalidField {
+            field: "created_at",
+            reason: e.to_string(),
+        })
+}
+
+fn parse_rfc3339(s: &str) -> Result<SystemTime, EnvelopeError> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map(SystemTime::from)
+        .map_err(|e| EnvelopeError::InvalidField {
+            field: "created_at",
+            reason: format!("not an RFC 3339 timestamp: {e}"),
+        })
+}
+
 // ---------------------------------------------------------------------------------------------
 // JSON wire format. A separate, explicit struct so that the wire shape is reviewed in one place
 // and decoding untrusted JSON goes through `deny_unknown_fields` and the same validation.
@@ -617,7 +636,7 @@ impl TelemetryEnvelope {
             payload,
             payload_ref,
             payload_fallback: self.payload_fallback.as_ref().and_then(|f| f.to_object()),
-            created_at: humantime::format_rfc3339_nanos(self.created_at).to_string(),
+            created_at: format_rfc3339(self.created_at)?,
         };
         serde_json::to_string(&wire).map_err(|e| EnvelopeError::Decode(e.to_string()))
     }
@@ -643,12 +662,7 @@ impl TelemetryEnvelope {
             Some(o) => Some(PayloadFallback::from_object(&o)?),
             None => None,
         };
-        let created_at = humantime::parse_rfc3339_weak(&wire.created_at).map_err(|e| {
-            EnvelopeError::InvalidField {
-                field: "created_at",
-                reason: format!("not an RFC 3339 timestamp: {e}"),
-            }
-        })?;
+        let created_at = parse_rfc3339(&wire.created_at)?;
         let env = TelemetryEnvelope {
             event_id: wire.event_id,
             schema_version: wire.schema_version,
@@ -761,6 +775,22 @@ mod tests {
         let text = e.to_json().unwrap();
         let back = TelemetryEnvelope::from_json(&text).unwrap();
         assert_eq!(back, e);
+    }
+
+    #[test]
+    fn created_at_offsets_are_honoured() {
+        let utc = parse_rfc3339("2026-11-23T08:00:00.5Z").unwrap();
+        for same in ["2026-11-23T10:00:00.5+02:00", "2026-11-23T03:00:00.500-05:00"] {
+            assert_eq!(parse_rfc3339(same).unwrap(), utc, "{same}");
+        }
+        assert_eq!(
+            parse_rfc3339("2026-11-23T10:00:00+02:00").unwrap(),
+            parse_rfc3339("2026-11-23T08:00:00Z").unwrap()
+        );
+        let err = parse_rfc3339("23/11/2026").unwrap_err();
+        assert!(err.to_string().contains("created_at"));
+        let now = SystemTime::now();
+        assert_eq!(parse_rfc3339(&format_rfc3339(now).unwrap()).unwrap(), now);
     }
 
     #[test]

@@ -304,7 +304,8 @@ pub struct StatsSnapshot {
     pub rehydrated_from_store: u64,
     /// Payloads rebuilt from their fallback.
     pub rehydrated_from_fallback: u64,
-    /// Dedup store calls that failed or timed out.
+    /// Dedup store calls (one per handler batch) that failed or timed out; the events of those
+    /// batches are in `degraded["dedup_store_unavailable"]`.
     pub dedup_store_errors: u64,
     /// Metric handlers restarted by their supervisor.
     pub handler_restarts: u64,

@@ -41,13 +41,16 @@ use crate::export::sink::TraceSink;
 use crate::export::{ExportBuildError, ExportPipeline};
 use crate::payload_store::{PayloadStore, StoreBuildError};
 use crate::routing::RoutingTable;
-use crate::transport::{InProcessTransport, MetricTransport};
+use crate::transport::{EnvelopeSource, InProcessTransport, MetricTransport};
 
 /// How long `start()` waits for the actor threads to come up.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often shutdown re-checks the stage gauges.
 const SETTLE_POLL: Duration = Duration::from_millis(2);
+
+/// How often shutdown asks the log batcher to export early while events settle.
+const LOG_NUDGE_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Why the gateway did not start.
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +125,7 @@ pub struct GatewayBuilder {
     case_handlers: HashMap<String, Arc<dyn CaseHandler>>,
     payload_store: Option<PayloadStore>,
     sinks: Vec<(String, Option<String>, Arc<dyn TraceSink>)>,
+    transport: Option<(Arc<dyn MetricTransport>, Vec<Box<dyn EnvelopeSource>>)>,
 }
 
 impl GatewayBuilder {
@@ -132,7 +136,21 @@ impl GatewayBuilder {
             case_handlers: HashMap::new(),
             payload_store: None,
             sinks: Vec::new(),
+            transport: None,
         }
+    }
+
+    /// Replaces the in-process queue between the gateway and the handler pool: one handler is
+    /// started per source (`metric_pool.pool_size` is then ignored). With the memory dedup
+    /// backend the transport must deliver a given `(tenant_id, event_id)` to the same source
+    /// every time, as the built-in one does; otherwise use the Redis backend.
+    pub fn metric_transport(
+        mut self,
+        transport: Arc<dyn MetricTransport>,
+        sources: Vec<Box<dyn EnvelopeSource>>,
+    ) -> Self {
+        self.transport = Some((transport, sources));
+        self
     }
 
     /// Runs `handler` for every metric/log event of `case` (built-in or configured).
@@ -169,8 +187,29 @@ impl GatewayBuilder {
             Some(s) => s,
             None => PayloadStore::from_config(&cfg.payloads)?,
         };
+        let (transport, sources): (Arc<dyn MetricTransport>, Vec<Box<dyn EnvelopeSource>>) =
+            match self.transport {
+                Some((t, s)) if !s.is_empty() => (t, s),
+                Some(_) => {
+                    return Err(StartError::Config(ConfigError::Invalid {
+                        key: "metric_transport".into(),
+                        problem: "a custom transport needs at least one source".into(),
+                    }))
+                }
+                None => {
+                    let (t, s) = InProcessTransport::new(
+                        cfg.metric_pool.pool_size,
+                        cfg.metric_pool.queue_capacity,
+                    );
+                    let s = s
+                        .into_iter()
+                        .map(|s| Box::new(s) as Box<dyn EnvelopeSource>)
+                        .collect();
+                    (Arc::new(t), s)
+                }
+            };
         // Build every dedup actor's state up front so a bad URL fails start, not a thread.
-        let pool_size = cfg.metric_pool.pool_size;
+        let pool_size = sources.len();
         let dedups = (0..pool_size)
             .map(|_| DedupActor::new(&cfg.dedup))
             .collect::<Result<Vec<_>, _>>()?;
@@ -185,9 +224,6 @@ impl GatewayBuilder {
 
         let (gw_tx, gw_rx) = mpsc::channel::<GatewayItem>(cfg.gateway.queue_capacity);
         let (trace_tx, trace_rx) = mpsc::channel::<TraceItem>(cfg.trace_batcher.queue_capacity);
-        let (transport, sources) =
-            InProcessTransport::new(pool_size, cfg.metric_pool.queue_capacity);
-        let transport: Arc<dyn MetricTransport> = Arc::new(transport);
 
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let handles = export.handles.clone();
@@ -274,7 +310,7 @@ fn start_actors(
     trace_tx: mpsc::Sender<TraceItem>,
     trace_rx: mpsc::Receiver<TraceItem>,
     transport: Arc<dyn MetricTransport>,
-    sources: Vec<crate::transport::InProcessSource>,
+    sources: Vec<Box<dyn EnvelopeSource>>,
 ) -> Actors {
     let batcher_dedup = MemoryDedup::new(
         cfg.dedup.memory_max_entries,
@@ -299,7 +335,6 @@ fn start_actors(
             RehydratorActor::start_in_arbiter(&h, move |_| RehydratorActor::new(st, c));
         let (sh, ex, ch) = (shared.clone(), export.clone(), case_handlers.clone());
         let batch_size = cfg.metric_pool.batch_size;
-        let source: Box<dyn crate::transport::EnvelopeSource> = Box::new(source);
         handlers.push(Supervisor::start_in_arbiter(&h, move |_| {
             MetricHandlerActor::new(
                 index, source, batch_size, dedup_addr, rehydrator, sh, ex, ch,
@@ -428,22 +463,36 @@ impl GatewayHandle {
         self.inner.transport.queued()
     }
 
-    /// Shuts down within `deadline` and reports. Runs on a gateway-owned thread, so it is safe to
-    /// await from any async runtime. A second call returns the first call's report.
+    /// Shuts down within `deadline` and reports. The work runs on a gateway-owned thread, so
+    /// this is safe to await from any async runtime. A second call returns the first report.
     pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let me = self.clone();
         let spawned = std::thread::Builder::new()
             .name("telemetry-gateway-shutdown".into())
             .spawn(move || {
-                let _ = tx.send(me.shutdown_blocking(deadline));
+                let _ = tx.send(me.shutdown_now(deadline));
             });
         match spawned {
             Ok(_) => match rx.await {
                 Ok(r) => r,
                 Err(_) => self.final_or_snapshot(),
             },
-            Err(_) => self.shutdown_blocking(deadline),
+            Err(_) => self.shutdown_now(deadline),
+        }
+    }
+
+    /// [`shutdown`](Self::shutdown) for callers without an async runtime; blocks this thread
+    /// until done or `deadline`. Also safe inside an async runtime (the work runs on its own
+    /// thread, where blocking is allowed), though it then blocks that runtime's thread.
+    pub fn shutdown_blocking(&self, deadline: Duration) -> ShutdownReport {
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("telemetry-gateway-shutdown".into())
+            .spawn(move || me.shutdown_now(deadline));
+        match spawned {
+            Ok(h) => h.join().unwrap_or_else(|_| self.final_or_snapshot()),
+            Err(_) => self.shutdown_now(deadline),
         }
     }
 
@@ -460,8 +509,8 @@ impl GatewayHandle {
             })
     }
 
-    /// [`shutdown`](Self::shutdown) for hosts without an async runtime: blocks this thread.
-    pub fn shutdown_blocking(&self, deadline: Duration) -> ShutdownReport {
+    /// The shutdown sequence; runs on a thread with no async runtime context.
+    fn shutdown_now(&self, deadline: Duration) -> ShutdownReport {
         let started = Instant::now();
         let end = started + deadline;
         let inner = &*self.inner;
@@ -485,15 +534,23 @@ impl GatewayHandle {
         let no_emits = || inner.active_emits.load(Ordering::SeqCst) == 0;
         let mut settled = wait_until(&no_emits, &|| {});
         settled &= wait_until(&|| c.pending().0 <= 0, &|| {});
-        // From here on the batcher flushes every event as it arrives.
-        let _ = futures::executor::block_on(lc.actors.batcher.send(Drain));
+        // From here on the batcher flushes every event as it arrives. A control message, not
+        // awaited: its effect is observed through the gauges below.
+        let drain_sent = AtomicBool::new(lc.actors.batcher.try_send(Drain).is_ok());
         let handles = lc.export.handles.clone();
         let rt = lc.export.rt.handle().clone();
+        let last_nudge = Mutex::new(Instant::now() - LOG_NUDGE_INTERVAL);
         let nudge_logs = || {
-            let lb = handles.log_batcher.clone();
-            let _ = rt.block_on(async move {
-                tokio::time::timeout(Duration::from_millis(20), lb.flush()).await
-            });
+            if !drain_sent.load(Ordering::Relaxed) {
+                drain_sent.store(lc.actors.batcher.try_send(Drain).is_ok(), Ordering::Relaxed);
+            }
+            // Ask the log batcher to export what it holds now rather than at its interval.
+            let mut last = last_nudge.lock();
+            if last.elapsed() >= LOG_NUDGE_INTERVAL {
+                *last = Instant::now();
+                let lb = handles.log_batcher.clone();
+                rt.spawn(async move { lb.flush().await });
+            }
         };
         settled &= wait_until(
             &|| {
@@ -502,8 +559,22 @@ impl GatewayHandle {
             },
             &nudge_logs,
         );
-        // Final metric collection and export.
-        let _ = lc.export.meter_provider.shutdown();
+        // Final metric collection and export. The SDK ignores its own timeout argument, so the
+        // call runs on a helper thread and is abandoned (not awaited) past the deadline.
+        let provider = lc.export.meter_provider.clone();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let _ = std::thread::Builder::new()
+            .name("telemetry-gateway-metrics-shutdown".into())
+            .spawn(move || {
+                let _ = done_tx.send(provider.shutdown());
+            });
+        if done_rx
+            .recv_timeout(end.saturating_duration_since(Instant::now()))
+            .is_err()
+        {
+            settled = false;
+            tracing::warn!("final metric export did not finish before the shutdown deadline");
+        }
         let _ = lc.export.logger_provider.shutdown();
         drop(lc.actors.handlers);
         for a in &lc.actors.arbiters {

@@ -156,3 +156,56 @@ fn the_handle_works_from_a_tokio_host_and_many_threads() {
         assert!(report.stats.is_settled());
     });
 }
+
+#[test]
+fn blocking_shutdown_and_a_dropped_handle_are_safe_inside_an_async_runtime() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (cfg, _d) = support::config();
+        let gw = telemetry_gateway::start(cfg).unwrap();
+        gw.emit(run(1)).unwrap();
+        let report = gw.shutdown_blocking(support::DEADLINE);
+        assert_eq!(report.stats.delivered, 1);
+
+        // The last handle dropped without shutdown(), inside a task: settled, no panic.
+        let (cfg, _d2) = support::config();
+        let gw = telemetry_gateway::start(cfg).unwrap();
+        gw.emit(run(2)).unwrap();
+        drop(gw);
+    });
+}
+
+#[test]
+fn shutdown_honours_a_short_deadline_and_counts_what_was_left() {
+    // A sink that never answers, a long export timeout and a 300 ms deadline: shutdown must
+    // return near the deadline and count the unsettled events under `shutdown`.
+    #[derive(Debug)]
+    struct Hang;
+    impl telemetry_gateway::TraceSink for Hang {
+        fn name(&self) -> &str {
+            "hang"
+        }
+        fn export(
+            &self,
+            _b: Vec<opentelemetry_sdk::trace::SpanData>,
+        ) -> futures::future::BoxFuture<'_, Result<(), telemetry_gateway::SinkError>> {
+            Box::pin(futures::future::pending())
+        }
+    }
+    let (mut cfg, _d) = support::config();
+    cfg.gateway.enterprise_enabled = false;
+    cfg.otlp.timeout_ms = 60_000;
+    let gw = GatewayBuilder::new(cfg).trace_sink("t1", None, Arc::new(Hang)).start().unwrap();
+    for i in 0..10 {
+        gw.emit(run(i)).unwrap();
+    }
+    let started = Instant::now();
+    let report = gw.shutdown_blocking(Duration::from_millis(300));
+    let took = started.elapsed();
+    assert!(report.deadline_exceeded);
+    assert_eq!(report.unsettled_at_deadline, 10);
+    assert_eq!(report.stats.dropped_for(ReasonCode::Shutdown), 10);
+    assert!(report.stats.is_settled());
+    // Generous slack for a loaded machine; the point is "not the 60 s export timeout".
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+}

@@ -177,9 +177,9 @@ fn a_rejecting_collector_is_accounted_exactly() {
     assert_eq!(s.delivered, 0);
     assert_eq!(s.dropped_total(), 10, "{s:?}");
     assert_eq!(
-        s.dropped_for(telemetry_gateway::ReasonCode::ExportRejected)
-            + s.dropped_for(telemetry_gateway::ReasonCode::ExportFailed),
-        10
+        s.dropped_for(telemetry_gateway::ReasonCode::ExportRejected),
+        10,
+        "INVALID_ARGUMENT is a rejection, not a transient failure: {s:?}"
     );
     assert!(rx.received().spans.is_empty());
 }
@@ -208,4 +208,25 @@ fn http_protobuf_export_delivers_spans_logs_and_metrics() {
     assert_eq!(r.logs.len(), 2);
     assert!(r.metrics.iter().any(|m| m.name == "app.feedback.total"));
     assert_eq!(r.last_authorization.as_deref(), Some("Bearer k-http"));
+}
+
+#[test]
+fn a_rejecting_http_collector_is_accounted_as_rejected() {
+    let rx = OtlpReceiver::start_http();
+    rx.fail_with(Some(tonic::Code::InvalidArgument)); // answered as HTTP 400
+    let (mut cfg, _dir) = support::config();
+    cfg.otlp.endpoint = Some(rx.endpoint());
+    cfg.otlp.protocol = telemetry_gateway::config::OtlpProtocol::HttpProtobuf;
+    cfg.otlp.timeout_ms = 2_000;
+    let gw = start(cfg).unwrap();
+    for i in 0..10 {
+        gw.emit(
+            TelemetryEnvelope::new(TelemetryCase::WorkflowRun, TelemetryContext::tenant("t"))
+                .with_run_id(format!("r{i}")),
+        )
+        .unwrap();
+    }
+    let s = gw.shutdown_blocking(support::DEADLINE).stats;
+    assert_eq!(s.dropped_for(telemetry_gateway::ReasonCode::ExportRejected), 10, "{s:?}");
+    assert_eq!(s.emitted, s.dropped_total());
 }

@@ -220,6 +220,11 @@ pub(crate) fn auto_fallback(obj: &JsonObject) -> Option<PayloadFallback> {
         size += add;
         fb.insert(k.clone(), v.clone());
     }
+    if fb.is_empty() {
+        // Nothing useful to fall back on: a failed read then yields a counted degraded event
+        // rather than a silently empty payload.
+        return None;
+    }
     PayloadFallback::from_object(&fb).ok()
 }
 
@@ -254,6 +259,12 @@ mod tests {
             serialized_len(obj),
             serde_json::to_string(obj).unwrap().len()
         );
+    }
+
+    #[test]
+    fn auto_fallback_is_none_when_nothing_qualifies() {
+        let v = json!({"inputs": "secret", "nested": {"a": 1}});
+        assert!(auto_fallback(v.as_object().unwrap()).is_none());
     }
 
     #[test]

@@ -7,8 +7,10 @@
 //!
 //! **Supervision.** A panic in a case handler is caught at the event, never reaches the host: the
 //! event is dead-lettered (`handler_panicked`, never retried), and the actor stops so its
-//! `Supervisor` restarts it with fresh per-actor state. The events taken in the same batch behind
-//! the poison event stay in `in_hand`, which survives the restart, and are handled next.
+//! `Supervisor` restarts it: a new actix context (every future the actor had spawned is dropped)
+//! around the same actor value, after `Supervised::restarting` (which counts the restart). The
+//! events taken in the same batch behind the poison event stay in `in_hand`, part of that value,
+//! and are handled next.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Debug;

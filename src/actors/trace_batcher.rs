@@ -6,8 +6,11 @@
 //! whichever comes first: a timer starts with the first event of an empty buffer, so no event
 //! waits for a next one to arrive.
 //!
-//! At flush, per event: memory dedup (a re-sent trace event counts once), trace sampling
-//! (`otlp.sampling_ratio`, decided on the trace id so a trace is kept whole), destinations (the
+//! At flush, per event: memory dedup (a re-sent trace event counts once; always in memory, even
+//! with `dedup.backend = "redis"`, so it catches re-sends to the same process only), metric
+//! updates (for events routed to the enterprise exporter, before sampling so dashboards see all
+//! traffic), trace sampling (`otlp.sampling_ratio`, decided on the trace id so a trace is kept
+//! whole), destinations (the
 //! enterprise exporter if the event was routed to it, plus the community sinks of its
 //! tenant/app), then the span, one companion log record and the metric updates. Each destination
 //! gets one job on its own bounded queue; see [`crate::export::sink`] for how the events of a
@@ -98,7 +101,12 @@ impl TraceBatcherActor {
                 // and its ref attribute, the full payload stays in the store.
                 Payload::Ref(_) => env.payload_fallback.as_ref().and_then(|f| f.to_object()),
             };
-            ex.mapper.record_metrics(env, payload.as_ref(), None);
+            // Metrics go to the enterprise metric pipeline, so only for events routed there.
+            // They are recorded before sampling on purpose: trace sampling thins traces, never
+            // the counts and durations dashboards are built on.
+            if item.to_main {
+                ex.mapper.record_metrics(env, payload.as_ref(), None);
+            }
             if !crate::export::trace_sampled(ResolvedIds::of(env).trace_id, ex.sampling_ratio) {
                 counters.dropped(ReasonCode::SampledOut, 1);
                 counters.trace_pending_sub(1);

@@ -6,7 +6,7 @@
 //!
 //! | field | meaning |
 //! |---|---|
-//! | `status` | `succeeded`, `failed`, ... (`failed`/`error` mark the span as an error) |
+//! | `status` | `succeeded`, `failed`, ... (`failed`, `error` and `exception` mark the span as an error) |
 //! | `error` | error message (also marks the span as an error) |
 //! | `duration_ms` / `elapsed_time` | duration in milliseconds / seconds |
 //! | `total_tokens` / `tokens` | tokens used |

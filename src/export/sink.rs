@@ -62,17 +62,24 @@ pub trait TraceSink: Send + Sync + Debug + 'static {
     }
 }
 
-/// Classifies an OTLP exporter error message: the exporters report a non-retryable status
-/// (gRPC `INVALID_ARGUMENT`, HTTP 400) in their message.
+/// Classifies an OTLP exporter error message. opentelemetry-otlp 0.33 reports the final status
+/// after its own retries as "... with gRPC code: <Code>" or "... with status code: <NNN>". A
+/// malformed-data answer (gRPC `InvalidArgument`, HTTP 400) is a rejection: the backend will never
+/// accept that data, so it is counted `export_rejected` and never retried. Anything else is a
+/// failure (`export_failed`).
 pub(crate) fn classify_otlp_error(msg: String) -> SinkError {
-    let lower = msg.to_ascii_lowercase();
-    if lower.contains("invalidargument")
-        || lower.contains("invalid_argument")
-        || lower.contains("invalid argument")
-        || lower.contains("status: 400")
-        || lower.contains("status code 400")
-        || lower.contains("400 bad request")
-    {
+    let grpc_code = msg
+        .split("gRPC code:")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(|c| c.trim_matches(|ch: char| !ch.is_ascii_alphanumeric()));
+    let http_status = msg
+        .split("status code:")
+        .nth(1)
+        .and_then(|rest| rest.trim_start().get(..3))
+        .and_then(|c| c.parse::<u16>().ok());
+    let rejected = matches!(grpc_code, Some("InvalidArgument")) || http_status == Some(400);
+    if rejected {
         SinkError::Rejected(msg)
     } else {
         SinkError::Failed(msg)
@@ -239,5 +246,30 @@ impl SinkWorker {
         self.tx.try_send(job).map_err(|e| match e {
             mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn otlp_errors_are_classified_from_their_real_messages() {
+        let rejected = [
+            "Operation failed: TonicTracesClient export failed with gRPC code: InvalidArgument",
+            "Operation failed: HTTP export failed with status code: 400",
+        ];
+        for m in rejected {
+            assert!(matches!(classify_otlp_error(m.into()), SinkError::Rejected(_)), "{m}");
+        }
+        let failed = [
+            "Operation failed: TonicTracesClient export failed with gRPC code: Unavailable",
+            "Operation failed: HTTP export failed with status code: 503",
+            "Operation failed: HTTP export failed with status code: 429",
+            "connection refused",
+        ];
+        for m in failed {
+            assert!(matches!(classify_otlp_error(m.into()), SinkError::Failed(_)), "{m}");
+        }
     }
 }
