@@ -505,7 +505,11 @@ impl GatewayConfig {
             else {
                 continue;
             };
-            let path = rest.split("__").collect::<Vec<_>>().join(".").to_ascii_lowercase();
+            let path = rest
+                .split("__")
+                .collect::<Vec<_>>()
+                .join(".")
+                .to_ascii_lowercase();
             if STRING_KEYS.contains(&path.as_str()) || path.starts_with("otlp.headers.") {
                 f = f.merge(Serialized::default(&path, value));
             }
@@ -765,7 +769,10 @@ mod tests {
             jail.set_env("TELEMETRY_GATEWAY__DEDUP__KEY_PREFIX", "true");
             let c = GatewayConfig::load(None).unwrap();
             assert_eq!(c.otlp.api_key.as_deref(), Some("0012345"));
-            assert_eq!(c.otlp.headers.get("x_tenant").map(String::as_str), Some("42"));
+            assert_eq!(
+                c.otlp.headers.get("x_tenant").map(String::as_str),
+                Some("42")
+            );
             assert_eq!(c.dedup.key_prefix, "true");
             // Typed keys are still typed.
             jail.set_env("TELEMETRY_GATEWAY__DEDUP__TTL_SECS", "abc");

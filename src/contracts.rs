@@ -780,7 +780,10 @@ mod tests {
     #[test]
     fn created_at_offsets_are_honoured() {
         let utc = parse_rfc3339("2026-11-23T08:00:00.5Z").unwrap();
-        for same in ["2026-11-23T10:00:00.5+02:00", "2026-11-23T03:00:00.500-05:00"] {
+        for same in [
+            "2026-11-23T10:00:00.5+02:00",
+            "2026-11-23T03:00:00.500-05:00",
+        ] {
             assert_eq!(parse_rfc3339(same).unwrap(), utc, "{same}");
         }
         assert_eq!(

@@ -195,7 +195,10 @@ fn shutdown_honours_a_short_deadline_and_counts_what_was_left() {
     let (mut cfg, _d) = support::config();
     cfg.gateway.enterprise_enabled = false;
     cfg.otlp.timeout_ms = 60_000;
-    let gw = GatewayBuilder::new(cfg).trace_sink("t1", None, Arc::new(Hang)).start().unwrap();
+    let gw = GatewayBuilder::new(cfg)
+        .trace_sink("t1", None, Arc::new(Hang))
+        .start()
+        .unwrap();
     for i in 0..10 {
         gw.emit(run(i)).unwrap();
     }

@@ -72,7 +72,10 @@ fn redis_down_means_processed_and_counted_then_used_again_when_back() {
         "fail-open: both processed while Redis is down: {s:?}"
     );
     assert_eq!(s.degraded_for(ReasonCode::DedupStoreUnavailable), 2);
-    assert!(s.dedup_store_errors >= 1 && s.dedup_store_errors <= 2, "{s:?}");
+    assert!(
+        s.dedup_store_errors >= 1 && s.dedup_store_errors <= 2,
+        "{s:?}"
+    );
 
     redis.restart();
     // Dedup works again without a restart of the gateway, within a few attempts.

@@ -7,7 +7,9 @@ use telemetry_gateway::export::mapping::instrument_names;
 use telemetry_gateway::GatewayConfig;
 
 fn doc(name: &str) -> String {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs").join(name);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("docs")
+        .join(name);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
@@ -15,7 +17,10 @@ fn doc(name: &str) -> String {
 fn every_instrument_is_in_the_catalogue() {
     let text = doc("telemetry-catalogue.md");
     for name in instrument_names("app") {
-        assert!(text.contains(&format!("`{name}`")), "docs/telemetry-catalogue.md lacks `{name}`");
+        assert!(
+            text.contains(&format!("`{name}`")),
+            "docs/telemetry-catalogue.md lacks `{name}`"
+        );
     }
 }
 
@@ -23,7 +28,11 @@ fn every_instrument_is_in_the_catalogue() {
 fn every_reason_code_is_in_operations() {
     let text = doc("operations.md");
     for r in ReasonCode::ALL {
-        assert!(text.contains(&format!("`{}`", r.as_str())), "docs/operations.md lacks `{}`", r.as_str());
+        assert!(
+            text.contains(&format!("`{}`", r.as_str())),
+            "docs/operations.md lacks `{}`",
+            r.as_str()
+        );
     }
 }
 
@@ -32,7 +41,9 @@ fn every_config_key_is_in_configuration() {
     let text = doc("configuration.md");
     let defaults = figment::value::Value::serialize(GatewayConfig::default()).unwrap();
     for (section, value) in defaults.into_dict().unwrap() {
-        let Some(keys) = value.into_dict() else { continue };
+        let Some(keys) = value.into_dict() else {
+            continue;
+        };
         for key in keys.keys() {
             let dotted = format!("{section}.{key}");
             assert!(
@@ -43,6 +54,9 @@ fn every_config_key_is_in_configuration() {
     }
     // Keys whose default is "unset" do not appear in the serialized defaults.
     for key in ["endpoint", "api_key", "url"] {
-        assert!(text.contains(&format!("`{key}`")), "docs/configuration.md lacks `{key}`");
+        assert!(
+            text.contains(&format!("`{key}`")),
+            "docs/configuration.md lacks `{key}`"
+        );
     }
 }

@@ -227,6 +227,10 @@ fn a_rejecting_http_collector_is_accounted_as_rejected() {
         .unwrap();
     }
     let s = gw.shutdown_blocking(support::DEADLINE).stats;
-    assert_eq!(s.dropped_for(telemetry_gateway::ReasonCode::ExportRejected), 10, "{s:?}");
+    assert_eq!(
+        s.dropped_for(telemetry_gateway::ReasonCode::ExportRejected),
+        10,
+        "{s:?}"
+    );
     assert_eq!(s.emitted, s.dropped_total());
 }

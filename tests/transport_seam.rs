@@ -56,16 +56,26 @@ fn a_custom_transport_carries_the_metric_path() {
         .unwrap();
     for i in 0..30 {
         gw.emit(
-            TelemetryEnvelope::new(TelemetryCase::AppCreated, TelemetryContext::tenant("t").app("a"))
-                .with_correlation_id(format!("req-{i}"))
-                .with_payload(json!({"i": i})),
+            TelemetryEnvelope::new(
+                TelemetryCase::AppCreated,
+                TelemetryContext::tenant("t").app("a"),
+            )
+            .with_correlation_id(format!("req-{i}"))
+            .with_payload(json!({"i": i})),
         )
         .unwrap();
     }
-    gw.emit(TelemetryEnvelope::new(TelemetryCase::WorkflowRun, TelemetryContext::tenant("t")))
-        .unwrap();
+    gw.emit(TelemetryEnvelope::new(
+        TelemetryCase::WorkflowRun,
+        TelemetryContext::tenant("t"),
+    ))
+    .unwrap();
     let s = gw.shutdown_blocking(support::DEADLINE).stats;
-    assert_eq!(t.carried.load(Ordering::SeqCst), 30, "only metric/log events use the transport");
+    assert_eq!(
+        t.carried.load(Ordering::SeqCst),
+        30,
+        "only metric/log events use the transport"
+    );
     assert_eq!(s.delivered, 31);
     assert!(s.is_settled());
 }

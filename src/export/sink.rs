@@ -260,7 +260,10 @@ mod tests {
             "Operation failed: HTTP export failed with status code: 400",
         ];
         for m in rejected {
-            assert!(matches!(classify_otlp_error(m.into()), SinkError::Rejected(_)), "{m}");
+            assert!(
+                matches!(classify_otlp_error(m.into()), SinkError::Rejected(_)),
+                "{m}"
+            );
         }
         let failed = [
             "Operation failed: TonicTracesClient export failed with gRPC code: Unavailable",
@@ -269,7 +272,10 @@ mod tests {
             "connection refused",
         ];
         for m in failed {
-            assert!(matches!(classify_otlp_error(m.into()), SinkError::Failed(_)), "{m}");
+            assert!(
+                matches!(classify_otlp_error(m.into()), SinkError::Failed(_)),
+                "{m}"
+            );
         }
     }
 }
