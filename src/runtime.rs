@@ -125,8 +125,11 @@ pub struct GatewayBuilder {
     case_handlers: HashMap<String, Arc<dyn CaseHandler>>,
     payload_store: Option<PayloadStore>,
     sinks: Vec<(String, Option<String>, Arc<dyn TraceSink>)>,
-    transport: Option<(Arc<dyn MetricTransport>, Vec<Box<dyn EnvelopeSource>>)>,
+    transport: Option<TransportParts>,
 }
+
+/// A metric transport and the sources its handlers read from.
+type TransportParts = (Arc<dyn MetricTransport>, Vec<Box<dyn EnvelopeSource>>);
 
 impl GatewayBuilder {
     /// A builder over `config`.
@@ -187,27 +190,26 @@ impl GatewayBuilder {
             Some(s) => s,
             None => PayloadStore::from_config(&cfg.payloads)?,
         };
-        let (transport, sources): (Arc<dyn MetricTransport>, Vec<Box<dyn EnvelopeSource>>) =
-            match self.transport {
-                Some((t, s)) if !s.is_empty() => (t, s),
-                Some(_) => {
-                    return Err(StartError::Config(ConfigError::Invalid {
-                        key: "metric_transport".into(),
-                        problem: "a custom transport needs at least one source".into(),
-                    }))
-                }
-                None => {
-                    let (t, s) = InProcessTransport::new(
-                        cfg.metric_pool.pool_size,
-                        cfg.metric_pool.queue_capacity,
-                    );
-                    let s = s
-                        .into_iter()
-                        .map(|s| Box::new(s) as Box<dyn EnvelopeSource>)
-                        .collect();
-                    (Arc::new(t), s)
-                }
-            };
+        let (transport, sources): TransportParts = match self.transport {
+            Some((t, s)) if !s.is_empty() => (t, s),
+            Some(_) => {
+                return Err(StartError::Config(ConfigError::Invalid {
+                    key: "metric_transport".into(),
+                    problem: "a custom transport needs at least one source".into(),
+                }))
+            }
+            None => {
+                let (t, s) = InProcessTransport::new(
+                    cfg.metric_pool.pool_size,
+                    cfg.metric_pool.queue_capacity,
+                );
+                let s = s
+                    .into_iter()
+                    .map(|s| Box::new(s) as Box<dyn EnvelopeSource>)
+                    .collect();
+                (Arc::new(t), s)
+            }
+        };
         // Build every dedup actor's state up front so a bad URL fails start, not a thread.
         let pool_size = sources.len();
         let dedups = (0..pool_size)
