@@ -1,5 +1,5 @@
-//! Runs the real quickstart example binary (built by `cargo test --all-targets`) and checks that
-//! its summary adds up, on the embedded defaults and against a collector set by environment.
+//! Runs the real quickstart example binary and checks that its summary adds up, on the embedded
+//! defaults and against a collector set by environment.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -7,26 +7,46 @@ use std::time::Duration;
 
 use telemetry_gateway::testing::OtlpReceiver;
 
+/// Builds the quickstart example with the features and profile of this test run (a no-op when it
+/// is fresh) and returns its path. `cargo test --all-targets` does not refresh
+/// `target/<profile>/examples/quickstart` itself, so without this a stale binary could be tested.
 fn quickstart_bin() -> PathBuf {
     // target/<profile>/deps/quickstart-<hash> -> target/<profile>/examples/quickstart
     let exe = std::env::current_exe().expect("current exe");
     let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = profile_dir.join("examples").join("quickstart");
-    if !bin.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--example", "quickstart"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("cargo build --example quickstart");
-        assert!(status.success());
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args([
+        "build",
+        "--quiet",
+        "--example",
+        "quickstart",
+        "--all-features",
+    ])
+    .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if let Some(target) = profile_dir.parent() {
+        cmd.env("CARGO_TARGET_DIR", target);
     }
-    bin
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("cargo build --example quickstart");
+    assert!(status.success(), "building the quickstart example failed");
+    profile_dir.join("examples").join("quickstart")
 }
 
 fn run(envs: &[(&str, String)]) -> serde_json::Value {
+    run_with(envs, None)
+}
+
+fn run_with(envs: &[(&str, String)], config_toml: Option<&str>) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(quickstart_bin());
     cmd.arg("--json").current_dir(dir.path());
+    if let Some(toml) = config_toml {
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, toml).unwrap();
+        cmd.arg("--config").arg(&path);
+    }
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -90,4 +110,19 @@ fn the_quickstart_exports_to_a_collector_set_by_environment() {
         r.logs.len() as u64,
         s["exported"]["log_records"].as_u64().unwrap()
     );
+}
+
+#[test]
+fn the_quickstart_exports_to_a_collector_set_in_a_config_file() {
+    let rx = OtlpReceiver::start_http();
+    let toml = format!(
+        "[otlp]\nendpoint = \"{}\"\nprotocol = \"http/protobuf\"\n",
+        rx.endpoint()
+    );
+    let s = run_with(&[], Some(&toml));
+    check_ledger(&s);
+    let (r, ok) = rx.wait_for(Duration::from_secs(5), |r| {
+        r.spans.len() as u64 == s["exported"]["spans"].as_u64().unwrap()
+    });
+    assert!(ok, "spans at the collector: {}", r.spans.len());
 }

@@ -167,3 +167,65 @@ fn the_namespace_prefixes_every_name() {
     );
     assert!(names.iter().all(|n| n.starts_with("acme.")), "{names:?}");
 }
+
+#[test]
+fn sinks_from_config_receive_their_tenants_spans_with_their_headers() {
+    let rx = telemetry_gateway::testing::OtlpReceiver::start();
+    let (mut cfg, dir) = support::config();
+    let jsonl_path = dir.path().join("tenant-b.jsonl");
+    let toml = format!(
+        r#"
+        [[sinks]]
+        name = "tenant-a-collector"
+        tenant_id = "tenant-a"
+        app_id = "app-1"
+        kind = "otlp"
+        endpoint = "{endpoint}"
+        headers = {{ x-provider-key = "pk-123" }}
+
+        [[sinks]]
+        name = "tenant-b-file"
+        tenant_id = "tenant-b"
+        kind = "jsonl"
+        path = "{path}"
+        "#,
+        endpoint = rx.endpoint(),
+        path = jsonl_path.display()
+    );
+    cfg.sinks = telemetry_gateway::GatewayConfig::from_toml_str(&toml)
+        .unwrap()
+        .sinks;
+    cfg.gateway.enterprise_enabled = false; // only the tenants' own sinks
+    let gw = telemetry_gateway::start(cfg).unwrap();
+    let ctx_a1 = TelemetryContext::tenant("tenant-a").app("app-1");
+    let ctx_a2 = TelemetryContext::tenant("tenant-a").app("app-2");
+    for i in 0..3 {
+        gw.emit(
+            TelemetryEnvelope::new(TelemetryCase::WorkflowRun, ctx_a1.clone())
+                .with_run_id(format!("a{i}")),
+        )
+        .unwrap();
+        gw.emit(run("tenant-b", i)).unwrap();
+    }
+    // app-2 of tenant-a has no sink and the enterprise exporter is off.
+    gw.emit(TelemetryEnvelope::new(TelemetryCase::WorkflowRun, ctx_a2).with_run_id("a-other"))
+        .unwrap();
+    let s = gw.shutdown_blocking(support::DEADLINE).stats;
+    assert_eq!(s.delivered, 6, "{s:?}");
+    assert_eq!(s.dropped_for(ReasonCode::NoDestination), 1);
+    let r = rx.received();
+    assert_eq!(
+        r.spans.len(),
+        3,
+        "only tenant-a/app-1 spans reach tenant-a's collector"
+    );
+    assert_eq!(
+        r.last_x_headers.get("x-provider-key").map(String::as_str),
+        Some("pk-123")
+    );
+    let text = std::fs::read_to_string(&jsonl_path).unwrap();
+    assert_eq!(text.lines().count(), 3);
+    assert!(text
+        .lines()
+        .all(|l| l.contains("\"tenant.id\":\"tenant-b\"")));
+}

@@ -64,15 +64,14 @@ async fn connection(mut sock: TcpStream, state: Arc<State>) {
             .unwrap_or_default()
             .to_owned();
         let mut len = 0usize;
-        let mut auth = None;
+        let mut headers = Vec::new();
         for l in lines {
             if let Some((k, v)) = l.split_once(':') {
                 let k = k.trim().to_ascii_lowercase();
                 if k == "content-length" {
                     len = v.trim().parse().unwrap_or(0);
-                } else if k == "authorization" {
-                    auth = Some(v.trim().to_owned());
                 }
+                headers.push((k, v.trim().to_owned()));
             }
         }
         if len > MAX_BODY {
@@ -89,9 +88,7 @@ async fn connection(mut sock: TcpStream, state: Arc<State>) {
         let body: Vec<u8> = buf[head_end..head_end + len].to_vec();
         buf.drain(..head_end + len);
 
-        if let Some(a) = auth {
-            state.received.lock().last_authorization = Some(a);
-        }
+        state.record_headers(headers.into_iter());
         let failure = *state.fail_with.lock();
         let (code, reason) = match failure {
             Some(c) => http_status(c),

@@ -39,6 +39,8 @@ pub struct Received {
     pub requests: (u64, u64, u64),
     /// The `authorization` metadata of the last request, if any.
     pub last_authorization: Option<String>,
+    /// Every `x-*` header (gRPC metadata) of the last request, names lowercased.
+    pub last_x_headers: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default)]
@@ -49,17 +51,31 @@ pub(super) struct State {
 
 impl State {
     fn check<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        if let Some(auth) = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-        {
-            self.received.lock().last_authorization = Some(auth.to_owned());
-        }
+        let headers = req.metadata().clone().into_headers();
+        self.record_headers(headers.iter().filter_map(|(k, v)| {
+            v.to_str()
+                .ok()
+                .map(|v| (k.as_str().to_owned(), v.to_owned()))
+        }));
         match *self.fail_with.lock() {
             Some(code) => Err(Status::new(code, "configured failure")),
             None => Ok(()),
         }
+    }
+
+    /// Keeps `authorization` and every `x-*` header of the latest request.
+    pub(super) fn record_headers(&self, headers: impl Iterator<Item = (String, String)>) {
+        let mut r = self.received.lock();
+        let mut x = std::collections::BTreeMap::new();
+        for (k, v) in headers {
+            let k = k.to_ascii_lowercase();
+            if k == "authorization" {
+                r.last_authorization = Some(v);
+            } else if k.starts_with("x-") {
+                x.insert(k, v);
+            }
+        }
+        r.last_x_headers = x;
     }
 }
 
