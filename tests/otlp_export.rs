@@ -156,12 +156,13 @@ fn a_workflow_run_with_nodes_arrives_as_one_trace_with_logs_and_metrics() {
     assert_eq!(report.stats.exported.log_records, 5);
 }
 
-#[test]
-fn a_rejecting_collector_is_accounted_exactly() {
-    let rx = OtlpReceiver::start();
+/// Ten workflow runs against a collector that answers every export with INVALID_ARGUMENT
+/// (HTTP 400 for the HTTP receiver): all ten are dropped as `export_rejected`, none retried.
+fn rejected_by(rx: &OtlpReceiver, protocol: telemetry_gateway::config::OtlpProtocol) {
     rx.fail_with(Some(tonic::Code::InvalidArgument));
     let (mut cfg, _dir) = support::config();
     cfg.otlp.endpoint = Some(rx.endpoint());
+    cfg.otlp.protocol = protocol;
     cfg.otlp.timeout_ms = 2_000;
     let gw = start(cfg).unwrap();
     for i in 0..10 {
@@ -171,17 +172,24 @@ fn a_rejecting_collector_is_accounted_exactly() {
         )
         .unwrap();
     }
-    let report = gw.shutdown_blocking(support::DEADLINE);
-    let s = &report.stats;
+    let s = gw.shutdown_blocking(support::DEADLINE).stats;
     assert_eq!(s.emitted, 10);
     assert_eq!(s.delivered, 0);
-    assert_eq!(s.dropped_total(), 10, "{s:?}");
     assert_eq!(
         s.dropped_for(telemetry_gateway::ReasonCode::ExportRejected),
         10,
-        "INVALID_ARGUMENT is a rejection, not a transient failure: {s:?}"
+        "a malformed-data answer is a rejection, not a transient failure: {s:?}"
     );
+    assert_eq!(s.emitted, s.dropped_total());
     assert!(rx.received().spans.is_empty());
+}
+
+#[test]
+fn a_rejecting_grpc_collector_is_accounted_as_rejected() {
+    rejected_by(
+        &OtlpReceiver::start(),
+        telemetry_gateway::config::OtlpProtocol::Grpc,
+    );
 }
 
 #[test]
@@ -212,25 +220,8 @@ fn http_protobuf_export_delivers_spans_logs_and_metrics() {
 
 #[test]
 fn a_rejecting_http_collector_is_accounted_as_rejected() {
-    let rx = OtlpReceiver::start_http();
-    rx.fail_with(Some(tonic::Code::InvalidArgument)); // answered as HTTP 400
-    let (mut cfg, _dir) = support::config();
-    cfg.otlp.endpoint = Some(rx.endpoint());
-    cfg.otlp.protocol = telemetry_gateway::config::OtlpProtocol::HttpProtobuf;
-    cfg.otlp.timeout_ms = 2_000;
-    let gw = start(cfg).unwrap();
-    for i in 0..10 {
-        gw.emit(
-            TelemetryEnvelope::new(TelemetryCase::WorkflowRun, TelemetryContext::tenant("t"))
-                .with_run_id(format!("r{i}")),
-        )
-        .unwrap();
-    }
-    let s = gw.shutdown_blocking(support::DEADLINE).stats;
-    assert_eq!(
-        s.dropped_for(telemetry_gateway::ReasonCode::ExportRejected),
-        10,
-        "{s:?}"
+    rejected_by(
+        &OtlpReceiver::start_http(),
+        telemetry_gateway::config::OtlpProtocol::HttpProtobuf,
     );
-    assert_eq!(s.emitted, s.dropped_total());
 }

@@ -255,42 +255,30 @@ impl ExportPipeline {
                 }
             };
         log_backend.set_resource(&resource);
-        let main_sink = SinkWorker::spawn(
-            main_sink,
-            queue_batches,
-            export_timeout,
-            counters.clone(),
-            &handle,
-        );
-
+        let spawn_worker = |sink: Arc<dyn TraceSink>| {
+            SinkWorker::spawn(
+                sink,
+                queue_batches,
+                export_timeout,
+                counters.clone(),
+                &handle,
+            )
+        };
+        let main_sink = spawn_worker(main_sink);
         let mut community = Vec::new();
         for (i, s) in cfg.sinks.iter().enumerate() {
             let sink = build_community_sink(i, s, export_timeout, &resource)?;
-            community.push(CommunitySink {
-                tenant_id: s.tenant_id.clone(),
-                app_id: s.app_id.clone(),
-                worker: SinkWorker::spawn(
-                    sink,
-                    queue_batches,
-                    export_timeout,
-                    counters.clone(),
-                    &handle,
-                ),
-            });
+            community.push((s.tenant_id.clone(), s.app_id.clone(), sink));
         }
-        for (tenant_id, app_id, sink) in extra_sinks {
-            community.push(CommunitySink {
+        let community: Vec<CommunitySink> = community
+            .into_iter()
+            .chain(extra_sinks)
+            .map(|(tenant_id, app_id, sink)| CommunitySink {
                 tenant_id,
                 app_id,
-                worker: SinkWorker::spawn(
-                    sink,
-                    queue_batches,
-                    export_timeout,
-                    counters.clone(),
-                    &handle,
-                ),
-            });
-        }
+                worker: spawn_worker(sink),
+            })
+            .collect();
 
         let log_batcher = LogBatcher::spawn(
             log_backend,
