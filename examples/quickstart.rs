@@ -161,6 +161,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let summary = json!({
         "emitted": s.emitted,
         "delivered": s.delivered,
+        "delivered_by_signal": {"trace": s.delivered_by_signal.trace,
+                                "metric_log": s.delivered_by_signal.metric_log},
+        "companion_logs_dropped": s.companion_logs_dropped,
         "routed": {"trace": s.routed.trace, "metric_log": s.routed.metric_log},
         "exported": {"spans": s.exported.spans, "log_records": s.exported.log_records,
                      "metric_points": s.exported.metric_points},

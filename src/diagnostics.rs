@@ -157,6 +157,8 @@ pub struct Counters {
     pub(crate) trace_pending: AtomicI64,
     /// Metric/log events handed to the pool and not yet delivered or dropped.
     pub(crate) metric_pending: AtomicI64,
+    /// Companion log records queued for export and not yet exported or lost.
+    pub(crate) companion_pending: AtomicI64,
 }
 
 impl Counters {
@@ -200,13 +202,15 @@ impl Counters {
         Self::pending_sub(&self.metric_pending, n);
     }
 
-    /// Events in each stage: (gateway, trace path, metric/log path).
-    pub fn pending(&self) -> (i64, i64, i64) {
+    /// Work in each stage: events in (gateway, trace path, metric/log path), and companion log
+    /// records waiting for export.
+    pub fn pending(&self) -> (i64, i64, i64, i64) {
         let l = |g: &AtomicI64| g.load(std::sync::atomic::Ordering::SeqCst);
         (
             l(&self.gateway_pending),
             l(&self.trace_pending),
             l(&self.metric_pending),
+            l(&self.companion_pending),
         )
     }
 
@@ -316,8 +320,8 @@ pub struct StatsSnapshot {
     /// Spans a sink failed to export or had no queue room for (the event may still be delivered
     /// by another destination; its own outcome is in `delivered` / `dropped`).
     pub sink_spans_failed: u64,
-    /// Companion log records of spans dropped because the log queue was full (their events are
-    /// accounted by their spans).
+    /// Companion log records of spans that were not exported: log queue full, export failed, or
+    /// still queued at the shutdown deadline (their events are accounted by their spans).
     pub companion_logs_dropped: u64,
     /// Dropped events by reason code (only non-zero reasons).
     pub dropped: BTreeMap<String, u64>,

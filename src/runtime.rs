@@ -556,11 +556,21 @@ impl GatewayHandle {
         };
         settled &= wait_until(
             &|| {
-                let (g, t, m) = c.pending();
+                let (g, t, m, _) = c.pending();
                 g <= 0 && t <= 0 && m <= 0
             },
             &nudge_logs,
         );
+        // Companion log records carry no event, so the gauges above do not wait for them: flush
+        // the log batcher until it holds none (or the deadline passes).
+        let lb = handles.log_batcher.clone();
+        let flushed = wait_until(&|| c.pending().3 <= 0, &|| {
+            let lb = lb.clone();
+            let _ = lc.export.rt.block_on(async move {
+                tokio::time::timeout(LOG_NUDGE_INTERVAL, lb.flush()).await
+            });
+        });
+        settled &= flushed;
         // Final metric collection and export. The SDK ignores its own timeout argument, so the
         // call runs on a helper thread and is abandoned (not awaited) past the deadline.
         let provider = lc.export.meter_provider.clone();
@@ -590,6 +600,11 @@ impl GatewayHandle {
             .shutdown_timeout(remaining.max(Duration::from_millis(10)));
         // Anything not settled now never will be: count it, so the ledger adds up.
         wait_until(&no_emits, &|| {});
+        let lost_companions = c.pending().3;
+        if lost_companions > 0 {
+            Counters::add(&c.companion_logs_dropped, lost_companions as u64);
+            Counters::pending_sub(&c.companion_pending, lost_companions as u64);
+        }
         let snap = c.snapshot();
         let unsettled = snap.in_flight;
         if unsettled > 0 {

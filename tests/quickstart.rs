@@ -81,7 +81,14 @@ fn check_ledger(s: &serde_json::Value) {
     assert!(routed["trace"].as_u64().unwrap() > 0 && routed["metric_log"].as_u64().unwrap() > 0);
     let exported = &s["exported"];
     assert_eq!(exported["spans"], routed["trace"], "{s}");
-    assert!(exported["log_records"].as_u64().unwrap() > 0);
+    // One log record per delivered metric/log event plus one companion record per span.
+    assert_eq!(
+        exported["log_records"].as_u64().unwrap() + s["companion_logs_dropped"].as_u64().unwrap(),
+        exported["spans"].as_u64().unwrap()
+            + s["delivered_by_signal"]["metric_log"].as_u64().unwrap(),
+        "{s}"
+    );
+    assert_eq!(s["companion_logs_dropped"], 0, "{s}");
     assert!(exported["metric_points"].as_u64().unwrap() > 0);
 }
 

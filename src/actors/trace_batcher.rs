@@ -130,7 +130,9 @@ impl TraceBatcherActor {
             let record = ex
                 .mapper
                 .log_record(&ex.logger, env, payload.as_ref(), None);
+            Counters::pending_add(&counters.companion_pending, 1);
             if ex.log_batcher.try_send(record, false).is_err() {
+                Counters::pending_sub(&counters.companion_pending, 1);
                 Counters::add(&counters.companion_logs_dropped, 1);
             }
             let span = ex.mapper.span(env, payload.as_ref());

@@ -179,6 +179,7 @@ async fn export_batch(
         Err(_) => Err(ReasonCode::ExportFailed),
     };
     drop(refs);
+    let companions = n - events;
     match result {
         Ok(()) => {
             Counters::add(&counters.exported_log_records, n);
@@ -188,9 +189,11 @@ async fn export_batch(
         Err(reason) => {
             Counters::add(&counters.export_batches_failed, 1);
             counters.dropped(reason, events);
+            Counters::add(&counters.companion_logs_dropped, companions);
             tracing::warn!(records = n, events, reason = %reason, "log export failed");
         }
     }
     counters.metric_pending_sub(events);
+    Counters::pending_sub(&counters.companion_pending, companions);
     batch.clear();
 }
