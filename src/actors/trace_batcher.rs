@@ -16,6 +16,7 @@
 //! gets one job on its own bounded queue; see [`crate::export::sink`] for how the events of a
 //! batch are accounted.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,17 +96,22 @@ impl TraceBatcherActor {
                 counters.trace_pending_sub(1);
                 continue;
             }
-            let payload: Option<JsonObject> = match &env.payload {
-                Payload::Inline(p) => Some(p.clone()),
+            let payload: Option<Cow<'_, JsonObject>> = match &env.payload {
+                Payload::Inline(p) => Some(Cow::Borrowed(p)),
                 // Spans carry scalars only; an offloaded payload is represented by its fallback
                 // and its ref attribute, the full payload stays in the store.
-                Payload::Ref(_) => env.payload_fallback.as_ref().and_then(|f| f.to_object()),
+                Payload::Ref(_) => env
+                    .payload_fallback
+                    .as_ref()
+                    .and_then(|f| f.to_object())
+                    .map(Cow::Owned),
             };
+            let payload = payload.as_deref();
             // Metrics go to the enterprise metric pipeline, so only for events routed there.
             // They are recorded before sampling on purpose: trace sampling thins traces, never
             // the counts and durations dashboards are built on.
             if item.to_main {
-                ex.mapper.record_metrics(env, payload.as_ref(), None);
+                ex.mapper.record_metrics(env, payload, None);
             }
             if !crate::export::trace_sampled(ResolvedIds::of(env).trace_id, ex.sampling_ratio) {
                 counters.dropped(ReasonCode::SampledOut, 1);
@@ -127,15 +133,13 @@ impl TraceBatcherActor {
                 counters.trace_pending_sub(1);
                 continue;
             }
-            let record = ex
-                .mapper
-                .log_record(&ex.logger, env, payload.as_ref(), None);
+            let record = ex.mapper.log_record(&ex.logger, env, payload, None);
             Counters::pending_add(&counters.companion_pending, 1);
             if ex.log_batcher.try_send(record, false).is_err() {
                 Counters::pending_sub(&counters.companion_pending, 1);
                 Counters::add(&counters.companion_logs_dropped, 1);
             }
-            let span = ex.mapper.span(env, payload.as_ref());
+            let span = ex.mapper.span(env, payload);
             groups.entry((item.to_main, sinks)).or_default().push(span);
         }
         if groups.is_empty() {
