@@ -1,13 +1,13 @@
 //! Trace sinks: where finished spans go, each behind its own bounded queue.
 //!
 //! The enterprise exporter and every community sink implement [`TraceSink`]. The batcher never
-//! calls a sink directly: each sink has a [`SinkWorker`] (a task on the export runtime) with a
+//! calls a sink directly: each sink has a `SinkWorker` (a task on the export runtime) with a
 //! bounded queue of batches (`trace_batcher.sink_queue_batches`). A slow or failing sink fills
 //! only its own queue; when it is full that sink's copy is dropped and counted, and the other
 //! sinks carry on.
 //!
 //! Event accounting: the events of one batch are split into *groups* that share a destination
-//! set. Each group has a [`GroupTracker`]; every sink that receives the group reports to it once.
+//! set. Each group has a `GroupTracker`; every sink that receives the group reports to it once.
 //! When the last report arrives the group's events are **delivered** if at least one destination
 //! accepted them, else **dropped** under the first failure's reason.
 
