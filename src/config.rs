@@ -117,6 +117,42 @@ pub const DEFAULT_SERVICE_NAME: &str = "telemetry-gateway";
 /// Default of `shutdown.deadline_ms`, used when the handle is dropped without `shutdown()`.
 pub const DEFAULT_SHUTDOWN_DEADLINE_MS: u64 = 5_000;
 
+/// Default of `diagnostics.recorder_events`: journeys the flight recorder keeps.
+pub const DEFAULT_RECORDER_EVENTS: usize = 10_000;
+/// Default of `diagnostics.recorder_steps_per_event`.
+pub const DEFAULT_RECORDER_STEPS_PER_EVENT: usize = 16;
+/// Default of `diagnostics.unready_after_failing_secs`: export failing this long makes
+/// `/readyz` answer 503.
+pub const DEFAULT_UNREADY_AFTER_FAILING_SECS: u64 = 30;
+/// Default of `diagnostics.metric_cardinality_limit`: distinct attribute sets per metric.
+pub const DEFAULT_METRIC_CARDINALITY_LIMIT: usize = 2_000;
+
+/// Default of `logging.format`.
+pub const DEFAULT_LOG_FORMAT: LogFormat = LogFormat::Text;
+/// Default of `logging.warn_summary_interval_secs`.
+pub const DEFAULT_WARN_SUMMARY_INTERVAL_SECS: u64 = 60;
+
+/// Default of `redaction.replacement`.
+pub const DEFAULT_REDACTION_REPLACEMENT: &str = "[REDACTED]";
+/// Default of `redaction.deny_keys`: payload and attribute keys whose values never leave the
+/// process (matched case-insensitively, ignoring `-` and `_`).
+pub const DEFAULT_DENY_KEYS: [&str; 14] = [
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "api_key",
+    "apikey",
+    "authorization",
+    "cookie",
+    "set_cookie",
+    "access_token",
+    "refresh_token",
+    "private_key",
+    "client_secret",
+    "credit_card",
+];
+
 /// The whole configuration. Each field is one TOML section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -141,6 +177,101 @@ pub struct GatewayConfig {
     pub sinks: Vec<SinkSection>,
     /// `[shutdown]`.
     pub shutdown: ShutdownSection,
+    /// `[diagnostics]`: the flight recorder, the HTTP endpoint, readiness.
+    pub diagnostics: DiagnosticsSection,
+    /// `[logging]`: the gateway's own log lines.
+    pub logging: LoggingSection,
+    /// `[redaction]`: what never leaves the process.
+    pub redaction: RedactionSection,
+}
+
+/// `[diagnostics]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiagnosticsSection {
+    /// Address of the HTTP endpoint (`/metrics`, `/healthz`, `/readyz`, `/debug/events`). Off
+    /// when unset. Must be a loopback address unless `allow_non_loopback = true`.
+    pub listen: Option<String>,
+    /// Allow `listen` on a non-loopback address (the debug routes show event journeys).
+    pub allow_non_loopback: bool,
+    /// Event journeys the flight recorder keeps (oldest evicted first).
+    pub recorder_events: usize,
+    /// Steps kept per journey (later steps of a longer journey are counted, not kept).
+    pub recorder_steps_per_event: usize,
+    /// An exporter failing continuously for this long makes `/readyz` answer 503.
+    pub unready_after_failing_secs: u64,
+    /// Distinct attribute sets kept per metric; further ones go to an overflow series.
+    pub metric_cardinality_limit: usize,
+}
+
+impl Default for DiagnosticsSection {
+    fn default() -> Self {
+        DiagnosticsSection {
+            listen: None,
+            allow_non_loopback: false,
+            recorder_events: DEFAULT_RECORDER_EVENTS,
+            recorder_steps_per_event: DEFAULT_RECORDER_STEPS_PER_EVENT,
+            unready_after_failing_secs: DEFAULT_UNREADY_AFTER_FAILING_SECS,
+            metric_cardinality_limit: DEFAULT_METRIC_CARDINALITY_LIMIT,
+        }
+    }
+}
+
+/// Format of the gateway's own log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[logging]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingSection {
+    /// `text` or `json` (used by `telemetry_gateway::logging::init`).
+    pub format: LogFormat,
+    /// A repeated warning is logged once, then counted, then summarised this often.
+    pub warn_summary_interval_secs: u64,
+}
+
+impl Default for LoggingSection {
+    fn default() -> Self {
+        LoggingSection {
+            format: DEFAULT_LOG_FORMAT,
+            warn_summary_interval_secs: DEFAULT_WARN_SUMMARY_INTERVAL_SECS,
+        }
+    }
+}
+
+/// `[redaction]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedactionSection {
+    /// Keys whose values are replaced (case-insensitive, `-` and `_` ignored).
+    pub deny_keys: Vec<String>,
+    /// Keys the host marks safe: never redacted by key or by pattern.
+    pub safe_keys: Vec<String>,
+    /// Redact values that look like bearer tokens, API keys or e-mail addresses.
+    pub builtin_patterns: bool,
+    /// Extra regular expressions; matching parts of values are replaced.
+    pub patterns: Vec<String>,
+    /// What replaces a redacted value.
+    pub replacement: String,
+}
+
+impl Default for RedactionSection {
+    fn default() -> Self {
+        RedactionSection {
+            deny_keys: DEFAULT_DENY_KEYS.iter().map(|s| s.to_string()).collect(),
+            safe_keys: Vec::new(),
+            builtin_patterns: true,
+            patterns: Vec::new(),
+            replacement: DEFAULT_REDACTION_REPLACEMENT.into(),
+        }
+    }
 }
 
 /// `[gateway]`
@@ -666,6 +797,62 @@ impl GatewayConfig {
                 return Err(bad(
                     &format!("{key}.signal"),
                     "a new case must say its signal: \"trace\" or \"metric_log\"",
+                ));
+            }
+        }
+        if let Some(listen) = &self.diagnostics.listen {
+            let addr: std::net::SocketAddr = listen.parse().map_err(|e| {
+                bad(
+                    "diagnostics.listen",
+                    format!("{listen:?} is not an ip:port address: {e}"),
+                )
+            })?;
+            if !addr.ip().is_loopback() && !self.diagnostics.allow_non_loopback {
+                return Err(bad(
+                    "diagnostics.listen",
+                    format!(
+                        "{listen} is not a loopback address; set diagnostics.allow_non_loopback = true to expose it"
+                    ),
+                ));
+            }
+        }
+        for (key, v) in [
+            (
+                "diagnostics.recorder_events",
+                self.diagnostics.recorder_events,
+            ),
+            (
+                "diagnostics.recorder_steps_per_event",
+                self.diagnostics.recorder_steps_per_event,
+            ),
+            (
+                "diagnostics.metric_cardinality_limit",
+                self.diagnostics.metric_cardinality_limit,
+            ),
+        ] {
+            if v == 0 {
+                return Err(bad(key, "must be at least 1"));
+            }
+        }
+        for (key, v) in [
+            (
+                "diagnostics.unready_after_failing_secs",
+                self.diagnostics.unready_after_failing_secs,
+            ),
+            (
+                "logging.warn_summary_interval_secs",
+                self.logging.warn_summary_interval_secs,
+            ),
+        ] {
+            if v == 0 {
+                return Err(bad(key, "must be greater than 0"));
+            }
+        }
+        for (i, p) in self.redaction.patterns.iter().enumerate() {
+            if let Err(e) = regex::Regex::new(p) {
+                return Err(bad(
+                    &format!("redaction.patterns[{i}]"),
+                    format!("invalid regex: {e}"),
                 ));
             }
         }
