@@ -36,6 +36,7 @@ use crate::actors::trace_batcher::{Drain, TraceBatcherActor};
 use crate::actors::{ExportHandles, GatewayItem, Shared, TraceItem};
 use crate::config::{ConfigError, GatewayConfig};
 use crate::contracts::{EnvelopeError, TelemetryEnvelope};
+use crate::diagnostics::recorder::{EventRef, Explanation, Stage};
 use crate::diagnostics::{Counters, ReasonCode, StatsSnapshot};
 use crate::export::sink::TraceSink;
 use crate::export::{ExportBuildError, ExportPipeline};
@@ -186,6 +187,10 @@ impl GatewayBuilder {
         cfg.validate()?;
         let table = RoutingTable::new(&cfg.cases);
         let counters = Arc::new(Counters::default());
+        counters.recorder().configure(
+            cfg.diagnostics.recorder_events,
+            cfg.diagnostics.recorder_steps_per_event,
+        );
         let store = match self.payload_store {
             Some(s) => s,
             None => PayloadStore::from_config(&cfg.payloads)?,
@@ -403,20 +408,28 @@ impl GatewayHandle {
         inner.active_emits.fetch_add(1, Ordering::SeqCst);
         let _guard = EmitGuard(&inner.active_emits);
         Counters::add(&c.emitted, 1);
-        let refuse = |e: EmitError| {
+        // Refusals are rare, so they may take the recorder's lock; acceptance never does.
+        let refuse = |env: &TelemetryEnvelope, e: EmitError| {
             c.dropped(e.reason(), 1);
+            c.recorder().record(
+                &EventRef::of(env),
+                Stage::Refused,
+                Some(e.reason()),
+                Some(&e.to_string()),
+            );
             Err(e)
         };
         if inner.shared.closed.load(Ordering::SeqCst) {
-            return refuse(EmitError::ShutDown);
+            return refuse(&env, EmitError::ShutDown);
         }
         if let Err(e) = env.validate_cheap() {
-            return refuse(EmitError::Invalid(e));
+            return refuse(&env, EmitError::Invalid(e));
         }
         if inner.shared.table.route(&env.case).is_none() {
-            return refuse(EmitError::Invalid(EnvelopeError::UnknownCase {
+            let e = EmitError::Invalid(EnvelopeError::UnknownCase {
                 case: env.case.as_str().to_owned(),
-            }));
+            });
+            return refuse(&env, e);
         }
         let id = env.event_id;
         Counters::pending_add(&c.gateway_pending, 1);
@@ -429,12 +442,23 @@ impl GatewayHandle {
             Ok(()) => Ok(id),
             Err(e) => {
                 Counters::pending_sub(&c.gateway_pending, 1);
-                refuse(match e {
-                    mpsc::error::TrySendError::Full(_) => EmitError::QueueFull,
-                    mpsc::error::TrySendError::Closed(_) => EmitError::ShutDown,
-                })
+                match e {
+                    mpsc::error::TrySendError::Full(item) => {
+                        refuse(&item.env, EmitError::QueueFull)
+                    }
+                    mpsc::error::TrySendError::Closed(item) => {
+                        refuse(&item.env, EmitError::ShutDown)
+                    }
+                }
             }
         }
+    }
+
+    /// What happened to an event: the journey of `id` if it is an event id, and the journeys of
+    /// every recorded event whose correlation id is `id`. Empty when the flight recorder holds
+    /// nothing for it (never seen, or evicted: see `diagnostics.recorder_events`).
+    pub fn explain(&self, id: &str) -> Explanation {
+        self.inner.shared.counters.recorder().explain(id)
     }
 
     /// A copy of the ledger.
@@ -600,6 +624,7 @@ impl GatewayHandle {
             .shutdown_timeout(remaining.max(Duration::from_millis(10)));
         // Anything not settled now never will be: count it, so the ledger adds up.
         wait_until(&no_emits, &|| {});
+        c.recorder().close_open_journeys(ReasonCode::Shutdown);
         let lost_companions = c.pending().3;
         if lost_companions > 0 {
             Counters::add(&c.companion_logs_dropped, lost_companions as u64);

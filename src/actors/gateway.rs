@@ -25,6 +25,7 @@ use super::{GatewayItem, Shared, TraceItem};
 use crate::contracts::{
     JsonObject, Payload, PayloadFallback, SignalType, TelemetryEnvelope, MAX_FALLBACK_BYTES,
 };
+use crate::diagnostics::recorder::{EventRef, Stage};
 use crate::diagnostics::{Counters, ReasonCode};
 use crate::export::mapping::CONTENT_FIELDS;
 use crate::payload_store::PayloadStore;
@@ -71,36 +72,42 @@ impl GatewayActor {
     }
 
     /// The event leaves the gateway stage dropped.
-    fn drop_event(&self, reason: ReasonCode) {
-        self.counters().dropped(reason, 1);
+    fn drop_event(&self, ev: &EventRef, reason: ReasonCode) {
+        self.counters().drop_event(ev, reason, None);
         Counters::pending_sub(&self.counters().gateway_pending, 1);
     }
 
     /// Hands a routed event to its path. The downstream gauge goes up before the send and the
     /// gateway gauge down after it, so the event is always counted in some stage.
-    fn forward(&mut self, env: TelemetryEnvelope, signal: SignalType, to_main: bool) {
+    fn forward(&mut self, env: TelemetryEnvelope, ev: EventRef, signal: SignalType, to_main: bool) {
         let c = self.shared.counters.clone();
         match signal {
             SignalType::Trace => {
                 Counters::pending_add(&c.trace_pending, 1);
+                let detail = if to_main {
+                    "trace: enterprise exporter and tenant sinks"
+                } else {
+                    "trace: tenant sinks only (enterprise off)"
+                };
+                c.step(&ev, Stage::Routed, Some(detail));
                 match self.trace_tx.try_send(TraceItem { env, to_main }) {
                     Ok(()) => Counters::add(&c.routed_trace, 1),
                     Err(e) => {
                         c.trace_pending_sub(1);
-                        c.dropped(
-                            send_reason(matches!(e, mpsc::error::TrySendError::Closed(_))),
-                            1,
-                        );
+                        let closed = matches!(e, mpsc::error::TrySendError::Closed(_));
+                        c.drop_event(&ev, send_reason(closed), Some("trace queue"));
                     }
                 }
             }
             SignalType::MetricLog => {
                 Counters::pending_add(&c.metric_pending, 1);
+                c.step(&ev, Stage::Routed, Some("metric_log"));
                 match self.transport.try_send(env) {
                     Ok(()) => Counters::add(&c.routed_metric_log, 1),
                     Err(e) => {
                         c.metric_pending_sub(1);
-                        c.dropped(send_reason(e == TransportError::Closed), 1);
+                        let reason = send_reason(e == TransportError::Closed);
+                        c.drop_event(&ev, reason, Some("metric/log queue"));
                     }
                 }
             }
@@ -114,13 +121,15 @@ impl GatewayActor {
             gateway_enabled: gw,
             enterprise_enabled: ent,
         } = item;
+        let ev = EventRef::of(&env);
+        self.counters().step(&ev, Stage::Received, None);
         let signal = match self.shared.table.decide(&env.case, gw, ent) {
-            Decision::Drop(reason) => return self.drop_event(reason),
+            Decision::Drop(reason) => return self.drop_event(&ev, reason),
             Decision::Trace => SignalType::Trace,
             Decision::MetricLog => SignalType::MetricLog,
         };
         let Some(route) = self.shared.table.route(&env.case) else {
-            return self.drop_event(ReasonCode::UnknownCase);
+            return self.drop_event(&ev, ReasonCode::UnknownCase);
         };
         env.signal = Some(signal);
         crate::correlation::resolve(&mut env, &route);
@@ -130,20 +139,23 @@ impl GatewayActor {
             Payload::Ref(_) => false,
         };
         if !oversize {
-            return self.forward(env, signal, ent);
+            return self.forward(env, ev, signal, ent);
         }
         if self.offloads_in_flight >= self.max_offloads {
-            self.counters()
-                .degraded(ReasonCode::PayloadOffloadFailed, 1);
+            self.counters().degrade_event(
+                &ev,
+                ReasonCode::PayloadOffloadFailed,
+                Some("offloads saturated; payload kept inline"),
+            );
             tracing::warn!(event_id = %env.event_id, "payload offload saturated; payload kept inline");
-            return self.forward(env, signal, ent);
+            return self.forward(env, ev, signal, ent);
         }
         let Payload::Inline(obj) = &env.payload else {
-            return self.forward(env, signal, ent);
+            return self.forward(env, ev, signal, ent);
         };
         let bytes = match serde_json::to_vec(obj) {
             Ok(b) => Bytes::from(b),
-            Err(_) => return self.forward(env, signal, ent),
+            Err(_) => return self.forward(env, ev, signal, ent),
         };
         if env.payload_fallback.is_none() {
             env.payload_fallback = auto_fallback(obj);
@@ -157,15 +169,20 @@ impl GatewayActor {
             act.offloads_in_flight -= 1;
             match res {
                 Ok(r) => {
+                    act.shared.counters.step(&ev, Stage::Offloaded, Some(&r));
                     env.payload = Payload::Ref(r);
                     Counters::add(&act.shared.counters.offloaded, 1);
                 }
                 Err(e) => {
-                    act.shared.counters.degraded(ReasonCode::PayloadOffloadFailed, 1);
+                    act.shared.counters.degrade_event(
+                        &ev,
+                        ReasonCode::PayloadOffloadFailed,
+                        Some(&e.to_string()),
+                    );
                     tracing::warn!(event_id = %env.event_id, error = %e, "payload offload failed; payload kept inline");
                 }
             }
-            act.forward(env, signal, ent);
+            act.forward(env, ev, signal, ent);
         }));
     }
 }

@@ -24,6 +24,7 @@ use super::dedup::{CheckBatch, DedupActor, DedupKey, Verdict};
 use super::rehydrator::{RehydrateBatch, RehydrateItem, RehydratorActor};
 use super::{ExportHandles, Shared};
 use crate::contracts::{JsonObject, Payload, TelemetryEnvelope};
+use crate::diagnostics::recorder::{EventRef, Stage};
 use crate::diagnostics::{Counters, ReasonCode};
 use crate::transport::EnvelopeSource;
 
@@ -40,6 +41,7 @@ pub trait CaseHandler: Send + Sync + Debug + 'static {
 #[derive(Debug)]
 struct Work {
     env: TelemetryEnvelope,
+    ev: EventRef,
     deduped: bool,
     payload: Option<JsonObject>,
     rehydrated: bool,
@@ -100,8 +102,8 @@ impl MetricHandlerActor {
     }
 
     /// One event leaves the metric path with a final outcome other than "queued for export".
-    fn settle_dropped(&self, reason: ReasonCode) {
-        self.counters().dropped(reason, 1);
+    fn settle_dropped(&self, ev: &EventRef, reason: ReasonCode) {
+        self.counters().drop_event(ev, reason, None);
         self.counters().metric_pending_sub(1);
     }
 
@@ -135,6 +137,7 @@ impl MetricHandlerActor {
                     act.in_hand.extend(envs.into_iter().map(|env| Work {
                         rehydrated: !matches!(env.payload, Payload::Ref(_)),
                         payload: None,
+                        ev: EventRef::of(&env),
                         env,
                         deduped: false,
                         degraded: None,
@@ -163,6 +166,11 @@ impl MetricHandlerActor {
                 .into_actor(self)
                 .map(move |res, act, ctx| {
                     let verdicts = res.unwrap_or_else(|_| vec![Verdict::Unavailable; n]);
+                    if verdicts.contains(&Verdict::Unavailable) {
+                        // One failed or timed-out store call; its events are counted as
+                        // degraded (`dedup_store_unavailable`) one by one below.
+                        Counters::add(&act.shared.counters.dedup_store_errors, 1);
+                    }
                     let mut verdicts = verdicts.into_iter();
                     let mut kept = VecDeque::with_capacity(act.in_hand.len());
                     for mut w in act.in_hand.drain(..) {
@@ -173,17 +181,22 @@ impl MetricHandlerActor {
                         w.deduped = true;
                         match verdicts.next().unwrap_or(Verdict::Unavailable) {
                             Verdict::Duplicate => {
-                                act.shared.counters.dropped(ReasonCode::Duplicate, 1);
+                                act.shared
+                                    .counters
+                                    .drop_event(&w.ev, ReasonCode::Duplicate, None);
                                 act.shared.counters.metric_pending_sub(1);
                                 continue;
                             }
                             Verdict::Unavailable => {
-                                Counters::add(&act.shared.counters.dedup_store_errors, 1);
-                                act.shared
-                                    .counters
-                                    .degraded(ReasonCode::DedupStoreUnavailable, 1);
+                                act.shared.counters.degrade_event(
+                                    &w.ev,
+                                    ReasonCode::DedupStoreUnavailable,
+                                    Some("processed without dedup (fail-open)"),
+                                );
                             }
-                            Verdict::New => {}
+                            Verdict::New => {
+                                act.shared.counters.step(&w.ev, Stage::DedupChecked, None)
+                            }
                         }
                         kept.push_back(w);
                     }
@@ -215,15 +228,30 @@ impl MetricHandlerActor {
                     let mut results = res.unwrap_or_default().into_iter();
                     for w in act.in_hand.iter_mut().filter(|w| !w.rehydrated) {
                         w.rehydrated = true;
+                        let rec = act.shared.counters.recorder();
                         match results.next() {
                             Some(r) => {
+                                // The rehydrator counted any degrade; the journey notes it here.
+                                match r.degraded {
+                                    Some(reason) => rec.record(
+                                        &w.ev,
+                                        Stage::Degraded,
+                                        Some(reason),
+                                        Some(r.source),
+                                    ),
+                                    None => {
+                                        rec.record(&w.ev, Stage::Rehydrated, None, Some(r.source))
+                                    }
+                                }
                                 w.payload = r.payload;
                                 w.degraded = r.degraded;
                             }
                             None => {
-                                act.shared
-                                    .counters
-                                    .degraded(ReasonCode::RehydrationFailed, 1);
+                                act.shared.counters.degrade_event(
+                                    &w.ev,
+                                    ReasonCode::RehydrationFailed,
+                                    Some("rehydrator unavailable"),
+                                );
                                 w.degraded = Some(ReasonCode::RehydrationFailed);
                             }
                         }
@@ -237,10 +265,10 @@ impl MetricHandlerActor {
         while let Some(w) = self.in_hand.pop_front() {
             let outcome = catch_unwind(AssertUnwindSafe(|| self.handle_one(&w)));
             match outcome {
-                Ok(Ok(())) => {}
-                Ok(Err(reason)) => self.settle_dropped(reason),
+                Ok(Ok(())) => self.counters().step(&w.ev, Stage::Handled, None),
+                Ok(Err(reason)) => self.settle_dropped(&w.ev, reason),
                 Err(_) => {
-                    self.settle_dropped(ReasonCode::HandlerPanicked);
+                    self.settle_dropped(&w.ev, ReasonCode::HandlerPanicked);
                     tracing::error!(
                         handler = self.index,
                         event_id = %w.env.event_id,
@@ -281,7 +309,7 @@ impl MetricHandlerActor {
         Counters::add(&self.counters().processed_metric_log, 1);
         self.export
             .log_batcher
-            .try_send(record, true)
+            .try_send(record, Some(w.ev.clone()))
             .map_err(|_| ReasonCode::QueueFull)
     }
 }

@@ -37,6 +37,8 @@ pub struct Rehydrated {
     pub payload: Option<JsonObject>,
     /// Set when the event is degraded (fallback from a refused ref, or no payload at all).
     pub degraded: Option<ReasonCode>,
+    /// Where the payload came from: `store`, `fallback`, or `none`.
+    pub source: &'static str,
 }
 
 /// Fetch a batch; the reply has one result per item, in order.
@@ -69,6 +71,7 @@ async fn one(store: PayloadStore, counters: Arc<Counters>, item: RehydrateItem) 
             return Rehydrated {
                 payload: Some(p),
                 degraded: None,
+                source: "store",
             };
         }
         Err(ReadError::Refused(e)) => {
@@ -87,6 +90,7 @@ async fn one(store: PayloadStore, counters: Arc<Counters>, item: RehydrateItem) 
             Rehydrated {
                 payload: Some(p),
                 degraded: refused.then_some(ReasonCode::PayloadRefRefused),
+                source: "fallback",
             }
         }
         None => {
@@ -94,6 +98,7 @@ async fn one(store: PayloadStore, counters: Arc<Counters>, item: RehydrateItem) 
             Rehydrated {
                 payload: None,
                 degraded: Some(ReasonCode::RehydrationFailed),
+                source: "none",
             }
         }
     }

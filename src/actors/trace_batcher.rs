@@ -27,6 +27,7 @@ use opentelemetry_sdk::trace::SpanData;
 use super::dedup::{DedupKey, MemoryDedup, Verdict};
 use super::{ExportHandles, Shared, TraceItem};
 use crate::contracts::{JsonObject, Payload};
+use crate::diagnostics::recorder::{EventRef, Stage};
 use crate::diagnostics::{Counters, ReasonCode};
 use crate::export::mapping::ResolvedIds;
 use crate::export::sink::{GroupTracker, SinkJob, SinkWorker};
@@ -84,15 +85,17 @@ impl TraceBatcherActor {
         let counters = self.shared.counters.clone();
         let ex = self.export.clone();
         // Group events by destination set: (enterprise?, community sink indexes).
-        let mut groups: BTreeMap<(bool, Vec<usize>), Vec<SpanData>> = BTreeMap::new();
+        type Group = (Vec<SpanData>, Vec<EventRef>);
+        let mut groups: BTreeMap<(bool, Vec<usize>), Group> = BTreeMap::new();
         for item in items {
             let env = &item.env;
+            let ev = EventRef::of(env);
             let key = DedupKey {
                 tenant_id: env.context.tenant_id.clone(),
                 event_id: env.event_id,
             };
             if self.dedup.check(key) == Verdict::Duplicate {
-                counters.dropped(ReasonCode::Duplicate, 1);
+                counters.drop_event(&ev, ReasonCode::Duplicate, None);
                 counters.trace_pending_sub(1);
                 continue;
             }
@@ -114,7 +117,8 @@ impl TraceBatcherActor {
                 ex.mapper.record_metrics(env, payload, None);
             }
             if !crate::export::trace_sampled(ResolvedIds::of(env).trace_id, ex.sampling_ratio) {
-                counters.dropped(ReasonCode::SampledOut, 1);
+                let detail = format!("otlp.sampling_ratio = {}", ex.sampling_ratio);
+                counters.drop_event(&ev, ReasonCode::SampledOut, Some(&detail));
                 counters.trace_pending_sub(1);
                 continue;
             }
@@ -129,18 +133,26 @@ impl TraceBatcherActor {
                 .map(|(i, _)| i)
                 .collect();
             if !item.to_main && sinks.is_empty() {
-                counters.dropped(ReasonCode::NoDestination, 1);
+                counters.drop_event(
+                    &ev,
+                    ReasonCode::NoDestination,
+                    Some("enterprise exporter off and no sink for this tenant/app"),
+                );
                 counters.trace_pending_sub(1);
                 continue;
             }
             let record = ex.mapper.log_record(&ex.logger, env, payload, None);
             Counters::pending_add(&counters.companion_pending, 1);
-            if ex.log_batcher.try_send(record, false).is_err() {
+            if ex.log_batcher.try_send(record, None).is_err() {
                 Counters::pending_sub(&counters.companion_pending, 1);
                 Counters::add(&counters.companion_logs_dropped, 1);
             }
             let span = ex.mapper.span(env, payload);
-            groups.entry((item.to_main, sinks)).or_default().push(span);
+            let detail = format!("{} destination(s)", sinks.len() + usize::from(item.to_main));
+            counters.step(&ev, Stage::Batched, Some(&detail));
+            let group = groups.entry((item.to_main, sinks)).or_default();
+            group.0.push(span);
+            group.1.push(ev);
         }
         if groups.is_empty() {
             return;
@@ -149,9 +161,9 @@ impl TraceBatcherActor {
         let mut main_job: (Vec<SpanData>, Vec<Arc<GroupTracker>>) = (Vec::new(), Vec::new());
         let mut sink_jobs: BTreeMap<usize, (Vec<SpanData>, Vec<Arc<GroupTracker>>)> =
             BTreeMap::new();
-        for ((to_main, sinks), spans) in groups {
+        for ((to_main, sinks), (spans, events)) in groups {
             let destinations = sinks.len() + usize::from(to_main);
-            let tracker = GroupTracker::new(spans.len() as u64, destinations, counters.clone());
+            let tracker = GroupTracker::new(events, destinations, counters.clone());
             for &i in &sinks {
                 let job = sink_jobs.entry(i).or_default();
                 job.0.extend(spans.iter().cloned());
@@ -170,7 +182,10 @@ impl TraceBatcherActor {
                 send_job(&s.worker, spans, trackers, &counters);
             } else {
                 for t in trackers {
-                    t.report(Err(ReasonCode::NoDestination));
+                    t.report(
+                        "unknown sink",
+                        Err((ReasonCode::NoDestination, "sink not found")),
+                    );
                 }
             }
         }
@@ -191,7 +206,10 @@ fn send_job(
         Counters::add(&counters.sink_spans_failed, n);
         tracing::warn!(sink = %worker.name, spans = n, "sink queue full; batch dropped for this sink");
         for g in groups {
-            g.report(Err(ReasonCode::QueueFull));
+            g.report(
+                &worker.name,
+                Err((ReasonCode::QueueFull, "sink queue full")),
+            );
         }
     }
 }

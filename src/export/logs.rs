@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::jsonl::JsonlLogExporter;
 use super::sink::classify_otlp_error;
+use crate::diagnostics::recorder::{EventRef, Stage};
 use crate::diagnostics::{Counters, ReasonCode};
 
 /// The log exporter in use (the SDK trait is not object safe).
@@ -56,7 +57,8 @@ impl LogBackend {
 pub(crate) enum LogJob {
     Record {
         record: Box<SdkLogRecord>,
-        accounts_event: bool,
+        /// The metric/log event this record accounts for (none for a span's companion).
+        event: Option<EventRef>,
     },
     Flush(oneshot::Sender<()>),
 }
@@ -86,7 +88,8 @@ impl LogBatcher {
         let (tx, mut rx) = mpsc::channel::<LogJob>(settings.capacity);
         let scope: InstrumentationScope = super::mapping::scope();
         rt.spawn(async move {
-            let mut batch: Vec<(Box<SdkLogRecord>, bool)> = Vec::with_capacity(settings.max_batch);
+            let mut batch: Vec<(Box<SdkLogRecord>, Option<EventRef>)> =
+                Vec::with_capacity(settings.max_batch);
             let mut flush_waiters: Vec<oneshot::Sender<()>> = Vec::new();
             loop {
                 // Wait for the first record, then gather until the batch is full or the interval
@@ -103,10 +106,7 @@ impl LogBatcher {
                 let mut job = first;
                 loop {
                     match job.take() {
-                        Some(LogJob::Record {
-                            record,
-                            accounts_event,
-                        }) => batch.push((record, accounts_event)),
+                        Some(LogJob::Record { record, event }) => batch.push((record, event)),
                         Some(LogJob::Flush(done)) => {
                             flush_waiters.push(done);
                             break;
@@ -140,12 +140,12 @@ impl LogBatcher {
     pub(crate) fn try_send(
         &self,
         record: SdkLogRecord,
-        accounts_event: bool,
+        event: Option<EventRef>,
     ) -> Result<(), QueueFull> {
         self.tx
             .try_send(LogJob::Record {
                 record: Box::new(record),
-                accounts_event,
+                event,
             })
             .map_err(|_| QueueFull)
     }
@@ -166,11 +166,11 @@ pub(crate) struct QueueFull;
 async fn export_batch(
     backend: &LogBackend,
     scope: &InstrumentationScope,
-    batch: &mut Vec<(Box<SdkLogRecord>, bool)>,
+    batch: &mut Vec<(Box<SdkLogRecord>, Option<EventRef>)>,
     timeout: Duration,
     counters: &Counters,
 ) {
-    let events = batch.iter().filter(|(_, a)| *a).count() as u64;
+    let events = batch.iter().filter(|(_, e)| e.is_some()).count() as u64;
     let n = batch.len() as u64;
     let refs: Vec<(&SdkLogRecord, &InstrumentationScope)> =
         batch.iter().map(|(r, _)| (r.as_ref(), scope)).collect();
@@ -185,10 +185,16 @@ async fn export_batch(
             Counters::add(&counters.exported_log_records, n);
             Counters::add(&counters.export_batches_ok, 1);
             Counters::add(&counters.delivered_metric_log, events);
+            for ev in batch.iter().filter_map(|(_, e)| e.as_ref()) {
+                counters.step(ev, Stage::Exported, Some("enterprise logs"));
+                counters.step(ev, Stage::Delivered, None);
+            }
         }
         Err(reason) => {
             Counters::add(&counters.export_batches_failed, 1);
-            counters.dropped(reason, events);
+            for ev in batch.iter().filter_map(|(_, e)| e.as_ref()) {
+                counters.drop_event(ev, reason, Some("enterprise log export"));
+            }
             Counters::add(&counters.companion_logs_dropped, companions);
             tracing::warn!(records = n, events, reason = %reason, "log export failed");
         }

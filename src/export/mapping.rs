@@ -168,7 +168,7 @@ impl Instruments {
             ),
             degraded: c(
                 "events.degraded.total",
-                "Events handled in degraded form, by reason",
+                "Metric/log events handled without their payload, by reason (rehydration_failed, payload_ref_refused)",
                 "{event}",
             ),
         }

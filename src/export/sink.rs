@@ -20,6 +20,7 @@ use futures::future::BoxFuture;
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use tokio::sync::mpsc;
 
+use crate::diagnostics::recorder::{EventRef, Stage};
 use crate::diagnostics::{Counters, ReasonCode};
 
 /// Why a sink could not take a batch.
@@ -124,10 +125,11 @@ impl TraceSink for OtlpTraceSink {
     }
 }
 
-/// The outcome slot of one group of trace events (see the module docs).
+/// The outcome slot of one group of trace events (see the module docs). It also writes each
+/// event's journey: one step per destination, then the final outcome.
 #[derive(Debug)]
 pub(crate) struct GroupTracker {
-    events: u64,
+    events: Vec<EventRef>,
     remaining: AtomicUsize,
     any_ok: AtomicBool,
     first_failure: AtomicU8,
@@ -137,8 +139,12 @@ pub(crate) struct GroupTracker {
 const NO_FAILURE: u8 = u8::MAX;
 
 impl GroupTracker {
-    /// A group of `events` events going to `destinations` sinks.
-    pub(crate) fn new(events: u64, destinations: usize, counters: Arc<Counters>) -> Arc<Self> {
+    /// A group of `events` going to `destinations` sinks.
+    pub(crate) fn new(
+        events: Vec<EventRef>,
+        destinations: usize,
+        counters: Arc<Counters>,
+    ) -> Arc<Self> {
         Arc::new(GroupTracker {
             events,
             remaining: AtomicUsize::new(destinations),
@@ -149,10 +155,16 @@ impl GroupTracker {
     }
 
     /// One destination's result. The last report settles the group.
-    pub(crate) fn report(&self, result: Result<(), ReasonCode>) {
+    pub(crate) fn report(&self, destination: &str, result: Result<(), (ReasonCode, &str)>) {
+        let rec = self.counters.recorder();
         match result {
-            Ok(()) => self.any_ok.store(true, Ordering::Release),
-            Err(reason) => {
+            Ok(()) => {
+                self.any_ok.store(true, Ordering::Release);
+                for ev in &self.events {
+                    rec.record(ev, Stage::Exported, None, Some(destination));
+                }
+            }
+            Err((reason, error)) => {
                 let idx = ReasonCode::ALL
                     .iter()
                     .position(|r| *r == reason)
@@ -163,20 +175,30 @@ impl GroupTracker {
                     Ordering::AcqRel,
                     Ordering::Acquire,
                 );
+                let detail = format!("{destination}: {error}");
+                for ev in &self.events {
+                    rec.record(ev, Stage::ExportFailed, Some(reason), Some(&detail));
+                }
             }
         }
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let n = self.events.len() as u64;
             if self.any_ok.load(Ordering::Acquire) {
-                Counters::add(&self.counters.delivered_trace, self.events);
+                Counters::add(&self.counters.delivered_trace, n);
+                for ev in &self.events {
+                    rec.record(ev, Stage::Delivered, None, None);
+                }
             } else {
                 let idx = self.first_failure.load(Ordering::Acquire);
                 let reason = ReasonCode::ALL
                     .get(idx as usize)
                     .copied()
                     .unwrap_or(ReasonCode::ExportFailed);
-                self.counters.dropped(reason, self.events);
+                for ev in &self.events {
+                    self.counters.drop_event(ev, reason, None);
+                }
             }
-            self.counters.trace_pending_sub(self.events);
+            self.counters.trace_pending_sub(n);
         }
     }
 }
@@ -209,6 +231,7 @@ impl SinkWorker {
     ) -> Self {
         let (tx, mut rx) = mpsc::channel::<SinkJob>(queue_batches);
         let name: Arc<str> = Arc::from(sink.name());
+        let name_for_reports = name.clone();
         rt.spawn(async move {
             while let Some(job) = rx.recv().await {
                 match job {
@@ -229,9 +252,10 @@ impl SinkWorker {
                                 tracing::warn!(sink = sink.name(), spans = n, error = %e, "trace sink export failed");
                             }
                         }
-                        let r = result.map_err(|e| e.reason());
+                        let error = result.as_ref().err().map(|e| e.to_string()).unwrap_or_default();
+                        let r = result.as_ref().map(|_| ()).map_err(|e| (e.reason(), error.as_str()));
                         for g in groups {
-                            g.report(r);
+                            g.report(&name_for_reports, r);
                         }
                     }
                 }

@@ -16,6 +16,8 @@
 //! This module must never be the reason an event is lost: counting is a relaxed atomic add, with
 //! no lock and no allocation on the data path.
 
+pub mod recorder;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
@@ -159,6 +161,8 @@ pub struct Counters {
     pub(crate) metric_pending: AtomicI64,
     /// Companion log records queued for export and not yet exported or lost.
     pub(crate) companion_pending: AtomicI64,
+    /// The last events' journeys.
+    pub(crate) recorder: recorder::FlightRecorder,
 }
 
 impl Counters {
@@ -170,6 +174,45 @@ impl Counters {
     /// Counts `n` events degraded for `reason` (they still reach a final column).
     pub fn degraded(&self, reason: ReasonCode, n: u64) {
         self.degraded[reason.index()].fetch_add(n, Relaxed);
+    }
+
+    /// The flight recorder.
+    pub fn recorder(&self) -> &recorder::FlightRecorder {
+        &self.recorder
+    }
+
+    /// Counts one event dropped for `reason` and ends its journey there.
+    pub(crate) fn drop_event(
+        &self,
+        ev: &recorder::EventRef,
+        reason: ReasonCode,
+        detail: Option<&str>,
+    ) {
+        self.dropped(reason, 1);
+        self.recorder
+            .record(ev, recorder::Stage::Dropped, Some(reason), detail);
+    }
+
+    /// Counts one event degraded for `reason` and notes it in its journey.
+    pub(crate) fn degrade_event(
+        &self,
+        ev: &recorder::EventRef,
+        reason: ReasonCode,
+        detail: Option<&str>,
+    ) {
+        self.degraded(reason, 1);
+        self.recorder
+            .record(ev, recorder::Stage::Degraded, Some(reason), detail);
+    }
+
+    /// Notes a step of an event's journey.
+    pub(crate) fn step(
+        &self,
+        ev: &recorder::EventRef,
+        stage: recorder::Stage,
+        detail: Option<&str>,
+    ) {
+        self.recorder.record(ev, stage, None, detail);
     }
 
     /// Events dropped for `reason` so far.

@@ -1,0 +1,391 @@
+//! The flight recorder: the last N events' journeys, for "why did event X not arrive?".
+//!
+//! Each journey is the ordered list of steps one event took (received, routed, offloaded,
+//! deduplicated, rehydrated, batched, exported, delivered or dropped with a reason), indexed by
+//! event id and by correlation id. [`FlightRecorder::explain`] answers with the journeys of an
+//! event id or of every event sharing a correlation id, as a typed value that serializes to JSON.
+//!
+//! Bounded: at most `diagnostics.recorder_events` journeys (the oldest is evicted first) of at
+//! most `diagnostics.recorder_steps_per_event` steps (further steps are counted, not kept).
+//! Nothing from a payload is recorded: only ids, the case, the tenant, stage names, reason codes,
+//! destination names and sanitized error messages, so user content and secrets cannot reach it.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::SystemTime;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::ReasonCode;
+
+/// The longest detail string kept per step, in bytes.
+pub const MAX_DETAIL_BYTES: usize = 200;
+
+/// What happened to an event at one step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// `emit()` refused it (invalid, queue full, shut down).
+    Refused,
+    /// The gateway actor took it from the gateway queue.
+    Received,
+    /// The routing table sent it to a path (detail: `trace` or `metric_log`).
+    Routed,
+    /// Its payload was written to the payload store (detail: the ref).
+    Offloaded,
+    /// The dedup store said it is new.
+    DedupChecked,
+    /// Its payload was read back (detail: `store` or `fallback`).
+    Rehydrated,
+    /// A metric handler handled it (metrics updated, log record queued).
+    Handled,
+    /// It joined a trace batch (detail: number of destinations).
+    Batched,
+    /// One destination accepted it (detail: the destination).
+    Exported,
+    /// One destination failed it (detail: destination and error).
+    ExportFailed,
+    /// Final: delivered.
+    Delivered,
+    /// Final: dropped with a reason.
+    Dropped,
+    /// Not lost, but degraded with a reason.
+    Degraded,
+}
+
+impl Stage {
+    fn is_final(self) -> bool {
+        matches!(self, Stage::Delivered | Stage::Dropped | Stage::Refused)
+    }
+}
+
+/// One step of a journey.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Step {
+    /// When it happened (RFC 3339 in JSON).
+    #[serde(serialize_with = "ser_time")]
+    pub at: SystemTime,
+    /// What happened.
+    pub stage: Stage,
+    /// The reason code, for drops, refusals, degrades and failures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<ReasonCode>,
+    /// Extra facts (destination, ref, sanitized error), at most [`MAX_DETAIL_BYTES`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+fn ser_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    let text = time::OffsetDateTime::from(*t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    s.serialize_str(&text)
+}
+
+/// Everything recorded about one event id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Journey {
+    /// The event id.
+    pub event_id: Uuid,
+    /// The correlation id the event carried (or its run id, or its event id).
+    pub correlation_id: String,
+    /// The tenant.
+    pub tenant_id: String,
+    /// The case name.
+    pub case: String,
+    /// Steps in the order they happened.
+    pub steps: Vec<Step>,
+    /// Steps that happened but were not kept (the journey was full).
+    pub steps_not_kept: u32,
+}
+
+impl Journey {
+    /// The final step (delivered, dropped or refused), if the journey has ended.
+    pub fn outcome(&self) -> Option<&Step> {
+        self.steps.iter().rev().find(|s| s.stage.is_final())
+    }
+}
+
+/// The answer to "what happened to X?".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Explanation {
+    /// What was asked: an event id or a correlation id.
+    pub query: String,
+    /// The journeys found, oldest first. Empty when the recorder has nothing (never seen, or
+    /// evicted).
+    pub journeys: Vec<Journey>,
+}
+
+impl Explanation {
+    /// The explanation as pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|_| "{}".into())
+    }
+}
+
+/// Identifies the event a step belongs to.
+#[derive(Debug, Clone)]
+pub struct EventRef {
+    /// The event id.
+    pub event_id: Uuid,
+    /// Its correlation id.
+    pub correlation_id: String,
+    /// Its tenant.
+    pub tenant_id: String,
+    /// Its case name.
+    pub case: String,
+}
+
+impl EventRef {
+    /// The reference of an envelope.
+    pub fn of(env: &crate::contracts::TelemetryEnvelope) -> Self {
+        EventRef {
+            event_id: env.event_id,
+            correlation_id: env.effective_correlation_id(),
+            tenant_id: env.context.tenant_id.clone(),
+            case: env.case.as_str().to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    journeys: HashMap<Uuid, Journey>,
+    order: VecDeque<Uuid>,
+    by_correlation: HashMap<String, Vec<Uuid>>,
+    max_events: usize,
+    max_steps: usize,
+    evicted: u64,
+}
+
+/// The bounded recorder (see the module docs).
+#[derive(Debug)]
+pub struct FlightRecorder {
+    state: Mutex<State>,
+}
+
+impl Default for FlightRecorder {
+    fn default() -> Self {
+        Self::new(
+            crate::config::DEFAULT_RECORDER_EVENTS,
+            crate::config::DEFAULT_RECORDER_STEPS_PER_EVENT,
+        )
+    }
+}
+
+fn clip(detail: &str) -> String {
+    let clean: String = detail
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if clean.len() <= MAX_DETAIL_BYTES {
+        return clean;
+    }
+    let mut end = MAX_DETAIL_BYTES;
+    while !clean.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &clean[..end])
+}
+
+impl FlightRecorder {
+    /// A recorder of at most `max_events` journeys of `max_steps` steps.
+    pub fn new(max_events: usize, max_steps: usize) -> Self {
+        FlightRecorder {
+            state: Mutex::new(State {
+                max_events: max_events.max(1),
+                max_steps: max_steps.max(1),
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// Changes the bounds (at start, before any event).
+    pub fn configure(&self, max_events: usize, max_steps: usize) {
+        let mut s = self.state.lock();
+        s.max_events = max_events.max(1);
+        s.max_steps = max_steps.max(1);
+    }
+
+    /// Records one step.
+    pub fn record(
+        &self,
+        ev: &EventRef,
+        stage: Stage,
+        reason: Option<ReasonCode>,
+        detail: Option<&str>,
+    ) {
+        let step = Step {
+            at: SystemTime::now(),
+            stage,
+            reason,
+            detail: detail.map(clip),
+        };
+        let mut s = self.state.lock();
+        let max_steps = s.max_steps;
+        if let Some(j) = s.journeys.get_mut(&ev.event_id) {
+            if j.steps.len() < max_steps {
+                j.steps.push(step);
+            } else {
+                j.steps_not_kept += 1;
+            }
+            return;
+        }
+        while s.journeys.len() >= s.max_events {
+            let Some(old) = s.order.pop_front() else {
+                break;
+            };
+            if let Some(j) = s.journeys.remove(&old) {
+                if let Some(ids) = s.by_correlation.get_mut(&j.correlation_id) {
+                    ids.retain(|id| *id != old);
+                    if ids.is_empty() {
+                        s.by_correlation.remove(&j.correlation_id);
+                    }
+                }
+                s.evicted += 1;
+            }
+        }
+        s.order.push_back(ev.event_id);
+        s.by_correlation
+            .entry(ev.correlation_id.clone())
+            .or_default()
+            .push(ev.event_id);
+        s.journeys.insert(
+            ev.event_id,
+            Journey {
+                event_id: ev.event_id,
+                correlation_id: ev.correlation_id.clone(),
+                tenant_id: ev.tenant_id.clone(),
+                case: ev.case.clone(),
+                steps: vec![step],
+                steps_not_kept: 0,
+            },
+        );
+    }
+
+    /// The journeys of an event id, or of every event with that correlation id.
+    pub fn explain(&self, query: &str) -> Explanation {
+        let s = self.state.lock();
+        let mut journeys = Vec::new();
+        if let Ok(id) = Uuid::parse_str(query) {
+            if let Some(j) = s.journeys.get(&id) {
+                journeys.push(j.clone());
+            }
+        }
+        if let Some(ids) = s.by_correlation.get(query) {
+            for id in ids {
+                if journeys.iter().any(|j| j.event_id == *id) {
+                    continue;
+                }
+                if let Some(j) = s.journeys.get(id) {
+                    journeys.push(j.clone());
+                }
+            }
+        }
+        Explanation {
+            query: query.to_owned(),
+            journeys,
+        }
+    }
+
+    /// Ends every journey that has no final step yet with `dropped` under `reason` (shutdown).
+    pub fn close_open_journeys(&self, reason: ReasonCode) -> u64 {
+        let mut s = self.state.lock();
+        let mut n = 0;
+        let max_steps = s.max_steps;
+        for j in s.journeys.values_mut() {
+            if j.outcome().is_none() {
+                let step = Step {
+                    at: SystemTime::now(),
+                    stage: Stage::Dropped,
+                    reason: Some(reason),
+                    detail: None,
+                };
+                if j.steps.len() < max_steps {
+                    j.steps.push(step);
+                } else if let Some(last) = j.steps.last_mut() {
+                    // Keep the outcome even in a full journey: it is the one step that matters.
+                    *last = step;
+                    j.steps_not_kept += 1;
+                }
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// (journeys held, journeys evicted so far).
+    pub fn usage(&self) -> (usize, u64) {
+        let s = self.state.lock();
+        (s.journeys.len(), s.evicted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(id: u128, cid: &str) -> EventRef {
+        EventRef {
+            event_id: Uuid::from_u128(id),
+            correlation_id: cid.into(),
+            tenant_id: "t".into(),
+            case: "app_created".into(),
+        }
+    }
+
+    #[test]
+    fn journeys_are_found_by_event_and_by_correlation_id() {
+        let r = FlightRecorder::new(10, 8);
+        r.record(&ev(1, "req-1"), Stage::Received, None, None);
+        r.record(
+            &ev(1, "req-1"),
+            Stage::Dropped,
+            Some(ReasonCode::EnterpriseDisabled),
+            None,
+        );
+        r.record(&ev(2, "req-1"), Stage::Received, None, None);
+        r.record(&ev(2, "req-1"), Stage::Delivered, None, None);
+        let by_id = r.explain(&Uuid::from_u128(1).to_string());
+        assert_eq!(by_id.journeys.len(), 1);
+        let out = by_id.journeys[0].outcome().unwrap();
+        assert_eq!(out.reason, Some(ReasonCode::EnterpriseDisabled));
+        let by_cid = r.explain("req-1");
+        assert_eq!(by_cid.journeys.len(), 2);
+        assert!(by_cid.to_json().contains("\"enterprise_disabled\""));
+        assert!(r.explain("nope").journeys.is_empty());
+    }
+
+    #[test]
+    fn bounded_in_events_and_steps() {
+        let r = FlightRecorder::new(3, 2);
+        for i in 0..10 {
+            r.record(&ev(i, &format!("c{i}")), Stage::Received, None, None);
+        }
+        assert_eq!(r.usage(), (3, 7));
+        assert!(
+            r.explain("c0").journeys.is_empty(),
+            "evicted from the cid index too"
+        );
+        for _ in 0..5 {
+            r.record(&ev(9, "c9"), Stage::Batched, None, None);
+        }
+        let j = &r.explain("c9").journeys[0];
+        assert_eq!(j.steps.len(), 2);
+        assert_eq!(j.steps_not_kept, 4);
+        assert_eq!(r.close_open_journeys(ReasonCode::Shutdown), 3);
+        let j = &r.explain("c9").journeys[0];
+        assert_eq!(j.outcome().unwrap().reason, Some(ReasonCode::Shutdown));
+    }
+
+    #[test]
+    fn details_are_clipped_and_have_no_line_breaks() {
+        let r = FlightRecorder::new(3, 4);
+        let long = format!("bad\r\nthing {}", "x".repeat(1000));
+        r.record(&ev(1, "c"), Stage::ExportFailed, None, Some(&long));
+        let d = r.explain("c").journeys[0].steps[0].detail.clone().unwrap();
+        assert!(!d.contains('\n') && !d.contains('\r'));
+        assert!(d.len() <= MAX_DETAIL_BYTES + '…'.len_utf8());
+    }
+}
