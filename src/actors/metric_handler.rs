@@ -232,6 +232,16 @@ impl MetricHandlerActor {
                         match results.next() {
                             Some(r) => {
                                 // The rehydrator counted any degrade; the journey notes it here.
+                                if let Some(why) = &r.ref_refused {
+                                    if r.degraded != Some(ReasonCode::PayloadRefRefused) {
+                                        rec.record(
+                                            &w.ev,
+                                            Stage::Degraded,
+                                            Some(ReasonCode::PayloadRefRefused),
+                                            Some(why),
+                                        );
+                                    }
+                                }
                                 match r.degraded {
                                     Some(reason) => rec.record(
                                         &w.ev,

@@ -39,6 +39,9 @@ pub struct Rehydrated {
     pub degraded: Option<ReasonCode>,
     /// Where the payload came from: `store`, `fallback`, or `none`.
     pub source: &'static str,
+    /// Why the ref was refused without being read, when it was (a root cause the journey shows
+    /// even when the final degrade is `rehydration_failed`).
+    pub ref_refused: Option<String>,
 }
 
 /// Fetch a batch; the reply has one result per item, in order.
@@ -65,23 +68,24 @@ impl Actor for RehydratorActor {
 }
 
 async fn one(store: PayloadStore, counters: Arc<Counters>, item: RehydrateItem) -> Rehydrated {
-    let refused = match store.get(&item.tenant_id, &item.payload_ref).await {
+    let ref_refused = match store.get(&item.tenant_id, &item.payload_ref).await {
         Ok(p) => {
             Counters::add(&counters.rehydrated_from_store, 1);
             return Rehydrated {
                 payload: Some(p),
                 degraded: None,
                 source: "store",
+                ref_refused: None,
             };
         }
         Err(ReadError::Refused(e)) => {
             counters.degraded(ReasonCode::PayloadRefRefused, 1);
             tracing::warn!(tenant_id = %item.tenant_id, error = %e, "payload ref refused, not read");
-            true
+            Some(e.to_string())
         }
         Err(e) => {
             tracing::debug!(tenant_id = %item.tenant_id, error = %e, "payload store read failed");
-            false
+            None
         }
     };
     match item.fallback.as_ref().and_then(|f| f.to_object()) {
@@ -89,8 +93,11 @@ async fn one(store: PayloadStore, counters: Arc<Counters>, item: RehydrateItem) 
             Counters::add(&counters.rehydrated_from_fallback, 1);
             Rehydrated {
                 payload: Some(p),
-                degraded: refused.then_some(ReasonCode::PayloadRefRefused),
+                degraded: ref_refused
+                    .is_some()
+                    .then_some(ReasonCode::PayloadRefRefused),
                 source: "fallback",
+                ref_refused,
             }
         }
         None => {
@@ -99,6 +106,7 @@ async fn one(store: PayloadStore, counters: Arc<Counters>, item: RehydrateItem) 
                 payload: None,
                 degraded: Some(ReasonCode::RehydrationFailed),
                 source: "none",
+                ref_refused,
             }
         }
     }

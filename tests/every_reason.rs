@@ -1,0 +1,307 @@
+//! Every reason code is reachable, counted, and explained: for each one a scenario makes it
+//! happen for real, then the test finds the reason from the counters and from the flight
+//! recorder's journey of one affected event, as an operator would.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry::KeyValue;
+use serde_json::json;
+use telemetry_gateway::config::DedupBackendKind;
+use telemetry_gateway::contracts::JsonObject;
+use telemetry_gateway::diagnostics::recorder::Stage;
+use telemetry_gateway::testing::OtlpReceiver;
+use telemetry_gateway::transport::{
+    EnvelopeSource, InProcessTransport, MetricTransport, TransportError,
+};
+use telemetry_gateway::{
+    CaseHandler, GatewayBuilder, GatewayConfig, GatewayHandle, Payload, ReasonCode, StatsSnapshot,
+    TelemetryCase, TelemetryContext, TelemetryEnvelope,
+};
+
+fn ev(case: TelemetryCase, tenant: &str) -> TelemetryEnvelope {
+    TelemetryEnvelope::new(case, TelemetryContext::tenant(tenant)).with_payload(json!({"k": 1}))
+}
+
+/// Emits, shuts down, and returns the final stats with the handle (for `explain`).
+fn run(
+    gw: GatewayHandle,
+    events: Vec<TelemetryEnvelope>,
+) -> (StatsSnapshot, GatewayHandle, Vec<String>) {
+    let ids: Vec<String> = events.iter().map(|e| e.event_id.to_string()).collect();
+    for e in events {
+        let _ = gw.emit(e);
+    }
+    let s = gw.shutdown_blocking(support::DEADLINE).stats;
+    (s, gw, ids)
+}
+
+fn cfg() -> (GatewayConfig, tempfile::TempDir) {
+    support::config()
+}
+
+/// A transport that delivers a tampered ref, as an envelope decoded from another process might
+/// carry: the handler must refuse to read it.
+#[derive(Debug)]
+struct TamperingTransport(InProcessTransport);
+
+impl MetricTransport for TamperingTransport {
+    fn try_send(&self, mut env: TelemetryEnvelope) -> Result<(), TransportError> {
+        env.payload = Payload::Ref("other-tenant/secret.json".into());
+        self.0.try_send(env)
+    }
+    fn queued(&self) -> usize {
+        self.0.queued()
+    }
+    fn capacity(&self) -> usize {
+        self.0.capacity()
+    }
+}
+
+#[derive(Debug)]
+struct Panics;
+
+impl CaseHandler for Panics {
+    fn handle(&self, _: &TelemetryEnvelope, _: Option<&JsonObject>) -> Vec<KeyValue> {
+        panic!("poison");
+    }
+}
+
+/// Makes `reason` happen; returns the stats and the id of one affected event.
+fn scenario(reason: ReasonCode) -> (StatsSnapshot, GatewayHandle, String) {
+    let (mut c, dir) = cfg();
+    let leak = |d: tempfile::TempDir| std::mem::forget(d); // keep output dirs for the run
+    let (s, gw, ids) = match reason {
+        ReasonCode::EnterpriseDisabled => {
+            c.gateway.enterprise_enabled = false;
+            run(
+                telemetry_gateway::start(c).unwrap(),
+                vec![ev(TelemetryCase::AppCreated, "t")],
+            )
+        }
+        ReasonCode::GatewayDisabled => {
+            c.gateway.enabled = false;
+            run(
+                telemetry_gateway::start(c).unwrap(),
+                vec![ev(TelemetryCase::AppCreated, "t")],
+            )
+        }
+        ReasonCode::QueueFull => {
+            c.gateway.queue_capacity = 1;
+            let gw = telemetry_gateway::start(c).unwrap();
+            let events: Vec<_> = (0..5_000)
+                .map(|_| ev(TelemetryCase::AppCreated, "t"))
+                .collect();
+            let (s, gw, ids) = run(gw, events);
+            // Find one refused event among them.
+            let id = ids
+                .iter()
+                .find(|id| {
+                    gw.explain(id).journeys.iter().any(|j| {
+                        j.steps
+                            .iter()
+                            .any(|st| st.reason == Some(ReasonCode::QueueFull))
+                    })
+                })
+                .cloned()
+                .expect("a refused event is in the recorder");
+            (s, gw, vec![id])
+        }
+        ReasonCode::InvalidEnvelope => run(
+            telemetry_gateway::start(c).unwrap(),
+            vec![ev(TelemetryCase::AppCreated, "")],
+        ),
+        ReasonCode::UnknownCase => run(
+            telemetry_gateway::start(c).unwrap(),
+            vec![ev(TelemetryCase::custom("nobody_declared_this"), "t")],
+        ),
+        ReasonCode::Duplicate => {
+            let e = ev(TelemetryCase::FeedbackCreated, "t");
+            run(telemetry_gateway::start(c).unwrap(), vec![e.clone(), e])
+        }
+        ReasonCode::PayloadOffloadFailed => {
+            c.payloads.inline_threshold_bytes = 16;
+            let file = dir.path().join("not-a-dir");
+            std::fs::write(&file, b"x").unwrap();
+            let store = telemetry_gateway::payload_store::PayloadStore::new(
+                Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&file).unwrap()),
+                &c.payloads,
+            );
+            let gw = GatewayBuilder::new(c).payload_store(store).start().unwrap();
+            run(
+                gw,
+                vec![TelemetryEnvelope::new(
+                    TelemetryCase::ToolExecution,
+                    TelemetryContext::tenant("t"),
+                )
+                .with_payload(json!({"outputs": "x".repeat(100)}))],
+            )
+        }
+        ReasonCode::PayloadRefRefused => {
+            let (inner, sources) = InProcessTransport::new(1, 16);
+            let sources: Vec<Box<dyn EnvelopeSource>> = sources
+                .into_iter()
+                .map(|s| Box::new(s) as Box<dyn EnvelopeSource>)
+                .collect();
+            let gw = GatewayBuilder::new(c)
+                .metric_transport(Arc::new(TamperingTransport(inner)), sources)
+                .start()
+                .unwrap();
+            run(gw, vec![ev(TelemetryCase::ToolExecution, "t")])
+        }
+        ReasonCode::RehydrationFailed => {
+            let mut e =
+                TelemetryEnvelope::new(TelemetryCase::ToolExecution, TelemetryContext::tenant("t"));
+            e.payload = Payload::Ref("t/missing.json".into());
+            run(telemetry_gateway::start(c).unwrap(), vec![e])
+        }
+        ReasonCode::DedupStoreUnavailable => {
+            c.dedup.backend = DedupBackendKind::Redis;
+            c.dedup.redis_url = "redis://127.0.0.1:9/".into(); // nothing listens on port 9
+            run(
+                telemetry_gateway::start(c).unwrap(),
+                vec![ev(TelemetryCase::AppCreated, "t")],
+            )
+        }
+        ReasonCode::ExportFailed => {
+            c.otlp.endpoint = Some("http://127.0.0.1:9".into()); // connection refused
+            c.otlp.timeout_ms = 300;
+            run(
+                telemetry_gateway::start(c).unwrap(),
+                vec![ev(TelemetryCase::WorkflowRun, "t")],
+            )
+        }
+        ReasonCode::ExportRejected => {
+            let rx = OtlpReceiver::start();
+            rx.fail_with(Some(tonic::Code::InvalidArgument));
+            c.otlp.endpoint = Some(rx.endpoint());
+            let r = run(
+                telemetry_gateway::start(c).unwrap(),
+                vec![ev(TelemetryCase::WorkflowRun, "t")],
+            );
+            drop(rx);
+            r
+        }
+        ReasonCode::Shutdown => {
+            let gw = telemetry_gateway::start(c).unwrap();
+            gw.shutdown_blocking(support::DEADLINE);
+            // After shutdown: a counted refusal. (A second shutdown returns the first report,
+            // so read the live stats.)
+            let e = ev(TelemetryCase::AppCreated, "t");
+            let id = e.event_id.to_string();
+            assert!(gw.emit(e).is_err());
+            (gw.stats(), gw, vec![id])
+        }
+        ReasonCode::SampledOut => {
+            c.otlp.sampling_ratio = 0.0;
+            run(
+                telemetry_gateway::start(c).unwrap(),
+                vec![ev(TelemetryCase::WorkflowRun, "t")],
+            )
+        }
+        ReasonCode::HandlerPanicked => {
+            let gw = GatewayBuilder::new(c)
+                .case_handler("app_created", Arc::new(Panics))
+                .start()
+                .unwrap();
+            run(gw, vec![ev(TelemetryCase::AppCreated, "t")])
+        }
+        ReasonCode::NoDestination => {
+            c.gateway.enterprise_enabled = false;
+            run(
+                telemetry_gateway::start(c).unwrap(),
+                vec![ev(TelemetryCase::WorkflowRun, "t")],
+            )
+        }
+        other => panic!("no scenario for reason code {other}: add one"),
+    };
+    leak(dir);
+    let id = ids.last().cloned().unwrap();
+    (s, gw, id)
+}
+
+#[test]
+fn every_reason_code_is_reachable_counted_and_explained() {
+    for reason in ReasonCode::ALL {
+        let (s, gw, id) = scenario(reason);
+        let counted = s.dropped_for(reason) + s.degraded_for(reason);
+        assert!(counted > 0, "{reason}: not counted: {s:?}");
+        assert!(s.is_settled(), "{reason}: ledger does not add up: {s:?}");
+        let explanation = gw.explain(&id);
+        assert_eq!(
+            explanation.journeys.len(),
+            1,
+            "{reason}: no journey for {id}"
+        );
+        let journey = &explanation.journeys[0];
+        assert!(
+            journey.steps.iter().any(|st| st.reason == Some(reason)),
+            "{reason}: the journey does not show it: {}",
+            explanation.to_json()
+        );
+        // Drops end the journey with the reason; degrades do not end it.
+        let outcome = journey.outcome().expect("the journey has an outcome");
+        if reason == ReasonCode::Duplicate {
+            // One journey per event id: the first copy was delivered, the re-send dropped.
+            assert_eq!(outcome.stage, Stage::Delivered, "{}", explanation.to_json());
+            assert!(journey
+                .steps
+                .iter()
+                .any(|st| st.stage == Stage::Dropped && st.reason == Some(reason)));
+        } else if s.dropped_for(reason) > 0 {
+            assert_eq!(
+                outcome.reason,
+                Some(reason),
+                "{reason}: {}",
+                explanation.to_json()
+            );
+        } else {
+            assert_eq!(
+                outcome.stage,
+                Stage::Delivered,
+                "{reason}: {}",
+                explanation.to_json()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_correlation_id_finds_every_event_of_an_action() {
+    let (c, _d) = cfg();
+    let gw = telemetry_gateway::start(c).unwrap();
+    gw.set_enterprise_enabled(false);
+    let mut sent = Vec::new();
+    for case in [
+        TelemetryCase::WorkflowRun,
+        TelemetryCase::NodeExecution,
+        TelemetryCase::AppUpdated,
+    ] {
+        let e = ev(case, "t").with_correlation_id("req-42");
+        sent.push(e.event_id);
+        gw.emit(e).unwrap();
+    }
+    gw.shutdown_blocking(Duration::from_secs(10));
+    let ex = gw.explain("req-42");
+    let mut found: Vec<_> = ex.journeys.iter().map(|j| j.event_id).collect();
+    found.sort();
+    sent.sort();
+    assert_eq!(found, sent);
+    let reasons: Vec<_> = ex
+        .journeys
+        .iter()
+        .filter_map(|j| j.outcome().and_then(|o| o.reason))
+        .collect();
+    assert!(
+        reasons.contains(&ReasonCode::NoDestination),
+        "{}",
+        ex.to_json()
+    );
+    assert!(
+        reasons.contains(&ReasonCode::EnterpriseDisabled),
+        "{}",
+        ex.to_json()
+    );
+}
