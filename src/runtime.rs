@@ -36,6 +36,7 @@ use crate::actors::trace_batcher::{Drain, TraceBatcherActor};
 use crate::actors::{ExportHandles, GatewayItem, Shared, TraceItem};
 use crate::config::{ConfigError, GatewayConfig};
 use crate::contracts::{EnvelopeError, TelemetryEnvelope};
+use crate::diagnostics::probes::{DiagnosticsSnapshot, Probes, QueueReader};
 use crate::diagnostics::recorder::{EventRef, Explanation, Stage};
 use crate::diagnostics::{Counters, ReasonCode, StatsSnapshot};
 use crate::export::sink::TraceSink;
@@ -215,6 +216,22 @@ impl GatewayBuilder {
                 (Arc::new(t), s)
             }
         };
+        // Bind the diagnostics endpoint before anything starts, so a bad or busy address fails
+        // start with the key named.
+        let diag_listener = match &cfg.diagnostics.listen {
+            Some(addr) => {
+                let bind_err = |e: std::io::Error| {
+                    StartError::Config(ConfigError::Invalid {
+                        key: "diagnostics.listen".into(),
+                        problem: format!("cannot listen on {addr}: {e}"),
+                    })
+                };
+                let l = std::net::TcpListener::bind(addr.as_str()).map_err(bind_err)?;
+                l.set_nonblocking(true).map_err(bind_err)?;
+                Some(l)
+            }
+            None => None,
+        };
         // Build every dedup actor's state up front so a bad URL fails start, not a thread.
         let pool_size = sources.len();
         let dedups = (0..pool_size)
@@ -231,6 +248,23 @@ impl GatewayBuilder {
 
         let (gw_tx, gw_rx) = mpsc::channel::<GatewayItem>(cfg.gateway.queue_capacity);
         let (trace_tx, trace_rx) = mpsc::channel::<TraceItem>(cfg.trace_batcher.queue_capacity);
+        let live = Arc::new(AtomicBool::new(true));
+        let mut queues: Vec<(String, QueueReader)> = vec![
+            ("gateway".into(), weak_reader(&gw_tx)),
+            ("trace".into(), weak_reader(&trace_tx)),
+            ("metric_log".into(), {
+                let t = transport.clone();
+                Box::new(move || Some((t.queued(), t.capacity())))
+            }),
+            ("logs".into(), export.handles.log_batcher.depth_reader()),
+            (
+                format!("sink:{}", export.handles.main_sink.name),
+                export.handles.main_sink.depth_reader(),
+            ),
+        ];
+        for s in &export.handles.community {
+            queues.push((format!("sink:{}", s.worker.name), s.worker.depth_reader()));
+        }
 
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let handles = export.handles.clone();
@@ -238,9 +272,18 @@ impl GatewayBuilder {
         let case_handlers = Arc::new(self.case_handlers);
         let cfg2 = cfg.clone();
         let transport2 = transport.clone();
+        let live_flag = live.clone();
         let thread = std::thread::Builder::new()
             .name("telemetry-gateway-actors".into())
             .spawn(move || {
+                // Liveness: false as soon as this thread ends, however it ends.
+                struct Alive(Arc<AtomicBool>);
+                impl Drop for Alive {
+                    fn drop(&mut self) {
+                        self.0.store(false, Ordering::SeqCst);
+                    }
+                }
+                let _alive = Alive(live_flag);
                 let sys = actix::System::new();
                 sys.block_on(async move {
                     let started = start_actors(
@@ -265,6 +308,44 @@ impl GatewayBuilder {
             .recv_timeout(START_TIMEOUT)
             .map_err(|e| StartError::Actors(e.to_string()))?;
 
+        let handler_addrs = actors.handlers.clone();
+        let sh = shared.clone();
+        let probes = Arc::new(Probes {
+            counters: counters.clone(),
+            queues,
+            closed: Arc::new(move || sh.closed.load(Ordering::SeqCst)),
+            live,
+            handlers_up: Box::new(move || {
+                let up = handler_addrs.iter().filter(|a| a.connected()).count();
+                (up, handler_addrs.len())
+            }),
+            unready_after: Duration::from_secs(cfg.diagnostics.unready_after_failing_secs),
+        });
+        crate::diagnostics::otel::register(&export.meter_provider, probes.clone());
+        let mut diag_addr = None;
+        let mut diag_stop = None;
+        if let Some(l) = diag_listener {
+            diag_addr = l.local_addr().ok();
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+            let _entered = export.rt.enter();
+            match tokio::net::TcpListener::from_std(l) {
+                Ok(listener) => {
+                    export.rt.spawn(crate::diagnostics::http::serve(
+                        listener,
+                        probes.clone(),
+                        stop_rx,
+                    ));
+                    diag_stop = Some(stop_tx);
+                }
+                Err(e) => {
+                    return Err(StartError::Config(ConfigError::Invalid {
+                        key: "diagnostics.listen".into(),
+                        problem: e.to_string(),
+                    }))
+                }
+            }
+        }
+
         Ok(GatewayHandle {
             inner: Arc::new(Inner {
                 tx: gw_tx,
@@ -276,7 +357,10 @@ impl GatewayBuilder {
                     thread,
                     actors,
                     export,
+                    diag_stop,
                 })),
+                probes,
+                diag_addr,
                 default_deadline: Duration::from_millis(cfg.shutdown.deadline_ms),
                 final_report: Mutex::new(None),
             }),
@@ -303,6 +387,16 @@ struct Lifecycle {
     thread: JoinHandle<()>,
     actors: Actors,
     export: ExportPipeline,
+    diag_stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// A queue reader that does not keep the queue open.
+fn weak_reader<T: Send + 'static>(tx: &mpsc::Sender<T>) -> QueueReader {
+    let weak = tx.downgrade();
+    Box::new(move || {
+        weak.upgrade()
+            .map(|t| (t.max_capacity() - t.capacity(), t.max_capacity()))
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -374,6 +468,8 @@ struct Inner {
     lifecycle: Mutex<Option<Lifecycle>>,
     default_deadline: Duration,
     final_report: Mutex<Option<ShutdownReport>>,
+    probes: Arc<Probes>,
+    diag_addr: Option<std::net::SocketAddr>,
 }
 
 /// The host's handle: cheap to clone, `Send + Sync`, usable from any thread or runtime.
@@ -459,6 +555,18 @@ impl GatewayHandle {
     /// nothing for it (never seen, or evicted: see `diagnostics.recorder_events`).
     pub fn explain(&self, id: &str) -> Explanation {
         self.inner.shared.counters.recorder().explain(id)
+    }
+
+    /// Everything the gateway knows about itself: the ledger, queue depths, exporters,
+    /// latency histograms, the flight recorder's usage and readiness. The same numbers
+    /// `/metrics` and the OTel self-metrics show.
+    pub fn diagnostics(&self) -> DiagnosticsSnapshot {
+        self.inner.probes.snapshot()
+    }
+
+    /// The address the diagnostics endpoint listens on (`diagnostics.listen`; useful with port 0).
+    pub fn diagnostics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.inner.diag_addr
     }
 
     /// A copy of the ledger.
@@ -619,6 +727,9 @@ impl GatewayHandle {
         lc.system.stop();
         let _ = lc.thread.join();
         let remaining = end.saturating_duration_since(Instant::now());
+        if let Some(stop) = lc.diag_stop {
+            let _ = stop.send(());
+        }
         lc.export
             .rt
             .shutdown_timeout(remaining.max(Duration::from_millis(10)));
@@ -663,6 +774,8 @@ impl Drop for Inner {
                     lifecycle: Mutex::new(self.lifecycle.lock().take()),
                     default_deadline: self.default_deadline,
                     final_report: Mutex::new(None),
+                    probes: self.probes.clone(),
+                    diag_addr: self.diag_addr,
                 }),
             };
             let _ = handle.shutdown_blocking(self.default_deadline);

@@ -204,6 +204,7 @@ fn send_job(
         // This sink's copy is lost; the events may still be delivered by another destination,
         // so the sink's loss is counted on its own.
         Counters::add(&counters.sink_spans_failed, n);
+        worker.stats.record_queue_full(n);
         tracing::warn!(sink = %worker.name, spans = n, "sink queue full; batch dropped for this sink");
         for g in groups {
             g.report(

@@ -16,6 +16,12 @@
 //! This module must never be the reason an event is lost: counting is a relaxed atomic add, with
 //! no lock and no allocation on the data path.
 
+pub mod exporters;
+pub mod histogram;
+pub(crate) mod http;
+pub mod otel;
+pub mod probes;
+pub mod prometheus;
 pub mod recorder;
 
 use std::collections::BTreeMap;
@@ -131,7 +137,7 @@ impl std::fmt::Display for ReasonCode {
 const N_REASONS: usize = ReasonCode::ALL.len();
 
 /// The live counters, shared by every actor and the handle.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Counters {
     pub(crate) emitted: AtomicU64,
     pub(crate) routed_trace: AtomicU64,
@@ -163,6 +169,47 @@ pub struct Counters {
     pub(crate) companion_pending: AtomicI64,
     /// The last events' journeys.
     pub(crate) recorder: recorder::FlightRecorder,
+    /// Every exporter's counters.
+    pub(crate) exporters: exporters::ExporterRegistry,
+    /// From `created_at` to the exporter accepting the event's span.
+    pub(crate) emit_to_export_trace: histogram::Hist,
+    /// From `created_at` to the exporter accepting the event's log record.
+    pub(crate) emit_to_export_metric_log: histogram::Hist,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            emitted: AtomicU64::new(0),
+            routed_trace: AtomicU64::new(0),
+            routed_metric_log: AtomicU64::new(0),
+            delivered_trace: AtomicU64::new(0),
+            delivered_metric_log: AtomicU64::new(0),
+            dropped: Default::default(),
+            degraded: Default::default(),
+            offloaded: AtomicU64::new(0),
+            rehydrated_from_store: AtomicU64::new(0),
+            rehydrated_from_fallback: AtomicU64::new(0),
+            dedup_store_errors: AtomicU64::new(0),
+            handler_restarts: AtomicU64::new(0),
+            processed_metric_log: AtomicU64::new(0),
+            exported_spans: AtomicU64::new(0),
+            exported_log_records: AtomicU64::new(0),
+            exported_metric_points: AtomicU64::new(0),
+            export_batches_ok: AtomicU64::new(0),
+            export_batches_failed: AtomicU64::new(0),
+            sink_spans_failed: AtomicU64::new(0),
+            companion_logs_dropped: AtomicU64::new(0),
+            gateway_pending: AtomicI64::new(0),
+            trace_pending: AtomicI64::new(0),
+            metric_pending: AtomicI64::new(0),
+            companion_pending: AtomicI64::new(0),
+            recorder: recorder::FlightRecorder::default(),
+            exporters: exporters::ExporterRegistry::default(),
+            emit_to_export_trace: histogram::Hist::new(histogram::Unit::Seconds),
+            emit_to_export_metric_log: histogram::Hist::new(histogram::Unit::Seconds),
+        }
+    }
 }
 
 impl Counters {

@@ -135,6 +135,8 @@ pub struct EventRef {
     pub tenant_id: String,
     /// Its case name.
     pub case: String,
+    /// When the host created it (for emit-to-export latency).
+    pub created_at: SystemTime,
 }
 
 impl EventRef {
@@ -145,7 +147,13 @@ impl EventRef {
             correlation_id: env.effective_correlation_id(),
             tenant_id: env.context.tenant_id.clone(),
             case: env.case.as_str().to_owned(),
+            created_at: env.created_at,
         }
+    }
+
+    /// Time since the host created the event.
+    pub fn age(&self) -> std::time::Duration {
+        self.created_at.elapsed().unwrap_or_default()
     }
 }
 
@@ -332,6 +340,7 @@ mod tests {
             correlation_id: cid.into(),
             tenant_id: "t".into(),
             case: "app_created".into(),
+            created_at: SystemTime::now(),
         }
     }
 

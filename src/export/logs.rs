@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::jsonl::JsonlLogExporter;
 use super::sink::classify_otlp_error;
+use crate::diagnostics::exporters::ExporterStats;
 use crate::diagnostics::recorder::{EventRef, Stage};
 use crate::diagnostics::{Counters, ReasonCode};
 
@@ -87,6 +88,7 @@ impl LogBatcher {
     ) -> Self {
         let (tx, mut rx) = mpsc::channel::<LogJob>(settings.capacity);
         let scope: InstrumentationScope = super::mapping::scope();
+        let stats = counters.exporters.register("enterprise", "logs");
         rt.spawn(async move {
             let mut batch: Vec<(Box<SdkLogRecord>, Option<EventRef>)> =
                 Vec::with_capacity(settings.max_batch);
@@ -122,7 +124,15 @@ impl LogBatcher {
                     }
                 }
                 if !batch.is_empty() {
-                    export_batch(&backend, &scope, &mut batch, settings.timeout, &counters).await;
+                    export_batch(
+                        &backend,
+                        &scope,
+                        &mut batch,
+                        settings.timeout,
+                        &counters,
+                        &stats,
+                    )
+                    .await;
                 }
                 for w in flush_waiters.drain(..) {
                     let _ = w.send(());
@@ -150,6 +160,15 @@ impl LogBatcher {
             .map_err(|_| QueueFull)
     }
 
+    /// A reader of (records waiting, capacity) that does not keep the queue open.
+    pub(crate) fn depth_reader(&self) -> crate::diagnostics::probes::QueueReader {
+        let weak = self.tx.downgrade();
+        Box::new(move || {
+            weak.upgrade()
+                .map(|tx| (tx.max_capacity() - tx.capacity(), tx.max_capacity()))
+        })
+    }
+
     /// Waits until every record queued so far is exported (or failed).
     pub(crate) async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
@@ -169,15 +188,18 @@ async fn export_batch(
     batch: &mut Vec<(Box<SdkLogRecord>, Option<EventRef>)>,
     timeout: Duration,
     counters: &Counters,
+    stats: &ExporterStats,
 ) {
     let events = batch.iter().filter(|(_, e)| e.is_some()).count() as u64;
     let n = batch.len() as u64;
     let refs: Vec<(&SdkLogRecord, &InstrumentationScope)> =
         batch.iter().map(|(r, _)| (r.as_ref(), scope)).collect();
+    let started = std::time::Instant::now();
     let result = match tokio::time::timeout(timeout, backend.export(LogBatch::new(&refs))).await {
         Ok(r) => r.map_err(|e| classify_otlp_error(e.to_string()).reason()),
         Err(_) => Err(ReasonCode::ExportFailed),
     };
+    stats.record_call(n, result.is_ok(), started.elapsed());
     drop(refs);
     let companions = n - events;
     match result {
@@ -186,6 +208,7 @@ async fn export_batch(
             Counters::add(&counters.export_batches_ok, 1);
             Counters::add(&counters.delivered_metric_log, events);
             for ev in batch.iter().filter_map(|(_, e)| e.as_ref()) {
+                counters.emit_to_export_metric_log.record_duration(ev.age());
                 counters.step(ev, Stage::Exported, Some("enterprise logs"));
                 counters.step(ev, Stage::Delivered, None);
             }

@@ -17,6 +17,7 @@ use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
 use opentelemetry_sdk::metrics::Temporality;
 
 use super::jsonl::JsonlMetricExporter;
+use crate::diagnostics::exporters::ExporterStats;
 use crate::diagnostics::Counters;
 
 /// Polls `fut` inside the context of a tokio runtime.
@@ -57,6 +58,7 @@ pub(crate) enum MetricBackend {
 pub(crate) struct CountingMetricExporter {
     backend: MetricBackend,
     counters: Arc<Counters>,
+    stats: Arc<ExporterStats>,
     rt: tokio::runtime::Handle,
 }
 
@@ -66,9 +68,11 @@ impl CountingMetricExporter {
         counters: Arc<Counters>,
         rt: tokio::runtime::Handle,
     ) -> Self {
+        let stats = counters.exporters.register("enterprise", "metrics");
         CountingMetricExporter {
             backend,
             counters,
+            stats,
             rt,
         }
     }
@@ -99,10 +103,12 @@ pub(crate) fn count_points(metrics: &ResourceMetrics) -> u64 {
 impl PushMetricExporter for CountingMetricExporter {
     async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
         let n = count_points(metrics);
+        let started = std::time::Instant::now();
         let result = match &self.backend {
             MetricBackend::Otlp(e) => InRuntime::new(self.rt.clone(), e.export(metrics)).await,
             MetricBackend::Jsonl(e) => e.export(metrics).await,
         };
+        self.stats.record_call(n, result.is_ok(), started.elapsed());
         match &result {
             Ok(()) => {
                 Counters::add(&self.counters.exported_metric_points, n);

@@ -20,6 +20,7 @@ use futures::future::BoxFuture;
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use tokio::sync::mpsc;
 
+use crate::diagnostics::exporters::ExporterStats;
 use crate::diagnostics::recorder::{EventRef, Stage};
 use crate::diagnostics::{Counters, ReasonCode};
 
@@ -186,6 +187,7 @@ impl GroupTracker {
             if self.any_ok.load(Ordering::Acquire) {
                 Counters::add(&self.counters.delivered_trace, n);
                 for ev in &self.events {
+                    self.counters.emit_to_export_trace.record_duration(ev.age());
                     rec.record(ev, Stage::Delivered, None, None);
                 }
             } else {
@@ -218,6 +220,7 @@ pub(crate) enum SinkJob {
 pub(crate) struct SinkWorker {
     pub(crate) name: Arc<str>,
     tx: mpsc::Sender<SinkJob>,
+    pub(crate) stats: Arc<ExporterStats>,
 }
 
 impl SinkWorker {
@@ -232,15 +235,19 @@ impl SinkWorker {
         let (tx, mut rx) = mpsc::channel::<SinkJob>(queue_batches);
         let name: Arc<str> = Arc::from(sink.name());
         let name_for_reports = name.clone();
+        let stats = counters.exporters.register(&name, "traces");
+        let worker_stats = stats.clone();
         rt.spawn(async move {
             while let Some(job) = rx.recv().await {
                 match job {
                     SinkJob::Export { spans, groups } => {
                         let n = spans.len() as u64;
+                        let started = std::time::Instant::now();
                         let result = match tokio::time::timeout(timeout, sink.export(spans)).await {
                             Ok(r) => r,
                             Err(_) => Err(SinkError::Timeout(timeout)),
                         };
+                        worker_stats.record_call(n, result.is_ok(), started.elapsed());
                         match &result {
                             Ok(()) => {
                                 Counters::add(&counters.exported_spans, n);
@@ -262,7 +269,16 @@ impl SinkWorker {
             }
             let _ = sink.shutdown();
         });
-        SinkWorker { name, tx }
+        SinkWorker { name, tx, stats }
+    }
+
+    /// A reader of (batches waiting, capacity) that does not keep the queue open.
+    pub(crate) fn depth_reader(&self) -> crate::diagnostics::probes::QueueReader {
+        let weak = self.tx.downgrade();
+        Box::new(move || {
+            weak.upgrade()
+                .map(|tx| (tx.max_capacity() - tx.capacity(), tx.max_capacity()))
+        })
     }
 
     /// Queues a job without waiting; a full queue gives the job back.

@@ -1,0 +1,143 @@
+//! Per-exporter statistics: what each destination accepted, failed and lost, how long its calls
+//! take, and how long it has been failing (which `/readyz` uses).
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use super::histogram::{Hist, HistSnapshot, Unit};
+
+/// Counters of one exporter (the enterprise exporter of one signal, or one tenant sink).
+#[derive(Debug)]
+pub struct ExporterStats {
+    name: Arc<str>,
+    signal: &'static str,
+    batches_ok: AtomicU64,
+    batches_failed: AtomicU64,
+    items_ok: AtomicU64,
+    items_failed: AtomicU64,
+    items_queue_full: AtomicU64,
+    failing_since: Mutex<Option<Instant>>,
+    latency: Hist,
+    batch_size: Hist,
+}
+
+/// A copy of one exporter's counters.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExporterSnapshot {
+    /// `enterprise` or the sink's name.
+    pub name: String,
+    /// `traces`, `logs` or `metrics`.
+    pub signal: &'static str,
+    /// Export calls that succeeded.
+    pub batches_ok: u64,
+    /// Export calls that failed (after the exporter's own retries).
+    pub batches_failed: u64,
+    /// Items (spans, log records, metric points) accepted.
+    pub items_ok: u64,
+    /// Items in failed calls.
+    pub items_failed: u64,
+    /// Items that never reached the exporter because its queue was full.
+    pub items_queue_full: u64,
+    /// How long every call has been failing, if the last one failed.
+    pub failing_for_secs: Option<f64>,
+    /// Duration of export calls.
+    pub latency: HistSnapshot,
+    /// Items per export call.
+    pub batch_size: HistSnapshot,
+}
+
+impl ExporterStats {
+    fn new(name: &str, signal: &'static str) -> Self {
+        ExporterStats {
+            name: Arc::from(name),
+            signal,
+            batches_ok: AtomicU64::new(0),
+            batches_failed: AtomicU64::new(0),
+            items_ok: AtomicU64::new(0),
+            items_failed: AtomicU64::new(0),
+            items_queue_full: AtomicU64::new(0),
+            failing_since: Mutex::new(None),
+            latency: Hist::new(Unit::Seconds),
+            batch_size: Hist::new(Unit::Count),
+        }
+    }
+
+    /// One export call of `items` that took `elapsed`.
+    pub fn record_call(&self, items: u64, ok: bool, elapsed: Duration) {
+        self.latency.record_duration(elapsed);
+        self.batch_size.record_count(items);
+        if ok {
+            self.batches_ok.fetch_add(1, Relaxed);
+            self.items_ok.fetch_add(items, Relaxed);
+            *self.failing_since.lock() = None;
+        } else {
+            self.batches_failed.fetch_add(1, Relaxed);
+            self.items_failed.fetch_add(items, Relaxed);
+            self.failing_since.lock().get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// `items` lost because this exporter's queue was full.
+    pub fn record_queue_full(&self, items: u64) {
+        self.items_queue_full.fetch_add(items, Relaxed);
+    }
+
+    /// How long every call has been failing, if the last one failed.
+    pub fn failing_for(&self) -> Option<Duration> {
+        self.failing_since.lock().map(|t| t.elapsed())
+    }
+
+    /// A copy of the counters.
+    pub fn snapshot(&self) -> ExporterSnapshot {
+        ExporterSnapshot {
+            name: self.name.to_string(),
+            signal: self.signal,
+            batches_ok: self.batches_ok.load(Relaxed),
+            batches_failed: self.batches_failed.load(Relaxed),
+            items_ok: self.items_ok.load(Relaxed),
+            items_failed: self.items_failed.load(Relaxed),
+            items_queue_full: self.items_queue_full.load(Relaxed),
+            failing_for_secs: self.failing_for().map(|d| d.as_secs_f64()),
+            latency: self.latency.snapshot(),
+            batch_size: self.batch_size.snapshot(),
+        }
+    }
+}
+
+/// Every exporter of the gateway. Registration happens at start (and, later, when a sink is
+/// added at runtime); reads take a short lock.
+#[derive(Debug, Default)]
+pub struct ExporterRegistry {
+    exporters: Mutex<Vec<Arc<ExporterStats>>>,
+}
+
+impl ExporterRegistry {
+    /// Registers an exporter and returns its counters.
+    pub fn register(&self, name: &str, signal: &'static str) -> Arc<ExporterStats> {
+        let s = Arc::new(ExporterStats::new(name, signal));
+        self.exporters.lock().push(s.clone());
+        s
+    }
+
+    /// Every exporter's counters.
+    pub fn snapshot(&self) -> Vec<ExporterSnapshot> {
+        self.exporters.lock().iter().map(|e| e.snapshot()).collect()
+    }
+
+    /// Exporters whose every call has failed for at least `window`.
+    pub fn failing_longer_than(&self, window: Duration) -> Vec<(String, &'static str, Duration)> {
+        self.exporters
+            .lock()
+            .iter()
+            .filter_map(|e| {
+                e.failing_for()
+                    .filter(|d| *d >= window)
+                    .map(|d| (e.name.to_string(), e.signal, d))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,155 @@
+//! One place that can read everything about the running gateway: the ledger, queue depths,
+//! exporters, histograms, the flight recorder and readiness. The handle's `diagnostics()`, the
+//! HTTP endpoint and the OTel self-metrics all read through it, so the three views agree.
+//!
+//! It holds no handle to the gateway (only shared counters and weak queue senders), so serving
+//! diagnostics never keeps the gateway alive nor runs its shutdown.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::exporters::ExporterSnapshot;
+use super::histogram::HistSnapshot;
+use super::{Counters, StatsSnapshot};
+
+/// Reads a queue's (depth, capacity).
+pub(crate) type QueueReader = Box<dyn Fn() -> Option<(usize, usize)> + Send + Sync>;
+
+/// One bounded queue's fill level.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueueSnapshot {
+    /// `gateway`, `trace`, `metric_log`, `logs`, or `sink:<name>`.
+    pub name: String,
+    /// Items waiting.
+    pub depth: usize,
+    /// The queue's bound.
+    pub capacity: usize,
+}
+
+/// Whether the gateway is alive and ready, and why not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Readiness {
+    /// The actor system is running.
+    pub live: bool,
+    /// Live, not shutting down, every handler up, no exporter in sustained failure.
+    pub ready: bool,
+    /// Why not ready (empty when ready).
+    pub reasons: Vec<String>,
+}
+
+/// Emit-to-export latency per signal.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EmitToExport {
+    /// Trace events: `created_at` to the first destination accepting the span.
+    pub trace: HistSnapshot,
+    /// Metric/log events: `created_at` to the exporter accepting the log record.
+    pub metric_log: HistSnapshot,
+}
+
+/// Everything the gateway knows about itself, at one moment.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DiagnosticsSnapshot {
+    /// The event ledger.
+    pub stats: StatsSnapshot,
+    /// Every bounded queue.
+    pub queues: Vec<QueueSnapshot>,
+    /// Every exporter.
+    pub exporters: Vec<ExporterSnapshot>,
+    /// Emit-to-export latency.
+    pub emit_to_export: EmitToExport,
+    /// Journeys held by the flight recorder.
+    pub recorder_journeys: usize,
+    /// Journeys evicted from the flight recorder so far.
+    pub recorder_evicted: u64,
+    /// Liveness and readiness.
+    pub readiness: Readiness,
+}
+
+/// The readers behind [`DiagnosticsSnapshot`].
+pub(crate) struct Probes {
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) queues: Vec<(String, QueueReader)>,
+    pub(crate) closed: Arc<dyn Fn() -> bool + Send + Sync>,
+    pub(crate) live: Arc<AtomicBool>,
+    pub(crate) handlers_up: Box<dyn Fn() -> (usize, usize) + Send + Sync>,
+    pub(crate) unready_after: Duration,
+}
+
+impl std::fmt::Debug for Probes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Probes")
+            .field("queues", &self.queues.len())
+            .finish()
+    }
+}
+
+impl Probes {
+    /// Liveness and readiness, with reasons.
+    pub(crate) fn readiness(&self) -> Readiness {
+        let live = self.live.load(Ordering::SeqCst);
+        let mut reasons = Vec::new();
+        if !live {
+            reasons.push("actor system is not running".to_owned());
+        }
+        if (self.closed)() {
+            reasons.push("shutting down".to_owned());
+        }
+        let (up, total) = (self.handlers_up)();
+        if up < total {
+            reasons.push(format!(
+                "{} of {total} metric handlers are down",
+                total - up
+            ));
+        }
+        for (name, signal, d) in self
+            .counters
+            .exporters
+            .failing_longer_than(self.unready_after)
+        {
+            reasons.push(format!(
+                "exporter {name} ({signal}) failing for {}s",
+                d.as_secs()
+            ));
+        }
+        Readiness {
+            live,
+            ready: reasons.is_empty(),
+            reasons,
+        }
+    }
+
+    /// Every queue's fill level (a queue already closed is left out).
+    pub(crate) fn queues(&self) -> Vec<QueueSnapshot> {
+        self.queues
+            .iter()
+            .filter_map(|(name, read)| {
+                read().map(|(depth, capacity)| QueueSnapshot {
+                    name: name.clone(),
+                    depth,
+                    capacity,
+                })
+            })
+            .collect()
+    }
+
+    /// The whole snapshot.
+    pub(crate) fn snapshot(&self) -> DiagnosticsSnapshot {
+        let c = &self.counters;
+        let (recorder_journeys, recorder_evicted) = c.recorder.usage();
+        DiagnosticsSnapshot {
+            stats: c.snapshot(),
+            queues: self.queues(),
+            exporters: c.exporters.snapshot(),
+            emit_to_export: EmitToExport {
+                trace: c.emit_to_export_trace.snapshot(),
+                metric_log: c.emit_to_export_metric_log.snapshot(),
+            },
+            recorder_journeys,
+            recorder_evicted,
+            readiness: self.readiness(),
+        }
+    }
+}
