@@ -33,6 +33,8 @@
 //! - [`transport`]: the seam between the gateway and the handler pool.
 //! - [`payload_store`]: offload and read-back of large payloads, with ref validation.
 //! - [`export`]: OTLP and JSON lines exporters, trace sinks, the case mapping.
+//! - [`redaction`]: the `Redactor`: deny-listed keys and secret-looking values never leave the
+//!   process.
 //! - [`diagnostics`]: reason codes and the ledger of counters.
 //! - `testing` (feature `testing`): an in-test OTLP receiver and a `redis-server` guard.
 
@@ -45,6 +47,7 @@ pub mod correlation;
 pub mod diagnostics;
 pub mod export;
 pub mod payload_store;
+pub mod redaction;
 pub mod routing;
 pub mod runtime;
 pub mod transport;

@@ -16,6 +16,11 @@
 //! With `export.include_content = false` the user-content fields ([`CONTENT_FIELDS`]) are
 //! replaced by a reference string `ref:{tenant_id}/{event_id}#{field}` before they reach any
 //! span, log or sink.
+//!
+//! Every payload field that becomes an attribute goes through the [`Redactor`] first (a denied
+//! key's value becomes the replacement; strings lose the parts matching a secret pattern;
+//! objects and arrays are redacted before they are serialized), and so does the error text that
+//! becomes a span status or a log body. Redaction always comes before truncation.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -33,6 +38,7 @@ use serde_json::Value as Json;
 
 use crate::contracts::{JsonObject, Payload, TelemetryCase, TelemetryEnvelope};
 use crate::diagnostics::ReasonCode;
+use crate::redaction::Redactor;
 use crate::routing::RoutingTable;
 
 /// Payload fields that hold user content, redacted when `export.include_content = false`.
@@ -191,6 +197,8 @@ pub(crate) struct Mapper {
     degraded_event: &'static str,
     instruments: Instruments,
     scope: InstrumentationScope,
+    /// Applied to every payload value before it becomes an attribute, a status or a body.
+    redactor: Redactor,
 }
 
 fn span_suffix(case: &TelemetryCase) -> String {
@@ -216,6 +224,7 @@ impl Mapper {
         include_content: bool,
         table: &RoutingTable,
         meter: &Meter,
+        redactor: Redactor,
     ) -> Self {
         let names = table
             .rows()
@@ -236,6 +245,7 @@ impl Mapper {
             degraded_event: leak(format!("{ns}.event.degraded")),
             instruments: Instruments::new(meter, ns),
             scope: scope(),
+            redactor,
         }
     }
 
@@ -289,6 +299,12 @@ impl Mapper {
                     ));
                     continue;
                 }
+                if self.redactor.key_denied(k) {
+                    if !v.is_null() {
+                        a.push(KeyValue::new(key, self.redactor.replacement().to_owned()));
+                    }
+                    continue;
+                }
                 match v {
                     Json::Null => {}
                     Json::Bool(b) => a.push(KeyValue::new(key, *b)),
@@ -296,8 +312,14 @@ impl Mapper {
                         Some(i) => a.push(KeyValue::new(key, i)),
                         None => a.push(KeyValue::new(key, n.as_f64().unwrap_or(0.0))),
                     },
-                    Json::String(s) => a.push(KeyValue::new(key, truncate(s))),
-                    other => a.push(KeyValue::new(key, truncate(&other.to_string()))),
+                    Json::String(s) => a.push(KeyValue::new(
+                        key,
+                        truncate(&self.redactor.redact_str(k, s)),
+                    )),
+                    other => a.push(KeyValue::new(
+                        key,
+                        truncate(&self.redactor.redacted_json(k, other).to_string()),
+                    )),
                 }
             }
         }
@@ -311,7 +333,7 @@ impl Mapper {
         let start = duration_of(payload)
             .and_then(|d| end.checked_sub(d))
             .unwrap_or(end);
-        let status = match error_of(payload) {
+        let status = match self.error_of(payload) {
             Some(msg) => Status::error(msg),
             None => Status::Ok,
         };
@@ -349,7 +371,7 @@ impl Mapper {
     ) -> SdkLogRecord {
         let mut r = logger.create_log_record();
         let names = self.names(&env.case);
-        let failed = error_of(payload);
+        let failed = self.error_of(payload);
         r.set_event_name(if degraded.is_some() {
             self.degraded_event
         } else {
@@ -367,7 +389,13 @@ impl Mapper {
         let body = match (&degraded, &failed) {
             (Some(reason), _) => format!("{} event degraded: {reason}", env.case),
             (None, Some(err)) => format!("{} failed: {}", env.case, truncate(err)),
-            _ => format!("{} {}", env.case, status_of(payload).unwrap_or("recorded")),
+            _ => format!(
+                "{} {}",
+                env.case,
+                status_of(payload).map_or(Cow::Borrowed("recorded"), |s| self
+                    .redactor
+                    .redact_str("status", s))
+            ),
         };
         r.set_body(AnyValue::from(body));
         let ids = ResolvedIds::of(env);
@@ -381,6 +409,14 @@ impl Mapper {
                 .map(|kv| (kv.key, value_to_any(kv.value))),
         );
         r
+    }
+
+    /// The failure message of a payload, redacted: it becomes a span status and a log body.
+    fn error_of(&self, payload: Option<&JsonObject>) -> Option<String> {
+        error_of(payload).map(|e| match self.redactor.redact_str("error", &e) {
+            Cow::Borrowed(_) => e,
+            Cow::Owned(r) => r,
+        })
     }
 
     /// The metric updates of an event.

@@ -37,6 +37,7 @@ use opentelemetry_sdk::Resource;
 use crate::actors::ExportHandles;
 use crate::config::{GatewayConfig, OtlpProtocol, SinkKind, SinkSection};
 use crate::diagnostics::Counters;
+use crate::redaction::{RedactionError, Redactor};
 use crate::routing::RoutingTable;
 use jsonl::{JsonlLogExporter, JsonlMetricExporter, JsonlTraceSink, JsonlWriter};
 use logs::{LogBackend, LogBatcher, LogBatcherSettings};
@@ -71,6 +72,14 @@ pub enum ExportBuildError {
     /// The export runtime could not start.
     #[error("cannot start the export runtime: {0}")]
     Runtime(String),
+    /// The `[redaction]` settings could not be compiled.
+    #[error("cannot build the redactor: {error}")]
+    Redaction {
+        /// The config key at fault (`redaction.patterns[1]`...).
+        key: String,
+        /// The redactor's error (it names the key too).
+        error: RedactionError,
+    },
 }
 
 /// A community sink and which events it takes.
@@ -203,6 +212,12 @@ impl ExportPipeline {
         counters: Arc<Counters>,
         extra_sinks: Vec<(String, Option<String>, Arc<dyn TraceSink>)>,
     ) -> Result<Self, ExportBuildError> {
+        // Compiled before anything starts, so a bad pattern fails the build cheaply.
+        let redactor =
+            Redactor::from_config(&cfg.redaction).map_err(|error| ExportBuildError::Redaction {
+                key: error.key().to_owned(),
+                error,
+            })?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("telemetry-gateway-export")
@@ -309,6 +324,7 @@ impl ExportPipeline {
             cfg.export.include_content,
             table,
             &meter,
+            redactor,
         );
         let logger_provider = SdkLoggerProvider::builder().with_resource(resource).build();
         let logger = logger_provider.logger("telemetry-gateway");
