@@ -34,6 +34,7 @@
 //! - [`payload_store`]: offload and read-back of large payloads, with ref validation.
 //! - [`export`]: OTLP and JSON lines exporters, trace sinks, the case mapping.
 //! - [`diagnostics`]: reason codes and the ledger of counters.
+//! - [`logging`]: the gateway's own log lines: `sanitize`, the warning rate limiter, `init`.
 //! - `testing` (feature `testing`): an in-test OTLP receiver and a `redis-server` guard.
 
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
@@ -44,6 +45,7 @@ pub mod contracts;
 pub mod correlation;
 pub mod diagnostics;
 pub mod export;
+pub mod logging;
 pub mod payload_store;
 pub mod routing;
 pub mod runtime;

@@ -135,7 +135,13 @@ impl GatewayActor {
         if self.offloads_in_flight >= self.max_offloads {
             self.counters()
                 .degraded(ReasonCode::PayloadOffloadFailed, 1);
-            tracing::warn!(event_id = %env.event_id, "payload offload saturated; payload kept inline");
+            crate::logging::warn_limited("payload offload saturated; payload kept inline", || {
+                tracing::warn!(
+                    event_id = %env.event_id,
+                    correlation_id = %crate::logging::sanitize(&env.effective_correlation_id()),
+                    "payload offload saturated; payload kept inline"
+                )
+            });
             return self.forward(env, signal, ent);
         }
         let Payload::Inline(obj) = &env.payload else {
@@ -162,7 +168,14 @@ impl GatewayActor {
                 }
                 Err(e) => {
                     act.shared.counters.degraded(ReasonCode::PayloadOffloadFailed, 1);
-                    tracing::warn!(event_id = %env.event_id, error = %e, "payload offload failed; payload kept inline");
+                    crate::logging::warn_limited("payload offload failed; payload kept inline", || {
+                        tracing::warn!(
+                            event_id = %env.event_id,
+                            correlation_id = %crate::logging::sanitize(&env.effective_correlation_id()),
+                            error = %crate::logging::sanitize(&e.to_string()),
+                            "payload offload failed; payload kept inline"
+                        )
+                    });
                 }
             }
             act.forward(env, signal, ent);

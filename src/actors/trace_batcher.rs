@@ -189,7 +189,13 @@ fn send_job(
         // This sink's copy is lost; the events may still be delivered by another destination,
         // so the sink's loss is counted on its own.
         Counters::add(&counters.sink_spans_failed, n);
-        tracing::warn!(sink = %worker.name, spans = n, "sink queue full; batch dropped for this sink");
+        crate::logging::warn_limited("sink queue full; batch dropped for this sink", || {
+            tracing::warn!(
+                sink = %crate::logging::sanitize(&worker.name),
+                spans = n,
+                "sink queue full; batch dropped for this sink"
+            )
+        });
         for g in groups {
             g.report(Err(ReasonCode::QueueFull));
         }

@@ -190,7 +190,10 @@ async fn export_batch(
             Counters::add(&counters.export_batches_failed, 1);
             counters.dropped(reason, events);
             Counters::add(&counters.companion_logs_dropped, companions);
-            tracing::warn!(records = n, events, reason = %reason, "log export failed");
+            crate::logging::warn_limited(
+                "log export failed",
+                || tracing::warn!(records = n, events, reason = %reason, "log export failed"),
+            );
         }
     }
     counters.metric_pending_sub(events);

@@ -226,7 +226,14 @@ impl SinkWorker {
                             Err(e) => {
                                 Counters::add(&counters.export_batches_failed, 1);
                                 Counters::add(&counters.sink_spans_failed, n);
-                                tracing::warn!(sink = sink.name(), spans = n, error = %e, "trace sink export failed");
+                                crate::logging::warn_limited("trace sink export failed", || {
+                                    tracing::warn!(
+                                        sink = %crate::logging::sanitize(sink.name()),
+                                        spans = n,
+                                        error = %crate::logging::sanitize(&e.to_string()),
+                                        "trace sink export failed"
+                                    )
+                                });
                             }
                         }
                         let r = result.map_err(|e| e.reason());
