@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
 # The project's test command (README, .ci/run). Works on a fresh Debian machine: installs
-# redis-server when it is missing (the Redis tests start their own server on a free port),
-# then runs every test of every target with all features.
+# redis-server and promtool when missing, then runs every test of every target with all
+# features, then the doctests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v redis-server >/dev/null 2>&1; then
-  echo "scripts/test.sh: redis-server not found; installing it (Debian package redis-server)"
+# redis-server: the Redis tests start their own server on a free port.
+# promtool (Debian package prometheus): validates the /metrics exposition.
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "scripts/test.sh: installing ${missing[*]} (Debian packages)"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
-  # The package may start a system service on 6379; the tests never use it.
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The packages may start system services; the tests never use them.
 fi
 redis-server --version
+promtool --version 2>&1 | head -1
 
 cargo test --all-features --all-targets "$@"
 # Doc examples compile and run too (--all-targets skips doctests).

@@ -36,6 +36,7 @@
 //! - [`redaction`]: the `Redactor`: deny-listed keys and secret-looking values never leave the
 //!   process.
 //! - [`diagnostics`]: reason codes and the ledger of counters.
+//! - [`logging`]: the gateway's own log lines: `sanitize`, the warning rate limiter, `init`.
 //! - `testing` (feature `testing`): an in-test OTLP receiver and a `redis-server` guard.
 
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
@@ -46,6 +47,7 @@ pub mod contracts;
 pub mod correlation;
 pub mod diagnostics;
 pub mod export;
+pub mod logging;
 pub mod payload_store;
 pub mod redaction;
 pub mod routing;

@@ -238,6 +238,10 @@ impl GatewayBuilder {
             .map(|_| DedupActor::new(&cfg.dedup))
             .collect::<Result<Vec<_>, _>>()?;
         let export = ExportPipeline::build(&cfg, &table, counters.clone(), self.sinks)?;
+        crate::logging::set_redactor(export.redactor.clone());
+        crate::logging::set_warn_summary_interval(Duration::from_secs(
+            cfg.logging.warn_summary_interval_secs,
+        ));
         let shared = Arc::new(Shared {
             counters: counters.clone(),
             table,
@@ -757,6 +761,8 @@ impl GatewayHandle {
             elapsed_ms: started.elapsed().as_millis() as u64,
         };
         *inner.final_report.lock() = Some(report.clone());
+        // Repeated warnings still being counted get their summary line now, not never.
+        crate::logging::flush_summaries();
         report
     }
 }

@@ -194,8 +194,10 @@ fn readiness_fails_with_a_reason_while_the_collector_keeps_failing() {
         )
         .unwrap();
         i += 1;
+        // Any failing exporter makes it 503 (logs may cross the window first); wait until the
+        // trace exporter is named too.
         let (status, body) = get(addr, "/readyz");
-        if status == 503 {
+        if status == 503 && body.contains("(traces)") {
             unready = Some(body);
             break;
         }

@@ -133,3 +133,16 @@ fn a_bad_custom_pattern_fails_start_naming_its_key() {
         assert!(err.contains(key), "{patterns:?}: {err}");
     }
 }
+
+#[test]
+fn log_lines_and_recorder_details_are_redacted_after_start() {
+    let (cfg, _d) = support::config();
+    let gw = telemetry_gateway::start(cfg).unwrap();
+    let line = telemetry_gateway::logging::sanitize(
+        "export failed: auth Bearer abcdefghijklmnop rejected for ops@example.com\r\nforged",
+    );
+    assert!(!line.contains("abcdefghijklmnop"), "{line}");
+    assert!(!line.contains("ops@example.com"), "{line}");
+    assert!(!line.contains('\n') && !line.contains('\r'), "{line}");
+    gw.shutdown_blocking(support::DEADLINE);
+}

@@ -147,7 +147,13 @@ impl GatewayActor {
                 ReasonCode::PayloadOffloadFailed,
                 Some("offloads saturated; payload kept inline"),
             );
-            tracing::warn!(event_id = %env.event_id, "payload offload saturated; payload kept inline");
+            crate::logging::warn_limited("payload offload saturated; payload kept inline", || {
+                tracing::warn!(
+                    event_id = %env.event_id,
+                    correlation_id = %crate::logging::sanitize(&env.effective_correlation_id()),
+                    "payload offload saturated; payload kept inline"
+                )
+            });
             return self.forward(env, ev, signal, ent);
         }
         let Payload::Inline(obj) = &env.payload else {
@@ -179,7 +185,14 @@ impl GatewayActor {
                         ReasonCode::PayloadOffloadFailed,
                         Some(&e.to_string()),
                     );
-                    tracing::warn!(event_id = %env.event_id, error = %e, "payload offload failed; payload kept inline");
+                    crate::logging::warn_limited("payload offload failed; payload kept inline", || {
+                        tracing::warn!(
+                            event_id = %env.event_id,
+                            correlation_id = %crate::logging::sanitize(&env.effective_correlation_id()),
+                            error = %crate::logging::sanitize(&e.to_string()),
+                            "payload offload failed; payload kept inline"
+                        )
+                    });
                 }
             }
             act.forward(env, ev, signal, ent);

@@ -19,8 +19,8 @@ use uuid::Uuid;
 
 use super::ReasonCode;
 
-/// The longest detail string kept per step, in bytes.
-pub const MAX_DETAIL_BYTES: usize = 200;
+/// The longest detail string kept per step, in bytes (plus an ellipsis when cut).
+pub const MAX_DETAIL_BYTES: usize = crate::logging::MAX_LOG_VALUE_BYTES;
 
 /// What happened to an event at one step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -182,19 +182,10 @@ impl Default for FlightRecorder {
     }
 }
 
+/// Details go through the same sanitizer as log lines: secrets redacted, line breaks and control
+/// characters removed, length bounded.
 fn clip(detail: &str) -> String {
-    let clean: String = detail
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if clean.len() <= MAX_DETAIL_BYTES {
-        return clean;
-    }
-    let mut end = MAX_DETAIL_BYTES;
-    while !clean.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &clean[..end])
+    crate::logging::sanitize(detail).into_owned()
 }
 
 impl FlightRecorder {
@@ -395,6 +386,6 @@ mod tests {
         r.record(&ev(1, "c"), Stage::ExportFailed, None, Some(&long));
         let d = r.explain("c").journeys[0].steps[0].detail.clone().unwrap();
         assert!(!d.contains('\n') && !d.contains('\r'));
-        assert!(d.len() <= MAX_DETAIL_BYTES + '…'.len_utf8());
+        assert!(d.len() <= MAX_DETAIL_BYTES + crate::logging::TRUNCATION_MARKER.len());
     }
 }

@@ -219,7 +219,10 @@ async fn export_batch(
                 counters.drop_event(ev, reason, Some("enterprise log export"));
             }
             Counters::add(&counters.companion_logs_dropped, companions);
-            tracing::warn!(records = n, events, reason = %reason, "log export failed");
+            crate::logging::warn_limited(
+                "log export failed",
+                || tracing::warn!(records = n, events, reason = %reason, "log export failed"),
+            );
         }
     }
     counters.metric_pending_sub(events);

@@ -116,7 +116,13 @@ impl PushMetricExporter for CountingMetricExporter {
             }
             Err(e) => {
                 Counters::add(&self.counters.export_batches_failed, 1);
-                tracing::warn!(points = n, error = %e, "metric export failed");
+                crate::logging::warn_limited("metric export failed", || {
+                    tracing::warn!(
+                        points = n,
+                        error = %crate::logging::sanitize(&e.to_string()),
+                        "metric export failed"
+                    )
+                });
             }
         }
         result

@@ -97,6 +97,8 @@ pub(crate) struct ExportPipeline {
     pub(crate) meter_provider: SdkMeterProvider,
     pub(crate) logger_provider: SdkLoggerProvider,
     pub(crate) handles: Arc<ExportHandles>,
+    /// Applied by the log sanitizer and the flight recorder too.
+    pub(crate) redactor: Redactor,
 }
 
 fn with_signal_path(endpoint: &str, path: &str) -> String {
@@ -324,7 +326,7 @@ impl ExportPipeline {
             cfg.export.include_content,
             table,
             &meter,
-            redactor,
+            redactor.clone(),
         );
         let logger_provider = SdkLoggerProvider::builder().with_resource(resource).build();
         let logger = logger_provider.logger("telemetry-gateway");
@@ -333,6 +335,7 @@ impl ExportPipeline {
             rt,
             meter_provider,
             logger_provider,
+            redactor,
             handles: Arc::new(ExportHandles {
                 main_sink,
                 community,

@@ -256,11 +256,25 @@ impl SinkWorker {
                             Err(e) => {
                                 Counters::add(&counters.export_batches_failed, 1);
                                 Counters::add(&counters.sink_spans_failed, n);
-                                tracing::warn!(sink = sink.name(), spans = n, error = %e, "trace sink export failed");
+                                crate::logging::warn_limited("trace sink export failed", || {
+                                    tracing::warn!(
+                                        sink = %crate::logging::sanitize(sink.name()),
+                                        spans = n,
+                                        error = %crate::logging::sanitize(&e.to_string()),
+                                        "trace sink export failed"
+                                    )
+                                });
                             }
                         }
-                        let error = result.as_ref().err().map(|e| e.to_string()).unwrap_or_default();
-                        let r = result.as_ref().map(|_| ()).map_err(|e| (e.reason(), error.as_str()));
+                        let error = result
+                            .as_ref()
+                            .err()
+                            .map(|e| e.to_string())
+                            .unwrap_or_default();
+                        let r = result
+                            .as_ref()
+                            .map(|_| ())
+                            .map_err(|e| (e.reason(), error.as_str()));
                         for g in groups {
                             g.report(&name_for_reports, r);
                         }
