@@ -175,6 +175,8 @@ pub struct Counters {
     pub(crate) emit_to_export_trace: histogram::Hist,
     /// From `created_at` to the exporter accepting the event's log record.
     pub(crate) emit_to_export_metric_log: histogram::Hist,
+    /// Metrics that hit their cardinality limit (bounded by the number of instruments).
+    pub(crate) metric_overflow: parking_lot::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Default for Counters {
@@ -208,6 +210,7 @@ impl Default for Counters {
             exporters: exporters::ExporterRegistry::default(),
             emit_to_export_trace: histogram::Hist::new(histogram::Unit::Seconds),
             emit_to_export_metric_log: histogram::Hist::new(histogram::Unit::Seconds),
+            metric_overflow: Default::default(),
         }
     }
 }
@@ -221,6 +224,17 @@ impl Counters {
     /// Counts `n` events degraded for `reason` (they still reach a final column).
     pub fn degraded(&self, reason: ReasonCode, n: u64) {
         self.degraded[reason.index()].fetch_add(n, Relaxed);
+    }
+
+    pub(crate) fn note_metric_overflow(&self, metric: String) {
+        let mut set = self.metric_overflow.lock();
+        if !set.contains(&metric) {
+            tracing::warn!(
+                metric = %metric,
+                "metric hit diagnostics.metric_cardinality_limit; further attribute sets go to its overflow series"
+            );
+            set.insert(metric);
+        }
     }
 
     /// The flight recorder.
@@ -349,6 +363,7 @@ impl Counters {
             export_batches_failed: self.export_batches_failed.load(Relaxed),
             sink_spans_failed: self.sink_spans_failed.load(Relaxed),
             companion_logs_dropped: self.companion_logs_dropped.load(Relaxed),
+            metrics_in_overflow: self.metric_overflow.lock().iter().cloned().collect(),
             dropped,
             degraded: by_reason(&self.degraded),
         }
@@ -413,6 +428,9 @@ pub struct StatsSnapshot {
     /// Companion log records of spans that were not exported: log queue full, export failed, or
     /// still queued at the shutdown deadline (their events are accounted by their spans).
     pub companion_logs_dropped: u64,
+    /// Metrics that exceeded `diagnostics.metric_cardinality_limit` distinct attribute sets (the
+    /// excess is aggregated in their `otel.metric.overflow = true` series).
+    pub metrics_in_overflow: Vec<String>,
     /// Dropped events by reason code (only non-zero reasons).
     pub dropped: BTreeMap<String, u64>,
     /// Degraded events by reason code (only non-zero reasons).

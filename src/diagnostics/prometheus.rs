@@ -305,6 +305,18 @@ pub fn render(d: &DiagnosticsSnapshot) -> String {
         d.recorder_evicted,
     );
     o.head(
+        "telemetry_gateway_metric_cardinality_overflow",
+        "gauge",
+        "1 for each metric that exceeded diagnostics.metric_cardinality_limit attribute sets.",
+    );
+    for m in &s.metrics_in_overflow {
+        o.sample(
+            "telemetry_gateway_metric_cardinality_overflow",
+            &[("metric", m)],
+            1.0,
+        );
+    }
+    o.head(
         "telemetry_gateway_ready",
         "gauge",
         "1 when /readyz would answer 200.",

@@ -100,9 +100,40 @@ pub(crate) fn count_points(metrics: &ResourceMetrics) -> u64 {
         .sum()
 }
 
+/// Names of the metrics that have an overflow series (`otel.metric.overflow = true`): more
+/// distinct attribute sets than `diagnostics.metric_cardinality_limit`.
+pub(crate) fn overflowing(metrics: &ResourceMetrics) -> Vec<String> {
+    fn has_overflow<'a>(mut attrs: impl Iterator<Item = &'a opentelemetry::KeyValue>) -> bool {
+        attrs.any(|kv| kv.key.as_str() == "otel.metric.overflow")
+    }
+    fn data_overflows<T>(d: &MetricData<T>) -> bool {
+        match d {
+            MetricData::Gauge(g) => g.data_points().any(|p| has_overflow(p.attributes())),
+            MetricData::Sum(s) => s.data_points().any(|p| has_overflow(p.attributes())),
+            MetricData::Histogram(h) => h.data_points().any(|p| has_overflow(p.attributes())),
+            MetricData::ExponentialHistogram(h) => {
+                h.data_points().any(|p| has_overflow(p.attributes()))
+            }
+        }
+    }
+    metrics
+        .scope_metrics()
+        .flat_map(|s| s.metrics())
+        .filter(|m| match m.data() {
+            AggregatedMetrics::F64(d) => data_overflows(d),
+            AggregatedMetrics::U64(d) => data_overflows(d),
+            AggregatedMetrics::I64(d) => data_overflows(d),
+        })
+        .map(|m| m.name().to_owned())
+        .collect()
+}
+
 impl PushMetricExporter for CountingMetricExporter {
     async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
         let n = count_points(metrics);
+        for name in overflowing(metrics) {
+            self.counters.note_metric_overflow(name);
+        }
         let started = std::time::Instant::now();
         let result = match &self.backend {
             MetricBackend::Otlp(e) => InRuntime::new(self.rt.clone(), e.export(metrics)).await,

@@ -316,9 +316,19 @@ impl ExportPipeline {
         ))
         .with_interval(Duration::from_millis(cfg.otlp.metric_interval_ms))
         .build();
+        // Every instrument keeps at most `diagnostics.metric_cardinality_limit` attribute sets;
+        // the SDK folds the rest into one `otel.metric.overflow = true` series, which the
+        // counting exporter detects and reports (telemetry_gateway_metric_cardinality_overflow).
+        let limit = cfg.diagnostics.metric_cardinality_limit;
         let meter_provider = SdkMeterProvider::builder()
             .with_reader(reader)
             .with_resource(resource.clone())
+            .with_view(move |_: &opentelemetry_sdk::metrics::Instrument| {
+                opentelemetry_sdk::metrics::Stream::builder()
+                    .with_cardinality_limit(limit)
+                    .build()
+                    .ok()
+            })
             .build();
         let meter = meter_provider.meter("telemetry-gateway");
         let mapper = Mapper::new(
