@@ -2,7 +2,7 @@
 //! workload, shut down, and print what happened to every event.
 //!
 //! ```text
-//! cargo run --release --example quickstart [-- --config PATH] [--json]
+//! cargo run --release --example quickstart [-- --config PATH] [--json] [--serve]
 //! ```
 //!
 //! No Redis and no collector are needed: with no `otlp.endpoint` the spans, log records and
@@ -11,6 +11,11 @@
 //! run to a collector. With `--json` the last line of stdout is one JSON object with `emitted`,
 //! `delivered`, `routed`, `exported`, `offloaded`, `deduplicated` and `dropped`, such that
 //! `emitted == delivered + sum(dropped)`.
+//!
+//! With `diagnostics.listen` set (for example
+//! `TELEMETRY_GATEWAY__DIAGNOSTICS__LISTEN=127.0.0.1:9464`) the run serves `/metrics`,
+//! `/readyz` and `/debug/events`; add `--serve` to keep serving after the workload until Ctrl-C,
+//! so you can look around before the summary is printed.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -23,15 +28,18 @@ use uuid::Uuid;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config_path: Option<PathBuf> = None;
     let mut as_json = false;
+    let mut serve = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--json" => as_json = true,
+            "--serve" => serve = true,
             "--config" => config_path = args.next().map(PathBuf::from),
             other => {
-                return Err(
-                    format!("unknown argument {other:?} (use --config PATH, --json)").into(),
+                return Err(format!(
+                    "unknown argument {other:?} (use --config PATH, --json, --serve)"
                 )
+                .into())
             }
         }
     }
@@ -141,19 +149,41 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     // An enterprise-only case while the enterprise exporter is off: dropped, counted.
     gateway.set_enterprise_enabled(false);
-    emit(
-        TelemetryEnvelope::new(
-            TelemetryCase::PromptGeneration,
-            TelemetryContext::tenant("acme"),
-        )
-        .with_payload(json!({"total_tokens": 80})),
-    );
+    let off_case = TelemetryEnvelope::new(
+        TelemetryCase::PromptGeneration,
+        TelemetryContext::tenant("acme"),
+    )
+    .with_payload(json!({"total_tokens": 80}));
+    let off_case_id = off_case.event_id.to_string();
+    emit(off_case);
     gateway.set_enterprise_enabled(true);
     // An event that fails validation: refused at emit(), counted.
     emit(TelemetryEnvelope::new(
         TelemetryCase::AppCreated,
         TelemetryContext::tenant(""),
     ));
+
+    // Where to look while it runs.
+    let diagnostics = gateway.diagnostics_addr();
+    if serve {
+        let Some(addr) = diagnostics else {
+            return Err("--serve needs diagnostics.listen (for example \
+                        TELEMETRY_GATEWAY__DIAGNOSTICS__LISTEN=127.0.0.1:9464)"
+                .into());
+        };
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while gateway.stats().in_flight > 0 && std::time::Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        println!("serving diagnostics on http://{addr} until Ctrl-C:");
+        println!("  curl http://{addr}/metrics");
+        println!("  curl http://{addr}/readyz");
+        println!("  curl http://{addr}/debug/events/{off_case_id}");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(tokio::signal::ctrl_c())?;
+    }
 
     let report = gateway.shutdown_blocking(Duration::from_secs(10));
     let s = &report.stats;
@@ -173,6 +203,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "degraded": s.degraded,
         "refused_at_emit": refused,
         "balanced": s.emitted == s.delivered + dropped_total,
+        "explained": {"event_id": off_case_id,
+                      "reason": why_reason(&gateway, &off_case_id)},
         "output": output,
     });
     assert_eq!(s.emitted, emitted, "the gateway counted every emit() call");
@@ -204,6 +236,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     );
     println!("  output       {output}");
+    // Why was an event not delivered? The flight recorder knows.
+    println!(
+        "  explain      {off_case_id}: dropped ({})",
+        why_reason(&gateway, &off_case_id).unwrap_or("not recorded")
+    );
+    match diagnostics {
+        Some(addr) => println!(
+            "  look         http://{addr}/metrics, http://{addr}/debug/events/<event id>"
+        ),
+        None => println!(
+            "  look         handle.explain(<event id>); set diagnostics.listen to serve /metrics and /debug/events"
+        ),
+    }
     if as_json {
         println!("{summary}");
     }
@@ -211,4 +256,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// The reason code that ended an event's journey, from the flight recorder.
+fn why_reason(gateway: &telemetry_gateway::GatewayHandle, id: &str) -> Option<&'static str> {
+    gateway
+        .explain(id)
+        .journeys
+        .first()
+        .and_then(|j| j.outcome())
+        .and_then(|o| o.reason)
+        .map(|r| r.as_str())
 }

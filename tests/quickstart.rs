@@ -133,3 +133,61 @@ fn the_quickstart_exports_to_a_collector_set_in_a_config_file() {
     });
     assert!(ok, "spans at the collector: {}", r.spans.len());
 }
+
+#[test]
+fn the_quickstart_serves_diagnostics_until_interrupted() {
+    use std::io::{BufRead, BufReader, Read as _, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(quickstart_bin())
+        .args(["--json", "--serve"])
+        .env("TELEMETRY_GATEWAY__DIAGNOSTICS__LISTEN", "127.0.0.1:0")
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    let mut addr = None;
+    let mut explain_path = None;
+    for _ in 0..200 {
+        let mut l = String::new();
+        if out.read_line(&mut l).unwrap() == 0 {
+            break;
+        }
+        if let Some(rest) = l.trim().strip_prefix("serving diagnostics on http://") {
+            addr = rest.split_whitespace().next().map(str::to_owned);
+        }
+        if let Some(p) = l.trim().split_once("/debug/events/") {
+            explain_path = Some(format!("/debug/events/{}", p.1.trim()));
+            lines.push(l);
+            break;
+        }
+        lines.push(l);
+    }
+    let addr = addr.unwrap_or_else(|| panic!("no serving line in {lines:?}"));
+    let get = |path: &str| {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).unwrap();
+        raw
+    };
+    assert!(get("/metrics").contains("telemetry_gateway_events_emitted_total 529"));
+    assert!(get(&explain_path.unwrap()).contains("enterprise_disabled"));
+    // Ctrl-C: the run shuts down and prints its summary.
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    assert!(child.wait().unwrap().success());
+    let summary: serde_json::Value = serde_json::from_str(rest.lines().last().unwrap()).unwrap();
+    check_ledger(&summary);
+    assert_eq!(summary["explained"]["reason"], "enterprise_disabled");
+}

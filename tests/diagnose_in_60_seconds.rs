@@ -1,0 +1,197 @@
+//! The "diagnose in 60 seconds" walkthrough of docs/operations.md, done by a program: for three
+//! failures, start from an event id (or the action's correlation id) and find the reason using
+//! only the diagnostics endpoint, as an operator with `curl` would.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use telemetry_gateway::testing::OtlpReceiver;
+use telemetry_gateway::transport::{
+    EnvelopeSource, InProcessTransport, MetricTransport, TransportError,
+};
+use telemetry_gateway::{
+    GatewayBuilder, GatewayConfig, Payload, TelemetryCase, TelemetryContext, TelemetryEnvelope,
+};
+
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let status = raw
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (
+        status,
+        raw.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default(),
+    )
+}
+
+/// Step 1 of the walkthrough: `GET /debug/events/<id>`; step 2: read the last step's reason.
+fn reason_of(addr: SocketAddr, id: &str) -> (String, Value) {
+    let (status, body) = get(addr, &format!("/debug/events/{id}"));
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let steps = v["journeys"][0]["steps"].as_array().unwrap().clone();
+    let reason = steps
+        .iter()
+        .rev()
+        .find_map(|s| s["reason"].as_str())
+        .unwrap_or("none")
+        .to_owned();
+    (reason, v)
+}
+
+/// Step 3: the same reason is counted in `/metrics`, so a dashboard shows how often it happens.
+fn counted(addr: SocketAddr, reason: &str) -> f64 {
+    let (_, text) = get(addr, "/metrics");
+    text.lines()
+        .filter(|l| {
+            (l.starts_with("telemetry_gateway_events_dropped_total{")
+                || l.starts_with("telemetry_gateway_events_degraded_total{"))
+                && l.contains(&format!("reason=\"{reason}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn cfg() -> (GatewayConfig, tempfile::TempDir) {
+    let (mut c, d) = support::config();
+    c.diagnostics.listen = Some("127.0.0.1:0".into());
+    (c, d)
+}
+
+fn settle(gw: &telemetry_gateway::GatewayHandle) {
+    let end = std::time::Instant::now() + support::DEADLINE;
+    while gw.stats().in_flight > 0 && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn an_enterprise_only_case_while_enterprise_is_off() {
+    let (mut c, _d) = cfg();
+    c.gateway.enterprise_enabled = false;
+    let gw = telemetry_gateway::start(c).unwrap();
+    let e = TelemetryEnvelope::new(
+        TelemetryCase::FeedbackCreated,
+        TelemetryContext::tenant("acme"),
+    )
+    .with_correlation_id("req-1");
+    let id = e.event_id.to_string();
+    gw.emit(e).unwrap();
+    settle(&gw);
+    let addr = gw.diagnostics_addr().unwrap();
+    let (reason, _) = reason_of(addr, &id);
+    assert_eq!(reason, "enterprise_disabled");
+    // By the action's correlation id too.
+    let (status, body) = get(addr, "/debug/events?cid=req-1");
+    assert_eq!(status, 200);
+    assert!(body.contains("enterprise_disabled"));
+    assert_eq!(counted(addr, "enterprise_disabled"), 1.0);
+    gw.shutdown_blocking(support::DEADLINE);
+}
+
+/// Delivers envelopes with a ref pointing into another tenant, as a decoded envelope from another
+/// process could.
+#[derive(Debug)]
+struct ForeignRef(InProcessTransport);
+
+impl MetricTransport for ForeignRef {
+    fn try_send(&self, mut env: TelemetryEnvelope) -> Result<(), TransportError> {
+        env.payload = Payload::Ref("globex/0000.json".into());
+        self.0.try_send(env)
+    }
+    fn queued(&self) -> usize {
+        self.0.queued()
+    }
+    fn capacity(&self) -> usize {
+        self.0.capacity()
+    }
+}
+
+#[test]
+fn a_refused_payload_ref() {
+    // At the entrance: emit() refuses it, naming the field.
+    let (c, _d) = cfg();
+    let gw = telemetry_gateway::start(c).unwrap();
+    let mut e = TelemetryEnvelope::new(
+        TelemetryCase::ToolExecution,
+        TelemetryContext::tenant("acme"),
+    );
+    e.payload = Payload::Ref("../globex/secret.json".into());
+    let id = e.event_id.to_string();
+    assert!(gw.emit(e).is_err());
+    let addr = gw.diagnostics_addr().unwrap();
+    let (reason, journey) = reason_of(addr, &id);
+    assert_eq!(reason, "invalid_envelope");
+    assert!(journey.to_string().contains("payload_ref"), "{journey}");
+    gw.shutdown_blocking(support::DEADLINE);
+
+    // Through another transport: the handler refuses to read it.
+    let (c, _d) = cfg();
+    let (inner, sources) = InProcessTransport::new(1, 16);
+    let sources: Vec<Box<dyn EnvelopeSource>> = sources
+        .into_iter()
+        .map(|s| Box::new(s) as Box<dyn EnvelopeSource>)
+        .collect();
+    let gw = GatewayBuilder::new(c)
+        .metric_transport(Arc::new(ForeignRef(inner)), sources)
+        .start()
+        .unwrap();
+    let e = TelemetryEnvelope::new(
+        TelemetryCase::ToolExecution,
+        TelemetryContext::tenant("acme"),
+    );
+    let id = e.event_id.to_string();
+    gw.emit(e).unwrap();
+    settle(&gw);
+    let addr = gw.diagnostics_addr().unwrap();
+    let (_, journey) = reason_of(addr, &id);
+    assert!(
+        journey.to_string().contains("payload_ref_refused"),
+        "{journey}"
+    );
+    assert_eq!(counted(addr, "payload_ref_refused"), 1.0);
+    gw.shutdown_blocking(support::DEADLINE);
+}
+
+#[test]
+fn a_collector_that_rejects_the_batch() {
+    let rx = OtlpReceiver::start();
+    rx.fail_with(Some(tonic::Code::InvalidArgument));
+    let (mut c, _d) = cfg();
+    c.otlp.endpoint = Some(rx.endpoint());
+    let gw = telemetry_gateway::start(c).unwrap();
+    let e = TelemetryEnvelope::new(TelemetryCase::WorkflowRun, TelemetryContext::tenant("acme"))
+        .with_run_id("run-9");
+    let id = e.event_id.to_string();
+    gw.emit(e).unwrap();
+    settle(&gw);
+    let addr = gw.diagnostics_addr().unwrap();
+    let (reason, journey) = reason_of(addr, &id);
+    assert_eq!(reason, "export_rejected");
+    // The failing destination and its answer are in the journey.
+    let text = journey.to_string();
+    assert!(
+        text.contains("export_failed") && text.contains("enterprise"),
+        "{text}"
+    );
+    assert!(text.contains("InvalidArgument"), "{text}");
+    assert!(counted(addr, "export_rejected") >= 1.0);
+    gw.shutdown_blocking(support::DEADLINE);
+}
