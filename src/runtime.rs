@@ -188,6 +188,7 @@ impl GatewayBuilder {
         cfg.validate()?;
         let table = RoutingTable::new(&cfg.cases);
         let counters = Arc::new(Counters::default());
+        counters.init_cases(table.rows().iter().map(|(name, _)| name.as_str()));
         counters.recorder().configure(
             cfg.diagnostics.recorder_events,
             cfg.diagnostics.recorder_steps_per_event,
@@ -511,6 +512,7 @@ impl GatewayHandle {
         // Refusals are rare, so they may take the recorder's lock; acceptance never does.
         let refuse = |env: &TelemetryEnvelope, e: EmitError| {
             c.dropped(e.reason(), 1);
+            c.case_slot(env.case.as_str(), 2);
             c.recorder().record(
                 &EventRef::of(env),
                 Stage::Refused,

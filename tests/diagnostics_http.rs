@@ -134,9 +134,27 @@ fn metrics_health_readiness_and_events_are_served() {
         20.0
     );
     assert_eq!(sample(&text, "telemetry_gateway_ready "), 1.0);
-    // The snapshot on the handle shows the same numbers.
+    assert_eq!(
+        sample(
+            &text,
+            "telemetry_gateway_events_by_case_total{case=\"workflow_run\",outcome=\"delivered\"}"
+        ),
+        20.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "telemetry_gateway_events_by_case_total{case=\"app_created\",outcome=\"dropped\"}"
+        ),
+        1.0
+    );
+    // The snapshot on the handle shows the same numbers, and per-case totals add up.
     let d = gw.diagnostics();
     assert_eq!(d.stats.emitted, 21);
+    let delivered: u64 = d.by_case.values().map(|c| c.delivered).sum();
+    let dropped: u64 = d.by_case.values().map(|c| c.dropped).sum();
+    assert_eq!(delivered, d.stats.delivered);
+    assert_eq!(dropped, d.stats.dropped_total());
     assert!(d
         .queues
         .iter()

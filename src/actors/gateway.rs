@@ -122,6 +122,7 @@ impl GatewayActor {
             enterprise_enabled: ent,
         } = item;
         let ev = EventRef::of(&env);
+        self.counters().case_received(&ev.case);
         self.counters().step(&ev, Stage::Received, None);
         let signal = match self.shared.table.decide(&env.case, gw, ent) {
             Decision::Drop(reason) => return self.drop_event(&ev, reason),

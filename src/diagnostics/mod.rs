@@ -177,6 +177,23 @@ pub struct Counters {
     pub(crate) emit_to_export_metric_log: histogram::Hist,
     /// Metrics that hit their cardinality limit (bounded by the number of instruments).
     pub(crate) metric_overflow: parking_lot::Mutex<std::collections::BTreeSet<String>>,
+    /// Per case: received by the gateway actor, delivered, dropped. Keys are the routing table's
+    /// cases (fixed at start) plus `other` for names the table does not know.
+    by_case: std::sync::OnceLock<std::collections::HashMap<String, [AtomicU64; 3]>>,
+}
+
+/// The per-case counter bucket of a case name the routing table does not know.
+pub const OTHER_CASE: &str = "other";
+
+/// Counts of one case.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct CaseCounts {
+    /// Taken by the gateway actor (refusals at `emit()` are not received).
+    pub received: u64,
+    /// Delivered.
+    pub delivered: u64,
+    /// Dropped, for any reason (refusals at `emit()` included).
+    pub dropped: u64,
 }
 
 impl Default for Counters {
@@ -211,6 +228,7 @@ impl Default for Counters {
             emit_to_export_trace: histogram::Hist::new(histogram::Unit::Seconds),
             emit_to_export_metric_log: histogram::Hist::new(histogram::Unit::Seconds),
             metric_overflow: Default::default(),
+            by_case: std::sync::OnceLock::new(),
         }
     }
 }
@@ -224,6 +242,53 @@ impl Counters {
     /// Counts `n` events degraded for `reason` (they still reach a final column).
     pub fn degraded(&self, reason: ReasonCode, n: u64) {
         self.degraded[reason.index()].fetch_add(n, Relaxed);
+    }
+
+    /// Sets the case names counted per case (once, at start).
+    pub(crate) fn init_cases<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        let mut map: std::collections::HashMap<String, [AtomicU64; 3]> = names
+            .into_iter()
+            .map(|n| (n.to_owned(), Default::default()))
+            .collect();
+        map.entry(OTHER_CASE.to_owned()).or_default();
+        let _ = self.by_case.set(map);
+    }
+
+    pub(crate) fn case_slot(&self, case: &str, slot: usize) {
+        if let Some(map) = self.by_case.get() {
+            if let Some(c) = map.get(case).or_else(|| map.get(OTHER_CASE)) {
+                c[slot].fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    pub(crate) fn case_received(&self, case: &str) {
+        self.case_slot(case, 0);
+    }
+
+    pub(crate) fn case_delivered(&self, case: &str) {
+        self.case_slot(case, 1);
+    }
+
+    /// Counts per case, sorted by case name.
+    pub fn by_case(&self) -> BTreeMap<String, CaseCounts> {
+        self.by_case
+            .get()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            CaseCounts {
+                                received: v[0].load(Relaxed),
+                                delivered: v[1].load(Relaxed),
+                                dropped: v[2].load(Relaxed),
+                            },
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub(crate) fn note_metric_overflow(&self, metric: String) {
@@ -250,6 +315,7 @@ impl Counters {
         detail: Option<&str>,
     ) {
         self.dropped(reason, 1);
+        self.case_slot(&ev.case, 2);
         self.recorder
             .record(ev, recorder::Stage::Dropped, Some(reason), detail);
     }

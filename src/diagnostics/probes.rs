@@ -54,6 +54,8 @@ pub struct EmitToExport {
 pub struct DiagnosticsSnapshot {
     /// The event ledger.
     pub stats: StatsSnapshot,
+    /// Per case: received, delivered, dropped.
+    pub by_case: std::collections::BTreeMap<String, super::CaseCounts>,
     /// Every bounded queue.
     pub queues: Vec<QueueSnapshot>,
     /// Every exporter.
@@ -141,6 +143,7 @@ impl Probes {
         let (recorder_journeys, recorder_evicted) = c.recorder.usage();
         DiagnosticsSnapshot {
             stats: c.snapshot(),
+            by_case: c.by_case(),
             queues: self.queues(),
             exporters: c.exporters.snapshot(),
             emit_to_export: EmitToExport {

@@ -136,6 +136,24 @@ pub fn render(d: &DiagnosticsSnapshot) -> String {
         );
     }
     o.head(
+        "telemetry_gateway_events_by_case_total",
+        "counter",
+        "Events per case: received by the gateway actor, delivered, dropped (\"other\" = unknown case names).",
+    );
+    for (case, n) in &d.by_case {
+        for (outcome, v) in [
+            ("received", n.received),
+            ("delivered", n.delivered),
+            ("dropped", n.dropped),
+        ] {
+            o.sample(
+                "telemetry_gateway_events_by_case_total",
+                &[("case", case), ("outcome", outcome)],
+                v as f64,
+            );
+        }
+    }
+    o.head(
         "telemetry_gateway_events_in_flight",
         "gauge",
         "Events emitted and not yet delivered or dropped.",

@@ -187,6 +187,7 @@ impl GroupTracker {
             if self.any_ok.load(Ordering::Acquire) {
                 Counters::add(&self.counters.delivered_trace, n);
                 for ev in &self.events {
+                    self.counters.case_delivered(&ev.case);
                     self.counters.emit_to_export_trace.record_duration(ev.age());
                     rec.record(ev, Stage::Delivered, None, None);
                 }
