@@ -24,7 +24,7 @@ use crate::contracts::SignalType;
 pub const ENV_PREFIX: &str = "TELEMETRY_GATEWAY__";
 
 /// Keys whose values are text even when they look like numbers or booleans.
-const STRING_KEYS: [&str; 9] = [
+const STRING_KEYS: [&str; 11] = [
     "otlp.endpoint",
     "otlp.api_key",
     "dedup.redis_url",
@@ -34,6 +34,8 @@ const STRING_KEYS: [&str; 9] = [
     "export.file_path",
     "payloads.url",
     "payloads.local_path",
+    "redaction.replacement",
+    "diagnostics.listen",
 ];
 
 /// Default of `gateway.enabled`.
@@ -954,6 +956,7 @@ mod tests {
             jail.set_env("TELEMETRY_GATEWAY__OTLP__API_KEY", "0012345");
             jail.set_env("TELEMETRY_GATEWAY__OTLP__HEADERS__X_TENANT", "42");
             jail.set_env("TELEMETRY_GATEWAY__DEDUP__KEY_PREFIX", "true");
+            jail.set_env("TELEMETRY_GATEWAY__REDACTION__REPLACEMENT", "[HIDDEN]");
             let c = GatewayConfig::load(None).unwrap();
             assert_eq!(c.otlp.api_key.as_deref(), Some("0012345"));
             assert_eq!(
@@ -961,6 +964,7 @@ mod tests {
                 Some("42")
             );
             assert_eq!(c.dedup.key_prefix, "true");
+            assert_eq!(c.redaction.replacement, "[HIDDEN]");
             // Typed keys are still typed.
             jail.set_env("TELEMETRY_GATEWAY__DEDUP__TTL_SECS", "abc");
             let err = GatewayConfig::load(None).unwrap_err().to_string();

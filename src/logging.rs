@@ -61,14 +61,13 @@ pub const MAX_WARN_KEYS: usize = 64;
 /// ```
 pub fn sanitize(value: &str) -> Cow<'_, str> {
     // Secrets first (bearer tokens, API keys, e-mail addresses...), then the line-safety rules.
-    let redacted = REDACTOR
-        .read()
-        .as_ref()
-        .map(|r| r.redact_str("", value).into_owned());
-    match redacted {
-        Some(r) if r != value => Cow::Owned(make_line_safe(&r).into_owned()),
-        _ => make_line_safe(value),
+    // Allocates only when a secret was found (or the value needs cleaning).
+    if let Some(r) = REDACTOR.read().as_ref() {
+        if let Cow::Owned(redacted) = r.redact_str("", value) {
+            return Cow::Owned(make_line_safe(&redacted).into_owned());
+        }
     }
+    make_line_safe(value)
 }
 
 /// Installs the redactor `sanitize` applies (the gateway does it at start, from `[redaction]`).

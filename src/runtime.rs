@@ -512,9 +512,10 @@ impl GatewayHandle {
         // Refusals are rare, so they may take the recorder's lock; acceptance never does.
         let refuse = |env: &TelemetryEnvelope, e: EmitError| {
             c.dropped(e.reason(), 1);
+            // Unknown or invalid case names are counted under `other` (bounded cardinality).
             c.case_slot(env.case.as_str(), 2);
             c.recorder().record(
-                &EventRef::of(env),
+                &EventRef::of_untrusted(env),
                 Stage::Refused,
                 Some(e.reason()),
                 Some(&e.to_string()),
@@ -741,7 +742,7 @@ impl GatewayHandle {
             .shutdown_timeout(remaining.max(Duration::from_millis(10)));
         // Anything not settled now never will be: count it, so the ledger adds up.
         wait_until(&no_emits, &|| {});
-        c.recorder().close_open_journeys(ReasonCode::Shutdown);
+        let closed_cases = c.recorder().close_open_journeys(ReasonCode::Shutdown);
         let lost_companions = c.pending().3;
         if lost_companions > 0 {
             Counters::add(&c.companion_logs_dropped, lost_companions as u64);
@@ -751,6 +752,14 @@ impl GatewayHandle {
         let unsettled = snap.in_flight;
         if unsettled > 0 {
             c.dropped(ReasonCode::Shutdown, unsettled);
+            // Per case: the recorder knows the case of each journey it closed; events it no
+            // longer holds (evicted) are attributed to `other`.
+            for case in closed_cases.iter().take(unsettled as usize) {
+                c.case_slot(case, 2);
+            }
+            for _ in closed_cases.len() as u64..unsettled {
+                c.case_slot(crate::diagnostics::OTHER_CASE, 2);
+            }
             tracing::warn!(
                 events = unsettled,
                 "events unsettled at the shutdown deadline, counted as dropped"

@@ -209,6 +209,9 @@ fn shutdown_honours_a_short_deadline_and_counts_what_was_left() {
     assert_eq!(report.unsettled_at_deadline, 10);
     assert_eq!(report.stats.dropped_for(ReasonCode::Shutdown), 10);
     assert!(report.stats.is_settled());
+    // Per case too: the shutdown residue is attributed to its case.
+    let by_case = gw.diagnostics().by_case;
+    assert_eq!(by_case["workflow_run"].dropped, 10, "{by_case:?}");
     // Generous slack for a loaded machine; the point is "not the 60 s export timeout".
     assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
 }

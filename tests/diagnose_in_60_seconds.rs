@@ -195,3 +195,43 @@ fn a_collector_that_rejects_the_batch() {
     assert!(counted(addr, "export_rejected") >= 1.0);
     gw.shutdown_blocking(support::DEADLINE);
 }
+
+#[test]
+fn a_metric_event_rejected_by_the_collector_shows_the_collectors_answer() {
+    let rx = OtlpReceiver::start();
+    rx.fail_with(Some(tonic::Code::InvalidArgument));
+    let (mut c, _d) = cfg();
+    c.otlp.endpoint = Some(rx.endpoint());
+    let gw = telemetry_gateway::start(c).unwrap();
+    let e = TelemetryEnvelope::new(TelemetryCase::AppCreated, TelemetryContext::tenant("acme"));
+    let id = e.event_id.to_string();
+    gw.emit(e).unwrap();
+    settle(&gw);
+    let (reason, journey) = reason_of(gw.diagnostics_addr().unwrap(), &id);
+    assert_eq!(reason, "export_rejected");
+    let text = journey.to_string();
+    assert!(
+        text.contains("enterprise logs:") && text.contains("InvalidArgument"),
+        "{text}"
+    );
+    gw.shutdown_blocking(support::DEADLINE);
+}
+
+#[test]
+fn a_refused_event_with_hostile_ids_is_recorded_sanitized() {
+    let (c, _d) = cfg();
+    let gw = telemetry_gateway::start(c).unwrap();
+    let e = TelemetryEnvelope::new(
+        TelemetryCase::AppCreated,
+        TelemetryContext::tenant("t\r\nforged: yes"),
+    )
+    .with_correlation_id(format!("req\r\n{}", "x".repeat(10_000)));
+    let id = e.event_id.to_string();
+    assert!(gw.emit(e).is_err());
+    let ex = gw.explain(&id);
+    let j = &ex.journeys[0];
+    assert!(!j.tenant_id.contains('\n') && !j.tenant_id.contains('\r'));
+    assert!(!j.correlation_id.contains('\n'));
+    assert!(j.correlation_id.len() <= telemetry_gateway::logging::MAX_LOG_VALUE_BYTES + 3);
+    gw.shutdown_blocking(support::DEADLINE);
+}

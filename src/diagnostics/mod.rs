@@ -13,8 +13,10 @@
 //! call that failed open, a payload rebuilt from its fallback) are counted as **degraded** under
 //! their reason, in addition to the event's final column.
 //!
-//! This module must never be the reason an event is lost: counting is a relaxed atomic add, with
-//! no lock and no allocation on the data path.
+//! This module must never be the reason an event is lost. Counting is a relaxed atomic add, with
+//! no lock and no allocation. The flight recorder beside the counters is not free: it takes one
+//! short lock per step and allocates its journeys (bounded by `diagnostics.recorder_events`);
+//! nothing on `emit()`'s accepting path touches it.
 
 pub mod exporters;
 pub mod histogram;

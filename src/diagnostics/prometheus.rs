@@ -1,8 +1,10 @@
 //! Prometheus text exposition (format 0.0.4) of the self-metrics.
 //!
 //! Names are snake_case under `telemetry_gateway_`, with the unit in the name and `_total` on
-//! counters; every reason code is always present (zero included) so dashboards and alerts never
-//! see a series appear from nowhere. `tests/diagnostics_http.rs` validates the output with
+//! counters. Every reason code and every fixed label set is always present (zero included), so
+//! dashboards and alerts never see those series appear from nowhere; the per-exporter, per-queue
+//! and per-case series exist from start; `telemetry_gateway_metric_cardinality_overflow` has a
+//! series only for a metric that has overflowed. `tests/diagnostics_http.rs` validates the output with
 //! `promtool check metrics`. The full list is in `docs/operations.md`.
 
 use std::fmt::Write;

@@ -94,6 +94,9 @@ pub struct Journey {
     pub tenant_id: String,
     /// The case name.
     pub case: String,
+    /// True when the first step kept is not `received`/`refused`: the start of the journey was
+    /// evicted, or happened in another process (a worker behind another transport).
+    pub starts_midway: bool,
     /// Steps in the order they happened.
     pub steps: Vec<Step>,
     /// Steps that happened but were not kept (the journey was full).
@@ -102,8 +105,15 @@ pub struct Journey {
 
 impl Journey {
     /// The final step (delivered, dropped or refused), if the journey has ended.
+    ///
+    /// An event id can travel more than once (a re-sent duplicate): if any copy was delivered,
+    /// the event was delivered, and that is the outcome; the re-send's `dropped: duplicate` step
+    /// stays in the journey.
     pub fn outcome(&self) -> Option<&Step> {
-        self.steps.iter().rev().find(|s| s.stage.is_final())
+        self.steps
+            .iter()
+            .find(|s| s.stage == Stage::Delivered)
+            .or_else(|| self.steps.iter().rev().find(|s| s.stage.is_final()))
     }
 }
 
@@ -147,6 +157,19 @@ impl EventRef {
             correlation_id: env.effective_correlation_id(),
             tenant_id: env.context.tenant_id.clone(),
             case: env.case.as_str().to_owned(),
+            created_at: env.created_at,
+        }
+    }
+
+    /// The reference of an envelope that failed validation: its ids are untrusted, so they are
+    /// sanitized and bounded like log values before they reach the recorder.
+    pub fn of_untrusted(env: &crate::contracts::TelemetryEnvelope) -> Self {
+        let clean = |s: &str| crate::logging::sanitize(s).into_owned();
+        EventRef {
+            event_id: env.event_id,
+            correlation_id: clean(&env.effective_correlation_id()),
+            tenant_id: clean(&env.context.tenant_id),
+            case: clean(env.case.as_str()),
             created_at: env.created_at,
         }
     }
@@ -227,7 +250,15 @@ impl FlightRecorder {
             if j.steps.len() < max_steps {
                 j.steps.push(step);
             } else {
+                // Full: a final step still replaces the last non-final one, so a journey never
+                // loses its outcome to its own length.
                 j.steps_not_kept += 1;
+                if stage.is_final() {
+                    if let Some(slot) = j.steps.iter().rposition(|s| !s.stage.is_final()) {
+                        j.steps.remove(slot);
+                        j.steps.push(step);
+                    }
+                }
             }
             return;
         }
@@ -257,6 +288,7 @@ impl FlightRecorder {
                 correlation_id: ev.correlation_id.clone(),
                 tenant_id: ev.tenant_id.clone(),
                 case: ev.case.clone(),
+                starts_midway: !matches!(stage, Stage::Received | Stage::Refused),
                 steps: vec![step],
                 steps_not_kept: 0,
             },
@@ -289,9 +321,10 @@ impl FlightRecorder {
     }
 
     /// Ends every journey that has no final step yet with `dropped` under `reason` (shutdown).
-    pub fn close_open_journeys(&self, reason: ReasonCode) -> u64 {
+    /// Returns the case of each journey it closed.
+    pub fn close_open_journeys(&self, reason: ReasonCode) -> Vec<String> {
         let mut s = self.state.lock();
-        let mut n = 0;
+        let mut closed = Vec::new();
         let max_steps = s.max_steps;
         for j in s.journeys.values_mut() {
             if j.outcome().is_none() {
@@ -308,10 +341,10 @@ impl FlightRecorder {
                     *last = step;
                     j.steps_not_kept += 1;
                 }
-                n += 1;
+                closed.push(j.case.clone());
             }
         }
-        n
+        closed
     }
 
     /// (journeys held, journeys evicted so far).
@@ -374,9 +407,49 @@ mod tests {
         let j = &r.explain("c9").journeys[0];
         assert_eq!(j.steps.len(), 2);
         assert_eq!(j.steps_not_kept, 4);
-        assert_eq!(r.close_open_journeys(ReasonCode::Shutdown), 3);
+        assert_eq!(r.close_open_journeys(ReasonCode::Shutdown).len(), 3);
         let j = &r.explain("c9").journeys[0];
         assert_eq!(j.outcome().unwrap().reason, Some(ReasonCode::Shutdown));
+    }
+
+    #[test]
+    fn a_resend_after_delivery_keeps_the_delivered_outcome() {
+        let r = FlightRecorder::new(10, 16);
+        let e = ev(1, "c");
+        r.record(&e, Stage::Received, None, None);
+        r.record(&e, Stage::Delivered, None, None);
+        r.record(&e, Stage::Received, None, None);
+        r.record(&e, Stage::Dropped, Some(ReasonCode::Duplicate), None);
+        let j = &r.explain("c").journeys[0];
+        assert_eq!(j.outcome().unwrap().stage, Stage::Delivered);
+        assert!(j
+            .steps
+            .iter()
+            .any(|s| s.reason == Some(ReasonCode::Duplicate)));
+    }
+
+    #[test]
+    fn a_full_journey_keeps_its_outcome_and_is_not_closed_at_shutdown() {
+        let r = FlightRecorder::new(10, 3);
+        let e = ev(1, "c");
+        for _ in 0..5 {
+            r.record(&e, Stage::Exported, None, Some("sink"));
+        }
+        r.record(&e, Stage::Delivered, None, None);
+        assert!(r.close_open_journeys(ReasonCode::Shutdown).is_empty());
+        let j = &r.explain("c").journeys[0];
+        assert_eq!(j.steps.len(), 3);
+        assert_eq!(j.outcome().unwrap().stage, Stage::Delivered);
+        assert_eq!(j.steps_not_kept, 3);
+    }
+
+    #[test]
+    fn a_journey_seen_first_midway_says_so() {
+        let r = FlightRecorder::new(10, 4);
+        r.record(&ev(1, "a"), Stage::Received, None, None);
+        r.record(&ev(2, "b"), Stage::Exported, None, None);
+        assert!(!r.explain("a").journeys[0].starts_midway);
+        assert!(r.explain("b").journeys[0].starts_midway);
     }
 
     #[test]

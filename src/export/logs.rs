@@ -68,6 +68,7 @@ pub(crate) enum LogJob {
 #[derive(Debug, Clone)]
 pub(crate) struct LogBatcher {
     tx: mpsc::Sender<LogJob>,
+    stats: Arc<ExporterStats>,
 }
 
 /// Settings of the log batcher.
@@ -89,6 +90,7 @@ impl LogBatcher {
         let (tx, mut rx) = mpsc::channel::<LogJob>(settings.capacity);
         let scope: InstrumentationScope = super::mapping::scope();
         let stats = counters.exporters.register("enterprise", "logs");
+        let queue_stats = stats.clone();
         rt.spawn(async move {
             let mut batch: Vec<(Box<SdkLogRecord>, Option<EventRef>)> =
                 Vec::with_capacity(settings.max_batch);
@@ -143,7 +145,10 @@ impl LogBatcher {
             }
             backend.shutdown();
         });
-        LogBatcher { tx }
+        LogBatcher {
+            tx,
+            stats: queue_stats,
+        }
     }
 
     /// Queues a record without waiting; fails when the queue is full or closed.
@@ -157,7 +162,10 @@ impl LogBatcher {
                 record: Box::new(record),
                 event,
             })
-            .map_err(|_| QueueFull)
+            .map_err(|_| {
+                self.stats.record_queue_full(1);
+                QueueFull
+            })
     }
 
     /// A reader of (records waiting, capacity) that does not keep the queue open.
@@ -196,8 +204,14 @@ async fn export_batch(
         batch.iter().map(|(r, _)| (r.as_ref(), scope)).collect();
     let started = std::time::Instant::now();
     let result = match tokio::time::timeout(timeout, backend.export(LogBatch::new(&refs))).await {
-        Ok(r) => r.map_err(|e| classify_otlp_error(e.to_string()).reason()),
-        Err(_) => Err(ReasonCode::ExportFailed),
+        Ok(r) => r.map_err(|e| {
+            let msg = e.to_string();
+            (classify_otlp_error(msg.clone()).reason(), msg)
+        }),
+        Err(_) => Err((
+            ReasonCode::ExportFailed,
+            format!("timed out after {timeout:?}"),
+        )),
     };
     stats.record_call(n, result.is_ok(), started.elapsed());
     drop(refs);
@@ -214,10 +228,14 @@ async fn export_batch(
                 counters.step(ev, Stage::Delivered, None);
             }
         }
-        Err(reason) => {
+        Err((reason, error)) => {
             Counters::add(&counters.export_batches_failed, 1);
+            let detail = format!("enterprise logs: {error}");
             for ev in batch.iter().filter_map(|(_, e)| e.as_ref()) {
-                counters.drop_event(ev, reason, Some("enterprise log export"));
+                counters
+                    .recorder()
+                    .record(ev, Stage::ExportFailed, Some(reason), Some(&detail));
+                counters.drop_event(ev, reason, None);
             }
             Counters::add(&counters.companion_logs_dropped, companions);
             crate::logging::warn_limited(
