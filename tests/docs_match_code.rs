@@ -60,3 +60,36 @@ fn every_config_key_is_in_configuration() {
         );
     }
 }
+
+#[test]
+fn every_self_metric_is_in_operations() {
+    let text = doc("operations.md");
+    // Every Prometheus family rendered by the gateway, read from a real exposition.
+    let (cfg, _d) = {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = GatewayConfig::default();
+        c.export.file_path = dir.path().join("out.jsonl");
+        (c, dir)
+    };
+    let gw = telemetry_gateway::start(cfg).unwrap();
+    let exposition = telemetry_gateway::diagnostics::prometheus::render(&gw.diagnostics());
+    gw.shutdown_blocking(std::time::Duration::from_secs(5));
+    let families: std::collections::BTreeSet<&str> = exposition
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(families.len() >= 20, "{families:?}");
+    for f in families {
+        assert!(
+            text.contains(&format!("`{f}`")),
+            "docs/operations.md lacks `{f}`"
+        );
+    }
+    for n in telemetry_gateway::diagnostics::otel::INSTRUMENT_NAMES {
+        assert!(
+            text.contains(&format!("`{n}`")),
+            "docs/operations.md lacks `{n}`"
+        );
+    }
+}
