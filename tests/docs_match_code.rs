@@ -86,7 +86,9 @@ fn every_self_metric_is_in_operations() {
             "docs/operations.md lacks `{f}`"
         );
     }
-    for n in telemetry_gateway::diagnostics::otel::INSTRUMENT_NAMES {
+    let otel = telemetry_gateway::diagnostics::otel::INSTRUMENT_NAMES;
+    let hist = telemetry_gateway::diagnostics::otel::HISTOGRAM_NAMES;
+    for n in otel.iter().chain(hist.iter()) {
         assert!(
             text.contains(&format!("`{n}`")),
             "docs/operations.md lacks `{n}`"

@@ -23,6 +23,7 @@ pub struct ExporterStats {
     failing_since: Mutex<Option<Instant>>,
     latency: Hist,
     batch_size: Hist,
+    otel: std::sync::Arc<std::sync::OnceLock<super::otel::SelfHistograms>>,
 }
 
 /// A copy of one exporter's counters.
@@ -51,7 +52,11 @@ pub struct ExporterSnapshot {
 }
 
 impl ExporterStats {
-    fn new(name: &str, signal: &'static str) -> Self {
+    fn new(
+        name: &str,
+        signal: &'static str,
+        otel: std::sync::Arc<std::sync::OnceLock<super::otel::SelfHistograms>>,
+    ) -> Self {
         ExporterStats {
             name: Arc::from(name),
             signal,
@@ -63,6 +68,7 @@ impl ExporterStats {
             failing_since: Mutex::new(None),
             latency: Hist::new(Unit::Seconds),
             batch_size: Hist::new(Unit::Count),
+            otel,
         }
     }
 
@@ -70,6 +76,9 @@ impl ExporterStats {
     pub fn record_call(&self, items: u64, ok: bool, elapsed: Duration) {
         self.latency.record_duration(elapsed);
         self.batch_size.record_count(items);
+        if let Some(h) = self.otel.get() {
+            h.export_call(&self.name, self.signal, items, elapsed);
+        }
         if ok {
             self.batches_ok.fetch_add(1, Relaxed);
             self.items_ok.fetch_add(items, Relaxed);
@@ -113,12 +122,14 @@ impl ExporterStats {
 #[derive(Debug, Default)]
 pub struct ExporterRegistry {
     exporters: Mutex<Vec<Arc<ExporterStats>>>,
+    /// Shared with every exporter registered, set once the meter provider exists.
+    pub(crate) otel: Arc<std::sync::OnceLock<super::otel::SelfHistograms>>,
 }
 
 impl ExporterRegistry {
     /// Registers an exporter and returns its counters.
     pub fn register(&self, name: &str, signal: &'static str) -> Arc<ExporterStats> {
-        let s = Arc::new(ExporterStats::new(name, signal));
+        let s = Arc::new(ExporterStats::new(name, signal, self.otel.clone()));
         self.exporters.lock().push(s.clone());
         s
     }

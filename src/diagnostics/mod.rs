@@ -182,6 +182,8 @@ pub struct Counters {
     /// Per case: received by the gateway actor, delivered, dropped. Keys are the routing table's
     /// cases (fixed at start) plus `other` for names the table does not know.
     by_case: std::sync::OnceLock<std::collections::HashMap<String, [AtomicU64; 3]>>,
+    /// The OTel twins of the histograms (set at start, once the meter provider exists).
+    pub(crate) otel_histograms: std::sync::OnceLock<otel::SelfHistograms>,
 }
 
 /// The per-case counter bucket of a case name the routing table does not know.
@@ -231,6 +233,7 @@ impl Default for Counters {
             emit_to_export_metric_log: histogram::Hist::new(histogram::Unit::Seconds),
             metric_overflow: Default::default(),
             by_case: std::sync::OnceLock::new(),
+            otel_histograms: std::sync::OnceLock::new(),
         }
     }
 }
@@ -270,6 +273,23 @@ impl Counters {
 
     pub(crate) fn case_delivered(&self, case: &str) {
         self.case_slot(case, 1);
+    }
+
+    /// Records one event's emit-to-export latency in both views (hdrhistogram and OTel).
+    pub(crate) fn emit_to_export(
+        &self,
+        signal: crate::contracts::SignalType,
+        age: std::time::Duration,
+    ) {
+        match signal {
+            crate::contracts::SignalType::Trace => self.emit_to_export_trace.record_duration(age),
+            crate::contracts::SignalType::MetricLog => {
+                self.emit_to_export_metric_log.record_duration(age)
+            }
+        }
+        if let Some(h) = self.otel_histograms.get() {
+            h.emit_to_export(signal, age);
+        }
     }
 
     /// Counts per case, sorted by case name.

@@ -14,6 +14,47 @@ use opentelemetry_sdk::metrics::SdkMeterProvider;
 use super::probes::Probes;
 use super::ReasonCode;
 
+/// The OTel histograms of the self-metrics, recorded where the hdrhistograms are.
+#[derive(Debug, Clone)]
+pub struct SelfHistograms {
+    export_duration: opentelemetry::metrics::Histogram<f64>,
+    export_batch_size: opentelemetry::metrics::Histogram<u64>,
+    emit_to_export: opentelemetry::metrics::Histogram<f64>,
+}
+
+impl SelfHistograms {
+    pub(crate) fn export_call(
+        &self,
+        exporter: &str,
+        signal: &'static str,
+        items: u64,
+        d: std::time::Duration,
+    ) {
+        let attrs = [
+            KeyValue::new("exporter", exporter.to_owned()),
+            KeyValue::new("signal", signal),
+        ];
+        self.export_duration.record(d.as_secs_f64(), &attrs);
+        self.export_batch_size.record(items, &attrs);
+    }
+
+    pub(crate) fn emit_to_export(
+        &self,
+        signal: crate::contracts::SignalType,
+        d: std::time::Duration,
+    ) {
+        self.emit_to_export
+            .record(d.as_secs_f64(), &[KeyValue::new("signal", signal.as_str())]);
+    }
+}
+
+/// The self-metric histogram names.
+pub const HISTOGRAM_NAMES: [&str; 3] = [
+    "telemetry_gateway.export.duration",
+    "telemetry_gateway.export.batch_size",
+    "telemetry_gateway.emit_to_export.duration",
+];
+
 /// Every self-metric instrument name, for the docs test.
 pub const INSTRUMENT_NAMES: [&str; 9] = [
     "telemetry_gateway.events.emitted",
@@ -30,6 +71,25 @@ pub const INSTRUMENT_NAMES: [&str; 9] = [
 /// Registers the observable instruments on `provider`'s `telemetry-gateway.self` meter.
 pub(crate) fn register(provider: &SdkMeterProvider, probes: Arc<Probes>) {
     let meter = provider.meter("telemetry-gateway.self");
+    let hist = SelfHistograms {
+        export_duration: meter
+            .f64_histogram(HISTOGRAM_NAMES[0])
+            .with_description("Duration of export calls, retries included")
+            .with_unit("s")
+            .build(),
+        export_batch_size: meter
+            .u64_histogram(HISTOGRAM_NAMES[1])
+            .with_description("Items per export call")
+            .with_unit("{item}")
+            .build(),
+        emit_to_export: meter
+            .f64_histogram(HISTOGRAM_NAMES[2])
+            .with_description("From an event's created_at to an exporter accepting its output")
+            .with_unit("s")
+            .build(),
+    };
+    let _ = probes.counters.exporters.otel.set(hist.clone());
+    let _ = probes.counters.otel_histograms.set(hist);
     let p = probes.clone();
     let _ = meter
         .u64_observable_counter(INSTRUMENT_NAMES[0])

@@ -223,7 +223,7 @@ async fn export_batch(
             Counters::add(&counters.delivered_metric_log, events);
             for ev in batch.iter().filter_map(|(_, e)| e.as_ref()) {
                 counters.case_delivered(&ev.case);
-                counters.emit_to_export_metric_log.record_duration(ev.age());
+                counters.emit_to_export(crate::contracts::SignalType::MetricLog, ev.age());
                 counters.step(ev, Stage::Exported, Some("enterprise logs"));
                 counters.step(ev, Stage::Delivered, None);
             }

@@ -188,7 +188,8 @@ impl GroupTracker {
                 Counters::add(&self.counters.delivered_trace, n);
                 for ev in &self.events {
                     self.counters.case_delivered(&ev.case);
-                    self.counters.emit_to_export_trace.record_duration(ev.age());
+                    self.counters
+                        .emit_to_export(crate::contracts::SignalType::Trace, ev.age());
                     rec.record(ev, Stage::Delivered, None, None);
                 }
             } else {
