@@ -4,42 +4,16 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::Value;
 use telemetry_gateway::testing::OtlpReceiver;
-use telemetry_gateway::transport::{
-    EnvelopeSource, InProcessTransport, MetricTransport, TransportError,
-};
 use telemetry_gateway::{
     GatewayBuilder, GatewayConfig, Payload, TelemetryCase, TelemetryContext, TelemetryEnvelope,
 };
 
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let status = raw
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (
-        status,
-        raw.split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default(),
-    )
-}
+use support::http_get as get;
 
 /// Step 1 of the walkthrough: `GET /debug/events/<id>`; step 2: read the last step's reason.
 fn reason_of(addr: SocketAddr, id: &str) -> (String, Value) {
@@ -106,24 +80,6 @@ fn an_enterprise_only_case_while_enterprise_is_off() {
     gw.shutdown_blocking(support::DEADLINE);
 }
 
-/// Delivers envelopes with a ref pointing into another tenant, as a decoded envelope from another
-/// process could.
-#[derive(Debug)]
-struct ForeignRef(InProcessTransport);
-
-impl MetricTransport for ForeignRef {
-    fn try_send(&self, mut env: TelemetryEnvelope) -> Result<(), TransportError> {
-        env.payload = Payload::Ref("globex/0000.json".into());
-        self.0.try_send(env)
-    }
-    fn queued(&self) -> usize {
-        self.0.queued()
-    }
-    fn capacity(&self) -> usize {
-        self.0.capacity()
-    }
-}
-
 #[test]
 fn a_refused_payload_ref() {
     // At the entrance: emit() refuses it, naming the field.
@@ -144,13 +100,9 @@ fn a_refused_payload_ref() {
 
     // Through another transport: the handler refuses to read it.
     let (c, _d) = cfg();
-    let (inner, sources) = InProcessTransport::new(1, 16);
-    let sources: Vec<Box<dyn EnvelopeSource>> = sources
-        .into_iter()
-        .map(|s| Box::new(s) as Box<dyn EnvelopeSource>)
-        .collect();
+    let (transport, sources) = support::ForeignRefTransport::new();
     let gw = GatewayBuilder::new(c)
-        .metric_transport(Arc::new(ForeignRef(inner)), sources)
+        .metric_transport(transport, sources)
         .start()
         .unwrap();
     let e = TelemetryEnvelope::new(

@@ -13,9 +13,6 @@ use telemetry_gateway::config::DedupBackendKind;
 use telemetry_gateway::contracts::JsonObject;
 use telemetry_gateway::diagnostics::recorder::Stage;
 use telemetry_gateway::testing::OtlpReceiver;
-use telemetry_gateway::transport::{
-    EnvelopeSource, InProcessTransport, MetricTransport, TransportError,
-};
 use telemetry_gateway::{
     CaseHandler, GatewayBuilder, GatewayConfig, GatewayHandle, Payload, ReasonCode, StatsSnapshot,
     TelemetryCase, TelemetryContext, TelemetryEnvelope,
@@ -40,24 +37,6 @@ fn run(
 
 fn cfg() -> (GatewayConfig, tempfile::TempDir) {
     support::config()
-}
-
-/// A transport that delivers a tampered ref, as an envelope decoded from another process might
-/// carry: the handler must refuse to read it.
-#[derive(Debug)]
-struct TamperingTransport(InProcessTransport);
-
-impl MetricTransport for TamperingTransport {
-    fn try_send(&self, mut env: TelemetryEnvelope) -> Result<(), TransportError> {
-        env.payload = Payload::Ref("other-tenant/secret.json".into());
-        self.0.try_send(env)
-    }
-    fn queued(&self) -> usize {
-        self.0.queued()
-    }
-    fn capacity(&self) -> usize {
-        self.0.capacity()
-    }
 }
 
 #[derive(Debug)]
@@ -123,12 +102,7 @@ fn scenario(reason: ReasonCode) -> (StatsSnapshot, GatewayHandle, String) {
         }
         ReasonCode::PayloadOffloadFailed => {
             c.payloads.inline_threshold_bytes = 16;
-            let file = dir.path().join("not-a-dir");
-            std::fs::write(&file, b"x").unwrap();
-            let store = telemetry_gateway::payload_store::PayloadStore::new(
-                Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&file).unwrap()),
-                &c.payloads,
-            );
+            let store = support::failing_payload_store(&c.payloads, dir.path());
             let gw = GatewayBuilder::new(c).payload_store(store).start().unwrap();
             run(
                 gw,
@@ -140,13 +114,9 @@ fn scenario(reason: ReasonCode) -> (StatsSnapshot, GatewayHandle, String) {
             )
         }
         ReasonCode::PayloadRefRefused => {
-            let (inner, sources) = InProcessTransport::new(1, 16);
-            let sources: Vec<Box<dyn EnvelopeSource>> = sources
-                .into_iter()
-                .map(|s| Box::new(s) as Box<dyn EnvelopeSource>)
-                .collect();
+            let (transport, sources) = support::ForeignRefTransport::new();
             let gw = GatewayBuilder::new(c)
-                .metric_transport(Arc::new(TamperingTransport(inner)), sources)
+                .metric_transport(transport, sources)
                 .start()
                 .unwrap();
             run(gw, vec![ev(TelemetryCase::ToolExecution, "t")])

@@ -16,7 +16,6 @@ use parking_lot::Mutex;
 use serde_json::{json, Value};
 use telemetry_gateway::config::LogFormat;
 use telemetry_gateway::logging::{self, LoggingInitError};
-use telemetry_gateway::payload_store::PayloadStore;
 use telemetry_gateway::{
     GatewayBuilder, SinkError, TelemetryCase, TelemetryContext, TelemetryEnvelope,
 };
@@ -101,10 +100,7 @@ fn gateway_logs_are_json_rate_limited_correlated_and_unbreakable() {
     cfg.otlp.endpoint = Some("http://127.0.0.1:9".into());
     cfg.otlp.timeout_ms = 200;
     cfg.payloads.inline_threshold_bytes = 1024;
-    let file = dir.path().join("not-a-dir");
-    std::fs::write(&file, b"x").unwrap();
-    let local = object_store::local::LocalFileSystem::new_with_prefix(&file).unwrap();
-    let store = PayloadStore::new(Arc::new(local), &cfg.payloads);
+    let store = support::failing_payload_store(&cfg.payloads, dir.path());
     let gw = GatewayBuilder::new(cfg)
         .payload_store(store)
         .start()

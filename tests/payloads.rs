@@ -60,10 +60,7 @@ fn a_failing_store_keeps_the_payload_inline_and_counts_it() {
     let (mut cfg, dir) = support::config();
     cfg.payloads.inline_threshold_bytes = 1024;
     // A store rooted at a regular file: every write fails, even as root.
-    let file = dir.path().join("not-a-dir");
-    std::fs::write(&file, b"x").unwrap();
-    let local = object_store::local::LocalFileSystem::new_with_prefix(&file).unwrap();
-    let store = PayloadStore::new(Arc::new(local), &cfg.payloads);
+    let store = support::failing_payload_store(&cfg.payloads, dir.path());
     let gw = GatewayBuilder::new(cfg)
         .payload_store(store)
         .start()

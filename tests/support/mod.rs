@@ -55,3 +55,75 @@ impl TraceSink for RecordingSink {
         })
     }
 }
+
+/// A minimal HTTP/1.1 GET against the diagnostics endpoint: (status, body).
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the diagnostics endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("read timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write request");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read response");
+    let status = raw
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A payload store whose every write fails, even as root: its root is a regular file.
+pub fn failing_payload_store(
+    cfg: &telemetry_gateway::config::PayloadsSection,
+    dir: &std::path::Path,
+) -> telemetry_gateway::payload_store::PayloadStore {
+    let file = dir.join("not-a-dir");
+    std::fs::write(&file, b"x").expect("write the blocking file");
+    let local = object_store::local::LocalFileSystem::new_with_prefix(&file).expect("local store");
+    telemetry_gateway::payload_store::PayloadStore::new(Arc::new(local), cfg)
+}
+
+/// A metric transport that rewrites every payload into a ref into another tenant, as an
+/// envelope decoded from another process could carry; and its handler sources.
+#[derive(Debug)]
+pub struct ForeignRefTransport(telemetry_gateway::transport::InProcessTransport);
+
+impl ForeignRefTransport {
+    /// One partition; the sources to give `GatewayBuilder::metric_transport`.
+    pub fn new() -> (
+        Arc<Self>,
+        Vec<Box<dyn telemetry_gateway::transport::EnvelopeSource>>,
+    ) {
+        let (inner, sources) = telemetry_gateway::transport::InProcessTransport::new(1, 16);
+        let sources = sources
+            .into_iter()
+            .map(|s| Box::new(s) as Box<dyn telemetry_gateway::transport::EnvelopeSource>)
+            .collect();
+        (Arc::new(ForeignRefTransport(inner)), sources)
+    }
+}
+
+impl telemetry_gateway::transport::MetricTransport for ForeignRefTransport {
+    fn try_send(
+        &self,
+        mut env: telemetry_gateway::TelemetryEnvelope,
+    ) -> Result<(), telemetry_gateway::transport::TransportError> {
+        env.payload = telemetry_gateway::Payload::Ref("other-tenant/secret.json".into());
+        self.0.try_send(env)
+    }
+    fn queued(&self) -> usize {
+        self.0.queued()
+    }
+    fn capacity(&self) -> usize {
+        self.0.capacity()
+    }
+}
