@@ -133,20 +133,36 @@ fn explain(probes: &Probes, id: &str) -> Response<Full<Bytes>> {
     json(StatusCode::OK, &e)
 }
 
+/// Connections served at once; beyond it a connection is answered 503 and closed, so a client
+/// flood cannot grow the server without bound.
+pub(crate) const MAX_CONNECTIONS: usize = 64;
+
 /// Serves until `stop` fires or the runtime shuts down.
 pub(crate) async fn serve(
     listener: TcpListener,
     probes: Arc<Probes>,
     mut stop: oneshot::Receiver<()>,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
             _ = &mut stop => return,
             a = listener.accept() => a,
         };
-        let Ok((stream, _)) = accepted else { continue };
+        let Ok((mut stream, _)) = accepted else {
+            continue;
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let busy = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+                let _ = stream.write_all(busy).await;
+            });
+            continue;
+        };
         let probes = probes.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let svc = service_fn(move |req: Request<Incoming>| {
                 let resp = route(&probes, &req);
                 async move { Ok::<_, Infallible>(resp) }
