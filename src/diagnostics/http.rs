@@ -149,15 +149,13 @@ pub(crate) async fn serve(
             _ = &mut stop => return,
             a = listener.accept() => a,
         };
-        let Ok((mut stream, _)) = accepted else {
+        let Ok((stream, _)) = accepted else {
             continue;
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tokio::spawn(async move {
-                use tokio::io::AsyncWriteExt;
-                let busy = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
-                let _ = stream.write_all(busy).await;
-            });
+            // No task for a refused connection: one non-blocking write, then close.
+            let busy = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+            let _ = stream.try_write(busy);
             continue;
         };
         let probes = probes.clone();
