@@ -185,10 +185,10 @@ fn shutdown_honours_a_short_deadline_and_counts_what_was_left() {
         fn name(&self) -> &str {
             "hang"
         }
-        fn export(
-            &self,
-            _b: Vec<opentelemetry_sdk::trace::SpanData>,
-        ) -> futures::future::BoxFuture<'_, Result<(), telemetry_gateway::SinkError>> {
+        fn export<'a>(
+            &'a self,
+            _b: &'a [opentelemetry_sdk::trace::SpanData],
+        ) -> futures::future::BoxFuture<'a, Result<(), telemetry_gateway::SinkError>> {
             Box::pin(futures::future::pending())
         }
     }

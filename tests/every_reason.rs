@@ -138,6 +138,9 @@ fn scenario(reason: ReasonCode) -> (StatsSnapshot, GatewayHandle, String) {
         ReasonCode::ExportFailed => {
             c.otlp.endpoint = Some("http://127.0.0.1:9".into()); // connection refused
             c.otlp.timeout_ms = 300;
+            // A failing batch is held and retried; past its age limit it is given up.
+            c.retry.max_batch_age_secs = 1;
+            c.retry.max_retries = 0;
             run(
                 telemetry_gateway::start(c).unwrap(),
                 vec![ev(TelemetryCase::WorkflowRun, "t")],

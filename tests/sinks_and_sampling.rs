@@ -22,7 +22,7 @@ impl TraceSink for StuckSink {
     fn name(&self) -> &str {
         "stuck"
     }
-    fn export(&self, _batch: Vec<SpanData>) -> BoxFuture<'_, Result<(), SinkError>> {
+    fn export<'a>(&'a self, _batch: &'a [SpanData]) -> BoxFuture<'a, Result<(), SinkError>> {
         let r = self.release.clone();
         Box::pin(async move {
             r.notified().await;

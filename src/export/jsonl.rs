@@ -148,7 +148,7 @@ impl TraceSink for JsonlTraceSink {
         &self.name
     }
 
-    fn export(&self, batch: Vec<SpanData>) -> BoxFuture<'_, Result<(), SinkError>> {
+    fn export<'a>(&'a self, batch: &'a [SpanData]) -> BoxFuture<'a, Result<(), SinkError>> {
         let res = self
             .writer
             .write_lines(batch.iter().map(span_to_json))

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::jsonl::JsonlLogExporter;
 use super::sink::classify_otlp_error;
+use crate::config::HoldPolicy;
 use crate::diagnostics::exporters::ExporterStats;
 use crate::diagnostics::recorder::{EventRef, Stage};
 use crate::diagnostics::{Counters, ReasonCode};
@@ -78,6 +79,7 @@ pub(crate) struct LogBatcherSettings {
     pub(crate) max_batch: usize,
     pub(crate) interval: Duration,
     pub(crate) timeout: Duration,
+    pub(crate) hold: HoldPolicy,
 }
 
 impl LogBatcher {
@@ -131,6 +133,7 @@ impl LogBatcher {
                         &scope,
                         &mut batch,
                         settings.timeout,
+                        settings.hold,
                         &counters,
                         &stats,
                     )
@@ -195,6 +198,7 @@ async fn export_batch(
     scope: &InstrumentationScope,
     batch: &mut Vec<(Box<SdkLogRecord>, Option<EventRef>)>,
     timeout: Duration,
+    hold: HoldPolicy,
     counters: &Counters,
     stats: &ExporterStats,
 ) {
@@ -202,18 +206,55 @@ async fn export_batch(
     let n = batch.len() as u64;
     let refs: Vec<(&SdkLogRecord, &InstrumentationScope)> =
         batch.iter().map(|(r, _)| (r.as_ref(), scope)).collect();
-    let started = std::time::Instant::now();
-    let result = match tokio::time::timeout(timeout, backend.export(LogBatch::new(&refs))).await {
-        Ok(r) => r.map_err(|e| {
-            let msg = e.to_string();
-            (classify_otlp_error(msg.clone()).reason(), msg)
-        }),
-        Err(_) => Err((
-            ReasonCode::ExportFailed,
-            format!("timed out after {timeout:?}"),
-        )),
+    // While the failure is transient, the batch is held and tried again with backoff (records
+    // arriving meanwhile wait in the bounded queue); a rejection is final at once.
+    let held_since = std::time::Instant::now();
+    let mut wait = hold.initial;
+    let result = loop {
+        let started = std::time::Instant::now();
+        let result = match tokio::time::timeout(timeout, backend.export(LogBatch::new(&refs))).await
+        {
+            Ok(r) => r.map_err(|e| {
+                let msg = e.to_string();
+                (classify_otlp_error(msg.clone()).reason(), msg)
+            }),
+            Err(_) => Err((
+                ReasonCode::ExportFailed,
+                format!("timed out after {timeout:?}"),
+            )),
+        };
+        stats.record_call(n, result.is_ok(), started.elapsed());
+        match &result {
+            Ok(()) | Err((ReasonCode::ExportRejected, _)) => break result,
+            Err(_) if held_since.elapsed() + wait > hold.max_age => break result,
+            Err((_, error)) => {
+                Counters::add(&counters.export_batches_failed, 1);
+                if wait == hold.initial {
+                    let detail = format!("enterprise logs: {error}; held, retrying");
+                    for (_, ev) in batch.iter() {
+                        if let Some(ev) = ev {
+                            counters.recorder().record(
+                                ev,
+                                Stage::ExportFailed,
+                                Some(ReasonCode::ExportFailed),
+                                Some(&detail),
+                            );
+                        }
+                    }
+                }
+                crate::logging::warn_limited("log export failed; batch held", || {
+                    tracing::warn!(
+                        records = n,
+                        error = %crate::logging::sanitize(error),
+                        retry_in_ms = wait.as_millis() as u64,
+                        "log export failed; batch held"
+                    )
+                });
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(hold.max);
+            }
+        }
     };
-    stats.record_call(n, result.is_ok(), started.elapsed());
     drop(refs);
     let companions = n - events;
     match result {

@@ -116,6 +116,7 @@ struct OtlpSettings<'a> {
     protocol: OtlpProtocol,
     headers: BTreeMap<String, String>,
     timeout: Duration,
+    retry: opentelemetry_otlp::RetryPolicy,
 }
 
 impl OtlpSettings<'_> {
@@ -152,6 +153,7 @@ impl OtlpSettings<'_> {
                 .with_endpoint(self.endpoint)
                 .with_timeout(self.timeout)
                 .with_metadata(self.metadata())
+                .with_retry_policy(self.retry.clone())
                 .build(),
             OtlpProtocol::HttpProtobuf => b
                 .with_http()
@@ -159,6 +161,7 @@ impl OtlpSettings<'_> {
                 .with_endpoint(with_signal_path(self.endpoint, "/v1/traces"))
                 .with_timeout(self.timeout)
                 .with_headers(self.http_headers())
+                .with_retry_policy(self.retry.clone())
                 .build(),
         }
         .map_err(|e| self.err("traces", e))
@@ -172,6 +175,7 @@ impl OtlpSettings<'_> {
                 .with_endpoint(self.endpoint)
                 .with_timeout(self.timeout)
                 .with_metadata(self.metadata())
+                .with_retry_policy(self.retry.clone())
                 .build(),
             OtlpProtocol::HttpProtobuf => b
                 .with_http()
@@ -179,6 +183,7 @@ impl OtlpSettings<'_> {
                 .with_endpoint(with_signal_path(self.endpoint, "/v1/logs"))
                 .with_timeout(self.timeout)
                 .with_headers(self.http_headers())
+                .with_retry_policy(self.retry.clone())
                 .build(),
         }
         .map_err(|e| self.err("logs", e))
@@ -192,6 +197,7 @@ impl OtlpSettings<'_> {
                 .with_endpoint(self.endpoint)
                 .with_timeout(self.timeout)
                 .with_metadata(self.metadata())
+                .with_retry_policy(self.retry.clone())
                 .build(),
             OtlpProtocol::HttpProtobuf => b
                 .with_http()
@@ -199,6 +205,7 @@ impl OtlpSettings<'_> {
                 .with_endpoint(with_signal_path(self.endpoint, "/v1/metrics"))
                 .with_timeout(self.timeout)
                 .with_headers(self.http_headers())
+                .with_retry_policy(self.retry.clone())
                 .build(),
         }
         .map_err(|e| self.err("metrics", e))
@@ -248,6 +255,7 @@ impl ExportPipeline {
                         protocol: cfg.otlp.protocol,
                         headers,
                         timeout: export_timeout,
+                        retry: retry_policy(&cfg.retry),
                     };
                     let mut spans = s.spans()?;
                     spans.set_resource(&resource);
@@ -272,11 +280,13 @@ impl ExportPipeline {
                 }
             };
         log_backend.set_resource(&resource);
+        let hold = cfg.retry.hold_policy();
         let spawn_worker = |sink: Arc<dyn TraceSink>| {
             SinkWorker::spawn(
                 sink,
                 queue_batches,
                 export_timeout,
+                hold,
                 counters.clone(),
                 &handle,
             )
@@ -284,7 +294,7 @@ impl ExportPipeline {
         let main_sink = spawn_worker(main_sink);
         let mut community = Vec::new();
         for (i, s) in cfg.sinks.iter().enumerate() {
-            let sink = build_community_sink(i, s, export_timeout, &resource)?;
+            let sink = build_community_sink(i, s, export_timeout, &cfg.retry, &resource)?;
             community.push((s.tenant_id.clone(), s.app_id.clone(), sink));
         }
         let community: Vec<CommunitySink> = community
@@ -304,6 +314,7 @@ impl ExportPipeline {
                 max_batch: cfg.export.log_max_batch_size,
                 interval: Duration::from_millis(cfg.export.log_flush_interval_ms),
                 timeout: export_timeout,
+                hold: cfg.retry.hold_policy(),
             },
             counters.clone(),
             &handle,
@@ -358,10 +369,20 @@ impl ExportPipeline {
     }
 }
 
+/// The OTLP exporter's own retry policy, from `[retry]`.
+fn retry_policy(r: &crate::config::RetrySection) -> opentelemetry_otlp::RetryPolicy {
+    opentelemetry_otlp::RetryPolicy::recommended()
+        .with_max_retries(r.max_retries)
+        .with_initial_delay(Duration::from_millis(r.initial_backoff_ms))
+        .with_max_delay(Duration::from_millis(r.max_backoff_ms))
+        .with_max_jitter(Duration::from_millis(r.max_jitter_ms))
+}
+
 fn build_community_sink(
     i: usize,
     s: &SinkSection,
     timeout: Duration,
+    retry: &crate::config::RetrySection,
     resource: &Resource,
 ) -> Result<Arc<dyn TraceSink>, ExportBuildError> {
     match s.kind {
@@ -373,6 +394,7 @@ fn build_community_sink(
                 protocol: s.protocol,
                 headers: s.headers.clone(),
                 timeout,
+                retry: retry_policy(retry),
             };
             let mut e = settings.spans()?;
             e.set_resource(resource);

@@ -20,6 +20,7 @@ use futures::future::BoxFuture;
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use tokio::sync::mpsc;
 
+use crate::config::HoldPolicy;
 use crate::diagnostics::exporters::ExporterStats;
 use crate::diagnostics::recorder::{EventRef, Stage};
 use crate::diagnostics::{Counters, ReasonCode};
@@ -56,7 +57,9 @@ pub trait TraceSink: Send + Sync + Debug + 'static {
     fn name(&self) -> &str;
 
     /// Exports one batch. Must finish or fail in bounded time (the worker also applies a timeout).
-    fn export(&self, batch: Vec<SpanData>) -> BoxFuture<'_, Result<(), SinkError>>;
+    /// The batch is borrowed: after a transient failure the worker holds it and calls `export`
+    /// again with the same spans while the backend is away.
+    fn export<'a>(&'a self, batch: &'a [SpanData]) -> BoxFuture<'a, Result<(), SinkError>>;
 
     /// Releases resources at shutdown, after the last batch.
     fn shutdown(&self) -> Result<(), SinkError> {
@@ -110,10 +113,11 @@ impl TraceSink for OtlpTraceSink {
         &self.name
     }
 
-    fn export(&self, batch: Vec<SpanData>) -> BoxFuture<'_, Result<(), SinkError>> {
+    fn export<'a>(&'a self, batch: &'a [SpanData]) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
+            // The SDK exporter takes ownership; the copy is what lets the worker retry.
             self.exporter
-                .export(batch)
+                .export(batch.to_vec())
                 .await
                 .map_err(|e| classify_otlp_error(e.to_string()))
         })
@@ -153,6 +157,20 @@ impl GroupTracker {
             first_failure: AtomicU8::new(NO_FAILURE),
             counters,
         })
+    }
+
+    /// Notes in each event's journey that `destination` failed and the batch is held for
+    /// another try (no settlement).
+    pub(crate) fn note_held(&self, destination: &str, error: &str) {
+        let detail = format!("{destination}: {error}; held, retrying");
+        for ev in &self.events {
+            self.counters.recorder().record(
+                ev,
+                Stage::ExportFailed,
+                Some(ReasonCode::ExportFailed),
+                Some(&detail),
+            );
+        }
     }
 
     /// One destination's result. The last report settles the group.
@@ -217,6 +235,91 @@ pub(crate) enum SinkJob {
     },
 }
 
+/// What one worker task owns.
+struct WorkerState {
+    name: Arc<str>,
+    sink: Arc<dyn TraceSink>,
+    timeout: Duration,
+    hold: HoldPolicy,
+    counters: Arc<Counters>,
+    stats: Arc<ExporterStats>,
+}
+
+impl WorkerState {
+    /// Exports one batch; while the failure is transient, holds it and tries again with
+    /// exponential backoff (up to `retry.max_batch_age_secs`). Batches behind it wait in the
+    /// bounded queue meanwhile. A rejection is final at once.
+    async fn export_held(&self, spans: Vec<SpanData>, groups: Vec<Arc<GroupTracker>>) {
+        let n = spans.len() as u64;
+        let held_since = std::time::Instant::now();
+        let mut wait = self.hold.initial;
+        let result = loop {
+            let started = std::time::Instant::now();
+            let result = match tokio::time::timeout(self.timeout, self.sink.export(&spans)).await {
+                Ok(r) => r,
+                Err(_) => Err(SinkError::Timeout(self.timeout)),
+            };
+            self.stats.record_call(n, result.is_ok(), started.elapsed());
+            match &result {
+                Ok(()) => break result,
+                Err(SinkError::Rejected(_)) => break result,
+                // Held long enough: give up on this batch.
+                Err(_) if held_since.elapsed() + wait > self.hold.max_age => break result,
+                Err(e) => {
+                    Counters::add(&self.counters.export_batches_failed, 1);
+                    if wait == self.hold.initial {
+                        let error = e.to_string();
+                        for g in &groups {
+                            g.note_held(&self.name, &error);
+                        }
+                    }
+                    crate::logging::warn_limited("trace sink export failed; batch held", || {
+                        tracing::warn!(
+                            sink = %crate::logging::sanitize(&self.name),
+                            spans = n,
+                            error = %crate::logging::sanitize(&e.to_string()),
+                            retry_in_ms = wait.as_millis() as u64,
+                            "trace sink export failed; batch held"
+                        )
+                    });
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(self.hold.max);
+                }
+            }
+        };
+        match &result {
+            Ok(()) => {
+                Counters::add(&self.counters.exported_spans, n);
+                Counters::add(&self.counters.export_batches_ok, 1);
+            }
+            Err(e) => {
+                Counters::add(&self.counters.export_batches_failed, 1);
+                Counters::add(&self.counters.sink_spans_failed, n);
+                crate::logging::warn_limited("trace sink export failed", || {
+                    tracing::warn!(
+                        sink = %crate::logging::sanitize(&self.name),
+                        spans = n,
+                        error = %crate::logging::sanitize(&e.to_string()),
+                        "trace sink export failed"
+                    )
+                });
+            }
+        }
+        let error = result
+            .as_ref()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        let r = result
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| (e.reason(), error.as_str()));
+        for g in groups {
+            g.report(&self.name, r);
+        }
+    }
+}
+
 /// The sending side of one sink's queue.
 #[derive(Debug, Clone)]
 pub(crate) struct SinkWorker {
@@ -231,59 +334,28 @@ impl SinkWorker {
         sink: Arc<dyn TraceSink>,
         queue_batches: usize,
         timeout: Duration,
+        hold: HoldPolicy,
         counters: Arc<Counters>,
         rt: &tokio::runtime::Handle,
     ) -> Self {
         let (tx, mut rx) = mpsc::channel::<SinkJob>(queue_batches);
         let name: Arc<str> = Arc::from(sink.name());
-        let name_for_reports = name.clone();
         let stats = counters.exporters.register(&name, "traces");
-        let worker_stats = stats.clone();
+        let worker = WorkerState {
+            name: name.clone(),
+            sink,
+            timeout,
+            hold,
+            counters,
+            stats: stats.clone(),
+        };
         rt.spawn(async move {
             while let Some(job) = rx.recv().await {
                 match job {
-                    SinkJob::Export { spans, groups } => {
-                        let n = spans.len() as u64;
-                        let started = std::time::Instant::now();
-                        let result = match tokio::time::timeout(timeout, sink.export(spans)).await {
-                            Ok(r) => r,
-                            Err(_) => Err(SinkError::Timeout(timeout)),
-                        };
-                        worker_stats.record_call(n, result.is_ok(), started.elapsed());
-                        match &result {
-                            Ok(()) => {
-                                Counters::add(&counters.exported_spans, n);
-                                Counters::add(&counters.export_batches_ok, 1);
-                            }
-                            Err(e) => {
-                                Counters::add(&counters.export_batches_failed, 1);
-                                Counters::add(&counters.sink_spans_failed, n);
-                                crate::logging::warn_limited("trace sink export failed", || {
-                                    tracing::warn!(
-                                        sink = %crate::logging::sanitize(sink.name()),
-                                        spans = n,
-                                        error = %crate::logging::sanitize(&e.to_string()),
-                                        "trace sink export failed"
-                                    )
-                                });
-                            }
-                        }
-                        let error = result
-                            .as_ref()
-                            .err()
-                            .map(|e| e.to_string())
-                            .unwrap_or_default();
-                        let r = result
-                            .as_ref()
-                            .map(|_| ())
-                            .map_err(|e| (e.reason(), error.as_str()));
-                        for g in groups {
-                            g.report(&name_for_reports, r);
-                        }
-                    }
+                    SinkJob::Export { spans, groups } => worker.export_held(spans, groups).await,
                 }
             }
-            let _ = sink.shutdown();
+            let _ = worker.sink.shutdown();
         });
         SinkWorker { name, tx, stats }
     }

@@ -42,10 +42,10 @@ impl TraceSink for RecordingSink {
     fn name(&self) -> &str {
         "recording"
     }
-    fn export(&self, batch: Vec<SpanData>) -> BoxFuture<'_, Result<(), SinkError>> {
+    fn export<'a>(&'a self, batch: &'a [SpanData]) -> BoxFuture<'a, Result<(), SinkError>> {
         let fail = self.fail.lock().clone();
         if fail.is_none() {
-            self.batches.lock().push(batch);
+            self.batches.lock().push(batch.to_vec());
         }
         Box::pin(async move {
             match fail {
