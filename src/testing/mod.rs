@@ -8,5 +8,5 @@ mod otlp_http;
 mod otlp_receiver;
 mod redis_server;
 
-pub use otlp_receiver::{OtlpReceiver, Received};
+pub use otlp_receiver::{OtlpReceiver, Received, Signal};
 pub use redis_server::RedisServer;

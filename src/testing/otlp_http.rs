@@ -10,7 +10,7 @@ use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::otlp_receiver::State;
+use super::otlp_receiver::{Signal, State};
 
 /// The most one request may carry; larger ones are answered 413.
 const MAX_BODY: usize = 64 * 1024 * 1024;
@@ -89,7 +89,12 @@ async fn connection(mut sock: TcpStream, state: Arc<State>) {
         buf.drain(..head_end + len);
 
         state.record_headers(headers.into_iter());
-        let failure = *state.fail_with.lock();
+        let signal = match path.as_str() {
+            "/v1/logs" => Signal::Logs,
+            "/v1/metrics" => Signal::Metrics,
+            _ => Signal::Traces,
+        };
+        let failure = state.planned_failure(signal);
         let (code, reason) = match failure {
             Some(c) => http_status(c),
             None => match record(&state, &path, &body) {

@@ -41,24 +41,70 @@ pub struct Received {
     pub last_authorization: Option<String>,
     /// Every `x-*` header (gRPC metadata) of the last request, names lowercased.
     pub last_x_headers: std::collections::BTreeMap<String, String>,
+    /// Trace export requests answered with a configured failure, and the spans they carried.
+    pub failed_trace_requests: u64,
+    /// Spans in trace requests answered with a configured failure (counted per request, so a
+    /// retried batch counts again).
+    pub failed_spans: u64,
+}
+
+/// Which export requests a configured failure applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// `/v1/traces` or `TraceService/Export`.
+    Traces,
+    /// Logs.
+    Logs,
+    /// Metrics.
+    Metrics,
+}
+
+/// Fail `numerator` out of every `denominator` requests of a signal, deterministically.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    code: tonic::Code,
+    numerator: u64,
+    denominator: u64,
 }
 
 #[derive(Debug, Default)]
 pub(super) struct State {
     pub(super) received: Mutex<Received>,
     pub(super) fail_with: Mutex<Option<tonic::Code>>,
+    plans: Mutex<[Option<Plan>; 3]>,
+    seen: [std::sync::atomic::AtomicU64; 3],
 }
 
 impl State {
-    fn check<T>(&self, req: &Request<T>) -> Result<(), Status> {
+    /// The configured answer for the next request of `signal`, if it is a failure.
+    pub(super) fn planned_failure(&self, signal: Signal) -> Option<tonic::Code> {
+        if let Some(code) = *self.fail_with.lock() {
+            return Some(code);
+        }
+        let plan = self.plans.lock()[signal as usize]?;
+        let n = self.seen[signal as usize].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // Spread the failures evenly: request n fails when it crosses a multiple.
+        let before = n * plan.numerator / plan.denominator;
+        let after = (n + 1) * plan.numerator / plan.denominator;
+        (after > before).then_some(plan.code)
+    }
+
+    fn check_signal<T>(&self, req: &Request<T>, signal: Signal, spans: u64) -> Result<(), Status> {
         let headers = req.metadata().clone().into_headers();
         self.record_headers(headers.iter().filter_map(|(k, v)| {
             v.to_str()
                 .ok()
                 .map(|v| (k.as_str().to_owned(), v.to_owned()))
         }));
-        match *self.fail_with.lock() {
-            Some(code) => Err(Status::new(code, "configured failure")),
+        match self.planned_failure(signal) {
+            Some(code) => {
+                if signal == Signal::Traces {
+                    let mut r = self.received.lock();
+                    r.failed_trace_requests += 1;
+                    r.failed_spans += spans;
+                }
+                Err(Status::new(code, "configured failure"))
+            }
             None => Ok(()),
         }
     }
@@ -88,7 +134,14 @@ impl TraceService for Svc {
         &self,
         req: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        self.0.check(&req)?;
+        let spans: u64 = req
+            .get_ref()
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .map(|ss| ss.spans.len() as u64)
+            .sum();
+        self.0.check_signal(&req, Signal::Traces, spans)?;
         let mut r = self.0.received.lock();
         r.requests.0 += 1;
         for rs in req.into_inner().resource_spans {
@@ -108,7 +161,7 @@ impl LogsService for Svc {
         &self,
         req: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        self.0.check(&req)?;
+        self.0.check_signal(&req, Signal::Logs, 0)?;
         let mut r = self.0.received.lock();
         r.requests.1 += 1;
         for rl in req.into_inner().resource_logs {
@@ -128,7 +181,7 @@ impl MetricsService for Svc {
         &self,
         req: Request<ExportMetricsServiceRequest>,
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        self.0.check(&req)?;
+        self.0.check_signal(&req, Signal::Metrics, 0)?;
         let mut r = self.0.received.lock();
         r.requests.2 += 1;
         for rm in req.into_inner().resource_metrics {
@@ -223,6 +276,17 @@ impl OtlpReceiver {
     /// A copy of everything received so far.
     pub fn received(&self) -> Received {
         self.state.received.lock().clone()
+    }
+
+    /// Makes `numerator` of every `denominator` requests of `signal` fail with `code`, spread
+    /// evenly and deterministically (`None` to stop).
+    pub fn fail_ratio(&self, signal: Signal, plan: Option<(tonic::Code, u64, u64)>) {
+        self.state.plans.lock()[signal as usize] =
+            plan.map(|(code, numerator, denominator)| Plan {
+                code,
+                numerator,
+                denominator: denominator.max(1),
+            });
     }
 
     /// Makes every following export fail with `code` (`None` to accept again).
