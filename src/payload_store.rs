@@ -46,6 +46,9 @@ pub enum RefError {
     /// Contains a character outside `[A-Za-z0-9._-/]`.
     #[error("payload ref contains a character outside [A-Za-z0-9._-/]")]
     BadCharacter,
+    /// Resolves (through a symlink) to a file outside the local store's root.
+    #[error("payload ref resolves outside the payload store's root")]
+    OutsideRoot,
 }
 
 /// Checks that `r` is a key inside `tenant_id`'s prefix. Never touches the store.
@@ -149,6 +152,9 @@ pub enum StoreBuildError {
 #[derive(Debug, Clone)]
 pub struct PayloadStore {
     store: Arc<dyn ObjectStore>,
+    /// For a local directory store: its canonical root. `object_store` follows symlinks even
+    /// when they leave the root, so every read is first resolved and checked against it.
+    local_root: Option<std::path::PathBuf>,
     write_timeout: Duration,
     read_timeout: Duration,
     max_read_bytes: usize,
@@ -159,27 +165,34 @@ impl PayloadStore {
     pub fn new(store: Arc<dyn ObjectStore>, cfg: &PayloadsSection) -> Self {
         PayloadStore {
             store,
+            local_root: None,
             write_timeout: Duration::from_millis(cfg.write_timeout_ms),
             read_timeout: Duration::from_millis(cfg.read_timeout_ms),
             max_read_bytes: cfg.max_read_bytes,
         }
     }
 
+    /// A local directory store at `root` (created when missing). Reads are confined to the
+    /// directory: a ref that resolves outside it, through a symlink, is refused unread.
+    pub fn local(root: &std::path::Path, cfg: &PayloadsSection) -> Result<Self, StoreBuildError> {
+        let local_err = |e: &dyn std::fmt::Display| StoreBuildError::Local {
+            path: root.display().to_string(),
+            error: e.to_string(),
+        };
+        std::fs::create_dir_all(root).map_err(|e| local_err(&e))?;
+        let canonical = std::fs::canonicalize(root).map_err(|e| local_err(&e))?;
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(&canonical)
+            .map_err(|e| local_err(&e))?;
+        let mut s = Self::new(Arc::new(fs), cfg);
+        s.local_root = Some(canonical);
+        Ok(s)
+    }
+
     /// Builds the store named by `payloads.store`.
     pub fn from_config(cfg: &PayloadsSection) -> Result<Self, StoreBuildError> {
         let store: Arc<dyn ObjectStore> = match cfg.store {
             PayloadStoreKind::Memory => Arc::new(InMemory::new()),
-            PayloadStoreKind::Local => {
-                let local_err = |e: &dyn std::fmt::Display| StoreBuildError::Local {
-                    path: cfg.local_path.display().to_string(),
-                    error: e.to_string(),
-                };
-                std::fs::create_dir_all(&cfg.local_path).map_err(|e| local_err(&e))?;
-                Arc::new(
-                    object_store::local::LocalFileSystem::new_with_prefix(&cfg.local_path)
-                        .map_err(|e| local_err(&e))?,
-                )
-            }
+            PayloadStoreKind::Local => return Self::local(&cfg.local_path, cfg),
             PayloadStoreKind::Url => {
                 let raw = cfg.url.clone().unwrap_or_default();
                 let url_err = |e: &dyn std::fmt::Display| StoreBuildError::Url {
@@ -231,6 +244,15 @@ impl PayloadStore {
         let path = StorePath::parse(r).map_err(|_| ReadError::Refused(RefError::Traversal))?;
         let max = self.max_read_bytes;
         let read = async {
+            if let Some(root) = &self.local_root {
+                // Resolve symlinks without opening the target; a missing file falls through to
+                // the store's own NotFound.
+                if let Ok(resolved) = tokio::fs::canonicalize(root.join(r)).await {
+                    if !resolved.starts_with(root) {
+                        return Err(ReadError::Refused(RefError::OutsideRoot));
+                    }
+                }
+            }
             let got = self.store.get(&path).await.map_err(|e| match e {
                 object_store::Error::NotFound { .. } => ReadError::NotFound,
                 other => ReadError::Store(other.to_string()),
