@@ -33,6 +33,11 @@ pub const MAX_ID_BYTES: usize = 128;
 /// The longest correlation id accepted, in bytes.
 pub const MAX_CORRELATION_ID_BYTES: usize = 256;
 
+/// The largest envelope accepted by [`TelemetryEnvelope::from_json`], in bytes of JSON (a payload
+/// above `payloads.inline_threshold_bytes` travels as a ref, so a legitimate envelope is far
+/// smaller).
+pub const MAX_ENVELOPE_JSON_BYTES: usize = 32 * 1024 * 1024;
+
 /// A JSON object: the only shape a payload may have.
 pub type JsonObject = Map<String, Value>;
 
@@ -574,6 +579,22 @@ pub enum EnvelopeError {
     /// The JSON wire form could not be decoded.
     #[error("envelope JSON is invalid: {0}")]
     Decode(String),
+    /// A field of the JSON wire form has the wrong type or value.
+    #[error("field `{field}` is invalid: {reason}")]
+    WrongField {
+        /// The dotted path of the field, as decoded (`context.tenant_id`, `payload_fallback`).
+        field: String,
+        /// What the decoder expected.
+        reason: String,
+    },
+    /// The JSON is larger than [`MAX_ENVELOPE_JSON_BYTES`].
+    #[error("envelope JSON is {size} bytes, at most {max} allowed")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// `created_at` on the wire: RFC 3339, written in UTC with nanoseconds; read with any offset.
@@ -645,8 +666,28 @@ impl TelemetryEnvelope {
     /// both inline and a ref, an oversize fallback, a malformed ref and every check of
     /// [`validate_cheap`](Self::validate_cheap) are refused with an error naming the field.
     pub fn from_json(text: &str) -> Result<Self, EnvelopeError> {
-        let wire: WireEnvelope =
-            serde_json::from_str(text).map_err(|e| EnvelopeError::Decode(e.to_string()))?;
+        if text.len() > MAX_ENVELOPE_JSON_BYTES {
+            return Err(EnvelopeError::TooLarge {
+                size: text.len(),
+                max: MAX_ENVELOPE_JSON_BYTES,
+            });
+        }
+        // Decode through serde_path_to_error so a wrong type names its field; syntax errors
+        // (truncated JSON, nesting beyond serde_json's recursion limit) have no field and say
+        // where they are instead.
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let wire: WireEnvelope = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path.is_empty() || path == "." || inner.is_syntax() || inner.is_eof() {
+                EnvelopeError::Decode(inner.to_string())
+            } else {
+                EnvelopeError::WrongField {
+                    field: path,
+                    reason: inner.to_string(),
+                }
+            }
+        })?;
         let payload = match (wire.payload, wire.payload_ref) {
             (Some(_), Some(_)) => {
                 return Err(EnvelopeError::InvalidField {
