@@ -236,7 +236,7 @@ impl GatewayBuilder {
         // Build every dedup actor's state up front so a bad URL fails start, not a thread.
         let pool_size = sources.len();
         let dedups = (0..pool_size)
-            .map(|_| DedupActor::new(&cfg.dedup))
+            .map(|_| DedupActor::new(&cfg.dedup).map(|d| d.with_counters(counters.clone())))
             .collect::<Result<Vec<_>, _>>()?;
         let export = ExportPipeline::build(&cfg, &table, counters.clone(), self.sinks)?;
         crate::logging::set_redactor(export.redactor.clone());

@@ -112,6 +112,8 @@ pub struct DedupActor {
     ttl_secs: u64,
     timeout: Duration,
     reconnect_interval: Duration,
+    /// Where the duration of each Redis call is recorded (`dedup_call_duration_seconds`).
+    counters: Option<std::sync::Arc<crate::diagnostics::Counters>>,
 }
 
 /// Why the dedup actor could not be built.
@@ -145,7 +147,20 @@ impl DedupActor {
             ttl_secs: cfg.ttl_secs,
             timeout: Duration::from_millis(cfg.timeout_ms),
             reconnect_interval: Duration::from_millis(cfg.reconnect_interval_ms),
+            counters: None,
         })
+    }
+
+    /// Records every Redis call's duration in `counters` (the runtime does this).
+    pub fn with_counters(mut self, counters: std::sync::Arc<crate::diagnostics::Counters>) -> Self {
+        self.counters = Some(counters);
+        self
+    }
+
+    fn record_call(&self, d: Duration) {
+        if let Some(c) = &self.counters {
+            c.dedup_call.record_duration(d);
+        }
     }
 
     fn redis_key(&self, k: &DedupKey) -> String {
@@ -185,6 +200,7 @@ impl Handler<CheckBatch> for DedupActor {
         let conn = redis.conn.clone();
         if conn.is_none() && (now < redis.next_attempt || redis.connecting) {
             // Down, and not yet time to try again: fail open at once.
+            self.record_call(Duration::ZERO);
             return Box::pin(actix::fut::ready(vec![Verdict::Unavailable; n]));
         }
         let client = redis.client.clone();
@@ -219,6 +235,7 @@ impl Handler<CheckBatch> for DedupActor {
                                     drop_connection: true,
                                 },
                                 None,
+                                started.elapsed(),
                             )
                         }
                     }
@@ -258,11 +275,12 @@ impl Handler<CheckBatch> for DedupActor {
                     drop_connection: false,
                 },
             };
-            (outcome, new_conn)
+            (outcome, new_conn, started.elapsed())
         };
         Box::pin(
             fut.into_actor(self)
-                .map(move |(outcome, new_conn), act, _ctx| {
+                .map(move |(outcome, new_conn, took), act, _ctx| {
+                    act.record_call(took);
                     let Backend::Redis(r) = &mut act.backend else {
                         return vec![Verdict::Unavailable; n];
                     };

@@ -58,6 +58,8 @@ pub struct HistSnapshot {
     pub p50: f64,
     /// 99th percentile (in `unit`).
     pub p99: f64,
+    /// Largest value recorded (in `unit`, within the histogram's precision).
+    pub max: f64,
 }
 
 impl Hist {
@@ -132,6 +134,7 @@ impl Hist {
             buckets,
             p50: q(0.5),
             p99: q(0.99),
+            max: guard.as_ref().map_or(0.0, |h| h.max() as f64 * scale),
         }
     }
 }

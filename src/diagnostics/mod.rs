@@ -177,6 +177,8 @@ pub struct Counters {
     pub(crate) emit_to_export_trace: histogram::Hist,
     /// From `created_at` to the exporter accepting the event's log record.
     pub(crate) emit_to_export_metric_log: histogram::Hist,
+    /// Duration of each dedup store (Redis) call, fail-open ones included.
+    pub(crate) dedup_call: histogram::Hist,
     /// Metrics that hit their cardinality limit (bounded by the number of instruments).
     pub(crate) metric_overflow: parking_lot::Mutex<std::collections::BTreeSet<String>>,
     /// Per case: received by the gateway actor, delivered, dropped. Keys are the routing table's
@@ -231,6 +233,7 @@ impl Default for Counters {
             exporters: exporters::ExporterRegistry::default(),
             emit_to_export_trace: histogram::Hist::new(histogram::Unit::Seconds),
             emit_to_export_metric_log: histogram::Hist::new(histogram::Unit::Seconds),
+            dedup_call: histogram::Hist::new(histogram::Unit::Seconds),
             metric_overflow: Default::default(),
             by_case: std::sync::OnceLock::new(),
             otel_histograms: std::sync::OnceLock::new(),

@@ -63,6 +63,8 @@ pub struct DiagnosticsSnapshot {
     pub exporters: Vec<ExporterSnapshot>,
     /// Emit-to-export latency.
     pub emit_to_export: EmitToExport,
+    /// Duration of dedup store (Redis) calls.
+    pub dedup_call: HistSnapshot,
     /// Journeys held by the flight recorder.
     pub recorder_journeys: usize,
     /// Journeys evicted from the flight recorder so far.
@@ -151,6 +153,7 @@ impl Probes {
                 trace: c.emit_to_export_trace.snapshot(),
                 metric_log: c.emit_to_export_metric_log.snapshot(),
             },
+            dedup_call: c.dedup_call.snapshot(),
             recorder_journeys,
             recorder_evicted,
             readiness: self.readiness(),

@@ -286,6 +286,16 @@ pub fn render(d: &DiagnosticsSnapshot) -> String {
         &d.emit_to_export.metric_log,
     );
     o.head(
+        "telemetry_gateway_dedup_call_duration_seconds",
+        "histogram",
+        "Duration of dedup store (Redis) calls, fail-open ones included.",
+    );
+    o.histogram(
+        "telemetry_gateway_dedup_call_duration_seconds",
+        &[],
+        &d.dedup_call,
+    );
+    o.head(
         "telemetry_gateway_queue_depth_items",
         "gauge",
         "Items waiting in each bounded queue.",

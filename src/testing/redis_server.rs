@@ -77,6 +77,24 @@ impl RedisServer {
         self.port
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open, nothing is answered.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a frozen server (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status();
+        }
+    }
+
     /// Kills the server (SIGKILL); [`restart`](Self::restart) brings it back on the same port.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
