@@ -380,6 +380,8 @@ pub fn start(config: GatewayConfig) -> Result<GatewayHandle, StartError> {
 
 /// Addresses the lifecycle needs.
 struct Actors {
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+    gateway: Addr<GatewayActor>,
     batcher: Addr<TraceBatcherActor>,
     /// Held for the gateway's lifetime: actix restarts a supervised actor only while its
     /// mailbox is connected, i.e. while some `Addr` to it is alive.
@@ -451,17 +453,25 @@ fn start_actors(
 
     let threshold = cfg.payloads.inline_threshold_bytes;
     let max_offloads = cfg.gateway.max_offloads_in_flight;
-    GatewayActor::create(move |ctx| {
+    let gateway = GatewayActor::create(move |ctx| {
         ctx.add_stream(tokio_stream::wrappers::ReceiverStream::new(gw_rx));
         // The gateway owns the only sender of the trace queue: when it stops, the batcher's
         // stream ends and the batcher flushes.
         GatewayActor::new(shared, trace_tx, transport, store, threshold, max_offloads)
     });
     Actors {
+        gateway,
         batcher,
         handlers,
         arbiters,
     }
+}
+
+/// Keeps the gateway actor frozen while alive (see `freeze_intake_for_tests`).
+#[cfg(feature = "testing")]
+#[derive(Debug)]
+pub struct IntakeFreeze {
+    _release: std::sync::mpsc::Sender<()>,
 }
 
 /// The state behind every clone of the handle.
@@ -574,6 +584,24 @@ impl GatewayHandle {
     /// The address the diagnostics endpoint listens on (`diagnostics.listen`; useful with port 0).
     pub fn diagnostics_addr(&self) -> Option<std::net::SocketAddr> {
         self.inner.diag_addr
+    }
+
+    /// Test hook (feature `testing`): freezes the gateway actor (its consumer stops taking from
+    /// the gateway queue) until the returned guard is dropped.
+    #[cfg(feature = "testing")]
+    pub fn freeze_intake_for_tests(&self) -> Option<IntakeFreeze> {
+        let addr = self.inner.lifecycle.lock().as_ref()?.actors.gateway.clone();
+        let (frozen_tx, frozen_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel();
+        addr.try_send(crate::actors::gateway::Freeze {
+            frozen: frozen_tx,
+            release: release_rx,
+        })
+        .ok()?;
+        frozen_rx.recv_timeout(START_TIMEOUT).ok()?;
+        Some(IntakeFreeze {
+            _release: release_tx,
+        })
     }
 
     /// A copy of the ledger.

@@ -267,6 +267,27 @@ impl Actor for GatewayActor {
     type Context = Context<Self>;
 }
 
+/// Test hook (feature `testing`): blocks the gateway actor's thread until `release` is dropped,
+/// after acknowledging on `frozen`. Lets a test prove that `emit()` never waits for room.
+#[cfg(feature = "testing")]
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct Freeze {
+    pub(crate) frozen: std::sync::mpsc::Sender<()>,
+    pub(crate) release: std::sync::mpsc::Receiver<()>,
+}
+
+#[cfg(feature = "testing")]
+impl Handler<Freeze> for GatewayActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Freeze, _ctx: &mut Context<Self>) {
+        let _ = msg.frozen.send(());
+        // Blocks until the test drops its guard (the sender side).
+        let _ = msg.release.recv();
+    }
+}
+
 impl StreamHandler<GatewayItem> for GatewayActor {
     fn handle(&mut self, item: GatewayItem, ctx: &mut Context<Self>) {
         self.route(item, ctx);

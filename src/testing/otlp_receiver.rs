@@ -72,6 +72,7 @@ pub(super) struct State {
     pub(super) received: Mutex<Received>,
     pub(super) fail_with: Mutex<Option<tonic::Code>>,
     plans: Mutex<[Option<Plan>; 3]>,
+    delay: Mutex<std::time::Duration>,
     seen: [std::sync::atomic::AtomicU64; 3],
 }
 
@@ -87,6 +88,10 @@ impl State {
         let before = n * plan.numerator / plan.denominator;
         let after = (n + 1) * plan.numerator / plan.denominator;
         (after > before).then_some(plan.code)
+    }
+
+    fn delay(&self) -> std::time::Duration {
+        *self.delay.lock()
     }
 
     fn check_signal<T>(&self, req: &Request<T>, signal: Signal, spans: u64) -> Result<(), Status> {
@@ -141,6 +146,10 @@ impl TraceService for Svc {
             .flat_map(|rs| &rs.scope_spans)
             .map(|ss| ss.spans.len() as u64)
             .sum();
+        let delay = self.0.delay();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         self.0.check_signal(&req, Signal::Traces, spans)?;
         let mut r = self.0.received.lock();
         r.requests.0 += 1;
@@ -161,6 +170,10 @@ impl LogsService for Svc {
         &self,
         req: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
+        let delay = self.0.delay();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         self.0.check_signal(&req, Signal::Logs, 0)?;
         let mut r = self.0.received.lock();
         r.requests.1 += 1;
@@ -287,6 +300,11 @@ impl OtlpReceiver {
                 numerator,
                 denominator: denominator.max(1),
             });
+    }
+
+    /// Answers every following export (gRPC) only after `delay`.
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        *self.state.delay.lock() = delay;
     }
 
     /// Makes every following export fail with `code` (`None` to accept again).
