@@ -119,6 +119,7 @@ fn record(state: &State, path: &str, body: &[u8]) -> Result<(), ()> {
             r.requests.0 += 1;
             for rs in req.resource_spans {
                 for ss in rs.scope_spans {
+                    r.span_count += ss.spans.len() as u64;
                     r.spans.extend(ss.spans);
                 }
             }
@@ -128,6 +129,7 @@ fn record(state: &State, path: &str, body: &[u8]) -> Result<(), ()> {
             r.requests.1 += 1;
             for rl in req.resource_logs {
                 for sl in rl.scope_logs {
+                    r.log_count += sl.log_records.len() as u64;
                     r.logs.extend(sl.log_records);
                 }
             }

@@ -46,6 +46,10 @@ pub struct Received {
     /// Spans in trace requests answered with a configured failure (counted per request, so a
     /// retried batch counts again).
     pub failed_spans: u64,
+    /// Spans accepted, kept or not (see [`OtlpReceiver::discard`]).
+    pub span_count: u64,
+    /// Log records accepted, kept or not.
+    pub log_count: u64,
 }
 
 /// Which export requests a configured failure applies to.
@@ -73,6 +77,8 @@ pub(super) struct State {
     pub(super) fail_with: Mutex<Option<tonic::Code>>,
     plans: Mutex<[Option<Plan>; 3]>,
     delay: Mutex<std::time::Duration>,
+    /// Signals whose items are counted but not kept (long runs that only need counts).
+    discard: Mutex<[bool; 3]>,
     seen: [std::sync::atomic::AtomicU64; 3],
 }
 
@@ -151,11 +157,15 @@ impl TraceService for Svc {
             tokio::time::sleep(delay).await;
         }
         self.0.check_signal(&req, Signal::Traces, spans)?;
+        let keep = !self.0.discard.lock()[Signal::Traces as usize];
         let mut r = self.0.received.lock();
         r.requests.0 += 1;
         for rs in req.into_inner().resource_spans {
             for ss in rs.scope_spans {
-                r.spans.extend(ss.spans);
+                r.span_count += ss.spans.len() as u64;
+                if keep {
+                    r.spans.extend(ss.spans);
+                }
             }
         }
         Ok(Response::new(ExportTraceServiceResponse {
@@ -175,11 +185,15 @@ impl LogsService for Svc {
             tokio::time::sleep(delay).await;
         }
         self.0.check_signal(&req, Signal::Logs, 0)?;
+        let keep = !self.0.discard.lock()[Signal::Logs as usize];
         let mut r = self.0.received.lock();
         r.requests.1 += 1;
         for rl in req.into_inner().resource_logs {
             for sl in rl.scope_logs {
-                r.logs.extend(sl.log_records);
+                r.log_count += sl.log_records.len() as u64;
+                if keep {
+                    r.logs.extend(sl.log_records);
+                }
             }
         }
         Ok(Response::new(ExportLogsServiceResponse {
@@ -300,6 +314,11 @@ impl OtlpReceiver {
                 numerator,
                 denominator: denominator.max(1),
             });
+    }
+
+    /// Counts, but does not keep, the items of `signal` (for long runs that only need counts).
+    pub fn discard(&self, signal: Signal) {
+        self.state.discard.lock()[signal as usize] = true;
     }
 
     /// Answers every following export (gRPC) only after `delay`.

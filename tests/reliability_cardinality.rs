@@ -1,0 +1,108 @@
+//! Reliability suite, scenario 14: a cardinality attack. One million distinct attribute values
+//! (one tenant id per event): the series count stays at the limit + 1 overflow series, the sum
+//! is preserved, and memory plateaus. Its own test binary, so the RSS it samples is this
+//! gateway's alone.
+
+mod support;
+
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value as NValue;
+use telemetry_gateway::testing::{OtlpReceiver, Signal};
+use telemetry_gateway::{start, TelemetryCase, TelemetryContext, TelemetryEnvelope};
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024
+}
+
+/// Distinct values; `TELEMETRY_GATEWAY_CARDINALITY_EVENTS` changes it (docs/reliability.md).
+fn events() -> u64 {
+    std::env::var("TELEMETRY_GATEWAY_CARDINALITY_EVENTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000)
+}
+
+#[test]
+fn a_million_distinct_values_keep_the_series_count_and_the_sum() {
+    let rx = OtlpReceiver::start();
+    rx.discard(Signal::Logs); // only the metrics are under test; keep the receiver's memory flat
+    let (mut cfg, _d) = support::config();
+    cfg.otlp.endpoint = Some(rx.endpoint());
+    let limit = 100;
+    cfg.diagnostics.metric_cardinality_limit = limit;
+    // The recorder and memory dedup are bounded too; small bounds make the plateau come early.
+    cfg.diagnostics.recorder_events = 1_000;
+    cfg.dedup.memory_max_entries = 10_000;
+    let gw = start(cfg).unwrap();
+    let n = events();
+    let mut samples = Vec::new();
+    for i in 0..n {
+        while gw.stats().in_flight > 20_000 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        gw.emit(TelemetryEnvelope::new(
+            TelemetryCase::AppCreated,
+            TelemetryContext::tenant(format!("tenant-{i}")),
+        ))
+        .expect("paced below capacity");
+        if (i + 1) % (n / 5) == 0 {
+            samples.push(rss_bytes());
+        }
+    }
+    let s = gw.shutdown_blocking(Duration::from_secs(60)).stats;
+    assert_eq!(s.delivered, n, "{s:?}");
+    assert!(s
+        .metrics_in_overflow
+        .iter()
+        .any(|m| m == "app.requests.total"));
+
+    let r = rx.received();
+    let last = r
+        .metrics
+        .iter()
+        .rev()
+        .find(|m| m.name == "app.requests.total")
+        .expect("exported");
+    let Some(Data::Sum(sum)) = &last.data else {
+        panic!("not a sum")
+    };
+    assert_eq!(
+        sum.data_points.len(),
+        limit + 1,
+        "the limit plus one overflow series"
+    );
+    let total: f64 = sum
+        .data_points
+        .iter()
+        .map(|p| match p.value {
+            Some(NValue::AsInt(i)) => i as f64,
+            Some(NValue::AsDouble(d)) => d,
+            None => 0.0,
+        })
+        .sum();
+    assert_eq!(total, n as f64, "the sum is preserved");
+
+    // Memory plateaus: the last 60% of the run adds little to what the first 40% reached.
+    let mib = |b: u64| b / (1024 * 1024);
+    eprintln!(
+        "cardinality: {n} distinct tenants, RSS at each fifth: {:?} MiB",
+        samples.iter().map(|b| mib(*b)).collect::<Vec<_>>()
+    );
+    let growth = samples[4].saturating_sub(samples[1]);
+    assert!(
+        growth < 64 * 1024 * 1024,
+        "RSS kept growing: +{} MiB",
+        mib(growth)
+    );
+}
