@@ -76,9 +76,13 @@ fn strings<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
     }
 }
 
-const EXPORT_FAILURES: [&str; 3] = [
+/// Every export-failure warning. A transient failure holds the batch and logs the "batch held"
+/// variant per failed call; the plain variant is logged when a batch is finally given up.
+const EXPORT_FAILURES: [&str; 5] = [
     "trace sink export failed",
+    "trace sink export failed; batch held",
     "log export failed",
+    "log export failed; batch held",
     "metric export failed",
 ];
 
@@ -99,6 +103,9 @@ fn gateway_logs_are_json_rate_limited_correlated_and_unbreakable() {
     let (mut cfg, dir) = support::config();
     cfg.otlp.endpoint = Some("http://127.0.0.1:9".into());
     cfg.otlp.timeout_ms = 200;
+    // Held batches are given up after 1 s, so both warnings (held, then given up) are exercised
+    // and the test does not wait for the shutdown deadline.
+    cfg.retry.max_batch_age_secs = 1;
     cfg.payloads.inline_threshold_bytes = 1024;
     let store = support::failing_payload_store(&cfg.payloads, dir.path());
     let gw = GatewayBuilder::new(cfg)
@@ -134,7 +141,8 @@ fn gateway_logs_are_json_rate_limited_correlated_and_unbreakable() {
     let phase1 = buf.lines();
 
     // 2. A community sink fails with an error that tries to forge a log line.
-    let (cfg, _dir2) = support::config();
+    let (mut cfg, _dir2) = support::config();
+    cfg.retry.max_batch_age_secs = 1;
     let forging = support::RecordingSink::default();
     *forging.fail.lock() = Some(SinkError::Failed(
         "boom\r\n{\"level\":\"INFO\",\"message\":\"forged\"}\n".into(),
@@ -163,20 +171,22 @@ fn gateway_logs_are_json_rate_limited_correlated_and_unbreakable() {
         assert!(logged <= 1, "{key} logged {logged} times: {phase1:#?}");
         accounted += logged as u64 + summarised(&phase1, key);
     }
-    assert_eq!(count(&phase1, "trace sink export failed"), 1);
-    assert_eq!(count(&phase1, "log export failed"), 1);
+    assert_eq!(count(&phase1, "trace sink export failed; batch held"), 1);
+    assert_eq!(count(&phase1, "log export failed; batch held"), 1);
     assert_eq!(
         accounted, failed_batches,
         "every failed batch is either logged or counted in a summary"
     );
     let summary = phase1
         .iter()
-        .find(|l| l["warn_key"] == "trace sink export failed")
+        .find(|l| l["warn_key"] == "trace sink export failed; batch held")
         .expect("a summary of the trace export failures");
     assert_eq!(summary["level"], "WARN");
     let n = summary["count"].as_u64().unwrap();
     assert!(
-        message(summary).starts_with(&format!("trace sink export failed: {n} more occurrences")),
+        message(summary).starts_with(&format!(
+            "trace sink export failed; batch held: {n} more occurrences"
+        )),
         "{summary}"
     );
 
@@ -193,7 +203,7 @@ fn gateway_logs_are_json_rate_limited_correlated_and_unbreakable() {
     // (d) No value breaks a line: the forging error is there, flattened.
     let forged = lines
         .iter()
-        .find(|l| message(l) == "trace sink export failed" && l["sink"] == "recording")
+        .find(|l| message(l) == "trace sink export failed; batch held" && l["sink"] == "recording")
         .expect("the forging sink's failure is logged (flush restarted the cycle)");
     assert_eq!(
         forged["error"],
