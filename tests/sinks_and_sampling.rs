@@ -83,6 +83,8 @@ fn a_stuck_only_destination_drops_with_reasons_and_shutdown_stays_bounded() {
     cfg.trace_batcher.max_batch_size = 5;
     cfg.trace_batcher.sink_queue_batches = 1;
     cfg.otlp.timeout_ms = 200;
+    // A timed-out batch is held and retried; after 1 s it is given up (export_failed).
+    cfg.retry.max_batch_age_secs = 1;
     let stuck = StuckSink::default();
     let gw = GatewayBuilder::new(cfg)
         .trace_sink("t", None, Arc::new(stuck))

@@ -43,8 +43,7 @@ pub struct Readiness {
 /// Emit-to-export latency per signal.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EmitToExport {
-    /// Trace events: `created_at` to the moment the event is settled as delivered (its last
-    /// destination has answered, at least one having accepted the span).
+    /// Trace events: `created_at` to the first destination accepting the span.
     pub trace: HistSnapshot,
     /// Metric/log events: `created_at` to the exporter accepting the log record.
     pub metric_log: HistSnapshot,

@@ -8,8 +8,9 @@
 //!
 //! Event accounting: the events of one batch are split into *groups* that share a destination
 //! set. Each group has a `GroupTracker`; every sink that receives the group reports to it once.
-//! When the last report arrives the group's events are **delivered** if at least one destination
-//! accepted them, else **dropped** under the first failure's reason.
+//! The first success settles the group's events as **delivered** (another destination may be
+//! holding its batch through an outage); if every destination fails, the last report settles
+//! them as **dropped** under the first failure's reason.
 
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
@@ -136,7 +137,9 @@ impl TraceSink for OtlpTraceSink {
 pub(crate) struct GroupTracker {
     events: Vec<EventRef>,
     remaining: AtomicUsize,
-    any_ok: AtomicBool,
+    /// Set by the first success: the group is delivered then, whatever the other destinations
+    /// do later (one of them may be holding its batch through an outage).
+    settled: AtomicBool,
     first_failure: AtomicU8,
     counters: Arc<Counters>,
 }
@@ -153,7 +156,7 @@ impl GroupTracker {
         Arc::new(GroupTracker {
             events,
             remaining: AtomicUsize::new(destinations),
-            any_ok: AtomicBool::new(false),
+            settled: AtomicBool::new(false),
             first_failure: AtomicU8::new(NO_FAILURE),
             counters,
         })
@@ -173,14 +176,26 @@ impl GroupTracker {
         }
     }
 
-    /// One destination's result. The last report settles the group.
+    /// One destination's result. The first success settles the group as delivered; if every
+    /// destination fails, the last report settles it as dropped under the first failure's
+    /// reason.
     pub(crate) fn report(&self, destination: &str, result: Result<(), (ReasonCode, &str)>) {
         let rec = self.counters.recorder();
         match result {
             Ok(()) => {
-                self.any_ok.store(true, Ordering::Release);
                 for ev in &self.events {
                     rec.record(ev, Stage::Exported, None, Some(destination));
+                }
+                if !self.settled.swap(true, Ordering::AcqRel) {
+                    let n = self.events.len() as u64;
+                    Counters::add(&self.counters.delivered_trace, n);
+                    for ev in &self.events {
+                        self.counters.case_delivered(&ev.case);
+                        self.counters
+                            .emit_to_export(crate::contracts::SignalType::Trace, ev.age());
+                        rec.record(ev, Stage::Delivered, None, None);
+                    }
+                    self.counters.trace_pending_sub(n);
                 }
             }
             Err((reason, error)) => {
@@ -200,27 +215,17 @@ impl GroupTracker {
                 }
             }
         }
-        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let n = self.events.len() as u64;
-            if self.any_ok.load(Ordering::Acquire) {
-                Counters::add(&self.counters.delivered_trace, n);
-                for ev in &self.events {
-                    self.counters.case_delivered(&ev.case);
-                    self.counters
-                        .emit_to_export(crate::contracts::SignalType::Trace, ev.age());
-                    rec.record(ev, Stage::Delivered, None, None);
-                }
-            } else {
-                let idx = self.first_failure.load(Ordering::Acquire);
-                let reason = ReasonCode::ALL
-                    .get(idx as usize)
-                    .copied()
-                    .unwrap_or(ReasonCode::ExportFailed);
-                for ev in &self.events {
-                    self.counters.drop_event(ev, reason, None);
-                }
+        let last = self.remaining.fetch_sub(1, Ordering::AcqRel) == 1;
+        if last && !self.settled.swap(true, Ordering::AcqRel) {
+            let idx = self.first_failure.load(Ordering::Acquire);
+            let reason = ReasonCode::ALL
+                .get(idx as usize)
+                .copied()
+                .unwrap_or(ReasonCode::ExportFailed);
+            for ev in &self.events {
+                self.counters.drop_event(ev, reason, None);
             }
-            self.counters.trace_pending_sub(n);
+            self.counters.trace_pending_sub(self.events.len() as u64);
         }
     }
 }
