@@ -61,29 +61,9 @@ fn distinct_attribute_sets_are_capped_with_a_counted_overflow_series() {
                     )
             })
         })
-        .map(|p| match p.value {
-            Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(i)) => {
-                i as f64
-            }
-            Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsDouble(
-                d,
-            )) => d,
-            None => 0.0,
-        })
+        .map(support::point_value)
         .sum();
-    let total: f64 = sum
-        .data_points
-        .iter()
-        .map(|p| match p.value {
-            Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(i)) => {
-                i as f64
-            }
-            Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsDouble(
-                d,
-            )) => d,
-            None => 0.0,
-        })
-        .sum();
+    let total: f64 = sum.data_points.iter().map(support::point_value).sum();
     assert!(overflow > 0.0, "an overflow series carries the excess");
     assert_eq!(
         total, tenants as f64,

@@ -8,22 +8,10 @@ mod support;
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
-use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value as NValue;
 use telemetry_gateway::testing::{OtlpReceiver, Signal};
 use telemetry_gateway::{start, TelemetryCase, TelemetryContext, TelemetryEnvelope};
 
-fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-        * 1024
-}
+use support::rss_bytes;
 
 /// Distinct values; `TELEMETRY_GATEWAY_CARDINALITY_EVENTS` changes it (docs/reliability.md).
 fn events() -> u64 {
@@ -82,15 +70,7 @@ fn a_million_distinct_values_keep_the_series_count_and_the_sum() {
         limit + 1,
         "the limit plus one overflow series"
     );
-    let total: f64 = sum
-        .data_points
-        .iter()
-        .map(|p| match p.value {
-            Some(NValue::AsInt(i)) => i as f64,
-            Some(NValue::AsDouble(d)) => d,
-            None => 0.0,
-        })
-        .sum();
+    let total: f64 = sum.data_points.iter().map(support::point_value).sum();
     assert_eq!(total, n as f64, "the sum is preserved");
 
     // Memory plateaus: the last 60% of the run adds little to what the first 40% reached.

@@ -4,38 +4,15 @@
 
 mod support;
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::common::v1::any_value::Value as PValue;
 use serde_json::json;
 use telemetry_gateway::testing::{OtlpReceiver, Received, Signal};
 use telemetry_gateway::{
     start, GatewayConfig, ReasonCode, TelemetryCase, TelemetryContext, TelemetryEnvelope,
 };
 
-fn seqs(r: &Received) -> (HashSet<i64>, usize) {
-    let mut all = HashSet::new();
-    let mut dupes = 0;
-    for s in &r.spans {
-        let seq = s
-            .attributes
-            .iter()
-            .find(|kv| kv.key == "app.seq")
-            .and_then(
-                |kv| match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-                    Some(PValue::IntValue(i)) => Some(*i),
-                    _ => None,
-                },
-            );
-        if let Some(seq) = seq {
-            if !all.insert(seq) {
-                dupes += 1;
-            }
-        }
-    }
-    (all, dupes)
-}
+use support::span_seqs as seqs;
 
 fn trace_event(seq: u64) -> TelemetryEnvelope {
     TelemetryEnvelope::new(TelemetryCase::WorkflowRun, TelemetryContext::tenant("t"))
@@ -59,20 +36,6 @@ fn base(rx: &OtlpReceiver) -> (GatewayConfig, tempfile::TempDir) {
     c.otlp.timeout_ms = 2_000;
     c.retry.outage_backoff_max_ms = 500;
     (c, d)
-}
-
-#[allow(dead_code)]
-fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-        * 1024
 }
 
 /// Scenario 3: the receiver answers UNAVAILABLE 70% of the time; every event arrives within 10 s after

@@ -7,26 +7,12 @@ mod support;
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::common::v1::any_value::Value as PValue;
 use serde_json::json;
 use telemetry_gateway::testing::{OtlpReceiver, Received};
 use telemetry_gateway::{start, ReasonCode, TelemetryCase, TelemetryContext, TelemetryEnvelope};
 
 fn seqs(r: &Received) -> HashSet<i64> {
-    r.spans
-        .iter()
-        .filter_map(|s| {
-            s.attributes
-                .iter()
-                .find(|kv| kv.key == "app.seq")
-                .and_then(
-                    |kv| match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-                        Some(PValue::IntValue(i)) => Some(*i),
-                        _ => None,
-                    },
-                )
-        })
-        .collect()
+    support::span_seqs(r).0
 }
 
 fn trace_event(seq: u64) -> TelemetryEnvelope {
@@ -35,18 +21,7 @@ fn trace_event(seq: u64) -> TelemetryEnvelope {
         .with_payload(json!({"seq": seq}))
 }
 
-fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-        * 1024
-}
+use support::rss_bytes;
 
 /// Scenario 5: the receiver is down for 15 s, then back: memory stays within the configured bounds, what
 /// did not fit is counted, what fitted arrives.

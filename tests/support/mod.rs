@@ -127,3 +127,54 @@ impl telemetry_gateway::transport::MetricTransport for ForeignRefTransport {
         self.0.capacity()
     }
 }
+
+/// This process's resident memory, from /proc (0 when unavailable).
+pub fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024
+}
+
+/// The `app.seq` attribute of every span received: (distinct values, repeats).
+pub fn span_seqs(
+    r: &telemetry_gateway::testing::Received,
+) -> (std::collections::HashSet<i64>, usize) {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as PValue;
+    let mut all = std::collections::HashSet::new();
+    let mut repeats = 0;
+    for s in &r.spans {
+        let seq = s
+            .attributes
+            .iter()
+            .find(|kv| kv.key == "app.seq")
+            .and_then(
+                |kv| match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                    Some(PValue::IntValue(i)) => Some(*i),
+                    _ => None,
+                },
+            );
+        if let Some(seq) = seq {
+            if !all.insert(seq) {
+                repeats += 1;
+            }
+        }
+    }
+    (all, repeats)
+}
+
+/// A number data point's value as f64.
+pub fn point_value(p: &opentelemetry_proto::tonic::metrics::v1::NumberDataPoint) -> f64 {
+    use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value;
+    match p.value {
+        Some(Value::AsInt(i)) => i as f64,
+        Some(Value::AsDouble(d)) => d,
+        None => 0.0,
+    }
+}
