@@ -672,14 +672,14 @@ impl TelemetryEnvelope {
                 max: MAX_ENVELOPE_JSON_BYTES,
             });
         }
-        // Decode through serde_path_to_error so a wrong type names its field; syntax errors
-        // (truncated JSON, nesting beyond serde_json's recursion limit) have no field and say
-        // where they are instead.
+        // Decode through serde_path_to_error so an error names the field it happened in (a wrong
+        // type, an enum given a number, JSON truncated inside a field); an error before any
+        // field (not JSON at all) says where it is instead.
         let de = &mut serde_json::Deserializer::from_str(text);
         let wire: WireEnvelope = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
-            if path.is_empty() || path == "." || inner.is_syntax() || inner.is_eof() {
+            if path.is_empty() || path == "." {
                 EnvelopeError::Decode(inner.to_string())
             } else {
                 EnvelopeError::WrongField {

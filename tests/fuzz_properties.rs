@@ -7,14 +7,12 @@
 //! - Every valid envelope round-trips through `to_json` / `from_json` exactly.
 //! - A field given a value of the wrong JSON type is refused with an error naming the field.
 //!
-//! Two of these properties do not hold yet; they are written out, `#[ignore]`d with the finding
-//! they show, and un-ignored by the fix (docs/fuzzing.md, "Findings"):
+//! Two of these properties guard fixed findings (docs/fuzzing.md, "Findings"):
 //!
-//! - F1: floats in payloads can change in their last bit through `to_json` / `from_json`
-//!   (`serde_json` is built without `float_roundtrip`). [`FLOATS_ROUND_TRIP`] switches the exact
-//!   comparison on for inputs with floats.
-//! - F2: a wrong JSON type is refused with serde's message, which names the expected type and
-//!   the column, not the field.
+//! - F1: floats in payloads changed in their last bit through `to_json` / `from_json`;
+//!   fixed by `serde_json`'s `float_roundtrip` feature.
+//! - F2: a wrong JSON type was refused with serde's message, which named the column, not the
+//!   field; fixed by decoding through `serde_path_to_error`.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -29,10 +27,9 @@ use uuid::Uuid;
 /// The shipped configuration: every key, so mutating one line reaches every section.
 const GATEWAY_TOML: &str = include_str!("../config/gateway.toml");
 
-/// Finding F1 (docs/fuzzing.md): whether a float survives `to_json` / `from_json` bit for bit.
-/// `false` until `serde_json`'s `float_roundtrip` feature is on; then set it to `true` and
-/// remove the `#[ignore]` of `valid_envelopes_with_floats_round_trip_exactly`.
-const FLOATS_ROUND_TRIP: bool = false;
+/// Finding F1 (docs/fuzzing.md): a float survives `to_json` / `from_json` bit for bit, now that
+/// `serde_json`'s `float_roundtrip` feature is on.
+const FLOATS_ROUND_TRIP: bool = true;
 
 /// Proptest's defaults (256 cases, or `PROPTEST_CASES`), with regressions kept next to this
 /// file (`tests/fuzz_properties.proptest-regressions`).
@@ -398,17 +395,15 @@ proptest! {
         round_trip_exactly(&env)?;
     }
 
-    /// Finding F1: fails until `serde_json`'s `float_roundtrip` feature is on.
+    /// Finding F1: guarded by `serde_json`'s `float_roundtrip` feature.
     #[test]
-    #[ignore = "F1 (docs/fuzzing.md): floats change in their last bit through the wire form"]
     fn valid_envelopes_with_floats_round_trip_exactly(env in valid_envelope(true)) {
         round_trip_exactly(&env)?;
     }
 
-    /// Issue 4's "errors name the field", for the wire form. Finding F2: fails until decoding
-    /// errors carry the field's path.
+    /// Issue 4's "errors name the field", for the wire form (finding F2, fixed by decoding
+    /// through `serde_path_to_error`).
     #[test]
-    #[ignore = "F2 (docs/fuzzing.md): serde's type errors name the column, not the field"]
     fn a_field_of_the_wrong_type_is_named_in_the_error(
         env in valid_envelope(false),
         (field, value) in wrong_type_mutation(),
@@ -473,4 +468,16 @@ fn the_fuzz_seed_corpus_is_valid() {
         }
     }
     assert!(seen >= 5, "only {seen} seeds");
+}
+
+/// Finding F1's minimised crasher, replayed: it decodes, and round-trips exactly.
+#[test]
+fn the_float_crasher_round_trips() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/artifacts/envelope_decode/float-roundtrip.json");
+    let text = std::fs::read_to_string(path).expect("the committed crasher");
+    let env = TelemetryEnvelope::from_json(&text).expect("it decodes");
+    let again =
+        TelemetryEnvelope::from_json(&env.to_json().expect("to_json")).expect("it decodes again");
+    assert_eq!(again, env, "the number changed on the round trip");
 }
