@@ -620,6 +620,27 @@ fn parse_rfc3339(s: &str) -> Result<SystemTime, EnvelopeError> {
 // JSON wire format. A separate, explicit struct so that the wire shape is reviewed in one place
 // and decoding untrusted JSON goes through `deny_unknown_fields` and the same validation.
 
+/// Deserializes a struct from a JSON object only. serde's derived struct deserializers also
+/// accept the array form (`"correlation": []`, `"context": ["t1"]`), which the wire format does
+/// not allow; the map is forwarded as is, so nested field paths are still reported.
+fn object_only<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct ObjectOnly<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for ObjectOnly<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+            T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    d.deserialize_map(ObjectOnly(std::marker::PhantomData))
+}
+
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WireEnvelope {
@@ -628,8 +649,9 @@ struct WireEnvelope {
     case: TelemetryCase,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     signal: Option<SignalType>,
+    #[serde(deserialize_with = "object_only")]
     context: TelemetryContext,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object_only")]
     correlation: Correlation,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     payload: Option<JsonObject>,
@@ -835,6 +857,23 @@ mod tests {
         assert!(err.to_string().contains("created_at"));
         let now = SystemTime::now();
         assert_eq!(parse_rfc3339(&format_rfc3339(now).unwrap()).unwrap(), now);
+    }
+
+    #[test]
+    fn struct_fields_must_be_objects_not_arrays() {
+        let mut v: Value = serde_json::from_str(&env().to_json().unwrap()).unwrap();
+        v["correlation"] = json!([]);
+        let err = TelemetryEnvelope::from_json(&v.to_string()).unwrap_err();
+        assert!(err.to_string().contains("correlation"), "{err}");
+        let mut v: Value = serde_json::from_str(&env().to_json().unwrap()).unwrap();
+        v["context"] = json!(["t1"]);
+        let err = TelemetryEnvelope::from_json(&v.to_string()).unwrap_err();
+        assert!(err.to_string().contains("context"), "{err}");
+        // Nested paths are still named.
+        let mut v: Value = serde_json::from_str(&env().to_json().unwrap()).unwrap();
+        v["context"]["tenant_id"] = json!(7);
+        let err = TelemetryEnvelope::from_json(&v.to_string()).unwrap_err();
+        assert!(err.to_string().contains("context.tenant_id"), "{err}");
     }
 
     #[test]
