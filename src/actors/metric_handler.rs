@@ -317,7 +317,6 @@ impl MetricHandlerActor {
                     .map(|kv| (kv.key, crate::export::mapping::value_to_any(kv.value))),
             );
         }
-        Counters::add(&self.counters().processed_metric_log, 1);
         self.export
             .log_batcher
             .try_send(record, Some(w.ev.clone()))

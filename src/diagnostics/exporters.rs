@@ -122,7 +122,8 @@ impl ExporterStats {
 #[derive(Debug, Default)]
 pub struct ExporterRegistry {
     exporters: Mutex<Vec<Arc<ExporterStats>>>,
-    /// Shared with every exporter registered, set once the meter provider exists.
+    /// The OTel histograms, shared with every exporter registered and used by
+    /// `Counters::emit_to_export`; set once the meter provider exists.
     pub(crate) otel: Arc<std::sync::OnceLock<super::otel::SelfHistograms>>,
 }
 

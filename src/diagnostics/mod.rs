@@ -153,7 +153,6 @@ pub struct Counters {
     pub(crate) rehydrated_from_fallback: AtomicU64,
     pub(crate) dedup_store_errors: AtomicU64,
     pub(crate) handler_restarts: AtomicU64,
-    pub(crate) processed_metric_log: AtomicU64,
     pub(crate) exported_spans: AtomicU64,
     pub(crate) exported_log_records: AtomicU64,
     pub(crate) exported_metric_points: AtomicU64,
@@ -184,8 +183,6 @@ pub struct Counters {
     /// Per case: received by the gateway actor, delivered, dropped. Keys are the routing table's
     /// cases (fixed at start) plus `other` for names the table does not know.
     by_case: std::sync::OnceLock<std::collections::HashMap<String, [AtomicU64; 3]>>,
-    /// The OTel twins of the histograms (set at start, once the meter provider exists).
-    pub(crate) otel_histograms: std::sync::OnceLock<otel::SelfHistograms>,
 }
 
 /// The per-case counter bucket of a case name the routing table does not know.
@@ -217,7 +214,6 @@ impl Default for Counters {
             rehydrated_from_fallback: AtomicU64::new(0),
             dedup_store_errors: AtomicU64::new(0),
             handler_restarts: AtomicU64::new(0),
-            processed_metric_log: AtomicU64::new(0),
             exported_spans: AtomicU64::new(0),
             exported_log_records: AtomicU64::new(0),
             exported_metric_points: AtomicU64::new(0),
@@ -236,7 +232,6 @@ impl Default for Counters {
             dedup_call: histogram::Hist::new(histogram::Unit::Seconds),
             metric_overflow: Default::default(),
             by_case: std::sync::OnceLock::new(),
-            otel_histograms: std::sync::OnceLock::new(),
         }
     }
 }
@@ -290,7 +285,7 @@ impl Counters {
                 self.emit_to_export_metric_log.record_duration(age)
             }
         }
-        if let Some(h) = self.otel_histograms.get() {
+        if let Some(h) = self.exporters.otel.get() {
             h.emit_to_export(signal, age);
         }
     }

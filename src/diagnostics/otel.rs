@@ -88,8 +88,8 @@ pub(crate) fn register(provider: &SdkMeterProvider, probes: Arc<Probes>) {
             .with_unit("s")
             .build(),
     };
-    let _ = probes.counters.exporters.otel.set(hist.clone());
-    let _ = probes.counters.otel_histograms.set(hist);
+    // One instance, shared by every exporter's stats and the emit-to-export recording.
+    let _ = probes.counters.exporters.otel.set(hist);
     let p = probes.clone();
     let _ = meter
         .u64_observable_counter(INSTRUMENT_NAMES[0])
