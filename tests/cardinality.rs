@@ -5,7 +5,6 @@
 mod support;
 
 use opentelemetry_proto::tonic::common::v1::any_value::Value as PValue;
-use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use telemetry_gateway::testing::OtlpReceiver;
 use telemetry_gateway::{start, TelemetryCase, TelemetryContext, TelemetryEnvelope};
 
@@ -35,22 +34,9 @@ fn distinct_attribute_sets_are_capped_with_a_counted_overflow_series() {
     );
     // The last export of app.requests.total: `limit` attribute sets plus the overflow series.
     let r = rx.received();
-    let last = r
-        .metrics
-        .iter()
-        .rev()
-        .find(|m| m.name == "app.requests.total")
-        .expect("app.requests.total exported");
-    let Some(Data::Sum(sum)) = &last.data else {
-        panic!("not a sum")
-    };
-    assert!(
-        sum.data_points.len() <= 10 + 1,
-        "{} points",
-        sum.data_points.len()
-    );
-    let overflow: f64 = sum
-        .data_points
+    let points = support::last_sum_points(&r, "app.requests.total");
+    assert!(points.len() <= 10 + 1, "{} points", points.len());
+    let overflow: f64 = points
         .iter()
         .filter(|p| {
             p.attributes.iter().any(|kv| {
@@ -63,7 +49,7 @@ fn distinct_attribute_sets_are_capped_with_a_counted_overflow_series() {
         })
         .map(support::point_value)
         .sum();
-    let total: f64 = sum.data_points.iter().map(support::point_value).sum();
+    let total: f64 = points.iter().map(support::point_value).sum();
     assert!(overflow > 0.0, "an overflow series carries the excess");
     assert_eq!(
         total, tenants as f64,

@@ -7,7 +7,6 @@ mod support;
 
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use telemetry_gateway::testing::{OtlpReceiver, Signal};
 use telemetry_gateway::{start, TelemetryCase, TelemetryContext, TelemetryEnvelope};
 
@@ -56,21 +55,13 @@ fn a_million_distinct_values_keep_the_series_count_and_the_sum() {
         .any(|m| m == "app.requests.total"));
 
     let r = rx.received();
-    let last = r
-        .metrics
-        .iter()
-        .rev()
-        .find(|m| m.name == "app.requests.total")
-        .expect("exported");
-    let Some(Data::Sum(sum)) = &last.data else {
-        panic!("not a sum")
-    };
+    let points = support::last_sum_points(&r, "app.requests.total");
     assert_eq!(
-        sum.data_points.len(),
+        points.len(),
         limit + 1,
         "the limit plus one overflow series"
     );
-    let total: f64 = sum.data_points.iter().map(support::point_value).sum();
+    let total: f64 = points.iter().map(support::point_value).sum();
     assert_eq!(total, n as f64, "the sum is preserved");
 
     // Memory plateaus: the last 60% of the run adds little to what the first 40% reached.

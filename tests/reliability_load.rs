@@ -2,32 +2,15 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use opentelemetry::KeyValue;
 use serde_json::json;
-use telemetry_gateway::contracts::JsonObject;
 use telemetry_gateway::testing::OtlpReceiver;
 use telemetry_gateway::{
-    CaseHandler, GatewayBuilder, ReasonCode, TelemetryCase, TelemetryContext, TelemetryEnvelope,
+    GatewayBuilder, ReasonCode, TelemetryCase, TelemetryContext, TelemetryEnvelope,
 };
-
-#[derive(Debug, Default)]
-struct PoisonEvery {
-    handled: AtomicU64,
-}
-
-impl CaseHandler for PoisonEvery {
-    fn handle(&self, _env: &TelemetryEnvelope, payload: Option<&JsonObject>) -> Vec<KeyValue> {
-        if payload.and_then(|p| p.get("poison")).is_some() {
-            panic!("poison event");
-        }
-        self.handled.fetch_add(1, Ordering::Relaxed);
-        Vec::new()
-    }
-}
 
 /// Scenario 6: a poison event every 1,000th of 100,000. Restarts == poison events, every
 /// non-poison event is processed, poison events are dead-lettered (never retried), and `emit()`
@@ -43,7 +26,7 @@ fn a_poison_event_every_thousandth_of_100k() {
     }));
     let (mut cfg, _d) = support::config();
     cfg.metric_pool.pool_size = 2;
-    let h = Arc::new(PoisonEvery::default());
+    let h = Arc::new(support::PoisonOnFlag::default());
     let gw = GatewayBuilder::new(cfg)
         .case_handler("tool_execution", h.clone())
         .start()

@@ -2,37 +2,20 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use opentelemetry::KeyValue;
 use serde_json::json;
-use telemetry_gateway::contracts::JsonObject;
 use telemetry_gateway::{
-    CaseHandler, GatewayBuilder, ReasonCode, TelemetryCase, TelemetryContext, TelemetryEnvelope,
+    GatewayBuilder, ReasonCode, TelemetryCase, TelemetryContext, TelemetryEnvelope,
 };
-
-#[derive(Debug, Default)]
-struct PoisonOnFlag {
-    handled: AtomicU64,
-}
-
-impl CaseHandler for PoisonOnFlag {
-    fn handle(&self, _env: &TelemetryEnvelope, payload: Option<&JsonObject>) -> Vec<KeyValue> {
-        if payload.and_then(|p| p.get("poison")).is_some() {
-            panic!("poison event");
-        }
-        self.handled.fetch_add(1, Ordering::SeqCst);
-        vec![KeyValue::new("handled.by", "test")]
-    }
-}
 
 #[test]
 fn poison_events_are_dead_lettered_and_the_handler_restarts() {
     let (mut cfg, _d) = support::config();
     cfg.metric_pool.pool_size = 1; // one handler: the poison and its followers share a queue
     cfg.metric_pool.batch_size = 64;
-    let h = Arc::new(PoisonOnFlag::default());
+    let h = Arc::new(support::PoisonOnFlag::default());
     let gw = GatewayBuilder::new(cfg)
         .case_handler("tool_execution", h.clone())
         .start()

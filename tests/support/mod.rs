@@ -178,3 +178,42 @@ pub fn point_value(p: &opentelemetry_proto::tonic::metrics::v1::NumberDataPoint)
         None => 0.0,
     }
 }
+
+/// A case handler that panics on any payload with a `poison` key and counts the rest.
+#[derive(Debug, Default)]
+pub struct PoisonOnFlag {
+    pub handled: std::sync::atomic::AtomicU64,
+}
+
+impl telemetry_gateway::CaseHandler for PoisonOnFlag {
+    fn handle(
+        &self,
+        _env: &telemetry_gateway::TelemetryEnvelope,
+        payload: Option<&telemetry_gateway::contracts::JsonObject>,
+    ) -> Vec<opentelemetry::KeyValue> {
+        if payload.and_then(|p| p.get("poison")).is_some() {
+            panic!("poison event");
+        }
+        self.handled
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        vec![opentelemetry::KeyValue::new("handled.by", "test")]
+    }
+}
+
+/// The data points of the last export of the sum metric `name`.
+pub fn last_sum_points(
+    r: &telemetry_gateway::testing::Received,
+    name: &str,
+) -> Vec<opentelemetry_proto::tonic::metrics::v1::NumberDataPoint> {
+    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+    let last = r
+        .metrics
+        .iter()
+        .rev()
+        .find(|m| m.name == name)
+        .unwrap_or_else(|| panic!("{name} exported"));
+    match &last.data {
+        Some(Data::Sum(sum)) => sum.data_points.clone(),
+        other => panic!("{name} is not a sum: {other:?}"),
+    }
+}
