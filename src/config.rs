@@ -107,6 +107,8 @@ pub const DEFAULT_NAMESPACE: &str = "app";
 pub const DEFAULT_INCLUDE_CONTENT: bool = true;
 /// Default of `export.file_path`: where spans, logs and metrics go when no endpoint is set.
 pub const DEFAULT_EXPORT_FILE_PATH: &str = "telemetry-gateway-output.jsonl";
+/// Default of `export.local_output`: JSON lines to `export.file_path`.
+pub const DEFAULT_LOCAL_OUTPUT: LocalOutput = LocalOutput::Jsonl;
 /// Default of `export.log_queue_capacity`.
 pub const DEFAULT_LOG_QUEUE_CAPACITY: usize = 65_536;
 /// Default of `export.log_max_batch_size`.
@@ -587,6 +589,9 @@ pub struct ExportSection {
     pub namespace: String,
     /// When false, user content (inputs, outputs, feedback text...) is replaced by a reference.
     pub include_content: bool,
+    /// What is done with spans, logs and metrics when `otlp.endpoint` is unset: `jsonl` (to
+    /// `file_path`) or `discard`.
+    pub local_output: LocalOutput,
     /// JSON lines output used when `otlp.endpoint` is unset.
     pub file_path: PathBuf,
     /// `service.name` resource attribute.
@@ -604,6 +609,7 @@ impl Default for ExportSection {
         ExportSection {
             namespace: DEFAULT_NAMESPACE.into(),
             include_content: DEFAULT_INCLUDE_CONTENT,
+            local_output: DEFAULT_LOCAL_OUTPUT,
             file_path: PathBuf::from(DEFAULT_EXPORT_FILE_PATH),
             service_name: DEFAULT_SERVICE_NAME.into(),
             log_queue_capacity: DEFAULT_LOG_QUEUE_CAPACITY,
@@ -611,6 +617,18 @@ impl Default for ExportSection {
             log_flush_interval_ms: DEFAULT_LOG_FLUSH_INTERVAL_MS,
         }
     }
+}
+
+/// The enterprise destination when `otlp.endpoint` is unset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LocalOutput {
+    /// JSON lines appended to `export.file_path`.
+    Jsonl,
+    /// Accepted and thrown away, counted as delivered to the destination `discard`: for
+    /// benchmarks (the load generator's `--exporter noop`) and for hosts that only want the case
+    /// handlers, the self-metrics and the tenant sinks.
+    Discard,
 }
 
 /// What a community sink is.

@@ -102,6 +102,14 @@ impl TelemetryCase {
     /// The case's stable snake_case name, as used in configuration and on the wire.
     pub fn as_str(&self) -> &str {
         match self {
+            TelemetryCase::Custom(name) => name,
+            built_in => built_in.static_name().unwrap_or_default(),
+        }
+    }
+
+    /// The name of a built-in case as a `'static` string (none for a custom case).
+    pub fn static_name(&self) -> Option<&'static str> {
+        Some(match self {
             TelemetryCase::WorkflowRun => "workflow_run",
             TelemetryCase::NodeExecution => "node_execution",
             TelemetryCase::DraftNodeExecution => "draft_node_execution",
@@ -116,8 +124,8 @@ impl TelemetryCase {
             TelemetryCase::AppUpdated => "app_updated",
             TelemetryCase::AppDeleted => "app_deleted",
             TelemetryCase::FeedbackCreated => "feedback_created",
-            TelemetryCase::Custom(name) => name,
-        }
+            TelemetryCase::Custom(_) => return None,
+        })
     }
 
     /// Parses a case name: a built-in name gives the built-in case, anything else a

@@ -64,5 +64,5 @@ pub use contracts::{
     TelemetryContext, TelemetryEnvelope,
 };
 pub use diagnostics::{ReasonCode, StatsSnapshot};
-pub use export::sink::{SinkError, TraceSink};
+pub use export::sink::{DiscardSink, SinkError, TraceSink};
 pub use runtime::{start, EmitError, GatewayBuilder, GatewayHandle, ShutdownReport, StartError};

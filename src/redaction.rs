@@ -287,7 +287,7 @@ impl Redactor {
         &self.inner.replacement
     }
 
-    fn key_safe(&self, key: &str) -> bool {
+    pub(crate) fn key_safe(&self, key: &str) -> bool {
         self.inner.safe.iter().any(|k| k.equals(key))
     }
 
@@ -313,7 +313,7 @@ impl Redactor {
 
     /// Replaces the parts of `value` matching any pattern. Overlapping matches (a JWT inside a
     /// bearer token) become one replacement.
-    fn redact_patterns<'a>(&self, value: &'a str) -> Cow<'a, str> {
+    pub(crate) fn redact_patterns<'a>(&self, value: &'a str) -> Cow<'a, str> {
         let c = &*self.inner;
         // The clean path: one scan, no allocation.
         if !c.set.is_match(value) {

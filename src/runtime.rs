@@ -519,17 +519,23 @@ impl GatewayHandle {
         inner.active_emits.fetch_add(1, Ordering::SeqCst);
         let _guard = EmitGuard(&inner.active_emits);
         Counters::add(&c.emitted, 1);
-        // Refusals are rare, so they may take the recorder's lock; acceptance never does.
+        // A refusal is always counted, and the caller gets the error at once. The recorder keeps
+        // it too, unless refusals come in a flood (a full queue, emits during shutdown): then
+        // recording each one would evict every useful journey and slow down the very caller
+        // the gateway is shedding load from (see `FlightRecorder::admit_refusal`).
         let refuse = |env: &TelemetryEnvelope, e: EmitError| {
             c.dropped(e.reason(), 1);
             // Unknown or invalid case names are counted under `other` (bounded cardinality).
             c.case_slot(env.case.as_str(), 2);
-            c.recorder().record(
-                &EventRef::of_untrusted(env),
-                Stage::Refused,
-                Some(e.reason()),
-                Some(&e.to_string()),
-            );
+            let flood = matches!(e, EmitError::QueueFull | EmitError::ShutDown);
+            if !flood || c.recorder().admit_refusal() {
+                c.recorder().record(
+                    &EventRef::of_untrusted(env),
+                    Stage::Refused,
+                    Some(e.reason()),
+                    Some(&e.to_string()),
+                );
+            }
             Err(e)
         };
         if inner.shared.closed.load(Ordering::SeqCst) {

@@ -25,7 +25,7 @@ use super::{GatewayItem, Shared, TraceItem};
 use crate::contracts::{
     JsonObject, Payload, PayloadFallback, SignalType, TelemetryEnvelope, MAX_FALLBACK_BYTES,
 };
-use crate::diagnostics::recorder::{EventRef, Stage};
+use crate::diagnostics::recorder::{Detail, EventRef, Stage};
 use crate::diagnostics::{Counters, ReasonCode};
 use crate::export::mapping::CONTENT_FIELDS;
 use crate::payload_store::PayloadStore;
@@ -78,9 +78,25 @@ impl GatewayActor {
     }
 
     /// Hands a routed event to its path. The downstream gauge goes up before the send and the
-    /// gateway gauge down after it, so the event is always counted in some stage.
-    fn forward(&mut self, env: TelemetryEnvelope, ev: EventRef, signal: SignalType, to_main: bool) {
+    /// gateway gauge down after it, so the event is always counted in some stage. `received`:
+    /// the journey's `received` step is still to be written (with `routed`, under one lock).
+    fn forward(
+        &mut self,
+        env: TelemetryEnvelope,
+        ev: EventRef,
+        signal: SignalType,
+        to_main: bool,
+        received: bool,
+    ) {
         let c = self.shared.counters.clone();
+        let routed = |detail: &'static str| {
+            let steps = [
+                (Stage::Received, None),
+                (Stage::Routed, Some(Detail::Static(detail))),
+            ];
+            let steps = if received { &steps[..] } else { &steps[1..] };
+            c.recorder().record_batch([&ev], steps);
+        };
         match signal {
             SignalType::Trace => {
                 Counters::pending_add(&c.trace_pending, 1);
@@ -89,19 +105,23 @@ impl GatewayActor {
                 } else {
                     "trace: tenant sinks only (enterprise off)"
                 };
-                c.step(&ev, Stage::Routed, Some(detail));
-                match self.trace_tx.try_send(TraceItem { env, to_main }) {
+                routed(detail);
+                let item = TraceItem { env, to_main, ev };
+                match self.trace_tx.try_send(item) {
                     Ok(()) => Counters::add(&c.routed_trace, 1),
                     Err(e) => {
                         c.trace_pending_sub(1);
-                        let closed = matches!(e, mpsc::error::TrySendError::Closed(_));
-                        c.drop_event(&ev, send_reason(closed), Some("trace queue"));
+                        let (closed, item) = match e {
+                            mpsc::error::TrySendError::Closed(i) => (true, i),
+                            mpsc::error::TrySendError::Full(i) => (false, i),
+                        };
+                        c.drop_event(&item.ev, send_reason(closed), Some("trace queue"));
                     }
                 }
             }
             SignalType::MetricLog => {
                 Counters::pending_add(&c.metric_pending, 1);
-                c.step(&ev, Stage::Routed, Some("metric_log"));
+                routed("metric_log");
                 match self.transport.try_send(env) {
                     Ok(()) => Counters::add(&c.routed_metric_log, 1),
                     Err(e) => {
@@ -123,13 +143,16 @@ impl GatewayActor {
         } = item;
         let ev = EventRef::of(&env);
         self.counters().case_received(&ev.case);
-        self.counters().step(&ev, Stage::Received, None);
         let signal = match self.shared.table.decide(&env.case, gw, ent) {
-            Decision::Drop(reason) => return self.drop_event(&ev, reason),
+            Decision::Drop(reason) => {
+                self.counters().step(&ev, Stage::Received, None);
+                return self.drop_event(&ev, reason);
+            }
             Decision::Trace => SignalType::Trace,
             Decision::MetricLog => SignalType::MetricLog,
         };
         let Some(route) = self.shared.table.route(&env.case) else {
+            self.counters().step(&ev, Stage::Received, None);
             return self.drop_event(&ev, ReasonCode::UnknownCase);
         };
         env.signal = Some(signal);
@@ -140,8 +163,9 @@ impl GatewayActor {
             Payload::Ref(_) => false,
         };
         if !oversize {
-            return self.forward(env, ev, signal, ent);
+            return self.forward(env, ev, signal, ent, true);
         }
+        self.counters().step(&ev, Stage::Received, None);
         if self.offloads_in_flight >= self.max_offloads {
             self.counters().degrade_event(
                 &ev,
@@ -155,14 +179,14 @@ impl GatewayActor {
                     "payload offload saturated; payload kept inline"
                 )
             });
-            return self.forward(env, ev, signal, ent);
+            return self.forward(env, ev, signal, ent, false);
         }
         let Payload::Inline(obj) = &env.payload else {
-            return self.forward(env, ev, signal, ent);
+            return self.forward(env, ev, signal, ent, false);
         };
         let bytes = match serde_json::to_vec(obj) {
             Ok(b) => Bytes::from(b),
-            Err(_) => return self.forward(env, ev, signal, ent),
+            Err(_) => return self.forward(env, ev, signal, ent, false),
         };
         if env.payload_fallback.is_none() {
             env.payload_fallback = auto_fallback(obj);
@@ -176,7 +200,7 @@ impl GatewayActor {
             act.offloads_in_flight -= 1;
             match res {
                 Ok(r) => {
-                    act.shared.counters.step(&ev, Stage::Offloaded, Some(&r));
+                    act.shared.counters.step_text(&ev, Stage::Offloaded, &r);
                     env.payload = Payload::Ref(r);
                     Counters::add(&act.shared.counters.offloaded, 1);
                 }
@@ -196,7 +220,7 @@ impl GatewayActor {
                     });
                 }
             }
-            act.forward(env, ev, signal, ent);
+            act.forward(env, ev, signal, ent, false);
         }));
     }
 }

@@ -26,7 +26,9 @@ use super::{ExportHandles, Shared};
 use crate::contracts::{JsonObject, Payload, TelemetryEnvelope};
 use crate::diagnostics::recorder::{EventRef, Stage};
 use crate::diagnostics::{Counters, ReasonCode};
+use crate::export::logs::LogItem;
 use crate::transport::EnvelopeSource;
+use opentelemetry_sdk::logs::SdkLogRecord;
 
 /// Host code run for every metric/log event of one case, before the built-in mapping.
 ///
@@ -173,6 +175,7 @@ impl MetricHandlerActor {
                     }
                     let mut verdicts = verdicts.into_iter();
                     let mut kept = VecDeque::with_capacity(act.in_hand.len());
+                    let mut checked: Vec<EventRef> = Vec::with_capacity(act.in_hand.len());
                     for mut w in act.in_hand.drain(..) {
                         if w.deduped {
                             kept.push_back(w);
@@ -194,12 +197,14 @@ impl MetricHandlerActor {
                                     Some("processed without dedup (fail-open)"),
                                 );
                             }
-                            Verdict::New => {
-                                act.shared.counters.step(&w.ev, Stage::DedupChecked, None)
-                            }
+                            Verdict::New => checked.push(w.ev.clone()),
                         }
                         kept.push_back(w);
                     }
+                    act.shared
+                        .counters
+                        .recorder()
+                        .record_batch(&checked, &[(Stage::DedupChecked, None)]);
                     act.in_hand = kept;
                     act.pump(ctx);
                 }),
@@ -272,12 +277,14 @@ impl MetricHandlerActor {
     }
 
     fn handle_step(&mut self, ctx: &mut Context<Self>) {
+        // The batch's log records go to the log batcher in one message.
+        let mut records: Vec<LogItem> = Vec::with_capacity(self.in_hand.len());
         while let Some(w) = self.in_hand.pop_front() {
             let outcome = catch_unwind(AssertUnwindSafe(|| self.handle_one(&w)));
             match outcome {
-                Ok(Ok(())) => self.counters().step(&w.ev, Stage::Handled, None),
-                Ok(Err(reason)) => self.settle_dropped(&w.ev, reason),
+                Ok(record) => records.push((record, Some(w.ev))),
                 Err(_) => {
+                    self.send_records(records);
                     self.settle_dropped(&w.ev, ReasonCode::HandlerPanicked);
                     tracing::error!(
                         handler = self.index,
@@ -292,11 +299,26 @@ impl MetricHandlerActor {
                 }
             }
         }
+        self.send_records(records);
         self.pump(ctx);
     }
 
-    /// Handles one event; `Err` is a drop reason.
-    fn handle_one(&self, w: &Work) -> Result<(), ReasonCode> {
+    /// Queues handled events' records for export; those the log queue has no room for are
+    /// dropped (`queue_full`).
+    fn send_records(&self, records: Vec<LogItem>) {
+        self.counters().recorder().record_batch(
+            records.iter().filter_map(|(_, ev)| ev.as_ref()),
+            &[(Stage::Handled, None)],
+        );
+        for (_, ev) in self.export.log_batcher.try_send_many(records) {
+            if let Some(ev) = ev {
+                self.settle_dropped(&ev, ReasonCode::QueueFull);
+            }
+        }
+    }
+
+    /// Handles one event: its metrics, its case handler, and its log record.
+    fn handle_one(&self, w: &Work) -> SdkLogRecord {
         let env = &w.env;
         let payload: Option<&JsonObject> = match &env.payload {
             Payload::Inline(p) => Some(p),
@@ -317,10 +339,7 @@ impl MetricHandlerActor {
                     .map(|kv| (kv.key, crate::export::mapping::value_to_any(kv.value))),
             );
         }
-        self.export
-            .log_batcher
-            .try_send(record, Some(w.ev.clone()))
-            .map_err(|_| ReasonCode::QueueFull)
+        record
     }
 }
 

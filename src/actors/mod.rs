@@ -67,4 +67,6 @@ pub(crate) struct TraceItem {
     pub(crate) env: TelemetryEnvelope,
     /// Whether the enterprise exporter takes it (decided at routing time).
     pub(crate) to_main: bool,
+    /// The event's reference, made once at the gateway.
+    pub(crate) ev: crate::diagnostics::recorder::EventRef,
 }

@@ -27,7 +27,7 @@ use opentelemetry_sdk::trace::SpanData;
 use super::dedup::{DedupKey, MemoryDedup, Verdict};
 use super::{ExportHandles, Shared, TraceItem};
 use crate::contracts::{JsonObject, Payload};
-use crate::diagnostics::recorder::{EventRef, Stage};
+use crate::diagnostics::recorder::{Detail, EventRef, Stage};
 use crate::diagnostics::{Counters, ReasonCode};
 use crate::export::mapping::ResolvedIds;
 use crate::export::sink::{GroupTracker, SinkJob, SinkWorker};
@@ -87,9 +87,10 @@ impl TraceBatcherActor {
         // Group events by destination set: (enterprise?, community sink indexes).
         type Group = (Vec<SpanData>, Vec<EventRef>);
         let mut groups: BTreeMap<(bool, Vec<usize>), Group> = BTreeMap::new();
+        let mut companions = Vec::with_capacity(items.len());
         for item in items {
             let env = &item.env;
-            let ev = EventRef::of(env);
+            let ev = item.ev;
             let key = DedupKey {
                 tenant_id: env.context.tenant_id.clone(),
                 event_id: env.event_id,
@@ -118,7 +119,7 @@ impl TraceBatcherActor {
             }
             if !crate::export::trace_sampled(ResolvedIds::of(env).trace_id, ex.sampling_ratio) {
                 let detail = format!("otlp.sampling_ratio = {}", ex.sampling_ratio);
-                counters.drop_event(&ev, ReasonCode::SampledOut, Some(&detail));
+                counters.drop_event_text(&ev, ReasonCode::SampledOut, &detail);
                 counters.trace_pending_sub(1);
                 continue;
             }
@@ -141,18 +142,19 @@ impl TraceBatcherActor {
                 counters.trace_pending_sub(1);
                 continue;
             }
-            let record = ex.mapper.log_record(&ex.logger, env, payload, None);
-            Counters::pending_add(&counters.companion_pending, 1);
-            if ex.log_batcher.try_send(record, None).is_err() {
-                Counters::pending_sub(&counters.companion_pending, 1);
-                Counters::add(&counters.companion_logs_dropped, 1);
-            }
-            let span = ex.mapper.span(env, payload);
-            let detail = format!("{} destination(s)", sinks.len() + usize::from(item.to_main));
-            counters.step(&ev, Stage::Batched, Some(&detail));
+
+            let (span, companion) = ex.mapper.span_and_companion(&ex.logger, env, payload);
+            companions.push((companion, None));
             let group = groups.entry((item.to_main, sinks)).or_default();
             group.0.push(span);
             group.1.push(ev);
+        }
+        // Companion logs go to the log batcher in one message per flush.
+        Counters::pending_add(&counters.companion_pending, companions.len() as u64);
+        let lost = ex.log_batcher.try_send_many(companions).len();
+        if lost > 0 {
+            Counters::pending_sub(&counters.companion_pending, lost as u64);
+            Counters::add(&counters.companion_logs_dropped, lost as u64);
         }
         if groups.is_empty() {
             return;
@@ -163,6 +165,14 @@ impl TraceBatcherActor {
             BTreeMap::new();
         for ((to_main, sinks), (spans, events)) in groups {
             let destinations = sinks.len() + usize::from(to_main);
+            let detail = match destinations {
+                1 => Detail::Static("1 destination"),
+                2 => Detail::Static("2 destinations"),
+                n => Detail::Owned(format!("{n} destinations").into()),
+            };
+            counters
+                .recorder()
+                .record_batch(&events, &[(Stage::Batched, Some(detail))]);
             let tracker = GroupTracker::new(events, destinations, counters.clone());
             for &i in &sinks {
                 let job = sink_jobs.entry(i).or_default();
@@ -181,11 +191,9 @@ impl TraceBatcherActor {
             if let Some(s) = ex.community.get(i) {
                 send_job(&s.worker, spans, trackers, &counters);
             } else {
+                let unknown: Arc<str> = Arc::from("unknown sink");
                 for t in trackers {
-                    t.report(
-                        "unknown sink",
-                        Err((ReasonCode::NoDestination, "sink not found")),
-                    );
+                    t.report(&unknown, Err((ReasonCode::NoDestination, "sink not found")));
                 }
             }
         }

@@ -327,17 +327,30 @@ impl Counters {
         &self.recorder
     }
 
-    /// Counts one event dropped for `reason` and ends its journey there.
+    /// Counts one event dropped for `reason` and ends its journey there. `detail` is a literal.
     pub(crate) fn drop_event(
         &self,
         ev: &recorder::EventRef,
         reason: ReasonCode,
-        detail: Option<&str>,
+        detail: Option<&'static str>,
     ) {
         self.dropped(reason, 1);
         self.case_slot(&ev.case, 2);
         self.recorder
-            .record(ev, recorder::Stage::Dropped, Some(reason), detail);
+            .record_static(ev, recorder::Stage::Dropped, Some(reason), detail);
+    }
+
+    /// [`Counters::drop_event`] with an untrusted detail (sanitized before it is kept).
+    pub(crate) fn drop_event_text(
+        &self,
+        ev: &recorder::EventRef,
+        reason: ReasonCode,
+        detail: &str,
+    ) {
+        self.dropped(reason, 1);
+        self.case_slot(&ev.case, 2);
+        self.recorder
+            .record(ev, recorder::Stage::Dropped, Some(reason), Some(detail));
     }
 
     /// Counts one event degraded for `reason` and notes it in its journey.
@@ -352,14 +365,19 @@ impl Counters {
             .record(ev, recorder::Stage::Degraded, Some(reason), detail);
     }
 
-    /// Notes a step of an event's journey.
+    /// Notes a step of an event's journey. `detail` is a literal.
     pub(crate) fn step(
         &self,
         ev: &recorder::EventRef,
         stage: recorder::Stage,
-        detail: Option<&str>,
+        detail: Option<&'static str>,
     ) {
-        self.recorder.record(ev, stage, None, detail);
+        self.recorder.record_static(ev, stage, None, detail);
+    }
+
+    /// [`Counters::step`] with an untrusted detail (sanitized before it is kept).
+    pub(crate) fn step_text(&self, ev: &recorder::EventRef, stage: recorder::Stage, detail: &str) {
+        self.recorder.record(ev, stage, None, Some(detail));
     }
 
     /// Events dropped for `reason` so far.

@@ -68,6 +68,9 @@ pub struct DiagnosticsSnapshot {
     pub recorder_journeys: usize,
     /// Journeys evicted from the flight recorder so far.
     pub recorder_evicted: u64,
+    /// Refusals at `emit()` counted but not recorded, because they came in a flood (more than
+    /// one per 100 µs); `emit()` returned the error to the caller for each of them.
+    pub recorder_refusals_not_recorded: u64,
     /// Liveness and readiness.
     pub readiness: Readiness,
 }
@@ -155,6 +158,7 @@ impl Probes {
             dedup_call: c.dedup_call.snapshot(),
             recorder_journeys,
             recorder_evicted,
+            recorder_refusals_not_recorded: c.recorder.refusals_not_recorded(),
             readiness: self.readiness(),
         }
     }

@@ -334,6 +334,11 @@ pub fn render(d: &DiagnosticsSnapshot) -> String {
         "Journeys evicted from the flight recorder (oldest first).",
         d.recorder_evicted,
     );
+    o.counter(
+        "telemetry_gateway_flight_recorder_refusals_not_recorded_total",
+        "Refusals at emit() counted but not recorded because they came in a flood.",
+        d.recorder_refusals_not_recorded,
+    );
     o.head(
         "telemetry_gateway_metric_cardinality_overflow",
         "gauge",

@@ -10,11 +10,15 @@
 //! Nothing from a payload is recorded: only ids, the case, the tenant, stage names, reason codes,
 //! destination names and sanitized error messages, so user content and secrets cannot reach it.
 
-use std::collections::{HashMap, VecDeque};
-use std::time::SystemTime;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, LazyLock};
+use std::time::{Instant, SystemTime};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
+use rustc_hash::FxHashMap;
 use serde::Serialize;
+use smallvec::SmallVec;
 use uuid::Uuid;
 
 use super::ReasonCode;
@@ -134,29 +138,53 @@ impl Explanation {
     }
 }
 
-/// Identifies the event a step belongs to.
+/// Identifies the event a step belongs to. Cheap to clone: the ids are shared, not copied, as
+/// the reference travels with its event through every stage.
 #[derive(Debug, Clone)]
 pub struct EventRef {
     /// The event id.
     pub event_id: Uuid,
     /// Its correlation id.
-    pub correlation_id: String,
+    pub correlation_id: Arc<str>,
     /// Its tenant.
-    pub tenant_id: String,
+    pub tenant_id: Arc<str>,
     /// Its case name.
-    pub case: String,
+    pub case: Arc<str>,
     /// When the host created it (for emit-to-export latency).
     pub created_at: SystemTime,
+}
+
+/// The name of a case as a shared string; built-in names are made once per process.
+fn case_name(case: &crate::contracts::TelemetryCase) -> Arc<str> {
+    static BUILT_IN: LazyLock<Vec<Arc<str>>> = LazyLock::new(|| {
+        crate::contracts::TelemetryCase::BUILT_IN
+            .iter()
+            .map(|c| Arc::from(c.as_str()))
+            .collect()
+    });
+    if let crate::contracts::TelemetryCase::Custom(_) = case {
+        return Arc::from(case.as_str());
+    }
+    crate::contracts::TelemetryCase::BUILT_IN
+        .iter()
+        .position(|c| c == case)
+        .map(|i| BUILT_IN[i].clone())
+        .unwrap_or_else(|| Arc::from(case.as_str()))
 }
 
 impl EventRef {
     /// The reference of an envelope.
     pub fn of(env: &crate::contracts::TelemetryEnvelope) -> Self {
+        let correlation_id: Arc<str> =
+            match (&env.correlation.correlation_id, &env.correlation.run_id) {
+                (Some(c), _) | (None, Some(c)) => Arc::from(c.as_str()),
+                (None, None) => Arc::from(env.event_id.to_string()),
+            };
         EventRef {
             event_id: env.event_id,
-            correlation_id: env.effective_correlation_id(),
-            tenant_id: env.context.tenant_id.clone(),
-            case: env.case.as_str().to_owned(),
+            correlation_id,
+            tenant_id: Arc::from(env.context.tenant_id.as_str()),
+            case: case_name(&env.case),
             created_at: env.created_at,
         }
     }
@@ -164,7 +192,7 @@ impl EventRef {
     /// The reference of an envelope that failed validation: its ids are untrusted, so they are
     /// sanitized and bounded like log values before they reach the recorder.
     pub fn of_untrusted(env: &crate::contracts::TelemetryEnvelope) -> Self {
-        let clean = |s: &str| crate::logging::sanitize(s).into_owned();
+        let clean = |s: &str| Arc::from(crate::logging::sanitize(s).as_ref());
         EventRef {
             event_id: env.event_id,
             correlation_id: clean(&env.effective_correlation_id()),
@@ -180,20 +208,162 @@ impl EventRef {
     }
 }
 
+/// A step's detail as held: a literal from this crate needs neither sanitizing nor a copy.
+#[derive(Debug, Clone)]
+pub(crate) enum Detail {
+    Static(&'static str),
+    Shared(Arc<str>),
+    Owned(Box<str>),
+}
+
+impl Detail {
+    fn as_str(&self) -> &str {
+        match self {
+            Detail::Static(s) => s,
+            Detail::Shared(s) => s,
+            Detail::Owned(s) => s,
+        }
+    }
+}
+
+/// A step as held (see [`Step`] for the exported form).
+#[derive(Debug, Clone)]
+struct Held {
+    at: SystemTime,
+    stage: Stage,
+    reason: Option<ReasonCode>,
+    detail: Option<Detail>,
+}
+
+impl Held {
+    fn export(&self) -> Step {
+        Step {
+            at: self.at,
+            stage: self.stage,
+            reason: self.reason,
+            detail: self.detail.as_ref().map(|d| d.as_str().to_owned()),
+        }
+    }
+
+    fn is_final(&self) -> bool {
+        self.stage.is_final()
+    }
+}
+
+/// Steps kept inline before a journey allocates: a delivered event takes about five.
+const INLINE_STEPS: usize = 6;
+
+/// A journey as held (see [`Journey`] for the exported form).
+#[derive(Debug)]
+struct Entry {
+    correlation_id: Arc<str>,
+    tenant_id: Arc<str>,
+    case: Arc<str>,
+    starts_midway: bool,
+    steps: SmallVec<[Held; INLINE_STEPS]>,
+    steps_not_kept: u32,
+}
+
+impl Entry {
+    fn export(&self, event_id: Uuid) -> Journey {
+        Journey {
+            event_id,
+            correlation_id: self.correlation_id.to_string(),
+            tenant_id: self.tenant_id.to_string(),
+            case: self.case.to_string(),
+            starts_midway: self.starts_midway,
+            steps: self.steps.iter().map(Held::export).collect(),
+            steps_not_kept: self.steps_not_kept,
+        }
+    }
+
+    fn has_outcome(&self) -> bool {
+        self.steps.iter().any(Held::is_final)
+    }
+}
+
+/// One shard of the recorder: its own lock, bound and eviction order.
 #[derive(Debug, Default)]
-struct State {
-    journeys: HashMap<Uuid, Journey>,
+struct Shard {
+    journeys: FxHashMap<Uuid, Entry>,
     order: VecDeque<Uuid>,
-    by_correlation: HashMap<String, Vec<Uuid>>,
+    by_correlation: FxHashMap<Arc<str>, SmallVec<[Uuid; 1]>>,
     max_events: usize,
-    max_steps: usize,
     evicted: u64,
 }
+
+impl Shard {
+    fn record(&mut self, ev: &EventRef, step: Held, max_steps: usize) {
+        if let Some(j) = self.journeys.get_mut(&ev.event_id) {
+            if j.steps.len() < max_steps {
+                j.steps.push(step);
+            } else {
+                // Full: a final step still replaces the last non-final one, so a journey never
+                // loses its outcome to its own length.
+                j.steps_not_kept += 1;
+                if step.is_final() {
+                    if let Some(slot) = j.steps.iter().rposition(|s| !s.is_final()) {
+                        j.steps.remove(slot);
+                        j.steps.push(step);
+                    }
+                }
+            }
+            return;
+        }
+        while self.journeys.len() >= self.max_events {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(j) = self.journeys.remove(&old) {
+                if let Some(ids) = self.by_correlation.get_mut(&j.correlation_id) {
+                    ids.retain(|id| *id != old);
+                    if ids.is_empty() {
+                        self.by_correlation.remove(&j.correlation_id);
+                    }
+                }
+                self.evicted += 1;
+            }
+        }
+        self.order.push_back(ev.event_id);
+        self.by_correlation
+            .entry(ev.correlation_id.clone())
+            .or_default()
+            .push(ev.event_id);
+        let mut steps = SmallVec::new();
+        let starts_midway = !matches!(step.stage, Stage::Received | Stage::Refused);
+        steps.push(step);
+        self.journeys.insert(
+            ev.event_id,
+            Entry {
+                correlation_id: ev.correlation_id.clone(),
+                tenant_id: ev.tenant_id.clone(),
+                case: ev.case.clone(),
+                starts_midway,
+                steps,
+                steps_not_kept: 0,
+            },
+        );
+    }
+}
+
+/// Journeys per shard below which the recorder is not split (small recorders keep an exact,
+/// global eviction order).
+const MIN_EVENTS_PER_SHARD: usize = 256;
+/// The most shards: enough that the gateway, the batcher, the handlers and the exporters
+/// rarely meet on one lock.
+const MAX_SHARDS: usize = 16;
+/// At most one refusal per this many nanoseconds is recorded when refusals come in a flood
+/// (`emit()` already told the caller which event it refused).
+const REFUSAL_RECORD_INTERVAL_NANOS: u64 = 100_000;
 
 /// The bounded recorder (see the module docs).
 #[derive(Debug)]
 pub struct FlightRecorder {
-    state: Mutex<State>,
+    shards: RwLock<Vec<Mutex<Shard>>>,
+    max_steps: AtomicUsize,
+    epoch: Instant,
+    last_refusal_nanos: AtomicU64,
+    refusals_not_recorded: AtomicU64,
 }
 
 impl Default for FlightRecorder {
@@ -207,30 +377,53 @@ impl Default for FlightRecorder {
 
 /// Details go through the same sanitizer as log lines: secrets redacted, line breaks and control
 /// characters removed, length bounded.
-fn clip(detail: &str) -> String {
-    crate::logging::sanitize(detail).into_owned()
+fn clip(detail: &str) -> Detail {
+    Detail::Owned(crate::logging::sanitize(detail).into())
+}
+
+fn shards_for(max_events: usize) -> Vec<Mutex<Shard>> {
+    let max_events = max_events.max(1);
+    let n = (max_events / MIN_EVENTS_PER_SHARD).clamp(1, MAX_SHARDS);
+    // Shard capacities sum to exactly `max_events`.
+    (0..n)
+        .map(|i| {
+            Mutex::new(Shard {
+                max_events: max_events / n + usize::from(i < max_events % n),
+                ..Default::default()
+            })
+        })
+        .collect()
 }
 
 impl FlightRecorder {
     /// A recorder of at most `max_events` journeys of `max_steps` steps.
     pub fn new(max_events: usize, max_steps: usize) -> Self {
         FlightRecorder {
-            state: Mutex::new(State {
-                max_events: max_events.max(1),
-                max_steps: max_steps.max(1),
-                ..Default::default()
-            }),
+            shards: RwLock::new(shards_for(max_events)),
+            max_steps: AtomicUsize::new(max_steps.max(1)),
+            epoch: Instant::now(),
+            last_refusal_nanos: AtomicU64::new(0),
+            refusals_not_recorded: AtomicU64::new(0),
         }
     }
 
     /// Changes the bounds (at start, before any event).
     pub fn configure(&self, max_events: usize, max_steps: usize) {
-        let mut s = self.state.lock();
-        s.max_events = max_events.max(1);
-        s.max_steps = max_steps.max(1);
+        *self.shards.write() = shards_for(max_events);
+        self.max_steps.store(max_steps.max(1), Relaxed);
     }
 
-    /// Records one step.
+    fn put(&self, ev: &EventRef, step: Held) {
+        let shards = self.shards.read();
+        // UUIDv7 and v4 ids end in random bits.
+        let i = (ev.event_id.as_u128() as usize) % shards.len();
+        shards[i]
+            .lock()
+            .record(ev, step, self.max_steps.load(Relaxed));
+    }
+
+    /// Records one step. `detail` is untrusted text (an error, a ref): it is sanitized and
+    /// copied. For a literal, [`FlightRecorder::record_static`] does neither.
     pub fn record(
         &self,
         ev: &EventRef,
@@ -238,97 +431,137 @@ impl FlightRecorder {
         reason: Option<ReasonCode>,
         detail: Option<&str>,
     ) {
-        let step = Step {
+        let step = Held {
             at: SystemTime::now(),
             stage,
             reason,
             detail: detail.map(clip),
         };
-        let mut s = self.state.lock();
-        let max_steps = s.max_steps;
-        if let Some(j) = s.journeys.get_mut(&ev.event_id) {
-            if j.steps.len() < max_steps {
-                j.steps.push(step);
-            } else {
-                // Full: a final step still replaces the last non-final one, so a journey never
-                // loses its outcome to its own length.
-                j.steps_not_kept += 1;
-                if stage.is_final() {
-                    if let Some(slot) = j.steps.iter().rposition(|s| !s.stage.is_final()) {
-                        j.steps.remove(slot);
-                        j.steps.push(step);
-                    }
+        self.put(ev, step);
+    }
+
+    /// Records one step whose detail is a literal of this crate.
+    pub fn record_static(
+        &self,
+        ev: &EventRef,
+        stage: Stage,
+        reason: Option<ReasonCode>,
+        detail: Option<&'static str>,
+    ) {
+        let step = Held {
+            at: SystemTime::now(),
+            stage,
+            reason,
+            detail: detail.map(Detail::Static),
+        };
+        self.put(ev, step);
+    }
+
+    /// Records `steps` for every event of `events`, in order, taking each shard's lock once
+    /// for the whole batch (a handler batch, an exported log batch, a delivered trace group).
+    pub(crate) fn record_batch<'a>(
+        &self,
+        events: impl IntoIterator<Item = &'a EventRef>,
+        steps: &[(Stage, Option<Detail>)],
+    ) {
+        let at = SystemTime::now();
+        let held = |&(stage, ref detail): &(Stage, Option<Detail>)| Held {
+            at,
+            stage,
+            reason: None,
+            detail: detail.clone(),
+        };
+        let shards = self.shards.read();
+        let max_steps = self.max_steps.load(Relaxed);
+        let n = shards.len();
+        // Stable: events keep their order within a shard (eviction goes by arrival).
+        let mut by_shard: Vec<(usize, &EventRef)> = events
+            .into_iter()
+            .map(|ev| ((ev.event_id.as_u128() as usize) % n, ev))
+            .collect();
+        by_shard.sort_by_key(|(i, _)| *i);
+        for run in by_shard.chunk_by(|a, b| a.0 == b.0) {
+            let mut shard = shards[run[0].0].lock();
+            for (_, ev) in run {
+                for s in steps {
+                    shard.record(ev, held(s), max_steps);
                 }
             }
-            return;
         }
-        while s.journeys.len() >= s.max_events {
-            let Some(old) = s.order.pop_front() else {
-                break;
-            };
-            if let Some(j) = s.journeys.remove(&old) {
-                if let Some(ids) = s.by_correlation.get_mut(&j.correlation_id) {
-                    ids.retain(|id| *id != old);
-                    if ids.is_empty() {
-                        s.by_correlation.remove(&j.correlation_id);
-                    }
-                }
-                s.evicted += 1;
-            }
+    }
+
+    /// Whether a refusal at `emit()` should be recorded now: always, unless refusals come
+    /// faster than one per 100 µs (a flood: queue full, or emits during shutdown), when the
+    /// rest are only counted ([`FlightRecorder::refusals_not_recorded`]). A flood of refusals
+    /// would otherwise evict every useful journey, and slow the caller it is refusing.
+    pub fn admit_refusal(&self) -> bool {
+        let now = (self.epoch.elapsed().as_nanos() as u64).max(1);
+        let last = self.last_refusal_nanos.load(Relaxed);
+        if last != 0 && now.saturating_sub(last) < REFUSAL_RECORD_INTERVAL_NANOS {
+            self.refusals_not_recorded.fetch_add(1, Relaxed);
+            return false;
         }
-        s.order.push_back(ev.event_id);
-        s.by_correlation
-            .entry(ev.correlation_id.clone())
-            .or_default()
-            .push(ev.event_id);
-        s.journeys.insert(
-            ev.event_id,
-            Journey {
-                event_id: ev.event_id,
-                correlation_id: ev.correlation_id.clone(),
-                tenant_id: ev.tenant_id.clone(),
-                case: ev.case.clone(),
-                starts_midway: !matches!(stage, Stage::Received | Stage::Refused),
-                steps: vec![step],
-                steps_not_kept: 0,
-            },
-        );
+        if self
+            .last_refusal_nanos
+            .compare_exchange(last, now, Relaxed, Relaxed)
+            .is_err()
+        {
+            self.refusals_not_recorded.fetch_add(1, Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Refusals counted but not recorded because they came in a flood.
+    pub fn refusals_not_recorded(&self) -> u64 {
+        self.refusals_not_recorded.load(Relaxed)
     }
 
     /// The journeys of an event id, or of every event with that correlation id.
     pub fn explain(&self, query: &str) -> Explanation {
-        let s = self.state.lock();
-        let mut journeys = Vec::new();
+        let shards = self.shards.read();
+        let mut journeys: Vec<(Uuid, Journey)> = Vec::new();
         if let Ok(id) = Uuid::parse_str(query) {
-            if let Some(j) = s.journeys.get(&id) {
-                journeys.push(j.clone());
+            let i = (id.as_u128() as usize) % shards.len();
+            if let Some(j) = shards[i].lock().journeys.get(&id) {
+                journeys.push((id, j.export(id)));
             }
         }
-        if let Some(ids) = s.by_correlation.get(query) {
+        for shard in shards.iter() {
+            let s = shard.lock();
+            let Some(ids) = s.by_correlation.get(query) else {
+                continue;
+            };
             for id in ids {
-                if journeys.iter().any(|j| j.event_id == *id) {
+                if journeys.iter().any(|(j, _)| j == id) {
                     continue;
                 }
                 if let Some(j) = s.journeys.get(id) {
-                    journeys.push(j.clone());
+                    journeys.push((*id, j.export(*id)));
                 }
             }
         }
+        // Oldest first across shards: by the first step's time.
+        journeys.sort_by_key(|(_, j)| j.steps.first().map(|s| s.at));
         Explanation {
             query: query.to_owned(),
-            journeys,
+            journeys: journeys.into_iter().map(|(_, j)| j).collect(),
         }
     }
 
     /// Ends every journey that has no final step yet with `dropped` under `reason` (shutdown).
     /// Returns the case of each journey it closed.
     pub fn close_open_journeys(&self, reason: ReasonCode) -> Vec<String> {
-        let mut s = self.state.lock();
+        let shards = self.shards.read();
+        let max_steps = self.max_steps.load(Relaxed);
         let mut closed = Vec::new();
-        let max_steps = s.max_steps;
-        for j in s.journeys.values_mut() {
-            if j.outcome().is_none() {
-                let step = Step {
+        for shard in shards.iter() {
+            let mut s = shard.lock();
+            for j in s.journeys.values_mut() {
+                if j.has_outcome() {
+                    continue;
+                }
+                let step = Held {
                     at: SystemTime::now(),
                     stage: Stage::Dropped,
                     reason: Some(reason),
@@ -341,7 +574,7 @@ impl FlightRecorder {
                     *last = step;
                     j.steps_not_kept += 1;
                 }
-                closed.push(j.case.clone());
+                closed.push(j.case.to_string());
             }
         }
         closed
@@ -349,8 +582,11 @@ impl FlightRecorder {
 
     /// (journeys held, journeys evicted so far).
     pub fn usage(&self) -> (usize, u64) {
-        let s = self.state.lock();
-        (s.journeys.len(), s.evicted)
+        let shards = self.shards.read();
+        shards.iter().fold((0, 0), |(n, e), s| {
+            let s = s.lock();
+            (n + s.journeys.len(), e + s.evicted)
+        })
     }
 }
 

@@ -6,6 +6,7 @@
 //! **dropped** (`export_failed`). Companion logs of spans carry no accounting (their event is
 //! accounted by its span).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use super::jsonl::JsonlLogExporter;
 use super::sink::classify_otlp_error;
 use crate::config::HoldPolicy;
 use crate::diagnostics::exporters::ExporterStats;
-use crate::diagnostics::recorder::{EventRef, Stage};
+use crate::diagnostics::recorder::{Detail, EventRef, Stage};
 use crate::diagnostics::{Counters, ReasonCode};
 
 /// The log exporter in use (the SDK trait is not object safe).
@@ -29,6 +30,8 @@ use crate::diagnostics::{Counters, ReasonCode};
 pub(crate) enum LogBackend {
     Otlp(opentelemetry_otlp::LogExporter),
     Jsonl(JsonlLogExporter),
+    /// `export.local_output = "discard"`: accepted and thrown away.
+    Discard,
 }
 
 impl LogBackend {
@@ -36,6 +39,7 @@ impl LogBackend {
         match self {
             LogBackend::Otlp(e) => e.set_resource(r),
             LogBackend::Jsonl(e) => e.set_resource(r),
+            LogBackend::Discard => {}
         }
     }
 
@@ -43,6 +47,7 @@ impl LogBackend {
         match self {
             LogBackend::Otlp(e) => e.export(batch).await,
             LogBackend::Jsonl(e) => e.export(batch).await,
+            LogBackend::Discard => Ok(()),
         }
     }
 
@@ -50,25 +55,30 @@ impl LogBackend {
         let _ = match self {
             LogBackend::Otlp(e) => e.shutdown(),
             LogBackend::Jsonl(e) => e.shutdown(),
+            LogBackend::Discard => Ok(()),
         };
     }
 }
 
-/// One record, and whether it accounts for a metric/log event.
+/// One record, and the metric/log event it accounts for (none for a span's companion).
+pub(crate) type LogItem = (SdkLogRecord, Option<EventRef>);
+
+/// What the log batcher is sent: records travel in batches, so a producer wakes the batcher
+/// once per batch rather than once per record.
 #[derive(Debug)]
 pub(crate) enum LogJob {
-    Record {
-        record: Box<SdkLogRecord>,
-        /// The metric/log event this record accounts for (none for a span's companion).
-        event: Option<EventRef>,
-    },
+    Records(Vec<LogItem>),
     Flush(oneshot::Sender<()>),
 }
 
-/// The sending side of the log batcher.
+/// The sending side of the log batcher. The bound (`export.log_queue_capacity`) counts records,
+/// not messages: `queued` is reserved before a batch is sent and released when the batcher
+/// takes it.
 #[derive(Debug, Clone)]
 pub(crate) struct LogBatcher {
     tx: mpsc::Sender<LogJob>,
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
     stats: Arc<ExporterStats>,
 }
 
@@ -89,49 +99,50 @@ impl LogBatcher {
         counters: Arc<Counters>,
         rt: &tokio::runtime::Handle,
     ) -> Self {
-        let (tx, mut rx) = mpsc::channel::<LogJob>(settings.capacity);
+        // Each message holds at least one record, so `capacity` messages never fill before
+        // `capacity` records are reserved.
+        let (tx, mut rx) = mpsc::channel::<LogJob>(settings.capacity.max(1));
+        let queued = Arc::new(AtomicUsize::new(0));
         let scope: InstrumentationScope = super::mapping::scope();
         let stats = counters.exporters.register("enterprise", "logs");
         let queue_stats = stats.clone();
+        let taken = queued.clone();
         rt.spawn(async move {
-            let mut batch: Vec<(Box<SdkLogRecord>, Option<EventRef>)> =
-                Vec::with_capacity(settings.max_batch);
+            let max_batch = settings.max_batch.max(1);
+            let mut batch: Vec<LogItem> = Vec::with_capacity(max_batch);
             let mut flush_waiters: Vec<oneshot::Sender<()>> = Vec::new();
+            let take = |job: LogJob, batch: &mut Vec<LogItem>, waiters: &mut Vec<_>| match job {
+                LogJob::Records(items) => {
+                    taken.fetch_sub(items.len(), Ordering::AcqRel);
+                    batch.extend(items);
+                }
+                LogJob::Flush(done) => waiters.push(done),
+            };
             loop {
-                // Wait for the first record, then gather until the batch is full or the interval
-                // since the first record has passed: no record waits for a next one to arrive.
-                let first = if batch.is_empty() {
-                    match rx.recv().await {
-                        Some(j) => Some(j),
-                        None => break,
-                    }
-                } else {
-                    None
-                };
+                // Wait for the first records, then gather until the batch is full, a flush is
+                // asked for, or the interval since the first records has passed: no record
+                // waits for a next one to arrive.
+                match rx.recv().await {
+                    Some(j) => take(j, &mut batch, &mut flush_waiters),
+                    None => break,
+                }
                 let deadline = tokio::time::Instant::now() + settings.interval;
-                let mut job = first;
-                loop {
-                    match job.take() {
-                        Some(LogJob::Record { record, event }) => batch.push((record, event)),
-                        Some(LogJob::Flush(done)) => {
-                            flush_waiters.push(done);
-                            break;
-                        }
-                        None => {}
-                    }
-                    if batch.len() >= settings.max_batch {
-                        break;
-                    }
+                while batch.len() < max_batch && flush_waiters.is_empty() {
                     match tokio::time::timeout_at(deadline, rx.recv()).await {
-                        Ok(Some(j)) => job = Some(j),
+                        Ok(Some(j)) => take(j, &mut batch, &mut flush_waiters),
                         Ok(None) | Err(_) => break,
                     }
                 }
-                if !batch.is_empty() {
+                while !batch.is_empty() {
+                    let mut chunk: Vec<LogItem> = if batch.len() > max_batch {
+                        batch.drain(..max_batch).collect()
+                    } else {
+                        std::mem::take(&mut batch)
+                    };
                     export_batch(
                         &backend,
                         &scope,
-                        &mut batch,
+                        &mut chunk,
                         settings.timeout,
                         settings.hold,
                         &counters,
@@ -142,41 +153,64 @@ impl LogBatcher {
                 for w in flush_waiters.drain(..) {
                     let _ = w.send(());
                 }
-                if rx.is_closed() && rx.is_empty() {
-                    break;
-                }
             }
             backend.shutdown();
         });
         LogBatcher {
             tx,
+            queued,
+            capacity: settings.capacity,
             stats: queue_stats,
         }
     }
 
-    /// Queues a record without waiting; fails when the queue is full or closed.
-    pub(crate) fn try_send(
-        &self,
-        record: SdkLogRecord,
-        event: Option<EventRef>,
-    ) -> Result<(), QueueFull> {
-        self.tx
-            .try_send(LogJob::Record {
-                record: Box::new(record),
-                event,
-            })
-            .map_err(|_| {
-                self.stats.record_queue_full(1);
-                QueueFull
-            })
+    /// Queues as many of `items` as the bound leaves room for, in order, without waiting.
+    /// Returns the ones that did not fit (queue full, or closed): the caller accounts for them.
+    pub(crate) fn try_send_many(&self, mut items: Vec<LogItem>) -> Vec<LogItem> {
+        let n = items.len();
+        if n == 0 {
+            return items;
+        }
+        let mut current = self.queued.load(Ordering::Acquire);
+        let fit = loop {
+            let fit = self.capacity.saturating_sub(current).min(n);
+            if fit == 0 {
+                break 0;
+            }
+            match self.queued.compare_exchange_weak(
+                current,
+                current + fit,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break fit,
+                Err(now) => current = now,
+            }
+        };
+        let mut rest = items.split_off(fit);
+        if fit > 0 {
+            if let Err(e) = self.tx.try_send(LogJob::Records(items)) {
+                self.queued.fetch_sub(fit, Ordering::AcqRel);
+                if let LogJob::Records(mut back) = e.into_inner() {
+                    back.append(&mut rest);
+                    rest = back;
+                }
+            }
+        }
+        if !rest.is_empty() {
+            self.stats.record_queue_full(rest.len() as u64);
+        }
+        rest
     }
 
     /// A reader of (records waiting, capacity) that does not keep the queue open.
     pub(crate) fn depth_reader(&self) -> crate::diagnostics::probes::QueueReader {
         let weak = self.tx.downgrade();
+        let queued = self.queued.clone();
+        let capacity = self.capacity;
         Box::new(move || {
             weak.upgrade()
-                .map(|tx| (tx.max_capacity() - tx.capacity(), tx.max_capacity()))
+                .map(|_| (queued.load(Ordering::Relaxed), capacity))
         })
     }
 
@@ -189,14 +223,10 @@ impl LogBatcher {
     }
 }
 
-/// A bounded queue had no room (or was closed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct QueueFull;
-
 async fn export_batch(
     backend: &LogBackend,
     scope: &InstrumentationScope,
-    batch: &mut Vec<(Box<SdkLogRecord>, Option<EventRef>)>,
+    batch: &mut Vec<LogItem>,
     timeout: Duration,
     hold: HoldPolicy,
     counters: &Counters,
@@ -205,7 +235,7 @@ async fn export_batch(
     let events = batch.iter().filter(|(_, e)| e.is_some()).count() as u64;
     let n = batch.len() as u64;
     let refs: Vec<(&SdkLogRecord, &InstrumentationScope)> =
-        batch.iter().map(|(r, _)| (r.as_ref(), scope)).collect();
+        batch.iter().map(|(r, _)| (r, scope)).collect();
     // While the failure is transient, the batch is held and tried again with backoff (records
     // arriving meanwhile wait in the bounded queue); a rejection is final at once.
     let held_since = std::time::Instant::now();
@@ -265,9 +295,14 @@ async fn export_batch(
             for ev in batch.iter().filter_map(|(_, e)| e.as_ref()) {
                 counters.case_delivered(&ev.case);
                 counters.emit_to_export(crate::contracts::SignalType::MetricLog, ev.age());
-                counters.step(ev, Stage::Exported, Some("enterprise logs"));
-                counters.step(ev, Stage::Delivered, None);
             }
+            counters.recorder().record_batch(
+                batch.iter().filter_map(|(_, e)| e.as_ref()),
+                &[
+                    (Stage::Exported, Some(Detail::Static("enterprise logs"))),
+                    (Stage::Delivered, None),
+                ],
+            );
         }
         Err((reason, error)) => {
             Counters::add(&counters.export_batches_failed, 1);

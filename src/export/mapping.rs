@@ -24,14 +24,18 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+use parking_lot::RwLock;
+use rustc_hash::FxHashMap;
 
 use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, Severity};
 use opentelemetry::metrics::{Counter, Histogram, Meter};
 use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
 };
-use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry::{InstrumentationScope, Key, KeyValue, Value};
 use opentelemetry_sdk::logs::{SdkLogRecord, SdkLogger};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 use serde_json::Value as Json;
@@ -184,13 +188,32 @@ impl Instruments {
 /// Span and log names for one case, computed once at start.
 #[derive(Debug, Clone)]
 struct CaseNames {
-    span: Cow<'static, str>,
+    span: &'static str,
     event: &'static str,
 }
 
-/// Turns envelopes into spans, log records and metric updates.
+/// What the mapper knows about a payload key, worked out once per distinct key: the attribute
+/// key `{ns}.{key}` (shared, not copied, by every attribute that uses it) and how its values
+/// are redacted.
 #[derive(Debug, Clone)]
-pub(crate) struct Mapper {
+struct KeyInfo {
+    key: Key,
+    /// A user-content field while `export.include_content = false`: replaced by a reference.
+    content: bool,
+    /// A deny-listed key: its value is replaced.
+    denied: bool,
+    /// A key the host marked safe: its value is never redacted by pattern.
+    safe: bool,
+}
+
+/// Distinct payload keys whose [`KeyInfo`] is kept; further keys are worked out each time.
+pub const MAX_CACHED_KEYS: usize = 4096;
+
+/// Turns envelopes into spans, log records and metric updates (the catalogue in
+/// `docs/telemetry-catalogue.md`). Public so that a host, or a benchmark, can use the mapping
+/// without the runtime; the runtime builds one per gateway.
+#[derive(Debug, Clone)]
+pub struct Mapper {
     ns: String,
     include_content: bool,
     names: HashMap<String, CaseNames>,
@@ -199,6 +222,8 @@ pub(crate) struct Mapper {
     scope: InstrumentationScope,
     /// Applied to every payload value before it becomes an attribute, a status or a body.
     redactor: Redactor,
+    /// Payload keys seen so far (bounded by [`MAX_CACHED_KEYS`]).
+    keys: Arc<RwLock<FxHashMap<Box<str>, KeyInfo>>>,
 }
 
 fn span_suffix(case: &TelemetryCase) -> String {
@@ -219,7 +244,9 @@ fn leak(s: String) -> &'static str {
 }
 
 impl Mapper {
-    pub(crate) fn new(
+    /// A mapper naming everything `{ns}.*`, with the cases of `table`, its instruments on
+    /// `meter`, and `redactor` applied to every payload value.
+    pub fn new(
         ns: &str,
         include_content: bool,
         table: &RoutingTable,
@@ -232,7 +259,7 @@ impl Mapper {
             .map(|(name, _)| {
                 let case = TelemetryCase::from_name(&name);
                 let names = CaseNames {
-                    span: Cow::Owned(format!("{ns}.{}", span_suffix(&case))),
+                    span: leak(format!("{ns}.{}", span_suffix(&case))),
                     event: leak(format!("{ns}.{name}")),
                 };
                 (name, names)
@@ -246,79 +273,111 @@ impl Mapper {
             instruments: Instruments::new(meter, ns),
             scope: scope(),
             redactor,
+            keys: Arc::default(),
         }
     }
 
-    fn names(&self, case: &TelemetryCase) -> CaseNames {
+    fn key_info(&self, k: &str) -> KeyInfo {
+        if let Some(info) = self.keys.read().get(k) {
+            return info.clone();
+        }
+        let info = KeyInfo {
+            key: Key::from(Arc::<str>::from(format!("{}.{k}", self.ns))),
+            content: !self.include_content && CONTENT_FIELDS.contains(&k),
+            denied: self.redactor.key_denied(k),
+            safe: self.redactor.key_safe(k),
+        };
+        let mut keys = self.keys.write();
+        if keys.len() < MAX_CACHED_KEYS {
+            keys.insert(k.into(), info.clone());
+        }
+        info
+    }
+
+    fn span_name(&self, case: &TelemetryCase) -> Cow<'static, str> {
+        match self.names.get(case.as_str()) {
+            Some(n) => Cow::Borrowed(n.span),
+            None => Cow::Owned(format!("{}.{}", self.ns, case.as_str())),
+        }
+    }
+
+    fn event_name(&self, case: &TelemetryCase) -> &'static str {
         self.names
             .get(case.as_str())
-            .cloned()
-            .unwrap_or_else(|| CaseNames {
-                span: Cow::Owned(format!("{}.{}", self.ns, case.as_str())),
-                event: self.degraded_event,
-            })
+            .map_or(self.degraded_event, |n| n.event)
     }
 
     /// The attributes every span and log record of `env` carries.
-    pub(crate) fn attributes(
+    pub fn attributes(
         &self,
         env: &TelemetryEnvelope,
         payload: Option<&JsonObject>,
     ) -> Vec<KeyValue> {
-        let mut a = Vec::with_capacity(12);
+        // String values are shared (`Arc<str>`): the span and its companion log record carry
+        // the same attributes without copying them.
+        let text = |s: &str| Value::from(Arc::<str>::from(s));
+        let mut a = Vec::with_capacity(8 + payload.map_or(0, |p| p.len()));
         a.push(KeyValue::new(
             "telemetry.case",
-            env.case.as_str().to_owned(),
+            match env.case.static_name() {
+                Some(n) => Value::from(n),
+                None => text(env.case.as_str()),
+            },
         ));
-        a.push(KeyValue::new("event.id", env.event_id.to_string()));
-        a.push(KeyValue::new("tenant.id", env.context.tenant_id.clone()));
+        a.push(KeyValue::new("event.id", text(&env.event_id.to_string())));
+        a.push(KeyValue::new("tenant.id", text(&env.context.tenant_id)));
         if let Some(app) = &env.context.app_id {
-            a.push(KeyValue::new("app.id", app.clone()));
+            a.push(KeyValue::new("app.id", text(app)));
         }
         if let Some(user) = &env.context.user_id {
-            a.push(KeyValue::new("user.id", user.clone()));
+            a.push(KeyValue::new("user.id", text(user)));
         }
-        a.push(KeyValue::new(
-            "correlation.id",
-            env.effective_correlation_id(),
-        ));
-        if let Some(run) = &env.correlation.run_id {
-            a.push(KeyValue::new("run.id", run.clone()));
+        let c = &env.correlation;
+        let correlation = match (&c.correlation_id, &c.run_id) {
+            (Some(id), _) | (None, Some(id)) => text(id),
+            (None, None) => text(&env.event_id.to_string()),
+        };
+        a.push(KeyValue::new("correlation.id", correlation));
+        if let Some(run) = &c.run_id {
+            a.push(KeyValue::new("run.id", text(run)));
         }
         if let Payload::Ref(r) = &env.payload {
-            a.push(KeyValue::new(format!("{}.payload_ref", self.ns), r.clone()));
+            a.push(KeyValue::new(format!("{}.payload_ref", self.ns), text(r)));
         }
         if let Some(p) = payload {
             for (k, v) in p {
-                let key = format!("{}.{k}", self.ns);
-                let redact = !self.include_content && CONTENT_FIELDS.contains(&k.as_str());
-                if redact {
+                let info = self.key_info(k);
+                if info.content {
                     a.push(KeyValue::new(
-                        key,
+                        info.key,
                         format!("ref:{}/{}#{k}", env.context.tenant_id, env.event_id),
                     ));
                     continue;
                 }
-                if self.redactor.key_denied(k) {
+                if info.denied {
                     if !v.is_null() {
-                        a.push(KeyValue::new(key, self.redactor.replacement().to_owned()));
+                        a.push(KeyValue::new(info.key, text(self.redactor.replacement())));
                     }
                     continue;
                 }
                 match v {
                     Json::Null => {}
-                    Json::Bool(b) => a.push(KeyValue::new(key, *b)),
+                    Json::Bool(b) => a.push(KeyValue::new(info.key, *b)),
                     Json::Number(n) => match n.as_i64() {
-                        Some(i) => a.push(KeyValue::new(key, i)),
-                        None => a.push(KeyValue::new(key, n.as_f64().unwrap_or(0.0))),
+                        Some(i) => a.push(KeyValue::new(info.key, i)),
+                        None => a.push(KeyValue::new(info.key, n.as_f64().unwrap_or(0.0))),
                     },
-                    Json::String(s) => a.push(KeyValue::new(
-                        key,
-                        truncate(&self.redactor.redact_str(k, s)),
-                    )),
+                    Json::String(s) => {
+                        let clean = if info.safe {
+                            Cow::Borrowed(s.as_str())
+                        } else {
+                            self.redactor.redact_patterns(s)
+                        };
+                        a.push(KeyValue::new(info.key, text(&truncate(&clean))));
+                    }
                     other => a.push(KeyValue::new(
-                        key,
-                        truncate(&self.redactor.redacted_json(k, other).to_string()),
+                        info.key,
+                        truncate(&self.redactor.redacted_json(k, other).to_string()).into_owned(),
                     )),
                 }
             }
@@ -327,13 +386,41 @@ impl Mapper {
     }
 
     /// The span of a trace-shaped event. The envelope's correlation ids must be resolved.
-    pub(crate) fn span(&self, env: &TelemetryEnvelope, payload: Option<&JsonObject>) -> SpanData {
+    pub fn span(&self, env: &TelemetryEnvelope, payload: Option<&JsonObject>) -> SpanData {
         let ids = ResolvedIds::of(env);
+        let failed = self.error_of(payload);
+        self.span_from(env, payload, self.attributes(env, payload), &ids, failed)
+    }
+
+    /// The span of a trace-shaped event and its companion log record, sharing one computation
+    /// of the attributes, ids and failure message.
+    pub fn span_and_companion(
+        &self,
+        logger: &SdkLogger,
+        env: &TelemetryEnvelope,
+        payload: Option<&JsonObject>,
+    ) -> (SpanData, SdkLogRecord) {
+        let ids = ResolvedIds::of(env);
+        let failed = self.error_of(payload);
+        let attrs = self.attributes(env, payload);
+        let log = self.log_from(logger, env, payload, None, &attrs, &ids, failed.as_deref());
+        let span = self.span_from(env, payload, attrs, &ids, failed);
+        (span, log)
+    }
+
+    fn span_from(
+        &self,
+        env: &TelemetryEnvelope,
+        payload: Option<&JsonObject>,
+        attributes: Vec<KeyValue>,
+        ids: &ResolvedIds,
+        failed: Option<String>,
+    ) -> SpanData {
         let end = env.created_at;
         let start = duration_of(payload)
             .and_then(|d| end.checked_sub(d))
             .unwrap_or(end);
-        let status = match self.error_of(payload) {
+        let status = match failed {
             Some(msg) => Status::error(msg),
             None => Status::Ok,
         };
@@ -348,10 +435,10 @@ impl Mapper {
             parent_span_id: ids.parent_span_id,
             parent_span_is_remote: false,
             span_kind: SpanKind::Internal,
-            name: self.names(&env.case).span,
+            name: self.span_name(&env.case),
             start_time: start,
             end_time: end,
-            attributes: self.attributes(env, payload),
+            attributes,
             dropped_attributes_count: 0,
             events: SpanEvents::default(),
             links: SpanLinks::default(),
@@ -362,20 +449,43 @@ impl Mapper {
 
     /// The log record of an event: the companion log of a span, or the record of a metric/log
     /// event. `degraded` marks a record built without its payload.
-    pub(crate) fn log_record(
+    pub fn log_record(
         &self,
         logger: &SdkLogger,
         env: &TelemetryEnvelope,
         payload: Option<&JsonObject>,
         degraded: Option<ReasonCode>,
     ) -> SdkLogRecord {
-        let mut r = logger.create_log_record();
-        let names = self.names(&env.case);
+        let ids = ResolvedIds::of(env);
         let failed = self.error_of(payload);
+        let attrs = self.attributes(env, payload);
+        self.log_from(
+            logger,
+            env,
+            payload,
+            degraded,
+            &attrs,
+            &ids,
+            failed.as_deref(),
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn log_from(
+        &self,
+        logger: &SdkLogger,
+        env: &TelemetryEnvelope,
+        payload: Option<&JsonObject>,
+        degraded: Option<ReasonCode>,
+        attrs: &[KeyValue],
+        ids: &ResolvedIds,
+        failed: Option<&str>,
+    ) -> SdkLogRecord {
+        let mut r = logger.create_log_record();
         r.set_event_name(if degraded.is_some() {
             self.degraded_event
         } else {
-            names.event
+            self.event_name(&env.case)
         });
         r.set_timestamp(env.created_at);
         r.set_observed_timestamp(SystemTime::now());
@@ -386,7 +496,7 @@ impl Mapper {
         };
         r.set_severity_number(sev);
         r.set_severity_text(text);
-        let body = match (&degraded, &failed) {
+        let body = match (&degraded, failed) {
             (Some(reason), _) => format!("{} event degraded: {reason}", env.case),
             (None, Some(err)) => format!("{} failed: {}", env.case, truncate(err)),
             _ => format!(
@@ -398,15 +508,14 @@ impl Mapper {
             ),
         };
         r.set_body(AnyValue::from(body));
-        let ids = ResolvedIds::of(env);
         r.set_trace_context(ids.trace_id, ids.span_id, Some(TraceFlags::SAMPLED));
         if let Some(reason) = degraded {
             r.add_attribute("degraded.reason", reason.as_str());
         }
         r.add_attributes(
-            self.attributes(env, payload)
-                .into_iter()
-                .map(|kv| (kv.key, value_to_any(kv.value))),
+            attrs
+                .iter()
+                .map(|kv| (kv.key.clone(), value_to_any(kv.value.clone()))),
         );
         r
     }
@@ -420,7 +529,7 @@ impl Mapper {
     }
 
     /// The metric updates of an event.
-    pub(crate) fn record_metrics(
+    pub fn record_metrics(
         &self,
         env: &TelemetryEnvelope,
         payload: Option<&JsonObject>,
@@ -509,15 +618,15 @@ pub fn value_to_any(v: opentelemetry::Value) -> AnyValue {
     }
 }
 
-fn truncate(s: &str) -> String {
+fn truncate(s: &str) -> Cow<'_, str> {
     if s.len() <= MAX_ATTRIBUTE_BYTES {
-        return s.to_owned();
+        return Cow::Borrowed(s);
     }
     let mut end = MAX_ATTRIBUTE_BYTES;
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}…", &s[..end])
+    Cow::Owned(format!("{}…", &s[..end]))
 }
 
 fn duration_of(p: Option<&JsonObject>) -> Option<Duration> {

@@ -51,6 +51,8 @@ impl<F: Future> Future for InRuntime<F> {
 pub(crate) enum MetricBackend {
     Otlp(opentelemetry_otlp::MetricExporter),
     Jsonl(JsonlMetricExporter),
+    /// `export.local_output = "discard"`: accepted and thrown away.
+    Discard,
 }
 
 /// Counts data points on success; see the module docs.
@@ -138,6 +140,7 @@ impl PushMetricExporter for CountingMetricExporter {
         let result = match &self.backend {
             MetricBackend::Otlp(e) => InRuntime::new(self.rt.clone(), e.export(metrics)).await,
             MetricBackend::Jsonl(e) => e.export(metrics).await,
+            MetricBackend::Discard => Ok(()),
         };
         self.stats.record_call(n, result.is_ok(), started.elapsed());
         match &result {
@@ -163,6 +166,7 @@ impl PushMetricExporter for CountingMetricExporter {
         match &self.backend {
             MetricBackend::Otlp(e) => e.force_flush(),
             MetricBackend::Jsonl(e) => e.force_flush(),
+            MetricBackend::Discard => Ok(()),
         }
     }
 
@@ -170,6 +174,7 @@ impl PushMetricExporter for CountingMetricExporter {
         match &self.backend {
             MetricBackend::Otlp(e) => e.shutdown_with_timeout(timeout),
             MetricBackend::Jsonl(e) => e.shutdown_with_timeout(timeout),
+            MetricBackend::Discard => Ok(()),
         }
     }
 

@@ -35,7 +35,7 @@ use opentelemetry_sdk::trace::SpanExporter as _;
 use opentelemetry_sdk::Resource;
 
 use crate::actors::ExportHandles;
-use crate::config::{GatewayConfig, OtlpProtocol, SinkKind, SinkSection};
+use crate::config::{GatewayConfig, LocalOutput, OtlpProtocol, SinkKind, SinkSection};
 use crate::diagnostics::Counters;
 use crate::redaction::{RedactionError, Redactor};
 use crate::routing::RoutingTable;
@@ -44,7 +44,7 @@ use logs::{LogBackend, LogBatcher, LogBatcherSettings};
 
 use mapping::Mapper;
 use metrics::{CountingMetricExporter, MetricBackend};
-use sink::{OtlpTraceSink, SinkWorker, TraceSink};
+use sink::{DiscardSink, OtlpTraceSink, SinkWorker, TraceSink};
 
 /// Why the export pipeline could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -265,6 +265,11 @@ impl ExportPipeline {
                         MetricBackend::Otlp(s.metrics()?),
                     )
                 }
+                None if cfg.export.local_output == LocalOutput::Discard => (
+                    Arc::new(DiscardSink::new("discard")),
+                    LogBackend::Discard,
+                    MetricBackend::Discard,
+                ),
                 None => {
                     let path = &cfg.export.file_path;
                     let w = JsonlWriter::open(path).map_err(|e| ExportBuildError::File {

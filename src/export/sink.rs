@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 
 use crate::config::HoldPolicy;
 use crate::diagnostics::exporters::ExporterStats;
-use crate::diagnostics::recorder::{EventRef, Stage};
+use crate::diagnostics::recorder::{Detail, EventRef, Stage};
 use crate::diagnostics::{Counters, ReasonCode};
 
 /// Why a sink could not take a batch.
@@ -65,6 +65,30 @@ pub trait TraceSink: Send + Sync + Debug + 'static {
     /// Releases resources at shutdown, after the last batch.
     fn shutdown(&self) -> Result<(), SinkError> {
         Ok(())
+    }
+}
+
+/// A sink that accepts every batch and keeps nothing: the enterprise destination under
+/// `export.local_output = "discard"`, and a baseline for benchmarks.
+#[derive(Debug)]
+pub struct DiscardSink {
+    name: String,
+}
+
+impl DiscardSink {
+    /// A discarding sink called `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        DiscardSink { name: name.into() }
+    }
+}
+
+impl TraceSink for DiscardSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn export<'a>(&'a self, _batch: &'a [SpanData]) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async { Ok(()) })
     }
 }
 
@@ -179,13 +203,11 @@ impl GroupTracker {
     /// One destination's result. The first success settles the group as delivered; if every
     /// destination fails, the last report settles it as dropped under the first failure's
     /// reason.
-    pub(crate) fn report(&self, destination: &str, result: Result<(), (ReasonCode, &str)>) {
+    pub(crate) fn report(&self, destination: &Arc<str>, result: Result<(), (ReasonCode, &str)>) {
         let rec = self.counters.recorder();
         match result {
             Ok(()) => {
-                for ev in &self.events {
-                    rec.record(ev, Stage::Exported, None, Some(destination));
-                }
+                let exported = (Stage::Exported, Some(Detail::Shared(destination.clone())));
                 if !self.settled.swap(true, Ordering::AcqRel) {
                     let n = self.events.len() as u64;
                     Counters::add(&self.counters.delivered_trace, n);
@@ -193,9 +215,11 @@ impl GroupTracker {
                         self.counters.case_delivered(&ev.case);
                         self.counters
                             .emit_to_export(crate::contracts::SignalType::Trace, ev.age());
-                        rec.record(ev, Stage::Delivered, None, None);
                     }
+                    rec.record_batch(&self.events, &[exported, (Stage::Delivered, None)]);
                     self.counters.trace_pending_sub(n);
+                } else {
+                    rec.record_batch(&self.events, &[exported]);
                 }
             }
             Err((reason, error)) => {
@@ -344,7 +368,8 @@ impl SinkWorker {
         rt: &tokio::runtime::Handle,
     ) -> Self {
         let (tx, mut rx) = mpsc::channel::<SinkJob>(queue_batches);
-        let name: Arc<str> = Arc::from(sink.name());
+        // Sanitized once here: every journey step names its destination with this string.
+        let name: Arc<str> = Arc::from(crate::logging::sanitize(sink.name()).as_ref());
         let stats = counters.exporters.register(&name, "traces");
         let worker = WorkerState {
             name: name.clone(),

@@ -1,0 +1,805 @@
+//! The load generator: drives the whole gateway and a baseline side by side, in one process and
+//! one run, and prints what it measured.
+//!
+//! ```text
+//! cargo run --release --example loadgen -- --mode trace|metric|mixed --events N [--rate R]
+//!     [--dedup memory|redis --redis-url URL] [--exporter noop|otlp --endpoint URL]
+//!     [--producers P] [--baseline otel-bsp|redis-pipeline|mpsc|none] [--duration-secs S]
+//!     [--config PATH] [--json]
+//! cargo run --release --example loadgen -- --mode idle [--duration-secs 10] [--json]
+//! cargo run --release --example loadgen -- --mode queued --events N [--json]
+//! ```
+//!
+//! * `trace`: workflow runs of one `workflow_run` and 10 `node_execution` events each.
+//!   `metric`: `app_created`, `feedback_created`, `tool_execution`, `moderation_check` in turn.
+//!   `mixed`: alternately one of each.
+//! * `--rate R` paces the producers to R events/s in total (default: as fast as they can).
+//!   `--duration-secs S` stops producing after S seconds even if `--events` is not reached
+//!   (for the overload run: `--rate` well above capacity for 30 s).
+//! * `--exporter noop` (default) sets `export.local_output = "discard"`; `otlp` exports over
+//!   OTLP gRPC to `--endpoint`, or to an in-process receiver that decodes and discards when no
+//!   endpoint is given.
+//! * `--dedup redis` without `--redis-url` starts a private `redis-server` (it must be on PATH).
+//! * Baselines (default: `otel-bsp` for trace and mixed, `redis-pipeline` with Redis dedup,
+//!   `mpsc` otherwise), each given the same events and the same exporter:
+//!   - `otel-bsp`: the same spans built with opentelemetry_sdk's tracer and its
+//!     `BatchSpanProcessor` (same queue size, batch size and delay), no gateway;
+//!   - `redis-pipeline`: the same dedup keys sent as pipelined `SET NX EX` on one multiplexed
+//!     redis-rs connection, in batches of `metric_pool.batch_size`, no gateway;
+//!   - `mpsc`: the same envelopes through one bare bounded `tokio::sync::mpsc` hop.
+//! * `idle`: starts the gateway, does nothing for `--duration-secs` (default 10) and reports the
+//!   CPU it used, as a percentage of one core.
+//! * `queued`: freezes the gateway's intake, queues N events with empty payloads and reports
+//!   the resident memory each one costs.
+//!
+//! `events_per_sec` is end to end: events delivered (an exporter accepted their output) divided
+//! by the time from the first `emit()` until every event was delivered or dropped. `emit_ns` is
+//! the time one `emit()` call takes, measured around every call (hdrhistogram). `e2e_ms` is the
+//! gateway's own emit-to-export histogram. With `--json` the last line of stdout is one JSON
+//! object: `{"mode", "events", "events_per_sec", "emit_ns": {"p50","p99","p999"},
+//! "e2e_ms": {"p50","p99"}, "peak_rss_bytes", "dropped", "baseline": {"name","events_per_sec"},
+//! "ratio", ...}` where `ratio` is ours / baseline and `emitted == delivered + sum(dropped)`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+use telemetry_gateway::config::{DedupBackendKind, LocalOutput};
+use telemetry_gateway::testing::{OtlpReceiver, RedisServer, Signal};
+use telemetry_gateway::{GatewayConfig, TelemetryCase, TelemetryContext, TelemetryEnvelope};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Trace,
+    Metric,
+    Mixed,
+    Idle,
+    Queued,
+}
+
+#[derive(Debug, Clone)]
+struct Args {
+    mode: Mode,
+    events: u64,
+    rate: Option<f64>,
+    dedup: DedupBackendKind,
+    redis_url: Option<String>,
+    otlp: bool,
+    endpoint: Option<String>,
+    producers: usize,
+    baseline: Option<String>,
+    duration: Option<Duration>,
+    config: Option<PathBuf>,
+    json: bool,
+}
+
+fn parse_args() -> Result<Args, BoxError> {
+    let mut a = Args {
+        mode: Mode::Trace,
+        events: 200_000,
+        rate: None,
+        dedup: DedupBackendKind::Memory,
+        redis_url: None,
+        otlp: false,
+        endpoint: None,
+        producers: 1,
+        baseline: None,
+        duration: None,
+        config: None,
+        json: false,
+    };
+    let mut it = std::env::args().skip(1);
+    let value = |name: &str, it: &mut dyn Iterator<Item = String>| {
+        it.next().ok_or_else(|| format!("{name} needs a value"))
+    };
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--mode" => {
+                a.mode = match value("--mode", &mut it)?.as_str() {
+                    "trace" => Mode::Trace,
+                    "metric" => Mode::Metric,
+                    "mixed" => Mode::Mixed,
+                    "idle" => Mode::Idle,
+                    "queued" => Mode::Queued,
+                    other => return Err(format!("--mode: unknown mode {other:?}").into()),
+                }
+            }
+            "--events" => a.events = value("--events", &mut it)?.parse()?,
+            "--rate" => a.rate = Some(value("--rate", &mut it)?.parse()?),
+            "--dedup" => {
+                a.dedup = match value("--dedup", &mut it)?.as_str() {
+                    "memory" => DedupBackendKind::Memory,
+                    "redis" => DedupBackendKind::Redis,
+                    other => return Err(format!("--dedup: unknown backend {other:?}").into()),
+                }
+            }
+            "--redis-url" => a.redis_url = Some(value("--redis-url", &mut it)?),
+            "--exporter" => {
+                a.otlp = match value("--exporter", &mut it)?.as_str() {
+                    "noop" => false,
+                    "otlp" => true,
+                    other => return Err(format!("--exporter: unknown exporter {other:?}").into()),
+                }
+            }
+            "--endpoint" => a.endpoint = Some(value("--endpoint", &mut it)?),
+            "--producers" => a.producers = value("--producers", &mut it)?.parse::<usize>()?.max(1),
+            "--baseline" => a.baseline = Some(value("--baseline", &mut it)?),
+            "--duration-secs" => {
+                a.duration = Some(Duration::from_secs_f64(
+                    value("--duration-secs", &mut it)?.parse()?,
+                ))
+            }
+            "--config" => a.config = Some(PathBuf::from(value("--config", &mut it)?)),
+            "--json" => a.json = true,
+            other => {
+                return Err(format!("unknown argument {other:?} (see the example's docs)").into())
+            }
+        }
+    }
+    if let Some(r) = a.rate {
+        if !(r.is_finite() && r > 0.0) {
+            return Err("--rate must be a positive number of events per second".into());
+        }
+    }
+    Ok(a)
+}
+
+/// The i-th event of a workload. Runs of 11 trace events (1 workflow run, 10 nodes); the metric
+/// cases cycle. Every event gets a fresh UUIDv7, so dedup never hits.
+fn make_event(mode: Mode, i: u64, producer: usize) -> TelemetryEnvelope {
+    let tenant = if i % 2 == 0 { "acme" } else { "globex" };
+    let ctx = TelemetryContext::tenant(tenant).app("app-1").user("u-1");
+    let trace = match mode {
+        Mode::Trace => true,
+        Mode::Mixed => i % 2 == 0,
+        _ => false,
+    };
+    if trace {
+        let k = if mode == Mode::Mixed { i / 2 } else { i };
+        let run = k / 11;
+        let run_id = format!("p{producer}-run-{run}");
+        if k % 11 == 0 {
+            TelemetryEnvelope::new(TelemetryCase::WorkflowRun, ctx)
+                .with_run_id(run_id)
+                .with_payload(
+                    json!({"status": "succeeded", "duration_ms": 400, "total_tokens": 600}),
+                )
+        } else {
+            TelemetryEnvelope::new(TelemetryCase::NodeExecution, ctx)
+                .with_run_id(run_id)
+                .with_payload(json!({"node_id": "node-1", "node_type": "llm",
+                    "status": "succeeded", "duration_ms": 40, "total_tokens": 120}))
+        }
+    } else {
+        match (i / 2) % 4 {
+            0 => TelemetryEnvelope::new(TelemetryCase::AppCreated, ctx)
+                .with_payload(json!({"app_mode": "workflow"})),
+            1 => TelemetryEnvelope::new(TelemetryCase::FeedbackCreated, ctx)
+                .with_payload(json!({"rating": "like"})),
+            2 => TelemetryEnvelope::new(TelemetryCase::ToolExecution, ctx)
+                .with_payload(json!({"tool_name": "web_search", "duration_ms": 120})),
+            _ => TelemetryEnvelope::new(TelemetryCase::ModerationCheck, ctx)
+                .with_payload(json!({"flagged": false})),
+        }
+    }
+}
+
+fn new_hist() -> Histogram<u64> {
+    // 1 ns .. 10 s, 3 significant digits.
+    Histogram::new_with_bounds(1, 10_000_000_000, 3).expect("fixed valid bounds")
+}
+
+/// Paces one producer: event `i` is due at `start + i / per_producer_rate`.
+fn pace(start: Instant, i: u64, per_producer_rate: Option<f64>) {
+    if let Some(r) = per_producer_rate {
+        let due = start + Duration::from_secs_f64(i as f64 / r);
+        let now = Instant::now();
+        if due > now + Duration::from_micros(200) {
+            std::thread::sleep(due - now);
+        }
+    }
+}
+
+/// Peak resident set size of this process, in bytes (Linux `VmHWM`).
+fn peak_rss() -> u64 {
+    proc_status_kb("VmHWM:") * 1024
+}
+
+/// Current resident set size, in bytes (Linux `VmRSS`).
+fn rss() -> u64 {
+    proc_status_kb("VmRSS:") * 1024
+}
+
+fn proc_status_kb(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Resets `VmHWM` so the peak measured belongs to what runs next (Linux >= 4.0).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// User + system CPU time of this process (Linux `/proc/self/stat`, clock ticks of 10 ms).
+fn cpu_time() -> Duration {
+    let ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which is in parentheses and may hold spaces).
+            let rest = s.rsplit_once(')')?.1.to_owned();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // utime and stime are fields 14 and 15 of the full line: 12 and 13 after ')'.
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
+/// What one run of the gateway measured.
+#[derive(Debug, Default)]
+struct GatewayRun {
+    emitted: u64,
+    delivered: u64,
+    dropped: BTreeMap<String, u64>,
+    elapsed: Duration,
+    emit_ns: Option<Histogram<u64>>,
+    e2e_p50_ms: f64,
+    e2e_p99_ms: f64,
+    peak_rss: u64,
+    exported_spans: u64,
+    exported_logs: u64,
+    deadline_exceeded: bool,
+}
+
+fn configure(
+    args: &Args,
+    redis_url: Option<&str>,
+    endpoint: Option<&str>,
+) -> Result<GatewayConfig, BoxError> {
+    let mut cfg = GatewayConfig::load(args.config.as_deref())?;
+    cfg.gateway.enterprise_enabled = true;
+    cfg.dedup.backend = args.dedup;
+    if let Some(url) = redis_url {
+        cfg.dedup.redis_url = url.to_owned();
+    }
+    match endpoint {
+        Some(ep) => cfg.otlp.endpoint = Some(ep.to_owned()),
+        None => {
+            cfg.otlp.endpoint = None;
+            cfg.export.local_output = LocalOutput::Discard;
+        }
+    }
+    Ok(cfg)
+}
+
+fn run_gateway(args: &Args, cfg: GatewayConfig) -> Result<GatewayRun, BoxError> {
+    reset_peak_rss();
+    let gateway = Arc::new(telemetry_gateway::start(cfg)?);
+    let per_producer_rate = args.rate.map(|r| r / args.producers as f64);
+    let per_producer = args.events / args.producers as u64;
+    let extra = args.events % args.producers as u64;
+    let stop_at = args.duration.map(|d| Instant::now() + d);
+    let start = Instant::now();
+    let mut threads = Vec::new();
+    for p in 0..args.producers {
+        let gateway = gateway.clone();
+        let mode = args.mode;
+        let n = per_producer + u64::from((p as u64) < extra);
+        threads.push(std::thread::spawn(move || {
+            let mut hist = new_hist();
+            let mut emitted = 0u64;
+            for i in 0..n {
+                if i % 1024 == 0 && stop_at.is_some_and(|s| Instant::now() >= s) {
+                    break;
+                }
+                pace(start, i, per_producer_rate);
+                let env = make_event(mode, i, p);
+                let t = Instant::now();
+                let _ = gateway.emit(env);
+                hist.saturating_record(t.elapsed().as_nanos() as u64);
+                emitted += 1;
+            }
+            (hist, emitted)
+        }));
+    }
+    let mut hist = new_hist();
+    for t in threads {
+        let (h, _) = t.join().map_err(|_| "a producer thread panicked")?;
+        hist.add(h)
+            .map_err(|e| format!("merging histograms: {e}"))?;
+    }
+    // Settled: every emitted event delivered or dropped.
+    let settle_deadline = Instant::now() + Duration::from_secs(60);
+    while gateway.stats().in_flight > 0 && Instant::now() < settle_deadline {
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    let elapsed = start.elapsed();
+    let diag = gateway.diagnostics();
+    let peak = peak_rss();
+    let report = gateway.shutdown_blocking(Duration::from_secs(10));
+    let s = &report.stats;
+    let e2e = match args.mode {
+        Mode::Metric => &diag.emit_to_export.metric_log,
+        _ => &diag.emit_to_export.trace,
+    };
+    Ok(GatewayRun {
+        emitted: s.emitted,
+        delivered: s.delivered,
+        dropped: s.dropped.clone(),
+        elapsed,
+        emit_ns: Some(hist),
+        e2e_p50_ms: e2e.p50 * 1000.0,
+        e2e_p99_ms: e2e.p99 * 1000.0,
+        peak_rss: peak,
+        exported_spans: s.exported.spans,
+        exported_logs: s.exported.log_records,
+        deadline_exceeded: report.deadline_exceeded,
+    })
+}
+
+/// A baseline's result.
+#[derive(Debug)]
+struct BaselineRun {
+    name: String,
+    events: u64,
+    elapsed: Duration,
+    dropped: u64,
+}
+
+impl BaselineRun {
+    fn per_sec(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+mod otel_bsp {
+    //! The `otel-bsp` baseline: the same spans through the SDK's own batching.
+
+    use super::*;
+    use opentelemetry::trace::{
+        SpanContext, SpanKind, TraceContextExt, TraceFlags, TraceState, Tracer, TracerProvider,
+    };
+    use opentelemetry::{Context, KeyValue};
+    use opentelemetry_sdk::error::OTelSdkResult;
+    use opentelemetry_sdk::trace::{
+        BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider, SpanData, SpanExporter,
+    };
+
+    /// Counts what its inner exporter accepted. The OTLP exporter runs on a tokio runtime
+    /// (the SDK's batch thread has none), as a host would have to arrange too.
+    #[derive(Debug)]
+    pub(super) struct Counting {
+        pub(super) inner: Option<opentelemetry_otlp::SpanExporter>,
+        pub(super) rt: Option<tokio::runtime::Handle>,
+        pub(super) ok: Arc<AtomicU64>,
+    }
+
+    impl SpanExporter for Counting {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            let n = batch.len() as u64;
+            let res = match (&self.inner, &self.rt) {
+                (Some(e), Some(rt)) => {
+                    let _g = rt.enter();
+                    futures::executor::block_on(e.export(batch))
+                }
+                _ => Ok(()),
+            };
+            if res.is_ok() {
+                self.ok.fetch_add(n, Ordering::Relaxed);
+            }
+            res
+        }
+    }
+
+    pub(super) fn run(
+        args: &Args,
+        cfg: &GatewayConfig,
+        endpoint: Option<&str>,
+    ) -> Result<BaselineRun, BoxError> {
+        let ok = Arc::new(AtomicU64::new(0));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let inner = match endpoint {
+            Some(ep) => {
+                let _g = rt.enter();
+                use opentelemetry_otlp::WithExportConfig;
+                Some(
+                    opentelemetry_otlp::SpanExporter::builder()
+                        .with_tonic()
+                        .with_endpoint(ep)
+                        .build()?,
+                )
+            }
+            None => None,
+        };
+        let exporter = Counting {
+            inner,
+            rt: Some(rt.handle().clone()),
+            ok: ok.clone(),
+        };
+        let batch = BatchConfigBuilder::default()
+            .with_max_queue_size(cfg.trace_batcher.queue_capacity)
+            .with_max_export_batch_size(cfg.trace_batcher.max_batch_size)
+            .with_scheduled_delay(Duration::from_millis(cfg.trace_batcher.flush_interval_ms))
+            .build();
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(
+                BatchSpanProcessor::builder(exporter)
+                    .with_batch_config(batch)
+                    .build(),
+            )
+            .build();
+        let tracer = Arc::new(provider.tracer("loadgen-baseline"));
+        let per_producer_rate = args.rate.map(|r| r / args.producers as f64);
+        let per_producer = args.events / args.producers as u64;
+        let ns = cfg.export.namespace.clone();
+        let start = Instant::now();
+        let mut threads = Vec::new();
+        for p in 0..args.producers {
+            let tracer = tracer.clone();
+            let ns = ns.clone();
+            let mode = args.mode;
+            threads.push(std::thread::spawn(move || {
+                let mut root = Context::new();
+                let mut made = 0u64;
+                for i in 0..per_producer {
+                    pace(start, i, per_producer_rate);
+                    let env = make_event(mode, i, p);
+                    if !matches!(
+                        env.case,
+                        TelemetryCase::WorkflowRun | TelemetryCase::NodeExecution
+                    ) {
+                        continue;
+                    }
+                    made += 1;
+                    let mut attrs = vec![
+                        KeyValue::new("telemetry.case", env.case.as_str().to_owned()),
+                        KeyValue::new("event.id", env.event_id.to_string()),
+                        KeyValue::new("tenant.id", env.context.tenant_id.clone()),
+                        KeyValue::new("app.id", env.context.app_id.clone().unwrap_or_default()),
+                        KeyValue::new("user.id", env.context.user_id.clone().unwrap_or_default()),
+                        KeyValue::new("correlation.id", env.effective_correlation_id()),
+                        KeyValue::new("run.id", env.correlation.run_id.clone().unwrap_or_default()),
+                    ];
+                    if let telemetry_gateway::Payload::Inline(obj) = &env.payload {
+                        for (k, v) in obj {
+                            let key = format!("{ns}.{k}");
+                            match v {
+                                Value::Number(n) => {
+                                    attrs.push(KeyValue::new(key, n.as_i64().unwrap_or(0)))
+                                }
+                                Value::Bool(b) => attrs.push(KeyValue::new(key, *b)),
+                                Value::String(s) => attrs.push(KeyValue::new(key, s.clone())),
+                                other => attrs.push(KeyValue::new(key, other.to_string())),
+                            }
+                        }
+                    }
+                    let end = env.created_at;
+                    let begin = end.checked_sub(Duration::from_millis(40)).unwrap_or(end);
+                    let name = if env.case == TelemetryCase::WorkflowRun {
+                        format!("{ns}.workflow.run")
+                    } else {
+                        format!("{ns}.node.execution")
+                    };
+                    let builder = tracer
+                        .span_builder(name)
+                        .with_kind(SpanKind::Internal)
+                        .with_start_time(begin)
+                        .with_attributes(attrs);
+                    if env.case == TelemetryCase::WorkflowRun {
+                        let mut span = builder.start_with_context(&*tracer, &Context::new());
+                        let sc = opentelemetry::trace::Span::span_context(&span).clone();
+                        opentelemetry::trace::Span::end_with_timestamp(&mut span, end);
+                        root = Context::new().with_remote_span_context(SpanContext::new(
+                            sc.trace_id(),
+                            sc.span_id(),
+                            TraceFlags::SAMPLED,
+                            false,
+                            TraceState::default(),
+                        ));
+                    } else {
+                        let mut span = builder.start_with_context(&*tracer, &root);
+                        opentelemetry::trace::Span::end_with_timestamp(&mut span, end);
+                    }
+                }
+                made
+            }));
+        }
+        let mut made = 0;
+        for t in threads {
+            made += t.join().map_err(|_| "a baseline thread panicked")?;
+        }
+        let _ = provider.force_flush();
+        let elapsed = start.elapsed();
+        let exported = ok.load(Ordering::Relaxed);
+        let _ = provider.shutdown();
+        drop(rt);
+        Ok(BaselineRun {
+            name: "otel-bsp".into(),
+            events: exported,
+            elapsed,
+            dropped: made.saturating_sub(exported),
+        })
+    }
+}
+
+/// The `redis-pipeline` baseline: the same keys, pipelined `SET NX EX` on one multiplexed
+/// connection, `metric_pool.pool_size` batches in flight at once, no gateway.
+fn redis_pipeline(args: &Args, cfg: &GatewayConfig, url: &str) -> Result<BaselineRun, BoxError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let batch = cfg.metric_pool.batch_size.max(1);
+    let tasks = cfg.metric_pool.pool_size.max(1);
+    let ttl = cfg.dedup.ttl_secs;
+    let prefix = format!("{}-baseline", cfg.dedup.key_prefix);
+    let events = args.events;
+    let mode = args.mode;
+    rt.block_on(async move {
+        let client = redis::Client::open(url)?;
+        let conn = client.get_multiplexed_async_connection().await?;
+        let start = Instant::now();
+        let per_task = events / tasks as u64;
+        let mut joins = Vec::new();
+        for t in 0..tasks {
+            let mut conn = conn.clone();
+            let prefix = prefix.clone();
+            joins.push(tokio::spawn(async move {
+                let mut done = 0u64;
+                let mut i = 0u64;
+                while i < per_task {
+                    let mut pipe = redis::pipe();
+                    let end = (i + batch as u64).min(per_task);
+                    for k in i..end {
+                        let env = make_event(mode, k, t);
+                        let key = format!("{prefix}:{}:{}", env.context.tenant_id, env.event_id);
+                        pipe.cmd("SET").arg(key).arg(1).arg("NX").arg("EX").arg(ttl);
+                    }
+                    let res: redis::RedisResult<Vec<Option<String>>> =
+                        pipe.query_async(&mut conn).await;
+                    if res.is_ok() {
+                        done += end - i;
+                    }
+                    i = end;
+                }
+                done
+            }));
+        }
+        let mut done = 0;
+        for j in joins {
+            done += j.await?;
+        }
+        Ok(BaselineRun {
+            name: "redis-pipeline".into(),
+            events: done,
+            elapsed: start.elapsed(),
+            dropped: events - done,
+        })
+    })
+}
+
+/// The `mpsc` baseline: the same envelopes through one bare bounded tokio channel, the
+/// consumer counting them.
+fn mpsc_hop(args: &Args, cfg: &GatewayConfig) -> Result<BaselineRun, BoxError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<TelemetryEnvelope>(cfg.gateway.queue_capacity);
+    let consumer = rt.spawn(async move {
+        let mut n = 0u64;
+        while rx.recv().await.is_some() {
+            n += 1;
+        }
+        n
+    });
+    let per_producer_rate = args.rate.map(|r| r / args.producers as f64);
+    let per_producer = args.events / args.producers as u64;
+    let start = Instant::now();
+    let mut threads = Vec::new();
+    for p in 0..args.producers {
+        let tx = tx.clone();
+        let mode = args.mode;
+        threads.push(std::thread::spawn(move || {
+            for i in 0..per_producer {
+                pace(start, i, per_producer_rate);
+                // Waits for room: the ceiling of one hop, with nothing dropped.
+                if tx.blocking_send(make_event(mode, i, p)).is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    drop(tx);
+    for t in threads {
+        t.join().map_err(|_| "a baseline thread panicked")?;
+    }
+    let n = rt.block_on(consumer)?;
+    Ok(BaselineRun {
+        name: "mpsc".into(),
+        events: n,
+        elapsed: start.elapsed(),
+        dropped: args.events - n,
+    })
+}
+
+fn idle(args: &Args) -> Result<Value, BoxError> {
+    let cfg = configure(args, None, None)?;
+    let gateway = telemetry_gateway::start(cfg)?;
+    // Let start-up work finish before measuring.
+    std::thread::sleep(Duration::from_millis(500));
+    let secs = args.duration.unwrap_or(Duration::from_secs(10));
+    let (cpu0, t0) = (cpu_time(), Instant::now());
+    std::thread::sleep(secs);
+    let (cpu, wall) = (cpu_time() - cpu0, t0.elapsed());
+    let report = gateway.shutdown_blocking(Duration::from_secs(5));
+    let pct = 100.0 * cpu.as_secs_f64() / wall.as_secs_f64();
+    Ok(json!({
+        "mode": "idle", "events": 0, "events_per_sec": 0.0,
+        "emit_ns": {"p50": 0, "p99": 0, "p999": 0}, "e2e_ms": {"p50": 0.0, "p99": 0.0},
+        "peak_rss_bytes": peak_rss(), "dropped": report.stats.dropped,
+        "emitted": report.stats.emitted, "delivered": report.stats.delivered,
+        "baseline": Value::Null, "ratio": Value::Null,
+        "idle_secs": wall.as_secs_f64(), "cpu_secs": cpu.as_secs_f64(),
+        "cpu_percent_of_one_core": pct,
+    }))
+}
+
+fn queued(args: &Args) -> Result<Value, BoxError> {
+    let mut cfg = configure(args, None, None)?;
+    let n = args.events.max(1);
+    cfg.gateway.queue_capacity = cfg.gateway.queue_capacity.max(n as usize);
+    let gateway = telemetry_gateway::start(cfg)?;
+    let freeze = gateway
+        .freeze_intake_for_tests()
+        .ok_or("could not freeze the gateway's intake")?;
+    // Warm the allocator and the channel's first blocks, then measure.
+    let ctx = TelemetryContext::tenant("acme").app("app-1").user("u-1");
+    let template = TelemetryEnvelope::new(TelemetryCase::NodeExecution, ctx).with_run_id("run-1");
+    let before = rss();
+    let mut accepted = 0u64;
+    for _ in 0..n {
+        let mut env = template.clone();
+        env.event_id = uuid::Uuid::now_v7();
+        if gateway.emit(env).is_ok() {
+            accepted += 1;
+        }
+    }
+    let after = rss();
+    drop(freeze);
+    let report = gateway.shutdown_blocking(Duration::from_secs(30));
+    let per_event = after.saturating_sub(before) as f64 / accepted.max(1) as f64;
+    Ok(json!({
+        "mode": "queued", "events": n, "events_per_sec": 0.0,
+        "emit_ns": {"p50": 0, "p99": 0, "p999": 0}, "e2e_ms": {"p50": 0.0, "p99": 0.0},
+        "peak_rss_bytes": peak_rss(), "dropped": report.stats.dropped,
+        "emitted": report.stats.emitted, "delivered": report.stats.delivered,
+        "baseline": Value::Null, "ratio": Value::Null,
+        "queued": accepted, "rss_before_bytes": before, "rss_after_bytes": after,
+        "bytes_per_queued_event": per_event,
+        "envelope_struct_bytes": std::mem::size_of::<TelemetryEnvelope>(),
+    }))
+}
+
+fn main() -> Result<(), BoxError> {
+    let args = parse_args()?;
+    let out = match args.mode {
+        Mode::Idle => idle(&args)?,
+        Mode::Queued => queued(&args)?,
+        _ => throughput(&args)?,
+    };
+    if !args.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    println!("{}", serde_json::to_string(&out)?);
+    Ok(())
+}
+
+fn throughput(args: &Args) -> Result<Value, BoxError> {
+    // A private redis-server and OTLP receiver when none is given; kept alive for both runs.
+    let mut _redis = None;
+    let redis_url = match (&args.redis_url, args.dedup) {
+        (Some(u), _) => Some(u.clone()),
+        (None, DedupBackendKind::Redis) => {
+            let r = RedisServer::start();
+            let u = r.url();
+            _redis = Some(r);
+            Some(u)
+        }
+        (None, DedupBackendKind::Memory) => None,
+    };
+    let mut _receiver = None;
+    let endpoint = match (&args.endpoint, args.otlp) {
+        (Some(e), true) => Some(e.clone()),
+        (None, true) => {
+            let r = OtlpReceiver::start();
+            for s in [Signal::Traces, Signal::Logs, Signal::Metrics] {
+                r.discard(s);
+            }
+            let e = r.endpoint();
+            _receiver = Some(r);
+            Some(e)
+        }
+        (_, false) => None,
+    };
+    let cfg = configure(args, redis_url.as_deref(), endpoint.as_deref())?;
+    let baseline_name = args.baseline.clone().unwrap_or_else(|| {
+        match (args.mode, args.dedup) {
+            (Mode::Metric, DedupBackendKind::Redis) => "redis-pipeline",
+            (Mode::Metric, DedupBackendKind::Memory) => "mpsc",
+            _ => "otel-bsp",
+        }
+        .to_owned()
+    });
+
+    let ours = run_gateway(args, cfg.clone())?;
+    let baseline = match baseline_name.as_str() {
+        "none" => None,
+        "otel-bsp" => Some(otel_bsp::run(args, &cfg, endpoint.as_deref())?),
+        "redis-pipeline" => {
+            let url = redis_url
+                .as_deref()
+                .ok_or("--baseline redis-pipeline needs --dedup redis")?;
+            Some(redis_pipeline(args, &cfg, url)?)
+        }
+        "mpsc" => Some(mpsc_hop(args, &cfg)?),
+        other => return Err(format!("--baseline: unknown baseline {other:?}").into()),
+    };
+
+    let per_sec = ours.delivered as f64 / ours.elapsed.as_secs_f64().max(1e-9);
+    let h = ours.emit_ns.as_ref().map(|h| {
+        (
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.99),
+            h.value_at_quantile(0.999),
+        )
+    });
+    let (p50, p99, p999) = h.unwrap_or((0, 0, 0));
+    let dropped_total: u64 = ours.dropped.values().sum();
+    let mode = match args.mode {
+        Mode::Trace => "trace",
+        Mode::Metric => "metric",
+        _ => "mixed",
+    };
+    Ok(json!({
+        "mode": mode,
+        "events": args.events,
+        "emitted": ours.emitted,
+        "delivered": ours.delivered,
+        "events_per_sec": per_sec,
+        "emit_ns": {"p50": p50, "p99": p99, "p999": p999},
+        "e2e_ms": {"p50": ours.e2e_p50_ms, "p99": ours.e2e_p99_ms},
+        "peak_rss_bytes": ours.peak_rss,
+        "dropped": ours.dropped,
+        "dropped_total": dropped_total,
+        "accounted": ours.emitted == ours.delivered + dropped_total,
+        "elapsed_secs": ours.elapsed.as_secs_f64(),
+        "exported": {"spans": ours.exported_spans, "log_records": ours.exported_logs},
+        "shutdown_deadline_exceeded": ours.deadline_exceeded,
+        "producers": args.producers,
+        "rate": args.rate,
+        "dedup": match args.dedup { DedupBackendKind::Redis => "redis", DedupBackendKind::Memory => "memory" },
+        "exporter": if args.otlp { "otlp" } else { "noop" },
+        "baseline": baseline.as_ref().map(|b| json!({
+            "name": b.name, "events_per_sec": b.per_sec(), "events": b.events,
+            "dropped": b.dropped, "elapsed_secs": b.elapsed.as_secs_f64(),
+        })),
+        "ratio": baseline.as_ref().map(|b| per_sec / b.per_sec().max(1e-9)),
+    }))
+}
