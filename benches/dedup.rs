@@ -12,6 +12,9 @@
 //! cargo bench --bench dedup
 //! ```
 
+// criterion_group! generates undocumented functions.
+#![allow(missing_docs)]
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 

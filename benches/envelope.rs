@@ -10,6 +10,9 @@
 //! cargo bench --bench envelope
 //! ```
 
+// criterion_group! generates undocumented functions.
+#![allow(missing_docs)]
+
 use std::collections::BTreeMap;
 use std::hint::black_box;
 

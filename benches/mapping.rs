@@ -12,6 +12,9 @@
 //! cargo bench --bench mapping
 //! ```
 
+// criterion_group! generates undocumented functions.
+#![allow(missing_docs)]
+
 use std::collections::BTreeMap;
 use std::hint::black_box;
 

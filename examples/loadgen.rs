@@ -14,6 +14,9 @@
 //!   `metric`: `app_created`, `feedback_created`, `tool_execution`, `moderation_check` in turn.
 //!   `mixed`: alternately one of each.
 //! * `--rate R` paces the producers to R events/s in total (default: as fast as they can).
+//!   `--max-in-flight N` makes the producers closed-loop: they pause while more than N events
+//!   are in flight, so the run measures the most the pipeline sustains without dropping (the
+//!   baselines are closed-loop by nature: their producer does the work or waits for room).
 //!   `--duration-secs S` stops producing after S seconds even if `--events` is not reached
 //!   (for the overload run: `--rate` well above capacity for 30 s).
 //! * `--exporter noop` (default) sets `export.local_output = "discard"`; `otlp` exports over
@@ -75,6 +78,7 @@ struct Args {
     producers: usize,
     baseline: Option<String>,
     duration: Option<Duration>,
+    max_in_flight: Option<u64>,
     config: Option<PathBuf>,
     json: bool,
 }
@@ -91,6 +95,7 @@ fn parse_args() -> Result<Args, BoxError> {
         producers: 1,
         baseline: None,
         duration: None,
+        max_in_flight: None,
         config: None,
         json: false,
     };
@@ -134,6 +139,9 @@ fn parse_args() -> Result<Args, BoxError> {
                 a.duration = Some(Duration::from_secs_f64(
                     value("--duration-secs", &mut it)?.parse()?,
                 ))
+            }
+            "--max-in-flight" => {
+                a.max_in_flight = Some(value("--max-in-flight", &mut it)?.parse()?)
             }
             "--config" => a.config = Some(PathBuf::from(value("--config", &mut it)?)),
             "--json" => a.json = true,
@@ -262,6 +270,8 @@ struct GatewayRun {
     exported_spans: u64,
     exported_logs: u64,
     deadline_exceeded: bool,
+    refused_at_emit: u64,
+    exporter_queue_full: BTreeMap<String, u64>,
 }
 
 fn configure(
@@ -297,29 +307,41 @@ fn run_gateway(args: &Args, cfg: GatewayConfig) -> Result<GatewayRun, BoxError> 
     for p in 0..args.producers {
         let gateway = gateway.clone();
         let mode = args.mode;
+        let max_in_flight = args.max_in_flight;
         let n = per_producer + u64::from((p as u64) < extra);
         threads.push(std::thread::spawn(move || {
             let mut hist = new_hist();
             let mut emitted = 0u64;
+            let mut refused = 0u64;
             for i in 0..n {
                 if i % 1024 == 0 && stop_at.is_some_and(|s| Instant::now() >= s) {
                     break;
                 }
                 pace(start, i, per_producer_rate);
+                if let Some(max) = max_in_flight {
+                    // Closed loop: keep the pipeline full, never overflowing.
+                    while i % 256 == 0 && gateway.stats().in_flight > max {
+                        std::thread::sleep(Duration::from_micros(100));
+                    }
+                }
                 let env = make_event(mode, i, p);
                 let t = Instant::now();
-                let _ = gateway.emit(env);
+                if gateway.emit(env).is_err() {
+                    refused += 1;
+                }
                 hist.saturating_record(t.elapsed().as_nanos() as u64);
                 emitted += 1;
             }
-            (hist, emitted)
+            (hist, emitted, refused)
         }));
     }
     let mut hist = new_hist();
+    let mut refused_at_emit = 0;
     for t in threads {
-        let (h, _) = t.join().map_err(|_| "a producer thread panicked")?;
+        let (h, _, refused) = t.join().map_err(|_| "a producer thread panicked")?;
         hist.add(h)
             .map_err(|e| format!("merging histograms: {e}"))?;
+        refused_at_emit += refused;
     }
     // Settled: every emitted event delivered or dropped.
     let settle_deadline = Instant::now() + Duration::from_secs(60);
@@ -328,6 +350,13 @@ fn run_gateway(args: &Args, cfg: GatewayConfig) -> Result<GatewayRun, BoxError> 
     }
     let elapsed = start.elapsed();
     let diag = gateway.diagnostics();
+    // Where queue_full drops happened inside the pipeline (the exporters' own queues).
+    let exporter_queue_full: BTreeMap<String, u64> = diag
+        .exporters
+        .iter()
+        .filter(|e| e.items_queue_full > 0)
+        .map(|e| (format!("{}/{}", e.name, e.signal), e.items_queue_full))
+        .collect();
     let peak = peak_rss();
     let report = gateway.shutdown_blocking(Duration::from_secs(10));
     let s = &report.stats;
@@ -347,6 +376,8 @@ fn run_gateway(args: &Args, cfg: GatewayConfig) -> Result<GatewayRun, BoxError> 
         exported_spans: s.exported.spans,
         exported_logs: s.exported.log_records,
         deadline_exceeded: report.deadline_exceeded,
+        refused_at_emit,
+        exporter_queue_full,
     })
 }
 
@@ -788,6 +819,9 @@ fn throughput(args: &Args) -> Result<Value, BoxError> {
         "peak_rss_bytes": ours.peak_rss,
         "dropped": ours.dropped,
         "dropped_total": dropped_total,
+        "refused_at_emit": ours.refused_at_emit,
+        "exporter_queue_full": ours.exporter_queue_full,
+        "max_in_flight": args.max_in_flight,
         "accounted": ours.emitted == ours.delivered + dropped_total,
         "elapsed_secs": ours.elapsed.as_secs_f64(),
         "exported": {"spans": ours.exported_spans, "log_records": ours.exported_logs},

@@ -107,6 +107,27 @@ impl TelemetryCase {
         }
     }
 
+    /// The position of a built-in case in [`TelemetryCase::BUILT_IN`] (none for a custom case).
+    pub fn built_in_index(&self) -> Option<usize> {
+        Some(match self {
+            TelemetryCase::WorkflowRun => 0,
+            TelemetryCase::NodeExecution => 1,
+            TelemetryCase::DraftNodeExecution => 2,
+            TelemetryCase::MessageRun => 3,
+            TelemetryCase::ToolExecution => 4,
+            TelemetryCase::ModerationCheck => 5,
+            TelemetryCase::SuggestedQuestion => 6,
+            TelemetryCase::DatasetRetrieval => 7,
+            TelemetryCase::GenerateName => 8,
+            TelemetryCase::PromptGeneration => 9,
+            TelemetryCase::AppCreated => 10,
+            TelemetryCase::AppUpdated => 11,
+            TelemetryCase::AppDeleted => 12,
+            TelemetryCase::FeedbackCreated => 13,
+            TelemetryCase::Custom(_) => return None,
+        })
+    }
+
     /// The name of a built-in case as a `'static` string (none for a custom case).
     pub fn static_name(&self) -> Option<&'static str> {
         Some(match self {
@@ -753,6 +774,16 @@ impl TelemetryEnvelope {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn built_in_index_and_static_name_agree_with_the_list() {
+        for (i, case) in TelemetryCase::BUILT_IN.iter().enumerate() {
+            assert_eq!(case.built_in_index(), Some(i));
+            assert_eq!(case.static_name(), Some(case.as_str()));
+        }
+        assert_eq!(TelemetryCase::custom("x").built_in_index(), None);
+        assert_eq!(TelemetryCase::custom("x").static_name(), None);
+    }
     use serde_json::json;
 
     fn env() -> TelemetryEnvelope {

@@ -56,23 +56,67 @@ pub fn derive_span_id(event_key: &str) -> SpanId {
 /// Fills the envelope's missing trace id, span id, parent span id and correlation id, following
 /// the table on [`Correlation`](crate::contracts::Correlation).
 pub fn resolve(env: &mut TelemetryEnvelope, route: &Route) {
+    resolve_with(env, route, &mut RunIds::new(0));
+}
+
+/// The derived ids of recent runs (trace id and root span id, as hex), so that the events of a
+/// run after its first one skip two hashes and two hex formats. Bounded: when full it is
+/// cleared and refilled by the runs that follow.
+#[derive(Debug, Default)]
+pub struct RunIds {
+    ids: rustc_hash::FxHashMap<String, (String, String)>,
+    capacity: usize,
+}
+
+impl RunIds {
+    /// A cache of at most `capacity` runs (0: no caching).
+    pub fn new(capacity: usize) -> Self {
+        RunIds {
+            ids: Default::default(),
+            capacity,
+        }
+    }
+
+    /// (trace id, root span id) of `run`, as hex.
+    fn of(&mut self, run: &str) -> (String, String) {
+        if let Some(ids) = self.ids.get(run) {
+            return ids.clone();
+        }
+        let ids = (
+            derive_trace_id(run).to_string(),
+            derive_root_span_id(run).to_string(),
+        );
+        if self.capacity > 0 {
+            if self.ids.len() >= self.capacity {
+                self.ids.clear();
+            }
+            self.ids.insert(run.to_owned(), ids.clone());
+        }
+        ids
+    }
+}
+
+/// [`resolve`] with the ids of recent runs cached in `runs` (the gateway actor keeps one).
+pub fn resolve_with(env: &mut TelemetryEnvelope, route: &Route, runs: &mut RunIds) {
     let event_key = env.event_id.to_string();
     let c = &mut env.correlation;
+    let run_ids = c.run_id.as_deref().map(|run| runs.of(run));
     if c.trace_id.is_none() {
-        let source = c.run_id.as_deref().unwrap_or(&event_key);
-        c.trace_id = Some(derive_trace_id(source).to_string());
+        c.trace_id = Some(match &run_ids {
+            Some((trace, _)) => trace.clone(),
+            None => derive_trace_id(&event_key).to_string(),
+        });
     }
     let is_root = route.root_span && c.parent_span_id.is_none();
     if c.span_id.is_none() {
-        let id = match (&c.run_id, is_root) {
-            (Some(run), true) => derive_root_span_id(run),
-            _ => derive_span_id(&event_key),
-        };
-        c.span_id = Some(id.to_string());
+        c.span_id = Some(match (&run_ids, is_root) {
+            (Some((_, root)), true) => root.clone(),
+            _ => derive_span_id(&event_key).to_string(),
+        });
     }
     if c.parent_span_id.is_none() && !route.root_span {
-        if let Some(run) = &c.run_id {
-            c.parent_span_id = Some(derive_root_span_id(run).to_string());
+        if let Some((_, root)) = run_ids {
+            c.parent_span_id = Some(root);
         }
     }
     if c.correlation_id.is_none() {

@@ -53,6 +53,9 @@ pub enum Decision {
 #[derive(Debug, Clone)]
 pub struct RoutingTable {
     routes: HashMap<String, Route>,
+    /// The rows of the built-in cases by [`TelemetryCase::built_in_index`]: `emit()` looks a
+    /// built-in case up without hashing its name.
+    built_in: [Option<Route>; TelemetryCase::BUILT_IN.len()],
 }
 
 /// The built-in row for a built-in case.
@@ -97,12 +100,17 @@ impl RoutingTable {
                 },
             );
         }
-        RoutingTable { routes }
+        let built_in =
+            std::array::from_fn(|i| routes.get(TelemetryCase::BUILT_IN[i].as_str()).copied());
+        RoutingTable { routes, built_in }
     }
 
     /// The row for `case`, or `None` when the case is unknown.
     pub fn route(&self, case: &TelemetryCase) -> Option<Route> {
-        self.routes.get(case.as_str()).copied()
+        match case.built_in_index() {
+            Some(i) => self.built_in[i],
+            None => self.routes.get(case.as_str()).copied(),
+        }
     }
 
     /// Every (case name, row), sorted by name.

@@ -17,7 +17,7 @@
 //! report always satisfies `emitted == delivered + sum(dropped)`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -38,6 +38,7 @@ use crate::config::{ConfigError, GatewayConfig};
 use crate::contracts::{EnvelopeError, TelemetryEnvelope};
 use crate::diagnostics::probes::{DiagnosticsSnapshot, Probes, QueueReader};
 use crate::diagnostics::recorder::{EventRef, Explanation, Stage};
+use crate::diagnostics::striped::Striped;
 use crate::diagnostics::{Counters, ReasonCode, StatsSnapshot};
 use crate::export::sink::TraceSink;
 use crate::export::{ExportBuildError, ExportPipeline};
@@ -356,7 +357,7 @@ impl GatewayBuilder {
                 tx: gw_tx,
                 shared,
                 transport,
-                active_emits: AtomicU64::new(0),
+                active_emits: Striped::default(),
                 lifecycle: Mutex::new(Some(Lifecycle {
                     system,
                     thread,
@@ -479,7 +480,8 @@ struct Inner {
     tx: mpsc::Sender<GatewayItem>,
     shared: Arc<Shared>,
     transport: Arc<dyn MetricTransport>,
-    active_emits: AtomicU64,
+    /// `emit()` calls in progress (striped: see `diagnostics::striped`).
+    active_emits: Striped,
     lifecycle: Mutex<Option<Lifecycle>>,
     default_deadline: Duration,
     final_report: Mutex<Option<ShutdownReport>>,
@@ -502,11 +504,11 @@ impl std::fmt::Debug for GatewayHandle {
 }
 
 /// Decrements the active-emit gauge on every exit path of `emit()`.
-struct EmitGuard<'a>(&'a AtomicU64);
+struct EmitGuard<'a>(&'a Striped);
 
 impl Drop for EmitGuard<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.0.add(-1, Ordering::SeqCst);
     }
 }
 
@@ -516,9 +518,9 @@ impl GatewayHandle {
     pub fn emit(&self, env: TelemetryEnvelope) -> Result<Uuid, EmitError> {
         let inner = &*self.inner;
         let c = &inner.shared.counters;
-        inner.active_emits.fetch_add(1, Ordering::SeqCst);
+        inner.active_emits.add(1, Ordering::SeqCst);
         let _guard = EmitGuard(&inner.active_emits);
-        Counters::add(&c.emitted, 1);
+        c.emitted.add(1, Ordering::Relaxed);
         // A refusal is always counted, and the caller gets the error at once. The recorder keeps
         // it too, unless refusals come in a flood (a full queue, emits during shutdown): then
         // recording each one would evict every useful journey and slow down the very caller
@@ -551,7 +553,7 @@ impl GatewayHandle {
             return refuse(&env, e);
         }
         let id = env.event_id;
-        Counters::pending_add(&c.gateway_pending, 1);
+        c.gateway_pending.add(1, Ordering::SeqCst);
         let item = GatewayItem {
             env,
             gateway_enabled: inner.shared.gateway_enabled.load(Ordering::SeqCst),
@@ -560,7 +562,7 @@ impl GatewayHandle {
         match inner.tx.try_send(item) {
             Ok(()) => Ok(id),
             Err(e) => {
-                Counters::pending_sub(&c.gateway_pending, 1);
+                c.gateway_pending.add(-1, Ordering::SeqCst);
                 match e {
                     mpsc::error::TrySendError::Full(item) => {
                         refuse(&item.env, EmitError::QueueFull)
@@ -706,7 +708,7 @@ impl GatewayHandle {
                 std::thread::sleep(SETTLE_POLL);
             }
         };
-        let no_emits = || inner.active_emits.load(Ordering::SeqCst) == 0;
+        let no_emits = || inner.active_emits.sum(Ordering::SeqCst) == 0;
         let mut settled = wait_until(&no_emits, &|| {});
         settled &= wait_until(&|| c.pending().0 <= 0, &|| {});
         // From here on the batcher flushes every event as it arrives. A control message, not
@@ -821,7 +823,7 @@ impl Drop for Inner {
                     tx: self.tx.clone(),
                     shared: self.shared.clone(),
                     transport: self.transport.clone(),
-                    active_emits: AtomicU64::new(0),
+                    active_emits: Striped::default(),
                     lifecycle: Mutex::new(self.lifecycle.lock().take()),
                     default_deadline: self.default_deadline,
                     final_report: Mutex::new(None),

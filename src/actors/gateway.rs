@@ -35,6 +35,10 @@ use crate::transport::{MetricTransport, TransportError};
 /// The longest string field copied into an automatic fallback, in bytes.
 pub const FALLBACK_MAX_STRING_BYTES: usize = 1024;
 
+/// Runs whose derived ids the gateway actor keeps (about 100 bytes each): the events of a run
+/// after its first one skip the hashing.
+pub const RUN_ID_CACHE_RUNS: usize = 4096;
+
 /// The gateway actor.
 #[derive(Debug)]
 pub struct GatewayActor {
@@ -45,6 +49,7 @@ pub struct GatewayActor {
     inline_threshold: usize,
     offloads_in_flight: usize,
     max_offloads: usize,
+    run_ids: crate::correlation::RunIds,
 }
 
 impl GatewayActor {
@@ -64,6 +69,7 @@ impl GatewayActor {
             inline_threshold,
             offloads_in_flight: 0,
             max_offloads,
+            run_ids: crate::correlation::RunIds::new(RUN_ID_CACHE_RUNS),
         }
     }
 
@@ -74,7 +80,9 @@ impl GatewayActor {
     /// The event leaves the gateway stage dropped.
     fn drop_event(&self, ev: &EventRef, reason: ReasonCode) {
         self.counters().drop_event(ev, reason, None);
-        Counters::pending_sub(&self.counters().gateway_pending, 1);
+        self.counters()
+            .gateway_pending
+            .add(-1, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Hands a routed event to its path. The downstream gauge goes up before the send and the
@@ -132,7 +140,8 @@ impl GatewayActor {
                 }
             }
         }
-        Counters::pending_sub(&c.gateway_pending, 1);
+        c.gateway_pending
+            .add(-1, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn route(&mut self, item: GatewayItem, ctx: &mut Context<Self>) {
@@ -141,7 +150,8 @@ impl GatewayActor {
             gateway_enabled: gw,
             enterprise_enabled: ent,
         } = item;
-        let ev = EventRef::of(&env);
+        let mut ev = EventRef::of(&env);
+        self.counters().recorder().attach(&mut ev);
         self.counters().case_received(&ev.case);
         let signal = match self.shared.table.decide(&env.case, gw, ent) {
             Decision::Drop(reason) => {
@@ -156,7 +166,7 @@ impl GatewayActor {
             return self.drop_event(&ev, ReasonCode::UnknownCase);
         };
         env.signal = Some(signal);
-        crate::correlation::resolve(&mut env, &route);
+        crate::correlation::resolve_with(&mut env, &route, &mut self.run_ids);
 
         let oversize = match &env.payload {
             Payload::Inline(obj) => serialized_len(obj) > self.inline_threshold,

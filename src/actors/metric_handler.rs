@@ -136,14 +136,19 @@ impl MetricHandlerActor {
             act.source = Some(source);
             match batch {
                 Some(envs) => {
-                    act.in_hand.extend(envs.into_iter().map(|env| Work {
-                        rehydrated: !matches!(env.payload, Payload::Ref(_)),
-                        payload: None,
-                        ev: EventRef::of(&env),
-                        env,
-                        deduped: false,
-                        degraded: None,
-                    }));
+                    // Each event's journey is found once (or started, for an event whose
+                    // start was in another process); its later steps go straight to it.
+                    let mut evs: Vec<EventRef> = envs.iter().map(EventRef::of).collect();
+                    act.shared.counters.recorder().attach_all(&mut evs);
+                    act.in_hand
+                        .extend(envs.into_iter().zip(evs).map(|(env, ev)| Work {
+                            rehydrated: !matches!(env.payload, Payload::Ref(_)),
+                            payload: None,
+                            ev,
+                            env,
+                            deduped: false,
+                            degraded: None,
+                        }));
                     act.pump(ctx);
                 }
                 None => act.source_closed = true,

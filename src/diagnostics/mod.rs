@@ -25,6 +25,7 @@ pub mod otel;
 pub mod probes;
 pub mod prometheus;
 pub mod recorder;
+pub mod striped;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
@@ -141,7 +142,8 @@ const N_REASONS: usize = ReasonCode::ALL.len();
 /// The live counters, shared by every actor and the handle.
 #[derive(Debug)]
 pub struct Counters {
-    pub(crate) emitted: AtomicU64,
+    /// `emit()` calls (striped: written on every caller's thread).
+    pub(crate) emitted: striped::Striped,
     pub(crate) routed_trace: AtomicU64,
     pub(crate) routed_metric_log: AtomicU64,
     pub(crate) delivered_trace: AtomicU64,
@@ -161,7 +163,8 @@ pub struct Counters {
     pub(crate) sink_spans_failed: AtomicU64,
     pub(crate) companion_logs_dropped: AtomicU64,
     /// Events accepted by `emit()` that the gateway actor has not yet routed or dropped.
-    pub(crate) gateway_pending: AtomicI64,
+    /// Striped: `emit()` adds on the caller's thread, the gateway actor subtracts on its own.
+    pub(crate) gateway_pending: striped::Striped,
     /// Trace events handed to the batcher and not yet delivered or dropped.
     pub(crate) trace_pending: AtomicI64,
     /// Metric/log events handed to the pool and not yet delivered or dropped.
@@ -202,7 +205,7 @@ pub struct CaseCounts {
 impl Default for Counters {
     fn default() -> Self {
         Counters {
-            emitted: AtomicU64::new(0),
+            emitted: striped::Striped::default(),
             routed_trace: AtomicU64::new(0),
             routed_metric_log: AtomicU64::new(0),
             delivered_trace: AtomicU64::new(0),
@@ -221,7 +224,7 @@ impl Default for Counters {
             export_batches_failed: AtomicU64::new(0),
             sink_spans_failed: AtomicU64::new(0),
             companion_logs_dropped: AtomicU64::new(0),
-            gateway_pending: AtomicI64::new(0),
+            gateway_pending: striped::Striped::default(),
             trace_pending: AtomicI64::new(0),
             metric_pending: AtomicI64::new(0),
             companion_pending: AtomicI64::new(0),
@@ -415,7 +418,8 @@ impl Counters {
     pub fn pending(&self) -> (i64, i64, i64, i64) {
         let l = |g: &AtomicI64| g.load(std::sync::atomic::Ordering::SeqCst);
         (
-            l(&self.gateway_pending),
+            self.gateway_pending
+                .sum(std::sync::atomic::Ordering::SeqCst),
             l(&self.trace_pending),
             l(&self.metric_pending),
             l(&self.companion_pending),
@@ -437,7 +441,7 @@ impl Counters {
         let dropped = by_reason(&self.dropped);
         let delivered_trace = self.delivered_trace.load(Relaxed);
         let delivered_metric_log = self.delivered_metric_log.load(Relaxed);
-        let emitted = self.emitted.load(Relaxed);
+        let emitted = self.emitted.sum(Relaxed).max(0) as u64;
         let dropped_total: u64 = dropped.values().sum();
         let delivered = delivered_trace + delivered_metric_log;
         StatsSnapshot {
@@ -583,7 +587,7 @@ mod tests {
     #[test]
     fn snapshot_adds_up() {
         let c = Counters::default();
-        Counters::add(&c.emitted, 5);
+        c.emitted.add(5, Relaxed);
         Counters::add(&c.delivered_trace, 2);
         c.dropped(ReasonCode::Duplicate, 1);
         c.dropped(ReasonCode::QueueFull, 1);

@@ -152,6 +152,8 @@ pub struct EventRef {
     pub case: Arc<str>,
     /// When the host created it (for emit-to-export latency).
     pub created_at: SystemTime,
+    /// Its journey in the flight recorder, once attached ([`FlightRecorder::attach`]).
+    pub(crate) journey: Option<Arc<JourneyCell>>,
 }
 
 /// The name of a case as a shared string; built-in names are made once per process.
@@ -162,14 +164,10 @@ fn case_name(case: &crate::contracts::TelemetryCase) -> Arc<str> {
             .map(|c| Arc::from(c.as_str()))
             .collect()
     });
-    if let crate::contracts::TelemetryCase::Custom(_) = case {
-        return Arc::from(case.as_str());
+    match case.built_in_index() {
+        Some(i) => BUILT_IN[i].clone(),
+        None => Arc::from(case.as_str()),
     }
-    crate::contracts::TelemetryCase::BUILT_IN
-        .iter()
-        .position(|c| c == case)
-        .map(|i| BUILT_IN[i].clone())
-        .unwrap_or_else(|| Arc::from(case.as_str()))
 }
 
 impl EventRef {
@@ -186,6 +184,7 @@ impl EventRef {
             tenant_id: Arc::from(env.context.tenant_id.as_str()),
             case: case_name(&env.case),
             created_at: env.created_at,
+            journey: None,
         }
     }
 
@@ -199,6 +198,7 @@ impl EventRef {
             tenant_id: clean(&env.context.tenant_id),
             case: clean(env.case.as_str()),
             created_at: env.created_at,
+            journey: None,
         }
     }
 
@@ -259,19 +259,47 @@ struct Entry {
     correlation_id: Arc<str>,
     tenant_id: Arc<str>,
     case: Arc<str>,
-    starts_midway: bool,
     steps: SmallVec<[Held; INLINE_STEPS]>,
     steps_not_kept: u32,
 }
 
 impl Entry {
+    fn new(ev: &EventRef) -> Self {
+        Entry {
+            correlation_id: ev.correlation_id.clone(),
+            tenant_id: ev.tenant_id.clone(),
+            case: ev.case.clone(),
+            steps: SmallVec::new(),
+            steps_not_kept: 0,
+        }
+    }
+
+    fn push(&mut self, step: Held, max_steps: usize) {
+        if self.steps.len() < max_steps {
+            self.steps.push(step);
+            return;
+        }
+        // Full: a final step still replaces the last non-final one, so a journey never loses
+        // its outcome to its own length.
+        self.steps_not_kept += 1;
+        if step.is_final() {
+            if let Some(slot) = self.steps.iter().rposition(|s| !s.is_final()) {
+                self.steps.remove(slot);
+                self.steps.push(step);
+            }
+        }
+    }
+
     fn export(&self, event_id: Uuid) -> Journey {
         Journey {
             event_id,
             correlation_id: self.correlation_id.to_string(),
             tenant_id: self.tenant_id.to_string(),
             case: self.case.to_string(),
-            starts_midway: self.starts_midway,
+            starts_midway: self
+                .steps
+                .first()
+                .is_some_and(|s| !matches!(s.stage, Stage::Received | Stage::Refused)),
             steps: self.steps.iter().map(Held::export).collect(),
             steps_not_kept: self.steps_not_kept,
         }
@@ -282,10 +310,16 @@ impl Entry {
     }
 }
 
-/// One shard of the recorder: its own lock, bound and eviction order.
+/// One event's journey. The recorder's index points to it, and so does the event's
+/// [`EventRef`] while the event travels: a step is written through the reference under the
+/// journey's own (uncontended) lock, without touching the index.
+#[derive(Debug)]
+pub struct JourneyCell(Mutex<Entry>);
+
+/// One shard of the index: its own lock, bound and eviction order.
 #[derive(Debug, Default)]
 struct Shard {
-    journeys: FxHashMap<Uuid, Entry>,
+    journeys: FxHashMap<Uuid, Arc<JourneyCell>>,
     order: VecDeque<Uuid>,
     by_correlation: FxHashMap<Arc<str>, SmallVec<[Uuid; 1]>>,
     max_events: usize,
@@ -293,32 +327,21 @@ struct Shard {
 }
 
 impl Shard {
-    fn record(&mut self, ev: &EventRef, step: Held, max_steps: usize) {
-        if let Some(j) = self.journeys.get_mut(&ev.event_id) {
-            if j.steps.len() < max_steps {
-                j.steps.push(step);
-            } else {
-                // Full: a final step still replaces the last non-final one, so a journey never
-                // loses its outcome to its own length.
-                j.steps_not_kept += 1;
-                if step.is_final() {
-                    if let Some(slot) = j.steps.iter().rposition(|s| !s.is_final()) {
-                        j.steps.remove(slot);
-                        j.steps.push(step);
-                    }
-                }
-            }
-            return;
+    /// The journey of `ev`, created (evicting the oldest when full) if the index has none.
+    fn cell(&mut self, ev: &EventRef) -> Arc<JourneyCell> {
+        if let Some(c) = self.journeys.get(&ev.event_id) {
+            return c.clone();
         }
         while self.journeys.len() >= self.max_events {
             let Some(old) = self.order.pop_front() else {
                 break;
             };
-            if let Some(j) = self.journeys.remove(&old) {
-                if let Some(ids) = self.by_correlation.get_mut(&j.correlation_id) {
+            if let Some(cell) = self.journeys.remove(&old) {
+                let cid = cell.0.lock().correlation_id.clone();
+                if let Some(ids) = self.by_correlation.get_mut(&cid) {
                     ids.retain(|id| *id != old);
                     if ids.is_empty() {
-                        self.by_correlation.remove(&j.correlation_id);
+                        self.by_correlation.remove(&cid);
                     }
                 }
                 self.evicted += 1;
@@ -329,20 +352,9 @@ impl Shard {
             .entry(ev.correlation_id.clone())
             .or_default()
             .push(ev.event_id);
-        let mut steps = SmallVec::new();
-        let starts_midway = !matches!(step.stage, Stage::Received | Stage::Refused);
-        steps.push(step);
-        self.journeys.insert(
-            ev.event_id,
-            Entry {
-                correlation_id: ev.correlation_id.clone(),
-                tenant_id: ev.tenant_id.clone(),
-                case: ev.case.clone(),
-                starts_midway,
-                steps,
-                steps_not_kept: 0,
-            },
-        );
+        let cell = Arc::new(JourneyCell(Mutex::new(Entry::new(ev))));
+        self.journeys.insert(ev.event_id, cell.clone());
+        cell
     }
 }
 
@@ -395,6 +407,11 @@ fn shards_for(max_events: usize) -> Vec<Mutex<Shard>> {
         .collect()
 }
 
+fn shard_of(id: &Uuid, n: usize) -> usize {
+    // UUIDv7 and v4 ids end in random bits.
+    (id.as_u128() as usize) % n
+}
+
 impl FlightRecorder {
     /// A recorder of at most `max_events` journeys of `max_steps` steps.
     pub fn new(max_events: usize, max_steps: usize) -> Self {
@@ -413,13 +430,44 @@ impl FlightRecorder {
         self.max_steps.store(max_steps.max(1), Relaxed);
     }
 
-    fn put(&self, ev: &EventRef, step: Held) {
+    /// Links `ev` to its journey (found, or started), so that its later steps are written
+    /// through it. The gateway does this once per event, a metric handler once per event it
+    /// takes from its transport.
+    pub fn attach(&self, ev: &mut EventRef) {
+        self.attach_all(std::slice::from_mut(ev));
+    }
+
+    /// [`FlightRecorder::attach`] for a batch, taking each shard's lock once.
+    pub fn attach_all(&self, events: &mut [EventRef]) {
         let shards = self.shards.read();
-        // UUIDv7 and v4 ids end in random bits.
-        let i = (ev.event_id.as_u128() as usize) % shards.len();
-        shards[i]
-            .lock()
-            .record(ev, step, self.max_steps.load(Relaxed));
+        let n = shards.len();
+        // (shard, position), stable: events keep their order within a shard.
+        let mut order: Vec<(usize, usize)> = events
+            .iter()
+            .enumerate()
+            .map(|(i, ev)| (shard_of(&ev.event_id, n), i))
+            .collect();
+        order.sort_by_key(|&(s, _)| s);
+        for run in order.chunk_by(|a, b| a.0 == b.0) {
+            let mut shard = shards[run[0].0].lock();
+            for &(_, i) in run {
+                let cell = shard.cell(&events[i]);
+                events[i].journey = Some(cell);
+            }
+        }
+    }
+
+    fn put(&self, ev: &EventRef, step: Held) {
+        let max_steps = self.max_steps.load(Relaxed);
+        match &ev.journey {
+            Some(cell) => cell.0.lock().push(step, max_steps),
+            None => {
+                let shards = self.shards.read();
+                let i = shard_of(&ev.event_id, shards.len());
+                let cell = shards[i].lock().cell(ev);
+                cell.0.lock().push(step, max_steps);
+            }
+        }
     }
 
     /// Records one step. `detail` is untrusted text (an error, a ref): it is sanitized and
@@ -457,34 +505,34 @@ impl FlightRecorder {
         self.put(ev, step);
     }
 
-    /// Records `steps` for every event of `events`, in order, taking each shard's lock once
-    /// for the whole batch (a handler batch, an exported log batch, a delivered trace group).
+    /// Records `steps` for every event of `events`, in order (a handler batch, an exported log
+    /// batch, a delivered trace group), with one clock reading for the batch.
     pub(crate) fn record_batch<'a>(
         &self,
         events: impl IntoIterator<Item = &'a EventRef>,
         steps: &[(Stage, Option<Detail>)],
     ) {
         let at = SystemTime::now();
-        let held = |&(stage, ref detail): &(Stage, Option<Detail>)| Held {
-            at,
-            stage,
-            reason: None,
-            detail: detail.clone(),
-        };
-        let shards = self.shards.read();
         let max_steps = self.max_steps.load(Relaxed);
-        let n = shards.len();
-        // Stable: events keep their order within a shard (eviction goes by arrival).
-        let mut by_shard: Vec<(usize, &EventRef)> = events
-            .into_iter()
-            .map(|ev| ((ev.event_id.as_u128() as usize) % n, ev))
-            .collect();
-        by_shard.sort_by_key(|(i, _)| *i);
-        for run in by_shard.chunk_by(|a, b| a.0 == b.0) {
-            let mut shard = shards[run[0].0].lock();
-            for (_, ev) in run {
-                for s in steps {
-                    shard.record(ev, held(s), max_steps);
+        for ev in events {
+            let push = |e: &mut Entry| {
+                for (stage, detail) in steps {
+                    let step = Held {
+                        at,
+                        stage: *stage,
+                        reason: None,
+                        detail: detail.clone(),
+                    };
+                    e.push(step, max_steps);
+                }
+            };
+            match &ev.journey {
+                Some(cell) => push(&mut cell.0.lock()),
+                None => {
+                    let shards = self.shards.read();
+                    let i = shard_of(&ev.event_id, shards.len());
+                    let cell = shards[i].lock().cell(ev);
+                    push(&mut cell.0.lock());
                 }
             }
         }
@@ -523,8 +571,9 @@ impl FlightRecorder {
         let mut journeys: Vec<(Uuid, Journey)> = Vec::new();
         if let Ok(id) = Uuid::parse_str(query) {
             let i = (id.as_u128() as usize) % shards.len();
-            if let Some(j) = shards[i].lock().journeys.get(&id) {
-                journeys.push((id, j.export(id)));
+            let cell = shards[i].lock().journeys.get(&id).cloned();
+            if let Some(c) = cell {
+                journeys.push((id, c.0.lock().export(id)));
             }
         }
         for shard in shards.iter() {
@@ -536,8 +585,8 @@ impl FlightRecorder {
                 if journeys.iter().any(|(j, _)| j == id) {
                     continue;
                 }
-                if let Some(j) = s.journeys.get(id) {
-                    journeys.push((*id, j.export(*id)));
+                if let Some(c) = s.journeys.get(id) {
+                    journeys.push((*id, c.0.lock().export(*id)));
                 }
             }
         }
@@ -556,8 +605,9 @@ impl FlightRecorder {
         let max_steps = self.max_steps.load(Relaxed);
         let mut closed = Vec::new();
         for shard in shards.iter() {
-            let mut s = shard.lock();
-            for j in s.journeys.values_mut() {
+            let s = shard.lock();
+            for cell in s.journeys.values() {
+                let mut j = cell.0.lock();
                 if j.has_outcome() {
                     continue;
                 }
@@ -601,6 +651,7 @@ mod tests {
             tenant_id: "t".into(),
             case: "app_created".into(),
             created_at: SystemTime::now(),
+            journey: None,
         }
     }
 
