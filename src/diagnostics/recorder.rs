@@ -319,7 +319,9 @@ pub struct JourneyCell(Mutex<Entry>);
 /// One shard of the index: its own lock, bound and eviction order.
 #[derive(Debug, Default)]
 struct Shard {
-    journeys: FxHashMap<Uuid, Arc<JourneyCell>>,
+    /// Each journey with its correlation id (kept here so that evicting it touches neither the
+    /// journey nor its lock).
+    journeys: FxHashMap<Uuid, (Arc<str>, Arc<JourneyCell>)>,
     order: VecDeque<Uuid>,
     by_correlation: FxHashMap<Arc<str>, SmallVec<[Uuid; 1]>>,
     max_events: usize,
@@ -329,15 +331,14 @@ struct Shard {
 impl Shard {
     /// The journey of `ev`, created (evicting the oldest when full) if the index has none.
     fn cell(&mut self, ev: &EventRef) -> Arc<JourneyCell> {
-        if let Some(c) = self.journeys.get(&ev.event_id) {
+        if let Some((_, c)) = self.journeys.get(&ev.event_id) {
             return c.clone();
         }
         while self.journeys.len() >= self.max_events {
             let Some(old) = self.order.pop_front() else {
                 break;
             };
-            if let Some(cell) = self.journeys.remove(&old) {
-                let cid = cell.0.lock().correlation_id.clone();
+            if let Some((cid, _cell)) = self.journeys.remove(&old) {
                 if let Some(ids) = self.by_correlation.get_mut(&cid) {
                     ids.retain(|id| *id != old);
                     if ids.is_empty() {
@@ -353,7 +354,8 @@ impl Shard {
             .or_default()
             .push(ev.event_id);
         let cell = Arc::new(JourneyCell(Mutex::new(Entry::new(ev))));
-        self.journeys.insert(ev.event_id, cell.clone());
+        self.journeys
+            .insert(ev.event_id, (ev.correlation_id.clone(), cell.clone()));
         cell
     }
 }
@@ -571,7 +573,7 @@ impl FlightRecorder {
         let mut journeys: Vec<(Uuid, Journey)> = Vec::new();
         if let Ok(id) = Uuid::parse_str(query) {
             let i = (id.as_u128() as usize) % shards.len();
-            let cell = shards[i].lock().journeys.get(&id).cloned();
+            let cell = shards[i].lock().journeys.get(&id).map(|(_, c)| c.clone());
             if let Some(c) = cell {
                 journeys.push((id, c.0.lock().export(id)));
             }
@@ -585,7 +587,7 @@ impl FlightRecorder {
                 if journeys.iter().any(|(j, _)| j == id) {
                     continue;
                 }
-                if let Some(c) = s.journeys.get(id) {
+                if let Some((_, c)) = s.journeys.get(id) {
                     journeys.push((*id, c.0.lock().export(*id)));
                 }
             }
@@ -606,7 +608,7 @@ impl FlightRecorder {
         let mut closed = Vec::new();
         for shard in shards.iter() {
             let s = shard.lock();
-            for cell in s.journeys.values() {
+            for (_, cell) in s.journeys.values() {
                 let mut j = cell.0.lock();
                 if j.has_outcome() {
                     continue;
