@@ -49,6 +49,7 @@ use std::sync::Arc;
 
 use regex::{Regex, RegexSet};
 use serde_json::{Map, Value};
+use smallvec::SmallVec;
 
 use crate::config::RedactionSection;
 
@@ -190,24 +191,33 @@ impl NormalizedKey {
         })
     }
 
-    /// Whether `key` equals this one once both are normalized.
-    fn equals(&self, key: &str) -> bool {
-        let mut it = normalized_rev(key);
-        self.reversed.iter().all(|c| it.next() == Some(*c)) && it.next().is_none()
+    /// Whether `key` (normalized once by [`normalize`]) equals this one.
+    fn equals_normalized(&self, rev: &[char]) -> bool {
+        *self.reversed == *rev
     }
 
-    /// Whether `key`, normalized, ends with this one.
-    fn is_suffix_of(&self, key: &str) -> bool {
-        let mut it = normalized_rev(key);
-        self.reversed.iter().all(|c| it.next() == Some(*c))
-    }
-
-    fn denies(&self, key: &str) -> bool {
+    /// Whether `key` (normalized once by [`normalize`]) is denied by this one: equal, or ending
+    /// with it when this one has at least [`MIN_SUFFIX_MATCH_CHARS`] characters.
+    fn denies_normalized(&self, rev: &[char]) -> bool {
         if self.reversed.len() >= MIN_SUFFIX_MATCH_CHARS {
-            self.is_suffix_of(key)
+            rev.starts_with(&self.reversed)
         } else {
-            self.equals(key)
+            self.equals_normalized(rev)
         }
+    }
+}
+
+/// A key normalized once (lower-cased, `-` and `_` removed, reversed), to be compared with every
+/// deny and safe key without normalizing it again for each; ASCII keys take a fast path.
+fn normalize(key: &str) -> SmallVec<[char; 48]> {
+    if key.is_ascii() {
+        key.bytes()
+            .rev()
+            .filter(|b| !matches!(b, b'-' | b'_'))
+            .map(|b| char::from(b.to_ascii_lowercase()))
+            .collect()
+    } else {
+        normalized_rev(key).collect()
     }
 }
 
@@ -288,24 +298,34 @@ impl Redactor {
     }
 
     pub(crate) fn key_safe(&self, key: &str) -> bool {
-        self.inner.safe.iter().any(|k| k.equals(key))
+        self.safe_normalized(&normalize(key))
+    }
+
+    fn safe_normalized(&self, rev: &[char]) -> bool {
+        self.inner.safe.iter().any(|k| k.equals_normalized(rev))
+    }
+
+    fn denied_normalized(&self, rev: &[char]) -> bool {
+        self.inner.deny.iter().any(|d| d.denies_normalized(rev))
     }
 
     /// Whether the whole value under `key` must be replaced: `key` matches a deny key (equal,
     /// or ending with a deny key of at least [`MIN_SUFFIX_MATCH_CHARS`] characters) and is not
     /// a safe key.
     pub fn key_denied(&self, key: &str) -> bool {
-        !self.key_safe(key) && self.inner.deny.iter().any(|d| d.denies(key))
+        let rev = normalize(key);
+        !self.safe_normalized(&rev) && self.denied_normalized(&rev)
     }
 
     /// `value` as it may leave the process: the replacement when `key` is denied; otherwise
     /// with the parts matching a pattern replaced, unless `key` is safe. Pass `""` as `key`
     /// for a value that has none (a log message). Borrows `value` when nothing is replaced.
     pub fn redact_str<'a>(&self, key: &str, value: &'a str) -> Cow<'a, str> {
-        if self.key_safe(key) {
+        let rev = normalize(key);
+        if self.safe_normalized(&rev) {
             return Cow::Borrowed(value);
         }
-        if self.inner.deny.iter().any(|d| d.denies(key)) {
+        if self.denied_normalized(&rev) {
             return Cow::Owned(self.inner.replacement.to_string());
         }
         self.redact_patterns(value)
@@ -362,9 +382,10 @@ impl Redactor {
     /// strings by pattern (unless `key` is safe), object entries by their own keys, array items
     /// by `key`. Pass `""` as `key` for a value that has none.
     pub fn redact_json(&self, key: &str, value: &mut Value) {
-        if self.key_safe(key) {
+        let rev = normalize(key);
+        if self.safe_normalized(&rev) {
             self.redact_children(value, true);
-        } else if self.inner.deny.iter().any(|d| d.denies(key)) {
+        } else if self.denied_normalized(&rev) {
             if !value.is_null() {
                 *value = Value::String(self.inner.replacement.to_string());
             }
@@ -413,8 +434,9 @@ impl Redactor {
 
     /// Whether [`redact_json`](Self::redact_json) could change `value`, without allocating.
     fn json_needs_redaction(&self, key: &str, value: &Value) -> bool {
-        let safe = self.key_safe(key);
-        if !safe && self.inner.deny.iter().any(|d| d.denies(key)) {
+        let rev = normalize(key);
+        let safe = self.safe_normalized(&rev);
+        if !safe && self.denied_normalized(&rev) {
             // Already-redacted values are left alone, so redacting twice never clones.
             return !(value.is_null() || value.as_str() == Some(self.replacement()));
         }
