@@ -22,6 +22,8 @@
 //! * `--exporter noop` (default) sets `export.local_output = "discard"`; `otlp` exports over
 //!   OTLP gRPC to `--endpoint`, or to an in-process receiver that decodes and discards when no
 //!   endpoint is given.
+//! * `--payload-bytes B` adds a `B`-byte `outputs` string to every event's payload (payloads
+//!   above `payloads.inline_threshold_bytes` are offloaded to the payload store).
 //! * `--dedup redis` without `--redis-url` starts a private `redis-server` (it must be on PATH).
 //! * Baselines (default: `otel-bsp` for trace and mixed, `redis-pipeline` with Redis dedup,
 //!   `mpsc` otherwise), each given the same events and the same exporter:
@@ -79,6 +81,7 @@ struct Args {
     baseline: Option<String>,
     duration: Option<Duration>,
     max_in_flight: Option<u64>,
+    payload_bytes: usize,
     config: Option<PathBuf>,
     json: bool,
 }
@@ -96,6 +99,7 @@ fn parse_args() -> Result<Args, BoxError> {
         baseline: None,
         duration: None,
         max_in_flight: None,
+        payload_bytes: 0,
         config: None,
         json: false,
     };
@@ -143,6 +147,7 @@ fn parse_args() -> Result<Args, BoxError> {
             "--max-in-flight" => {
                 a.max_in_flight = Some(value("--max-in-flight", &mut it)?.parse()?)
             }
+            "--payload-bytes" => a.payload_bytes = value("--payload-bytes", &mut it)?.parse()?,
             "--config" => a.config = Some(PathBuf::from(value("--config", &mut it)?)),
             "--json" => a.json = true,
             other => {
@@ -158,9 +163,28 @@ fn parse_args() -> Result<Args, BoxError> {
     Ok(a)
 }
 
+/// Extra payload text (`--payload-bytes`), added to every event as its `outputs` field.
+static EXTRA_PAYLOAD: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Adds the `--payload-bytes` text to an event.
+fn with_extra(env: TelemetryEnvelope) -> TelemetryEnvelope {
+    match (EXTRA_PAYLOAD.get(), &env.payload) {
+        (Some(text), telemetry_gateway::Payload::Inline(obj)) if !text.is_empty() => {
+            let mut obj = obj.clone();
+            obj.insert("outputs".into(), Value::String(text.clone()));
+            env.with_payload(Value::Object(obj))
+        }
+        _ => env,
+    }
+}
+
 /// The i-th event of a workload. Runs of 11 trace events (1 workflow run, 10 nodes); the metric
 /// cases cycle. Every event gets a fresh UUIDv7, so dedup never hits.
 fn make_event(mode: Mode, i: u64, producer: usize) -> TelemetryEnvelope {
+    with_extra(make_plain_event(mode, i, producer))
+}
+
+fn make_plain_event(mode: Mode, i: u64, producer: usize) -> TelemetryEnvelope {
     let tenant = if i % 2 == 0 { "acme" } else { "globex" };
     let ctx = TelemetryContext::tenant(tenant).app("app-1").user("u-1");
     let trace = match mode {
@@ -413,7 +437,7 @@ mod otel_bsp {
     /// (the SDK's batch thread has none), as a host would have to arrange too.
     #[derive(Debug)]
     pub(super) struct Counting {
-        pub(super) inner: Option<opentelemetry_otlp::SpanExporter>,
+        pub(super) inner: Option<Arc<opentelemetry_otlp::SpanExporter>>,
         pub(super) rt: Option<tokio::runtime::Handle>,
         pub(super) ok: Arc<AtomicU64>,
     }
@@ -423,8 +447,18 @@ mod otel_bsp {
             let n = batch.len() as u64;
             let res = match (&self.inner, &self.rt) {
                 (Some(e), Some(rt)) => {
-                    let _g = rt.enter();
-                    futures::executor::block_on(e.export(batch))
+                    // The SDK's batch thread already runs its own executor: hand the export to
+                    // the tokio runtime tonic needs and wait on a plain channel.
+                    let (tx, rx) = std::sync::mpsc::channel();
+                    let e = e.clone();
+                    rt.spawn(async move {
+                        let _ = tx.send(e.export(batch).await);
+                    });
+                    rx.recv().unwrap_or_else(|_| {
+                        Err(opentelemetry_sdk::error::OTelSdkError::InternalFailure(
+                            "export task lost".into(),
+                        ))
+                    })
                 }
                 _ => Ok(()),
             };
@@ -449,12 +483,12 @@ mod otel_bsp {
             Some(ep) => {
                 let _g = rt.enter();
                 use opentelemetry_otlp::WithExportConfig;
-                Some(
+                Some(Arc::new(
                     opentelemetry_otlp::SpanExporter::builder()
                         .with_tonic()
                         .with_endpoint(ep)
                         .build()?,
-                )
+                ))
             }
             None => None,
         };
@@ -730,6 +764,7 @@ fn queued(args: &Args) -> Result<Value, BoxError> {
 
 fn main() -> Result<(), BoxError> {
     let args = parse_args()?;
+    let _ = EXTRA_PAYLOAD.set("x".repeat(args.payload_bytes));
     let out = match args.mode {
         Mode::Idle => idle(&args)?,
         Mode::Queued => queued(&args)?,

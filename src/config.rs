@@ -69,6 +69,8 @@ pub const DEFAULT_MAX_BATCH_SIZE: usize = 512;
 pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 200;
 /// Default of `trace_batcher.sink_queue_batches`: batches waiting per sink.
 pub const DEFAULT_SINK_QUEUE_BATCHES: usize = 16;
+/// Default of `trace_batcher.sink_concurrency`: export calls in flight per sink.
+pub const DEFAULT_SINK_CONCURRENCY: usize = 4;
 
 /// Default of `metric_pool.pool_size`.
 pub const DEFAULT_POOL_SIZE: usize = 2;
@@ -455,6 +457,9 @@ pub struct TraceBatcherSection {
     pub flush_interval_ms: u64,
     /// Batches waiting for each sink; beyond it that sink's copy is dropped (`queue_full`).
     pub sink_queue_batches: usize,
+    /// Export calls in flight at once per sink (each batch is still held and retried on its
+    /// own). More than 1 lets a sink overlap encoding, the network and the collector's work.
+    pub sink_concurrency: usize,
 }
 
 impl Default for TraceBatcherSection {
@@ -464,6 +469,7 @@ impl Default for TraceBatcherSection {
             max_batch_size: DEFAULT_MAX_BATCH_SIZE,
             flush_interval_ms: DEFAULT_FLUSH_INTERVAL_MS,
             sink_queue_batches: DEFAULT_SINK_QUEUE_BATCHES,
+            sink_concurrency: DEFAULT_SINK_CONCURRENCY,
         }
     }
 }
@@ -794,6 +800,10 @@ impl GatewayConfig {
             (
                 "trace_batcher.sink_queue_batches",
                 self.trace_batcher.sink_queue_batches,
+            ),
+            (
+                "trace_batcher.sink_concurrency",
+                self.trace_batcher.sink_concurrency,
             ),
             ("metric_pool.pool_size", self.metric_pool.pool_size),
             (

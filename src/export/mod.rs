@@ -241,6 +241,7 @@ impl ExportPipeline {
             .build();
         let export_timeout = Duration::from_millis(cfg.otlp.timeout_ms);
         let queue_batches = cfg.trace_batcher.sink_queue_batches;
+        let concurrency = cfg.trace_batcher.sink_concurrency;
 
         let (main_sink, mut log_backend, metric_backend): (Arc<dyn TraceSink>, _, _) =
             match &cfg.otlp.endpoint {
@@ -290,6 +291,7 @@ impl ExportPipeline {
             SinkWorker::spawn(
                 sink,
                 queue_batches,
+                concurrency,
                 export_timeout,
                 hold,
                 counters.clone(),

@@ -362,12 +362,13 @@ impl SinkWorker {
     pub(crate) fn spawn(
         sink: Arc<dyn TraceSink>,
         queue_batches: usize,
+        concurrency: usize,
         timeout: Duration,
         hold: HoldPolicy,
         counters: Arc<Counters>,
         rt: &tokio::runtime::Handle,
     ) -> Self {
-        let (tx, mut rx) = mpsc::channel::<SinkJob>(queue_batches);
+        let (tx, rx) = mpsc::channel::<SinkJob>(queue_batches);
         // Sanitized once here: every journey step names its destination with this string.
         let name: Arc<str> = Arc::from(crate::logging::sanitize(sink.name()).as_ref());
         let stats = counters.exporters.register(&name, "traces");
@@ -380,11 +381,21 @@ impl SinkWorker {
             stats: stats.clone(),
         };
         rt.spawn(async move {
-            while let Some(job) = rx.recv().await {
-                match job {
-                    SinkJob::Export { spans, groups } => worker.export_held(spans, groups).await,
-                }
-            }
+            // Up to `concurrency` batches are exported (or held) at once; with 1 this is the
+            // plain sequential loop of the OTel exporter contract.
+            let worker = &worker;
+            futures::StreamExt::for_each_concurrent(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+                concurrency.max(1),
+                |job| async move {
+                    match job {
+                        SinkJob::Export { spans, groups } => {
+                            worker.export_held(spans, groups).await
+                        }
+                    }
+                },
+            )
+            .await;
             let _ = worker.sink.shutdown();
         });
         SinkWorker { name, tx, stats }
