@@ -185,18 +185,22 @@ fn make_event(mode: Mode, i: u64, producer: usize) -> TelemetryEnvelope {
 }
 
 fn make_plain_event(mode: Mode, i: u64, producer: usize) -> TelemetryEnvelope {
-    let tenant = if i % 2 == 0 { "acme" } else { "globex" };
+    let tenant = if i.is_multiple_of(2) {
+        "acme"
+    } else {
+        "globex"
+    };
     let ctx = TelemetryContext::tenant(tenant).app("app-1").user("u-1");
     let trace = match mode {
         Mode::Trace => true,
-        Mode::Mixed => i % 2 == 0,
+        Mode::Mixed => i.is_multiple_of(2),
         _ => false,
     };
     if trace {
         let k = if mode == Mode::Mixed { i / 2 } else { i };
         let run = k / 11;
         let run_id = format!("p{producer}-run-{run}");
-        if k % 11 == 0 {
+        if k.is_multiple_of(11) {
             TelemetryEnvelope::new(TelemetryCase::WorkflowRun, ctx)
                 .with_run_id(run_id)
                 .with_payload(
@@ -338,13 +342,13 @@ fn run_gateway(args: &Args, cfg: GatewayConfig) -> Result<GatewayRun, BoxError> 
             let mut emitted = 0u64;
             let mut refused = 0u64;
             for i in 0..n {
-                if i % 1024 == 0 && stop_at.is_some_and(|s| Instant::now() >= s) {
+                if i.is_multiple_of(1024) && stop_at.is_some_and(|s| Instant::now() >= s) {
                     break;
                 }
                 pace(start, i, per_producer_rate);
                 if let Some(max) = max_in_flight {
                     // Closed loop: keep the pipeline full, never overflowing.
-                    while i % 256 == 0 && gateway.stats().in_flight > max {
+                    while i.is_multiple_of(256) && gateway.stats().in_flight > max {
                         std::thread::sleep(Duration::from_micros(100));
                     }
                 }

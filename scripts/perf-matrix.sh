@@ -65,5 +65,8 @@ for p in 1024 16384; do
   row "metric, +$p B payload" "" --mode metric --events $N $CL --payload-bytes $p --baseline none
 done
 row "metric, +2 MiB payload (offloaded)" "" --mode metric --events 2000 --max-in-flight 200 --payload-bytes 2097152 --baseline none
+for c in 1 4; do
+  row "trace, OTLP gRPC, sink_concurrency = $c" "TELEMETRY_GATEWAY__TRACE_BATCHER__SINK_CONCURRENCY=$c" --mode trace --events $N $CL --exporter otlp --baseline none
+done
 row "trace, recorder_events = 1" "TELEMETRY_GATEWAY__DIAGNOSTICS__RECORDER_EVENTS=1" --mode trace --events $N $CL --baseline none
 row "metric, recorder_events = 1" "TELEMETRY_GATEWAY__DIAGNOSTICS__RECORDER_EVENTS=1" --mode metric --events $N $CL --baseline none

@@ -206,7 +206,8 @@ struct KeyInfo {
     safe: bool,
 }
 
-/// Distinct payload keys whose [`KeyInfo`] is kept; further keys are worked out each time.
+/// Distinct payload keys whose attribute key and redaction verdicts are kept; further keys are
+/// worked out each time.
 pub const MAX_CACHED_KEYS: usize = 4096;
 
 /// Turns envelopes into spans, log records and metric updates (the catalogue in
