@@ -58,6 +58,8 @@ pub const DEFAULT_PAYLOAD_WRITE_TIMEOUT_MS: u64 = 2_000;
 pub const DEFAULT_PAYLOAD_READ_TIMEOUT_MS: u64 = 500;
 /// Default of `payloads.max_read_bytes` (a stored blob larger than this is refused).
 pub const DEFAULT_PAYLOAD_MAX_READ_BYTES: usize = 32 * 1024 * 1024;
+/// Default of `payloads.memory_max_bytes`: what the in-memory payload store holds at most.
+pub const DEFAULT_PAYLOAD_MEMORY_MAX_BYTES: usize = 256 * 1024 * 1024;
 /// Default of `payloads.local_path`.
 pub const DEFAULT_PAYLOAD_LOCAL_PATH: &str = "telemetry-payloads";
 
@@ -429,6 +431,10 @@ pub struct PayloadsSection {
     pub read_timeout_ms: u64,
     /// A stored blob larger than this is refused on read.
     pub max_read_bytes: usize,
+    /// For `store = "memory"`: the most payload bytes held. Past it the oldest payloads are
+    /// deleted (a later read of one uses its fallback, counted); a single payload larger than
+    /// this stays inline (counted as `payload_offload_failed`).
+    pub memory_max_bytes: usize,
 }
 
 impl Default for PayloadsSection {
@@ -441,6 +447,7 @@ impl Default for PayloadsSection {
             write_timeout_ms: DEFAULT_PAYLOAD_WRITE_TIMEOUT_MS,
             read_timeout_ms: DEFAULT_PAYLOAD_READ_TIMEOUT_MS,
             max_read_bytes: DEFAULT_PAYLOAD_MAX_READ_BYTES,
+            memory_max_bytes: DEFAULT_PAYLOAD_MEMORY_MAX_BYTES,
         }
     }
 }
@@ -789,6 +796,7 @@ impl GatewayConfig {
                 self.payloads.inline_threshold_bytes,
             ),
             ("payloads.max_read_bytes", self.payloads.max_read_bytes),
+            ("payloads.memory_max_bytes", self.payloads.memory_max_bytes),
             (
                 "trace_batcher.queue_capacity",
                 self.trace_batcher.queue_capacity,

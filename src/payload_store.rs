@@ -158,6 +158,39 @@ pub struct PayloadStore {
     write_timeout: Duration,
     read_timeout: Duration,
     max_read_bytes: usize,
+    /// For the in-memory store: its byte budget (`payloads.memory_max_bytes`).
+    budget: Option<Arc<Budget>>,
+}
+
+/// The byte budget of the in-memory store: payloads in the order they were written, and their
+/// total size. Past the budget the oldest are deleted.
+#[derive(Debug)]
+struct Budget {
+    max: usize,
+    held: parking_lot::Mutex<(std::collections::VecDeque<(StorePath, usize)>, usize)>,
+    evicted: std::sync::atomic::AtomicU64,
+}
+
+impl Budget {
+    /// Notes a payload of `size` bytes written at `path`; returns the oldest payloads to delete
+    /// so that the total fits the budget again.
+    fn admit(&self, path: StorePath, size: usize) -> Vec<StorePath> {
+        let mut held = self.held.lock();
+        let (order, total) = &mut *held;
+        order.push_back((path, size));
+        *total += size;
+        let mut victims = Vec::new();
+        while *total > self.max {
+            let Some((p, s)) = order.pop_front() else {
+                break;
+            };
+            *total -= s;
+            victims.push(p);
+        }
+        self.evicted
+            .fetch_add(victims.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        victims
+    }
 }
 
 impl PayloadStore {
@@ -169,7 +202,28 @@ impl PayloadStore {
             write_timeout: Duration::from_millis(cfg.write_timeout_ms),
             read_timeout: Duration::from_millis(cfg.read_timeout_ms),
             max_read_bytes: cfg.max_read_bytes,
+            budget: None,
         }
+    }
+
+    /// The in-process store, holding at most `payloads.memory_max_bytes` of payloads (the
+    /// oldest are deleted first).
+    pub fn memory(cfg: &PayloadsSection) -> Self {
+        let mut s = Self::new(Arc::new(InMemory::new()), cfg);
+        s.budget = Some(Arc::new(Budget {
+            max: cfg.memory_max_bytes.max(1),
+            held: parking_lot::Mutex::new(Default::default()),
+            evicted: Default::default(),
+        }));
+        s
+    }
+
+    /// Payloads deleted from the in-memory store to keep it within `payloads.memory_max_bytes`
+    /// (always 0 for the other stores).
+    pub fn evicted(&self) -> u64 {
+        self.budget
+            .as_ref()
+            .map_or(0, |b| b.evicted.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// A local directory store at `root` (created when missing). Reads are confined to the
@@ -191,7 +245,7 @@ impl PayloadStore {
     /// Builds the store named by `payloads.store`.
     pub fn from_config(cfg: &PayloadsSection) -> Result<Self, StoreBuildError> {
         let store: Arc<dyn ObjectStore> = match cfg.store {
-            PayloadStoreKind::Memory => Arc::new(InMemory::new()),
+            PayloadStoreKind::Memory => return Ok(Self::memory(cfg)),
             PayloadStoreKind::Local => return Self::local(&cfg.local_path, cfg),
             PayloadStoreKind::Url => {
                 let raw = cfg.url.clone().unwrap_or_default();
@@ -226,13 +280,44 @@ impl PayloadStore {
     ) -> Result<String, OffloadError> {
         let key = payload_key(tenant_id, event_id);
         let path = StorePath::parse(&key).map_err(|e| OffloadError::Store(e.to_string()))?;
+        let size = json.len();
+        if let Some(b) = &self.budget {
+            if size > b.max {
+                return Err(OffloadError::Store(format!(
+                    "payload of {size} bytes is larger than payloads.memory_max_bytes ({})",
+                    b.max
+                )));
+            }
+        }
         match tokio::time::timeout(
             self.write_timeout,
             self.store.put(&path, PutPayload::from(json)),
         )
         .await
         {
-            Ok(Ok(_)) => Ok(key),
+            Ok(Ok(_)) => {
+                if let Some(b) = &self.budget {
+                    let victims = b.admit(path, size);
+                    if !victims.is_empty() {
+                        crate::logging::warn_limited(
+                            "in-memory payload store full; oldest payloads deleted",
+                            || {
+                                tracing::warn!(
+                                    deleted = victims.len(),
+                                    max_bytes = b.max,
+                                    "in-memory payload store full; oldest payloads deleted \
+                                     (payloads.memory_max_bytes)"
+                                )
+                            },
+                        );
+                    }
+                    for v in victims {
+                        // In memory: deleting cannot block or fail in a way that matters.
+                        let _ = self.store.delete(&v).await;
+                    }
+                }
+                Ok(key)
+            }
             Ok(Err(e)) => Err(OffloadError::Store(e.to_string())),
             Err(_) => Err(OffloadError::Timeout(self.write_timeout)),
         }
@@ -329,6 +414,33 @@ mod tests {
             validate_ref("t1", &format!("t1/{}", "a".repeat(600))),
             Err(RefError::TooLong(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn the_memory_store_keeps_within_its_byte_budget_oldest_out_first() {
+        let cfg = PayloadsSection {
+            memory_max_bytes: 1000,
+            ..Default::default()
+        };
+        let store = PayloadStore::memory(&cfg);
+        let payload = |n: usize| Bytes::from(format!(r#"{{"x":"{}"}}"#, "y".repeat(n - 8)));
+        let ids: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+        let mut refs = Vec::new();
+        for id in &ids {
+            refs.push(store.put("t", id, payload(400)).await.unwrap());
+        }
+        // 3 x 400 > 1000: the first one went, the later two are held.
+        assert_eq!(store.evicted(), 1);
+        assert_eq!(store.get("t", &refs[0]).await, Err(ReadError::NotFound));
+        assert!(store.get("t", &refs[1]).await.is_ok());
+        assert!(store.get("t", &refs[2]).await.is_ok());
+        // A payload larger than the whole budget is not stored at all.
+        let err = store.put("t", &Uuid::now_v7(), payload(1001)).await;
+        assert!(
+            matches!(&err, Err(OffloadError::Store(m)) if m.contains("payloads.memory_max_bytes")),
+            "{err:?}"
+        );
+        assert_eq!(store.evicted(), 1, "nothing evicted for a refused payload");
     }
 
     #[tokio::test]
