@@ -64,7 +64,7 @@ pub fn resolve(env: &mut TelemetryEnvelope, route: &Route) {
 /// cleared and refilled by the runs that follow.
 #[derive(Debug, Default)]
 pub struct RunIds {
-    ids: rustc_hash::FxHashMap<String, (String, String)>,
+    ids: crate::FastMap<String, (String, String)>,
     capacity: usize,
 }
 

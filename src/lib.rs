@@ -58,6 +58,9 @@ pub mod transport;
 pub mod testing;
 
 pub use actors::metric_handler::CaseHandler;
+
+/// The hash map of the hot paths: foldhash, seeded per process (see `Cargo.toml`).
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 pub use config::GatewayConfig;
 pub use contracts::{
     Correlation, EnvelopeError, Payload, PayloadFallback, SignalType, TelemetryCase,

@@ -52,7 +52,7 @@ pub struct CheckBatch(pub Vec<DedupKey>);
 /// The in-memory backend: bounded, with TTL.
 #[derive(Debug)]
 pub struct MemoryDedup {
-    seen: LruCache<DedupKey, Instant>,
+    seen: LruCache<DedupKey, Instant, foldhash::fast::RandomState>,
     ttl: Duration,
 }
 
@@ -61,7 +61,7 @@ impl MemoryDedup {
     pub fn new(max_entries: usize, ttl: Duration) -> Self {
         let cap = NonZeroUsize::new(max_entries.max(1)).unwrap_or(NonZeroUsize::MIN);
         MemoryDedup {
-            seen: LruCache::new(cap),
+            seen: LruCache::with_hasher(cap, foldhash::fast::RandomState::default()),
             ttl,
         }
     }
@@ -69,13 +69,18 @@ impl MemoryDedup {
     /// Marks `key` as seen and says whether it was new.
     pub fn check(&mut self, key: DedupKey) -> Verdict {
         let now = Instant::now();
-        if let Some(expires) = self.seen.get(&key) {
-            if *expires > now {
-                return Verdict::Duplicate;
+        match self.seen.get_mut(&key) {
+            Some(expires) if *expires > now => Verdict::Duplicate,
+            Some(expires) => {
+                // Seen, but longer ago than the TTL: new again, remembered afresh.
+                *expires = now + self.ttl;
+                Verdict::New
+            }
+            None => {
+                self.seen.put(key, now + self.ttl);
+                Verdict::New
             }
         }
-        self.seen.put(key, now + self.ttl);
-        Verdict::New
     }
 
     /// Keys currently held.

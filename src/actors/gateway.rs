@@ -169,7 +169,12 @@ impl GatewayActor {
         crate::correlation::resolve_with(&mut env, &route, &mut self.run_ids);
 
         let oversize = match &env.payload {
-            Payload::Inline(obj) => serialized_len(obj) > self.inline_threshold,
+            // The cheap bound settles almost every payload; only one near the threshold is
+            // serialized (into a counter, not a buffer) to measure it exactly.
+            Payload::Inline(obj) => {
+                object_size_bound(obj) > self.inline_threshold
+                    && serialized_len(obj) > self.inline_threshold
+            }
             Payload::Ref(_) => false,
         };
         if !oversize {
@@ -241,6 +246,28 @@ fn send_reason(closed: bool) -> ReasonCode {
     } else {
         ReasonCode::QueueFull
     }
+}
+
+/// An upper bound of the serialized JSON size of `obj`, without formatting anything: every
+/// string as if each byte needed a six-byte escape, every number at its longest.
+pub(crate) fn object_size_bound(obj: &JsonObject) -> usize {
+    fn str_bound(s: &str) -> usize {
+        2 + 6 * s.len()
+    }
+    fn bound(v: &Json) -> usize {
+        match v {
+            Json::Null | Json::Bool(_) => 5,
+            // f64 and i64/u64 print in at most 24 characters.
+            Json::Number(_) => 24,
+            Json::String(s) => str_bound(s),
+            Json::Array(items) => 2 + items.iter().map(|i| bound(i) + 1).sum::<usize>(),
+            Json::Object(map) => object_size_bound(map),
+        }
+    }
+    2 + obj
+        .iter()
+        .map(|(k, v)| str_bound(k) + 1 + bound(v) + 1)
+        .sum::<usize>()
 }
 
 /// The serialized JSON size of `obj`, without allocating the serialization.
@@ -336,6 +363,25 @@ impl StreamHandler<GatewayItem> for GatewayActor {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_size_bound_is_never_below_the_real_size() {
+        let cases = [
+            json!({}),
+            json!({"a": "x".repeat(100), "b": [1, 2.5e300, -3], "c": {"d": null, "e": true}}),
+            json!({"esc": "\u{1}\"\\\n\t", "uni": "héllo ✓", "n": u64::MAX, "f": -1.0e-300}),
+            json!({"deep": [[[{"k": ["v", {"w": false}]}]]]}),
+        ];
+        for v in cases {
+            let obj = v.as_object().unwrap();
+            assert!(
+                object_size_bound(obj) >= serialized_len(obj),
+                "{} < {} for {v}",
+                object_size_bound(obj),
+                serialized_len(obj)
+            );
+        }
+    }
 
     #[test]
     fn serialized_len_matches_serde() {

@@ -7,6 +7,13 @@
 //!
 //! Bounded: at most `diagnostics.recorder_events` journeys (the oldest is evicted first) of at
 //! most `diagnostics.recorder_steps_per_event` steps (further steps are counted, not kept).
+//!
+//! Cheap enough to stay on for every event: the index (sharded by event id, each shard behind
+//! its own lock) is consulted once per event per stage that takes it from a queue
+//! ([`FlightRecorder::attach`]); after that the journey travels with the event in its
+//! [`EventRef`] and each step is written under the journey's own, uncontended lock. Details
+//! that are literals of this crate are kept as `&'static str`, without a copy or a pass of the
+//! sanitizer.
 //! Nothing from a payload is recorded: only ids, the case, the tenant, stage names, reason codes,
 //! destination names and sanitized error messages, so user content and secrets cannot reach it.
 
@@ -15,8 +22,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, LazyLock};
 use std::time::{Instant, SystemTime};
 
+use crate::FastMap;
 use parking_lot::{Mutex, RwLock};
-use rustc_hash::FxHashMap;
 use serde::Serialize;
 use smallvec::SmallVec;
 use uuid::Uuid;
@@ -98,8 +105,9 @@ pub struct Journey {
     pub tenant_id: String,
     /// The case name.
     pub case: String,
-    /// True when the first step kept is not `received`/`refused`: the start of the journey was
-    /// evicted, or happened in another process (a worker behind another transport).
+    /// True when the first step kept is not `received`/`refused`: the journey was evicted and
+    /// started again midway (a metric handler took the event after the eviction), or its start
+    /// happened in another process (a worker behind another transport).
     pub starts_midway: bool,
     /// Steps in the order they happened.
     pub steps: Vec<Step>,
@@ -321,9 +329,9 @@ pub struct JourneyCell(Mutex<Entry>);
 struct Shard {
     /// Each journey with its correlation id (kept here so that evicting it touches neither the
     /// journey nor its lock).
-    journeys: FxHashMap<Uuid, (Arc<str>, Arc<JourneyCell>)>,
+    journeys: FastMap<Uuid, (Arc<str>, Arc<JourneyCell>)>,
     order: VecDeque<Uuid>,
-    by_correlation: FxHashMap<Arc<str>, SmallVec<[Uuid; 1]>>,
+    by_correlation: FastMap<Arc<str>, SmallVec<[Uuid; 1]>>,
     max_events: usize,
     evicted: u64,
 }

@@ -27,8 +27,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::FastMap;
 use parking_lot::RwLock;
-use rustc_hash::FxHashMap;
 
 use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, Severity};
 use opentelemetry::metrics::{Counter, Histogram, Meter};
@@ -224,7 +224,7 @@ pub struct Mapper {
     /// Applied to every payload value before it becomes an attribute, a status or a body.
     redactor: Redactor,
     /// Payload keys seen so far (bounded by [`MAX_CACHED_KEYS`]).
-    keys: Arc<RwLock<FxHashMap<Box<str>, KeyInfo>>>,
+    keys: Arc<RwLock<FastMap<Box<str>, KeyInfo>>>,
 }
 
 fn span_suffix(case: &TelemetryCase) -> String {
