@@ -117,6 +117,8 @@ pub const DEFAULT_LOCAL_OUTPUT: LocalOutput = LocalOutput::Jsonl;
 pub const DEFAULT_LOG_QUEUE_CAPACITY: usize = 65_536;
 /// Default of `export.log_max_batch_size`.
 pub const DEFAULT_LOG_MAX_BATCH_SIZE: usize = 512;
+/// Default of `export.log_concurrency`: log export calls in flight at once.
+pub const DEFAULT_LOG_CONCURRENCY: usize = 1;
 /// Default of `export.log_flush_interval_ms`.
 pub const DEFAULT_LOG_FLUSH_INTERVAL_MS: u64 = 200;
 /// Default of `export.service_name`.
@@ -615,6 +617,8 @@ pub struct ExportSection {
     pub log_max_batch_size: usize,
     /// The longest a log record waits for its batch.
     pub log_flush_interval_ms: u64,
+    /// Log export calls in flight at once (each batch still held and retried on its own).
+    pub log_concurrency: usize,
 }
 
 impl Default for ExportSection {
@@ -628,6 +632,7 @@ impl Default for ExportSection {
             log_queue_capacity: DEFAULT_LOG_QUEUE_CAPACITY,
             log_max_batch_size: DEFAULT_LOG_MAX_BATCH_SIZE,
             log_flush_interval_ms: DEFAULT_LOG_FLUSH_INTERVAL_MS,
+            log_concurrency: DEFAULT_LOG_CONCURRENCY,
         }
     }
 }
@@ -822,6 +827,7 @@ impl GatewayConfig {
             ("dedup.memory_max_entries", self.dedup.memory_max_entries),
             ("export.log_queue_capacity", self.export.log_queue_capacity),
             ("export.log_max_batch_size", self.export.log_max_batch_size),
+            ("export.log_concurrency", self.export.log_concurrency),
         ];
         for (key, v) in positive {
             if v == 0 {

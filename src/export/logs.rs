@@ -90,7 +90,13 @@ pub(crate) struct LogBatcherSettings {
     pub(crate) interval: Duration,
     pub(crate) timeout: Duration,
     pub(crate) hold: HoldPolicy,
+    /// Export calls in flight at once (`export.log_concurrency`).
+    pub(crate) concurrency: usize,
 }
+
+/// The most log export calls in flight at once, whatever the configuration says (a semaphore
+/// counts in `u32`).
+const MAX_LOG_CONCURRENCY: usize = 1024;
 
 impl LogBatcher {
     pub(crate) fn spawn(
@@ -107,6 +113,10 @@ impl LogBatcher {
         let stats = counters.exporters.register("enterprise", "logs");
         let queue_stats = stats.clone();
         let taken = queued.clone();
+        let backend = Arc::new(backend);
+        let concurrency = settings.concurrency.clamp(1, MAX_LOG_CONCURRENCY);
+        // One permit per export call in flight.
+        let permits = Arc::new(tokio::sync::Semaphore::new(concurrency));
         rt.spawn(async move {
             let max_batch = settings.max_batch.max(1);
             let mut batch: Vec<LogItem> = Vec::with_capacity(max_batch);
@@ -134,26 +144,47 @@ impl LogBatcher {
                     }
                 }
                 while !batch.is_empty() {
-                    let mut chunk: Vec<LogItem> = if batch.len() > max_batch {
+                    let chunk: Vec<LogItem> = if batch.len() > max_batch {
                         batch.drain(..max_batch).collect()
                     } else {
                         std::mem::take(&mut batch)
                     };
-                    export_batch(
-                        &backend,
-                        &scope,
-                        &mut chunk,
-                        settings.timeout,
-                        settings.hold,
-                        &counters,
-                        &stats,
-                    )
-                    .await;
+                    // Waits while `concurrency` exports are in flight: records keep waiting in
+                    // the bounded queue meanwhile, as they would behind one export.
+                    let Ok(permit) = permits.clone().acquire_owned().await else {
+                        break;
+                    };
+                    let (backend, scope, counters, stats) = (
+                        backend.clone(),
+                        scope.clone(),
+                        counters.clone(),
+                        stats.clone(),
+                    );
+                    tokio::spawn(async move {
+                        let mut chunk = chunk;
+                        export_batch(
+                            &backend,
+                            &scope,
+                            &mut chunk,
+                            settings.timeout,
+                            settings.hold,
+                            &counters,
+                            &stats,
+                        )
+                        .await;
+                        drop(permit);
+                    });
                 }
-                for w in flush_waiters.drain(..) {
-                    let _ = w.send(());
+                if !flush_waiters.is_empty() {
+                    // A flush is answered once every record taken before it is exported or
+                    // failed: wait for the exports in flight.
+                    let _all = permits.acquire_many(concurrency as u32).await;
+                    for w in flush_waiters.drain(..) {
+                        let _ = w.send(());
+                    }
                 }
             }
+            let _all = permits.acquire_many(concurrency as u32).await;
             backend.shutdown();
         });
         LogBatcher {

@@ -322,6 +322,7 @@ impl ExportPipeline {
                 interval: Duration::from_millis(cfg.export.log_flush_interval_ms),
                 timeout: export_timeout,
                 hold: cfg.retry.hold_policy(),
+                concurrency: cfg.export.log_concurrency,
             },
             counters.clone(),
             &handle,
