@@ -1,0 +1,151 @@
+//! The `telemetry-gateway` command, run as a real process: `check-config` prints the effective
+//! configuration (environment overrides applied) or names the bad key; `explain` asks a running
+//! gateway's diagnostics endpoint over HTTP.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use telemetry_gateway::config::LocalOutput;
+use telemetry_gateway::{GatewayConfig, TelemetryCase, TelemetryContext, TelemetryEnvelope};
+
+fn cli() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_telemetry-gateway"));
+    // The test's own environment must not leak overrides into the child.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TELEMETRY_GATEWAY__") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn check_config_prints_the_effective_configuration_with_overrides() {
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/config/gateway.toml");
+    let out = cli()
+        .args(["check-config", file])
+        .env("TELEMETRY_GATEWAY__OTLP__SAMPLING_RATIO", "0.25")
+        .env("TELEMETRY_GATEWAY__EXPORT__NAMESPACE", "shop")
+        .output()
+        .expect("the command runs");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let printed = text(&out.stdout);
+    // What it prints is a configuration that loads back to the same values.
+    let reloaded = GatewayConfig::from_toml_str(&printed).expect("the printed TOML loads");
+    assert_eq!(reloaded.otlp.sampling_ratio, 0.25);
+    assert_eq!(reloaded.export.namespace, "shop");
+    let mut expected =
+        GatewayConfig::from_toml_str(&std::fs::read_to_string(file).expect("the shipped config"))
+            .expect("the shipped config is valid");
+    expected.otlp.sampling_ratio = 0.25;
+    expected.export.namespace = "shop".into();
+    assert_eq!(reloaded, expected);
+}
+
+#[test]
+fn check_config_names_the_bad_key_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[gateway]\nqueue_capacity = 0\n", "gateway.queue_capacity"),
+        ("[gatway]\nx = 1\n", "gatway"),
+        ("[otlp]\nsampling_ratio = \"half\"\n", "sampling_ratio"),
+    ];
+    for (i, (body, key)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("bad-{i}.toml"));
+        std::fs::write(&path, body).unwrap();
+        let out = cli()
+            .arg("check-config")
+            .arg(&path)
+            .output()
+            .expect("the command runs");
+        assert_eq!(out.status.code(), Some(2), "{body}");
+        let err = text(&out.stderr);
+        assert!(err.contains(key), "the error names `{key}`: {err}");
+        assert!(out.stdout.is_empty(), "nothing printed for a bad config");
+    }
+    let out = cli()
+        .args(["check-config", "/nonexistent/gateway.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("no such file"));
+}
+
+#[test]
+fn explain_asks_a_running_gateway() {
+    let mut cfg = GatewayConfig::default();
+    cfg.diagnostics.listen = Some("127.0.0.1:0".into());
+    cfg.export.local_output = LocalOutput::Discard;
+    cfg.export.log_flush_interval_ms = 10;
+    let gw = telemetry_gateway::start(cfg).expect("the gateway starts");
+    let addr = gw.diagnostics_addr().expect("the endpoint is up");
+    let env = TelemetryEnvelope::new(TelemetryCase::AppCreated, TelemetryContext::tenant("acme"))
+        .with_correlation_id("req-42");
+    let id = gw.emit(env).expect("accepted").to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gw.stats().in_flight > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let endpoint = format!("http://{addr}");
+
+    // By event id: the journey, through to its outcome.
+    let out = cli()
+        .args(["explain", "--endpoint", &endpoint, &id])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["journeys"][0]["event_id"], id.as_str());
+    let stages: Vec<&str> = v["journeys"][0]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["stage"].as_str())
+        .collect();
+    assert_eq!(stages.first(), Some(&"received"), "{stages:?}");
+    assert_eq!(stages.last(), Some(&"delivered"), "{stages:?}");
+
+    // By correlation id.
+    let out = cli()
+        .args(["explain", "--endpoint", &endpoint, "req-42"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(text(&out.stdout).contains(&id));
+
+    // Unknown: exit 1, and why.
+    let out = cli()
+        .args(["explain", "--endpoint", &endpoint, "never-seen"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("not in the flight recorder"));
+
+    gw.shutdown_blocking(Duration::from_secs(5));
+
+    // Nobody listening: exit 2, naming the endpoint.
+    let out = cli()
+        .args(["explain", "--endpoint", &endpoint, &id])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains(&addr.to_string()));
+    let out = cli()
+        .args(["explain", "--endpoint", "not a url", &id])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [&[][..], &["frobnicate"][..], &["explain", "x"][..]] {
+        let out = cli().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(text(&out.stderr).contains("usage:"));
+    }
+}
