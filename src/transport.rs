@@ -13,6 +13,8 @@ use std::hash::{Hash, Hasher};
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
+use uuid::Uuid;
+
 use crate::contracts::TelemetryEnvelope;
 
 /// Why the transport did not take an envelope.
@@ -41,6 +43,23 @@ pub trait EnvelopeSource: Send + Debug + 'static {
     /// Waits for at least one envelope and returns up to `max`; `None` when the transport is
     /// closed and empty.
     fn recv_batch(&mut self, max: usize) -> BoxFuture<'_, Option<Vec<TelemetryEnvelope>>>;
+
+    /// Whether this source wants [`EnvelopeSource::settle`] calls. A transport with
+    /// acknowledgements (a Redis Streams consumer group) says yes; the in-process one does not,
+    /// and its handler then keeps no list of ids.
+    fn wants_settle(&self) -> bool {
+        false
+    }
+
+    /// The events of earlier batches that reached their outcome in this process (their log
+    /// records queued for export, or dropped with a reason): a transport with acknowledgements
+    /// acknowledges them now. An event never settled (its case handler panicked) is left for
+    /// such a transport to deliver again. Called by the handler before it asks for its next
+    /// batch, so at most two batches are unsettled at once.
+    fn settle(&mut self, handled: Vec<Uuid>) -> BoxFuture<'_, ()> {
+        drop(handled);
+        Box::pin(async {})
+    }
 }
 
 /// The in-process transport: bounded channels, one per handler.

@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use opentelemetry::KeyValue;
+use uuid::Uuid;
 
 use super::dedup::{CheckBatch, DedupActor, DedupKey, Verdict};
 use super::rehydrator::{RehydrateBatch, RehydrateItem, RehydratorActor};
@@ -62,6 +63,10 @@ pub struct MetricHandlerActor {
     export: Arc<ExportHandles>,
     case_handlers: Arc<HashMap<String, Arc<dyn CaseHandler>>>,
     source_closed: bool,
+    /// Events of earlier batches that reached their outcome, for the source's `settle` (kept
+    /// only when the source wants it).
+    settled: Vec<Uuid>,
+    wants_settle: bool,
 }
 
 impl Debug for MetricHandlerActor {
@@ -85,8 +90,11 @@ impl MetricHandlerActor {
         export: Arc<ExportHandles>,
         case_handlers: Arc<HashMap<String, Arc<dyn CaseHandler>>>,
     ) -> Self {
+        let wants_settle = source.wants_settle();
         MetricHandlerActor {
             index,
+            settled: Vec::new(),
+            wants_settle,
             source: Some(source),
             in_hand: VecDeque::new(),
             batch_size,
@@ -103,10 +111,11 @@ impl MetricHandlerActor {
         &self.shared.counters
     }
 
-    /// One event leaves the metric path with a final outcome other than "queued for export".
-    fn settle_dropped(&self, ev: &EventRef, reason: ReasonCode) {
-        self.counters().drop_event(ev, reason, None);
-        self.counters().metric_pending_sub(1);
+    /// `id` reached its outcome here: the source may acknowledge it.
+    fn note_settled(&mut self, id: Uuid) {
+        if self.wants_settle {
+            self.settled.push(id);
+        }
     }
 
     /// The next step of the pump: take, dedup, rehydrate or handle, whichever is due.
@@ -128,7 +137,11 @@ impl MetricHandlerActor {
             return;
         };
         let max = self.batch_size;
+        let handled = std::mem::take(&mut self.settled);
         let fut = async move {
+            if !handled.is_empty() {
+                source.settle(handled).await;
+            }
             let batch = source.recv_batch(max).await;
             (source, batch)
         };
@@ -181,6 +194,7 @@ impl MetricHandlerActor {
                     let mut verdicts = verdicts.into_iter();
                     let mut kept = VecDeque::with_capacity(act.in_hand.len());
                     let mut checked: Vec<EventRef> = Vec::with_capacity(act.in_hand.len());
+                    let mut duplicates: Vec<Uuid> = Vec::new();
                     for mut w in act.in_hand.drain(..) {
                         if w.deduped {
                             kept.push_back(w);
@@ -193,6 +207,7 @@ impl MetricHandlerActor {
                                     .counters
                                     .drop_event(&w.ev, ReasonCode::Duplicate, None);
                                 act.shared.counters.metric_pending_sub(1);
+                                duplicates.push(w.ev.event_id);
                                 continue;
                             }
                             Verdict::Unavailable => {
@@ -211,6 +226,9 @@ impl MetricHandlerActor {
                         .recorder()
                         .record_batch(&checked, &[(Stage::DedupChecked, None)]);
                     act.in_hand = kept;
+                    for id in duplicates {
+                        act.note_settled(id);
+                    }
                     act.pump(ctx);
                 }),
         );
@@ -290,7 +308,11 @@ impl MetricHandlerActor {
                 Ok(record) => records.push((record, Some(w.ev))),
                 Err(_) => {
                     self.send_records(records);
-                    self.settle_dropped(&w.ev, ReasonCode::HandlerPanicked);
+                    // Counted here, but not settled: a transport with acknowledgements delivers
+                    // it again (up to its dead-letter limit).
+                    self.counters()
+                        .drop_event(&w.ev, ReasonCode::HandlerPanicked, None);
+                    self.counters().metric_pending_sub(1);
                     tracing::error!(
                         handler = self.index,
                         event_id = %w.env.event_id,
@@ -310,14 +332,22 @@ impl MetricHandlerActor {
 
     /// Queues handled events' records for export; those the log queue has no room for are
     /// dropped (`queue_full`).
-    fn send_records(&self, records: Vec<LogItem>) {
+    fn send_records(&mut self, records: Vec<LogItem>) {
         self.counters().recorder().record_batch(
             records.iter().filter_map(|(_, ev)| ev.as_ref()),
             &[(Stage::Handled, None)],
         );
+        if self.wants_settle {
+            // Queued for export, or dropped just below: either way settled here.
+            let ids = records
+                .iter()
+                .filter_map(|(_, ev)| ev.as_ref().map(|e| e.event_id));
+            self.settled.extend(ids);
+        }
         for (_, ev) in self.export.log_batcher.try_send_many(records) {
             if let Some(ev) = ev {
-                self.settle_dropped(&ev, ReasonCode::QueueFull);
+                self.counters().drop_event(&ev, ReasonCode::QueueFull, None);
+                self.counters().metric_pending_sub(1);
             }
         }
     }
