@@ -7,6 +7,8 @@
 //! memory dedup. A Redis Streams transport can implement both traits without changing the
 //! handlers.
 
+pub mod redis_streams;
+
 use std::fmt::Debug;
 use std::hash::{Hash, Hasher};
 
