@@ -184,7 +184,10 @@ impl EventRef {
         let correlation_id: Arc<str> =
             match (&env.correlation.correlation_id, &env.correlation.run_id) {
                 (Some(c), _) | (None, Some(c)) => Arc::from(c.as_str()),
-                (None, None) => Arc::from(env.event_id.to_string()),
+                (None, None) => {
+                    let mut buf = Uuid::encode_buffer();
+                    Arc::from(&*env.event_id.hyphenated().encode_lower(&mut buf))
+                }
             };
         EventRef {
             event_id: env.event_id,

@@ -325,7 +325,10 @@ impl Mapper {
                 None => text(env.case.as_str()),
             },
         ));
-        a.push(KeyValue::new("event.id", text(&env.event_id.to_string())));
+        // Formatted once, on the stack, and shared by `event.id` and the correlation fallback.
+        let mut id_buf = uuid::Uuid::encode_buffer();
+        let event_id = text(env.event_id.hyphenated().encode_lower(&mut id_buf));
+        a.push(KeyValue::new("event.id", event_id.clone()));
         a.push(KeyValue::new("tenant.id", text(&env.context.tenant_id)));
         if let Some(app) = &env.context.app_id {
             a.push(KeyValue::new("app.id", text(app)));
@@ -336,7 +339,7 @@ impl Mapper {
         let c = &env.correlation;
         let correlation = match (&c.correlation_id, &c.run_id) {
             (Some(id), _) | (None, Some(id)) => text(id),
-            (None, None) => text(&env.event_id.to_string()),
+            (None, None) => event_id,
         };
         a.push(KeyValue::new("correlation.id", correlation));
         if let Some(run) = &c.run_id {
