@@ -33,6 +33,18 @@ fn event() -> TelemetryEnvelope {
     TelemetryEnvelope::new(TelemetryCase::AppCreated, TelemetryContext::tenant("acme"))
 }
 
+/// Sends `n` fresh events and returns their ids.
+fn send(producer: &RedisStreamProducer, n: usize) -> Vec<Uuid> {
+    (0..n)
+        .map(|_| {
+            let e = event();
+            let id = e.event_id;
+            producer.try_send(e).unwrap();
+            id
+        })
+        .collect()
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -73,14 +85,7 @@ fn two_consumers_share_the_stream_and_each_entry_is_read_and_acknowledged_once()
     let producer =
         RedisStreamProducer::spawn(client.clone(), settings("producer"), 10_000, rt.handle());
     let stop = Arc::new(AtomicBool::new(false));
-    let sent: Vec<Uuid> = (0..500)
-        .map(|_| {
-            let e = event();
-            let id = e.event_id;
-            producer.try_send(e).unwrap();
-            id
-        })
-        .collect();
+    let sent = send(&producer, 500);
     rt.block_on(async {
         wait_appended(&producer, 500).await;
         let mut a = RedisStreamSource::new(client.clone(), settings("a"), stop.clone());
@@ -123,14 +128,7 @@ fn an_unsettled_entry_is_reclaimed_then_dead_lettered_and_the_rest_keeps_flowing
     let poison = event();
     let poison_id = poison.event_id;
     producer.try_send(poison).unwrap();
-    let good: Vec<Uuid> = (0..20)
-        .map(|_| {
-            let e = event();
-            let id = e.event_id;
-            producer.try_send(e).unwrap();
-            id
-        })
-        .collect();
+    let good = send(&producer, 20);
     rt.block_on(async {
         wait_appended(&producer, 21).await;
         // Two consumers that settle everything except the poison entry, as a handler whose
