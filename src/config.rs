@@ -24,7 +24,7 @@ use crate::contracts::SignalType;
 pub const ENV_PREFIX: &str = "TELEMETRY_GATEWAY__";
 
 /// Keys whose values are text even when they look like numbers or booleans.
-const STRING_KEYS: [&str; 11] = [
+const STRING_KEYS: [&str; 15] = [
     "otlp.endpoint",
     "otlp.api_key",
     "dedup.redis_url",
@@ -36,6 +36,10 @@ const STRING_KEYS: [&str; 11] = [
     "payloads.local_path",
     "redaction.replacement",
     "diagnostics.listen",
+    "transport.redis_url",
+    "transport.stream",
+    "transport.group",
+    "transport.consumer",
 ];
 
 /// Default of `gateway.enabled`.
@@ -124,6 +128,27 @@ pub const DEFAULT_LOG_FLUSH_INTERVAL_MS: u64 = 200;
 /// Default of `export.service_name`.
 pub const DEFAULT_SERVICE_NAME: &str = "telemetry-gateway";
 
+/// Default of `transport.kind`: the metric/log path stays in this process.
+pub const DEFAULT_TRANSPORT_KIND: TransportKind = TransportKind::InProcess;
+/// Default of `transport.stream`: the Redis stream metric/log envelopes are appended to.
+pub const DEFAULT_TRANSPORT_STREAM: &str = "telemetry-gateway:metric_log";
+/// Default of `transport.group`: the consumer group of the workers.
+pub const DEFAULT_TRANSPORT_GROUP: &str = "telemetry-gateway-workers";
+/// Default of `transport.max_len`: approximate cap on the stream's length (`XADD MAXLEN ~`).
+pub const DEFAULT_TRANSPORT_MAX_LEN: usize = 1_000_000;
+/// Default of `transport.buffer_capacity`: envelopes a producer holds while Redis is slow or away.
+pub const DEFAULT_TRANSPORT_BUFFER_CAPACITY: usize = 65_536;
+/// Default of `transport.claim_idle_ms`: an entry pending this long with a silent worker is
+/// reclaimed by another.
+pub const DEFAULT_TRANSPORT_CLAIM_IDLE_MS: u64 = 30_000;
+/// Default of `transport.max_deliveries`: past it an entry goes to the dead-letter stream.
+pub const DEFAULT_TRANSPORT_MAX_DELIVERIES: u64 = 5;
+/// Default of `transport.block_ms`: how long one `XREADGROUP` waits for new entries.
+pub const DEFAULT_TRANSPORT_BLOCK_MS: u64 = 1_000;
+/// Default of `transport.commit_interval_ms`: how often a worker exports what it handled and
+/// acknowledges it.
+pub const DEFAULT_TRANSPORT_COMMIT_INTERVAL_MS: u64 = 200;
+
 /// Default of `shutdown.deadline_ms`, used when the handle is dropped without `shutdown()`.
 pub const DEFAULT_SHUTDOWN_DEADLINE_MS: u64 = 5_000;
 
@@ -210,6 +235,87 @@ pub struct GatewayConfig {
     pub redaction: RedactionSection,
     /// `[retry]`: how exports ride out a failing backend.
     pub retry: RetrySection,
+    /// `[transport]`: how metric/log events reach the handler pool (in process, or through a
+    /// Redis stream to worker processes).
+    pub transport: TransportSection,
+}
+
+/// Which transport carries metric/log events from the gateway to the handlers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransportKind {
+    /// Bounded channels to this process's handler pool.
+    InProcess,
+    /// A Redis stream read by worker processes through a consumer group (ADR 0003).
+    RedisStreams,
+}
+
+/// `[transport]`: see ADR 0003 and docs/deployment.md.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransportSection {
+    /// `in_process` or `redis_streams`.
+    pub kind: TransportKind,
+    /// Redis URL of the stream (may be the dedup Redis).
+    pub redis_url: String,
+    /// The stream key; dead letters go to `{stream}:dead`.
+    pub stream: String,
+    /// The workers' consumer group.
+    pub group: String,
+    /// This worker's consumer name, unique in the group; `{hostname}-{pid}` when unset. Each
+    /// handler of the worker consumes as `{consumer}-{index}`.
+    pub consumer: Option<String>,
+    /// Approximate cap on the stream's length (`XADD MAXLEN ~`).
+    pub max_len: usize,
+    /// Envelopes a producer buffers while Redis is slow or away; past it they are dropped
+    /// (`queue_full`).
+    pub buffer_capacity: usize,
+    /// An entry pending this long with its worker is reclaimed by another (`XAUTOCLAIM`).
+    pub claim_idle_ms: u64,
+    /// An entry delivered more than this many times goes to the dead-letter stream.
+    pub max_deliveries: u64,
+    /// How long one `XREADGROUP` waits for new entries (also bounds how fast a worker notices
+    /// a drain).
+    pub block_ms: u64,
+    /// How often a worker exports the metrics and log records of what it handled, then
+    /// acknowledges those entries (`XACK`).
+    pub commit_interval_ms: u64,
+}
+
+impl Default for TransportSection {
+    fn default() -> Self {
+        TransportSection {
+            kind: DEFAULT_TRANSPORT_KIND,
+            redis_url: DEFAULT_REDIS_URL.into(),
+            stream: DEFAULT_TRANSPORT_STREAM.into(),
+            group: DEFAULT_TRANSPORT_GROUP.into(),
+            consumer: None,
+            max_len: DEFAULT_TRANSPORT_MAX_LEN,
+            buffer_capacity: DEFAULT_TRANSPORT_BUFFER_CAPACITY,
+            claim_idle_ms: DEFAULT_TRANSPORT_CLAIM_IDLE_MS,
+            max_deliveries: DEFAULT_TRANSPORT_MAX_DELIVERIES,
+            block_ms: DEFAULT_TRANSPORT_BLOCK_MS,
+            commit_interval_ms: DEFAULT_TRANSPORT_COMMIT_INTERVAL_MS,
+        }
+    }
+}
+
+impl TransportSection {
+    /// The consumer name: `transport.consumer`, or `{hostname}-{pid}`.
+    pub fn consumer_name(&self) -> String {
+        match &self.consumer {
+            Some(c) => c.clone(),
+            None => {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .ok()
+                    .or_else(|| std::env::var("HOSTNAME").ok())
+                    .map(|h| h.trim().to_owned())
+                    .filter(|h| !h.is_empty())
+                    .unwrap_or_else(|| "worker".into());
+                format!("{host}-{}", std::process::id())
+            }
+        }
+    }
 }
 
 /// `[retry]`: two layers. Inside one export call, the OTLP exporter retries transient errors
@@ -828,6 +934,8 @@ impl GatewayConfig {
             ("export.log_queue_capacity", self.export.log_queue_capacity),
             ("export.log_max_batch_size", self.export.log_max_batch_size),
             ("export.log_concurrency", self.export.log_concurrency),
+            ("transport.max_len", self.transport.max_len),
+            ("transport.buffer_capacity", self.transport.buffer_capacity),
         ];
         for (key, v) in positive {
             if v == 0 {
@@ -854,6 +962,13 @@ impl GatewayConfig {
                 self.export.log_flush_interval_ms,
             ),
             ("shutdown.deadline_ms", self.shutdown.deadline_ms),
+            ("transport.claim_idle_ms", self.transport.claim_idle_ms),
+            ("transport.max_deliveries", self.transport.max_deliveries),
+            ("transport.block_ms", self.transport.block_ms),
+            (
+                "transport.commit_interval_ms",
+                self.transport.commit_interval_ms,
+            ),
         ];
         for (key, v) in positive_ms {
             if v == 0 {
@@ -878,6 +993,47 @@ impl GatewayConfig {
                 "dedup.redis_url",
                 "must start with redis://, rediss:// or unix://",
             ));
+        }
+        if self.transport.kind == TransportKind::RedisStreams {
+            let t = &self.transport;
+            if !(t.redis_url.starts_with("redis://")
+                || t.redis_url.starts_with("rediss://")
+                || t.redis_url.starts_with("unix://"))
+            {
+                return Err(bad(
+                    "transport.redis_url",
+                    "must start with redis://, rediss:// or unix://",
+                ));
+            }
+            for (key, v) in [
+                ("transport.stream", &t.stream),
+                ("transport.group", &t.group),
+            ] {
+                if v.is_empty() {
+                    return Err(bad(key, "must not be empty"));
+                }
+            }
+            if t.consumer.as_deref() == Some("") {
+                return Err(bad("transport.consumer", "must not be empty when set"));
+            }
+            if self.dedup.backend == DedupBackendKind::Memory {
+                return Err(bad(
+                    "dedup.backend",
+                    "must be \"redis\" with transport.kind = \"redis_streams\": a memory cache \
+                     cannot see the events other workers handled, so a redelivered event would \
+                     count twice",
+                ));
+            }
+            if t.claim_idle_ms <= t.commit_interval_ms.saturating_mul(2) {
+                return Err(bad(
+                    "transport.claim_idle_ms",
+                    format!(
+                        "must be more than twice transport.commit_interval_ms ({} ms), or live \
+                         workers' entries would be reclaimed before they are acknowledged",
+                        t.commit_interval_ms
+                    ),
+                ));
+            }
         }
         if self.dedup.key_prefix.is_empty() {
             return Err(bad("dedup.key_prefix", "must not be empty"));

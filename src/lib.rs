@@ -68,4 +68,6 @@ pub use contracts::{
 };
 pub use diagnostics::{ReasonCode, StatsSnapshot};
 pub use export::sink::{DiscardSink, SinkError, TraceSink};
-pub use runtime::{start, EmitError, GatewayBuilder, GatewayHandle, ShutdownReport, StartError};
+pub use runtime::{
+    start, EmitError, GatewayBuilder, GatewayHandle, ShutdownReport, StartError, WorkerHandle,
+};

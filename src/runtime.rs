@@ -34,6 +34,7 @@ use crate::actors::metric_handler::{CaseHandler, MetricHandlerActor};
 use crate::actors::rehydrator::RehydratorActor;
 use crate::actors::trace_batcher::{Drain, TraceBatcherActor};
 use crate::actors::{ExportHandles, GatewayItem, Shared, TraceItem};
+use crate::config::TransportKind;
 use crate::config::{ConfigError, GatewayConfig};
 use crate::contracts::{EnvelopeError, TelemetryEnvelope};
 use crate::diagnostics::probes::{DiagnosticsSnapshot, Probes, QueueReader};
@@ -44,6 +45,8 @@ use crate::export::sink::TraceSink;
 use crate::export::{ExportBuildError, ExportPipeline};
 use crate::payload_store::{PayloadStore, StoreBuildError};
 use crate::routing::RoutingTable;
+use crate::transport::redis_streams::{RedisStreamProducer, RedisStreamSource, StreamSettings};
+use crate::transport::worker::{CommitParts, Committer, WorkerLedger, WorkerLink};
 use crate::transport::{EnvelopeSource, InProcessTransport, MetricTransport};
 
 /// How long `start()` waits for the actor threads to come up.
@@ -134,6 +137,13 @@ pub struct GatewayBuilder {
 /// A metric transport and the sources its handlers read from.
 type TransportParts = (Arc<dyn MetricTransport>, Vec<Box<dyn EnvelopeSource>>);
 
+/// [`TransportParts`] before the export runtime exists: no transport yet means the Redis
+/// stream producer, which runs on that runtime.
+type MaybeTransport = (
+    Option<Arc<dyn MetricTransport>>,
+    Vec<Box<dyn EnvelopeSource>>,
+);
+
 impl GatewayBuilder {
     /// A builder over `config`.
     pub fn new(config: GatewayConfig) -> Self {
@@ -183,10 +193,58 @@ impl GatewayBuilder {
         self
     }
 
-    /// Starts the gateway.
+    /// Starts the gateway. With `transport.kind = "redis_streams"` its metric/log events go to
+    /// the stream (this process starts no metric handlers): run workers to handle them.
     pub fn start(self) -> Result<GatewayHandle, StartError> {
-        let cfg = self.config;
+        self.start_inner(false).map(|(gw, _)| gw)
+    }
+
+    /// Starts a worker-only runtime (`transport.kind = "redis_streams"`): `metric_pool.pool_size`
+    /// consumers of the stream's group, each with its handler, dedup and rehydrator, and the
+    /// export pipeline. It has no intake of its own. See docs/deployment.md.
+    pub fn start_worker(self) -> Result<WorkerHandle, StartError> {
+        let invalid = |key: &str, problem: &str| {
+            StartError::Config(ConfigError::Invalid {
+                key: key.into(),
+                problem: problem.into(),
+            })
+        };
+        if self.config.transport.kind != TransportKind::RedisStreams {
+            return Err(invalid(
+                "transport.kind",
+                "a worker needs transport.kind = \"redis_streams\"",
+            ));
+        }
+        if self.transport.is_some() {
+            return Err(invalid(
+                "metric_transport",
+                "a worker reads the configured stream; a custom transport cannot be used",
+            ));
+        }
+        let deadline = Duration::from_millis(self.config.shutdown.deadline_ms);
+        let (gateway, parts) = self.start_inner(true)?;
+        let Some((stop, ledger, committer)) = parts else {
+            return Err(StartError::Actors("the worker parts were not built".into()));
+        };
+        Ok(WorkerHandle {
+            gateway,
+            stop,
+            ledger,
+            committer: Mutex::new(Some(committer)),
+            default_deadline: deadline,
+        })
+    }
+
+    fn start_inner(self, worker: bool) -> Result<(GatewayHandle, Option<WorkerParts>), StartError> {
+        let mut cfg = self.config;
         cfg.validate()?;
+        // A worker's metrics are exported by its commits (and at least every
+        // otlp.metric_interval_ms by them when idle), never by the SDK's own timer: see
+        // `transport::worker`.
+        let metric_interval = Duration::from_millis(cfg.otlp.metric_interval_ms);
+        if worker {
+            cfg.otlp.metric_interval_ms = WORKER_SDK_METRIC_INTERVAL_MS;
+        }
         let table = RoutingTable::new(&cfg.cases);
         let counters = Arc::new(Counters::default());
         counters.init_cases(table.rows().iter().map(|(name, _)| name.as_str()));
@@ -198,14 +256,46 @@ impl GatewayBuilder {
             Some(s) => s,
             None => PayloadStore::from_config(&cfg.payloads)?,
         };
-        let (transport, sources): TransportParts = match self.transport {
-            Some((t, s)) if !s.is_empty() => (t, s),
+        let stream_client = || {
+            redis::Client::open(cfg.transport.redis_url.as_str()).map_err(|e| {
+                StartError::Config(ConfigError::Invalid {
+                    key: "transport.redis_url".into(),
+                    problem: e.to_string(),
+                })
+            })
+        };
+        let ledger = Arc::new(WorkerLedger::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        // `None`: the stream producer, built on the export runtime below.
+        let (transport, sources): MaybeTransport = match self.transport {
+            Some((t, s)) if !s.is_empty() => (Some(t), s),
             Some(_) => {
                 return Err(StartError::Config(ConfigError::Invalid {
                     key: "metric_transport".into(),
                     problem: "a custom transport needs at least one source".into(),
                 }))
             }
+            None if worker => {
+                let client = stream_client()?;
+                let name = cfg.transport.consumer_name();
+                let link = WorkerLink {
+                    counters: counters.clone(),
+                    ledger: ledger.clone(),
+                };
+                let sources = (0..cfg.metric_pool.pool_size)
+                    .map(|i| {
+                        let settings =
+                            StreamSettings::from_config(&cfg.transport, format!("{name}-{i}"));
+                        let s = RedisStreamSource::new(client.clone(), settings, stop.clone())
+                            .with_worker(link.clone());
+                        Box::new(s) as Box<dyn EnvelopeSource>
+                    })
+                    .collect();
+                // A worker has no intake: its gateway actor's transport is closed.
+                let (t, _closed) = InProcessTransport::new(1, 1);
+                (Some(Arc::new(t)), sources)
+            }
+            None if cfg.transport.kind == TransportKind::RedisStreams => (None, Vec::new()),
             None => {
                 let (t, s) = InProcessTransport::new(
                     cfg.metric_pool.pool_size,
@@ -215,7 +305,7 @@ impl GatewayBuilder {
                     .into_iter()
                     .map(|s| Box::new(s) as Box<dyn EnvelopeSource>)
                     .collect();
-                (Arc::new(t), s)
+                (Some(Arc::new(t)), s)
             }
         };
         // Bind the diagnostics endpoint before anything starts, so a bad or busy address fails
@@ -240,6 +330,16 @@ impl GatewayBuilder {
             .map(|_| DedupActor::new(&cfg.dedup).map(|d| d.with_counters(counters.clone())))
             .collect::<Result<Vec<_>, _>>()?;
         let export = ExportPipeline::build(&cfg, &table, counters.clone(), self.sinks)?;
+        let transport: Arc<dyn MetricTransport> = match transport {
+            Some(t) => t,
+            None => Arc::new(RedisStreamProducer::spawn_counted(
+                stream_client()?,
+                StreamSettings::from_config(&cfg.transport, String::new()),
+                cfg.transport.buffer_capacity,
+                export.rt.handle(),
+                counters.clone(),
+            )),
+        };
         crate::logging::set_redactor(export.redactor.clone());
         crate::logging::set_warn_summary_interval(Duration::from_secs(
             cfg.logging.warn_summary_interval_secs,
@@ -250,6 +350,7 @@ impl GatewayBuilder {
             gateway_enabled: AtomicBool::new(cfg.gateway.enabled),
             enterprise_enabled: AtomicBool::new(cfg.gateway.enterprise_enabled),
             closed: AtomicBool::new(false),
+            worker: worker.then(|| ledger.clone()),
         });
 
         let (gw_tx, gw_rx) = mpsc::channel::<GatewayItem>(cfg.gateway.queue_capacity);
@@ -352,7 +453,26 @@ impl GatewayBuilder {
             }
         }
 
-        Ok(GatewayHandle {
+        let worker_parts = if worker {
+            let committer = Committer::spawn(
+                ledger.clone(),
+                stream_client()?,
+                StreamSettings::from_config(&cfg.transport, String::new()),
+                CommitParts {
+                    meter_provider: export.meter_provider.clone(),
+                    log_batcher: export.handles.log_batcher.clone(),
+                    rt: export.rt.handle().clone(),
+                    metric_interval,
+                },
+                Duration::from_millis(cfg.transport.commit_interval_ms),
+                Duration::from_millis(cfg.transport.claim_idle_ms / 2),
+            )
+            .map_err(|e| StartError::Actors(e.to_string()))?;
+            Some((stop, ledger, committer))
+        } else {
+            None
+        };
+        let gw = GatewayHandle {
             inner: Arc::new(Inner {
                 tx: gw_tx,
                 shared,
@@ -370,8 +490,127 @@ impl GatewayBuilder {
                 default_deadline: Duration::from_millis(cfg.shutdown.deadline_ms),
                 final_report: Mutex::new(None),
             }),
-        })
+        };
+        Ok((gw, worker_parts))
     }
+}
+
+/// The SDK's own metric export interval in a worker: in effect never, since the worker's
+/// commits export its metrics (`transport::worker`).
+const WORKER_SDK_METRIC_INTERVAL_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// What `start_worker` adds to a started runtime: the stop flag of its consumers, its ledger
+/// and its committer.
+type WorkerParts = (Arc<AtomicBool>, Arc<WorkerLedger>, Committer);
+
+/// A worker process's handle (`GatewayBuilder::start_worker`): its consumers read the stream
+/// until [`shutdown`](Self::shutdown). It has no `emit()`; its ledger counts entries read as
+/// `emitted` (ADR 0003: `read == delivered + sum(dropped) + in flight`).
+pub struct WorkerHandle {
+    gateway: GatewayHandle,
+    stop: Arc<AtomicBool>,
+    ledger: Arc<WorkerLedger>,
+    committer: Mutex<Option<Committer>>,
+    default_deadline: Duration,
+}
+
+impl std::fmt::Debug for WorkerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerHandle")
+            .field("stopping", &self.stop.load(Ordering::Relaxed))
+            .field("entries_in_hand", &self.entries_in_hand())
+            .finish()
+    }
+}
+
+impl WorkerHandle {
+    /// The worker's ledger: `emitted` counts entries read.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.gateway.stats()
+    }
+
+    /// See [`GatewayHandle::diagnostics`].
+    pub fn diagnostics(&self) -> DiagnosticsSnapshot {
+        self.gateway.diagnostics()
+    }
+
+    /// See [`GatewayHandle::diagnostics_addr`].
+    pub fn diagnostics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.gateway.diagnostics_addr()
+    }
+
+    /// See [`GatewayHandle::explain`]: the journeys of events this worker read.
+    pub fn explain(&self, id: &str) -> Explanation {
+        self.gateway.explain(id)
+    }
+
+    /// Stream entries read and not yet acknowledged.
+    pub fn entries_in_hand(&self) -> usize {
+        self.ledger.in_hand_len()
+    }
+
+    /// Drains within `deadline`: stops reading, finishes the entries in hand, exports and
+    /// acknowledges them, then shuts the runtime down and reports. Safe to await from any
+    /// runtime. Entries not finished by the deadline stay pending in the group, and another
+    /// worker takes them after `transport.claim_idle_ms`.
+    pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (gw, stop, ledger) = (self.gateway.clone(), self.stop.clone(), self.ledger.clone());
+        let committer = self.committer.lock().take();
+        let spawned = std::thread::Builder::new()
+            .name("telemetry-gateway-drain".into())
+            .spawn(move || {
+                let _ = tx.send(drain(&gw, &stop, &ledger, committer, deadline));
+            });
+        match spawned {
+            Ok(_) => match rx.await {
+                Ok(r) => r,
+                Err(_) => self.gateway.final_or_snapshot(),
+            },
+            Err(_) => self.gateway.final_or_snapshot(),
+        }
+    }
+
+    /// [`shutdown`](Self::shutdown) for callers without an async runtime; blocks this thread.
+    pub fn shutdown_blocking(&self, deadline: Duration) -> ShutdownReport {
+        let committer = self.committer.lock().take();
+        drain(&self.gateway, &self.stop, &self.ledger, committer, deadline)
+    }
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        if let Some(c) = self.committer.lock().take() {
+            let _ = drain(
+                &self.gateway,
+                &self.stop,
+                &self.ledger,
+                Some(c),
+                self.default_deadline,
+            );
+        }
+    }
+}
+
+/// A worker's drain: see [`WorkerHandle::shutdown`].
+fn drain(
+    gw: &GatewayHandle,
+    stop: &AtomicBool,
+    ledger: &WorkerLedger,
+    committer: Option<Committer>,
+    deadline: Duration,
+) -> ShutdownReport {
+    let end = Instant::now() + deadline;
+    stop.store(true, Ordering::SeqCst);
+    // A consumer leaves once its handler asks for more with nothing in hand: every entry it
+    // read has then reached its outcome (or panicked, and stays pending for redelivery).
+    while ledger.open_sources.load(Ordering::SeqCst) > 0 && Instant::now() < end {
+        std::thread::sleep(SETTLE_POLL);
+    }
+    if let Some(mut c) = committer {
+        c.finish(end.saturating_duration_since(Instant::now()));
+    }
+    gw.shutdown_blocking(end.saturating_duration_since(Instant::now()))
 }
 
 /// Starts the gateway from configuration alone.

@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use opentelemetry::KeyValue;
 use serde_json::json;
-use telemetry_gateway::config::DedupBackendKind;
+use telemetry_gateway::config::{DedupBackendKind, LocalOutput, TransportKind};
 use telemetry_gateway::contracts::JsonObject;
+use telemetry_gateway::diagnostics::recorder::Explanation;
 use telemetry_gateway::diagnostics::recorder::Stage;
-use telemetry_gateway::testing::OtlpReceiver;
+use telemetry_gateway::testing::{OtlpReceiver, RedisServer};
 use telemetry_gateway::{
     CaseHandler, GatewayBuilder, GatewayConfig, GatewayHandle, Payload, ReasonCode, StatsSnapshot,
-    TelemetryCase, TelemetryContext, TelemetryEnvelope,
+    TelemetryCase, TelemetryContext, TelemetryEnvelope, WorkerHandle,
 };
 
 fn ev(case: TelemetryCase, tenant: &str) -> TelemetryEnvelope {
@@ -48,8 +49,66 @@ impl CaseHandler for Panics {
     }
 }
 
+/// Whichever runtime saw the event, to ask it what happened.
+enum Explainer {
+    Gateway(GatewayHandle),
+    /// A worker of the Redis Streams transport, and the Redis it read from (kept running
+    /// until the checks are done).
+    Worker(WorkerHandle, #[allow(dead_code)] RedisServer),
+}
+
+impl Explainer {
+    fn explain(&self, id: &str) -> Explanation {
+        match self {
+            Explainer::Gateway(gw) => gw.explain(id),
+            Explainer::Worker(w, _) => w.explain(id),
+        }
+    }
+}
+
+/// `dead_lettered`: a worker whose case handler panics on every delivery of an entry moves it
+/// to the dead-letter stream after `transport.max_deliveries`.
+fn dead_lettered() -> (StatsSnapshot, Explainer, String) {
+    let redis = RedisServer::start();
+    let base = |c: &mut GatewayConfig| {
+        c.transport.kind = TransportKind::RedisStreams;
+        c.transport.redis_url = redis.url();
+        c.transport.max_deliveries = 1;
+        c.transport.claim_idle_ms = 300;
+        c.transport.commit_interval_ms = 100;
+        c.transport.block_ms = 100;
+        c.dedup.backend = DedupBackendKind::Redis;
+        c.dedup.redis_url = redis.url();
+        c.export.local_output = LocalOutput::Discard;
+    };
+    let (mut pc, _pd) = cfg();
+    base(&mut pc);
+    let producer = telemetry_gateway::start(pc).unwrap();
+    let e = ev(TelemetryCase::AppCreated, "t");
+    let id = e.event_id.to_string();
+    producer.emit(e).unwrap();
+    producer.shutdown_blocking(support::DEADLINE);
+    let (mut wc, _wd) = cfg();
+    base(&mut wc);
+    let worker = GatewayBuilder::new(wc)
+        .case_handler("app_created", Arc::new(Panics))
+        .start_worker()
+        .unwrap();
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    while worker.stats().dropped_for(ReasonCode::DeadLettered) == 0
+        && std::time::Instant::now() < end
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let s = worker.shutdown_blocking(support::DEADLINE).stats;
+    (s, Explainer::Worker(worker, redis), id)
+}
+
 /// Makes `reason` happen; returns the stats and the id of one affected event.
-fn scenario(reason: ReasonCode) -> (StatsSnapshot, GatewayHandle, String) {
+fn scenario(reason: ReasonCode) -> (StatsSnapshot, Explainer, String) {
+    if reason == ReasonCode::DeadLettered {
+        return dead_lettered();
+    }
     let (mut c, dir) = cfg();
     let leak = |d: tempfile::TempDir| std::mem::forget(d); // keep output dirs for the run
     let (s, gw, ids) = match reason {
@@ -192,7 +251,7 @@ fn scenario(reason: ReasonCode) -> (StatsSnapshot, GatewayHandle, String) {
     };
     leak(dir);
     let id = ids.last().cloned().unwrap();
-    (s, gw, id)
+    (s, Explainer::Gateway(gw), id)
 }
 
 #[test]

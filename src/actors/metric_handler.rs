@@ -49,6 +49,9 @@ struct Work {
     payload: Option<JsonObject>,
     rehydrated: bool,
     degraded: Option<ReasonCode>,
+    /// A stream entry delivered before whose earlier delivery never committed (its worker died
+    /// or its handler panicked): handled even if the dedup store has seen its id.
+    redelivered: bool,
 }
 
 /// The metric/log handler of one partition.
@@ -111,9 +114,11 @@ impl MetricHandlerActor {
         &self.shared.counters
     }
 
-    /// `id` reached its outcome here: the source may acknowledge it.
+    /// `id` reached its outcome here: the source (or the worker's commit) may acknowledge it.
     fn note_settled(&mut self, id: Uuid) {
-        if self.wants_settle {
+        if let Some(w) = &self.shared.worker {
+            w.note_handled([id]);
+        } else if self.wants_settle {
             self.settled.push(id);
         }
     }
@@ -153,14 +158,20 @@ impl MetricHandlerActor {
                     // start was in another process); its later steps go straight to it.
                     let mut evs: Vec<EventRef> = envs.iter().map(EventRef::of).collect();
                     act.shared.counters.recorder().attach_all(&mut evs);
+                    let worker = act.shared.worker.clone();
                     act.in_hand
-                        .extend(envs.into_iter().zip(evs).map(|(env, ev)| Work {
-                            rehydrated: !matches!(env.payload, Payload::Ref(_)),
-                            payload: None,
-                            ev,
-                            env,
-                            deduped: false,
-                            degraded: None,
+                        .extend(envs.into_iter().zip(evs).map(|(env, ev)| {
+                            Work {
+                                rehydrated: !matches!(env.payload, Payload::Ref(_)),
+                                payload: None,
+                                redelivered: worker
+                                    .as_ref()
+                                    .is_some_and(|w| w.is_redelivery(&env.event_id)),
+                                ev,
+                                env,
+                                deduped: false,
+                                degraded: None,
+                            }
                         }));
                     act.pump(ctx);
                 }
@@ -202,6 +213,15 @@ impl MetricHandlerActor {
                         }
                         w.deduped = true;
                         match verdicts.next().unwrap_or(Verdict::Unavailable) {
+                            Verdict::Duplicate if w.redelivered => {
+                                // Its id was marked by the delivery that never committed.
+                                act.shared.counters.step(
+                                    &w.ev,
+                                    Stage::DedupChecked,
+                                    Some("redelivered: its earlier delivery never committed, so the \
+                                     dedup store's mark is its own; handled"),
+                                );
+                            }
                             Verdict::Duplicate => {
                                 act.shared
                                     .counters
@@ -300,6 +320,10 @@ impl MetricHandlerActor {
     }
 
     fn handle_step(&mut self, ctx: &mut Context<Self>) {
+        // In a worker, the commit must not export metrics recorded here before these events
+        // are noted handled: both happen under the read side of the gate.
+        let worker = self.shared.worker.clone();
+        let _gate = worker.as_ref().map(|w| w.gate.read());
         // The batch's log records go to the log batcher in one message.
         let mut records: Vec<LogItem> = Vec::with_capacity(self.in_hand.len());
         while let Some(w) = self.in_hand.pop_front() {
@@ -337,11 +361,13 @@ impl MetricHandlerActor {
             records.iter().filter_map(|(_, ev)| ev.as_ref()),
             &[(Stage::Handled, None)],
         );
-        if self.wants_settle {
-            // Queued for export, or dropped just below: either way settled here.
-            let ids = records
-                .iter()
-                .filter_map(|(_, ev)| ev.as_ref().map(|e| e.event_id));
+        let ids = records
+            .iter()
+            .filter_map(|(_, ev)| ev.as_ref().map(|e| e.event_id));
+        // Queued for export, or dropped just below: either way settled here.
+        if let Some(w) = &self.shared.worker {
+            w.note_handled(ids);
+        } else if self.wants_settle {
             self.settled.extend(ids);
         }
         for (_, ev) in self.export.log_batcher.try_send_many(records) {

@@ -39,6 +39,9 @@ pub(crate) struct Shared {
     pub(crate) gateway_enabled: AtomicBool,
     pub(crate) enterprise_enabled: AtomicBool,
     pub(crate) closed: AtomicBool,
+    /// Set in a worker process (Redis Streams transport): the ledger its handlers note handled
+    /// events in, for the worker's commit (see `transport::worker`).
+    pub(crate) worker: Option<Arc<crate::transport::worker::WorkerLedger>>,
 }
 
 /// What the actors need from the export pipeline.

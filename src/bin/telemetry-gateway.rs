@@ -9,10 +9,13 @@
 //!     Asks a running gateway's diagnostics endpoint (diagnostics.listen) what happened to an
 //!     event id or to every event of a correlation id, and prints the journeys as JSON.
 //!     Exit 1 when the flight recorder has nothing for ID, 2 when the endpoint cannot be asked.
+//! telemetry-gateway worker --config FILE
+//!     Runs a worker of the Redis Streams transport (transport.kind = "redis_streams"): reads
+//!     the stream's consumer group and handles metric/log events until SIGTERM or SIGINT, then
+//!     finishes and acknowledges the entries in hand (within shutdown.deadline_ms), prints the
+//!     shutdown report as JSON and exits: 0 drained, 1 deadline passed, 2 bad configuration
+//!     (naming the key) or start failure.
 //! ```
-//!
-//! A `worker` command (a worker-only runtime behind the Redis Streams transport) comes with that
-//! transport.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,7 +25,8 @@ use telemetry_gateway::GatewayConfig;
 
 const USAGE: &str = "usage:
   telemetry-gateway check-config FILE
-  telemetry-gateway explain --endpoint URL ID";
+  telemetry-gateway explain --endpoint URL ID
+  telemetry-gateway worker --config FILE";
 
 /// How long `explain` waits for the endpoint.
 const EXPLAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,6 +41,10 @@ fn main() -> ExitCode {
         Some("explain") => match &args[1..] {
             [flag, endpoint, id] if flag == "--endpoint" => explain(endpoint, id),
             _ => usage_error("explain takes --endpoint URL ID"),
+        },
+        Some("worker") => match &args[1..] {
+            [flag, file] if flag == "--config" => worker(PathBuf::from(file)),
+            _ => usage_error("worker takes --config FILE"),
         },
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
@@ -149,5 +157,68 @@ fn explain(endpoint: &str, id: &str) -> ExitCode {
             eprintln!("telemetry-gateway: {url} answered {other}: {pretty}");
             ExitCode::from(2)
         }
+    }
+}
+
+fn worker(file: PathBuf) -> ExitCode {
+    if !file.is_file() {
+        eprintln!("telemetry-gateway: {}: no such file", file.display());
+        return ExitCode::from(2);
+    }
+    let cfg = match GatewayConfig::load(Some(&file)) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("telemetry-gateway: {}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let _ = telemetry_gateway::logging::init(cfg.logging.format);
+    let deadline = Duration::from_millis(cfg.shutdown.deadline_ms);
+    let consumer = cfg.transport.consumer_name();
+    let (stream, group) = (cfg.transport.stream.clone(), cfg.transport.group.clone());
+    let handlers = cfg.metric_pool.pool_size;
+    let worker = match telemetry_gateway::GatewayBuilder::new(cfg).start_worker() {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("telemetry-gateway: the worker did not start: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    eprintln!(
+        "telemetry-gateway: worker {consumer} reading stream {stream:?} as group {group:?} \
+         with {handlers} handlers; SIGTERM drains"
+    );
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("telemetry-gateway: cannot start a runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let signalled = rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => Ok::<_, std::io::Error>("SIGTERM"),
+            _ = int.recv() => Ok("SIGINT"),
+        }
+    });
+    match signalled {
+        Ok(sig) => eprintln!("telemetry-gateway: {sig}: draining (deadline {deadline:?})"),
+        Err(e) => eprintln!("telemetry-gateway: cannot wait for signals ({e}); draining now"),
+    }
+    let report = worker.shutdown_blocking(deadline);
+    match serde_json::to_string(&report) {
+        Ok(json) => println!("{json}"),
+        Err(e) => eprintln!("telemetry-gateway: cannot print the report: {e}"),
+    }
+    if report.deadline_exceeded {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     }
 }

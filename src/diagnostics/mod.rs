@@ -70,11 +70,14 @@ pub enum ReasonCode {
     HandlerPanicked,
     /// A trace event with no destination: enterprise exporter off and no sink for its tenant.
     NoDestination,
+    /// A worker moved the event's stream entry to the dead-letter stream: it was delivered more
+    /// than `transport.max_deliveries` times without being handled, or did not decode.
+    DeadLettered,
 }
 
 impl ReasonCode {
     /// Every reason code, for iteration and exhaustive tests.
-    pub const ALL: [ReasonCode; 16] = [
+    pub const ALL: [ReasonCode; 17] = [
         ReasonCode::EnterpriseDisabled,
         ReasonCode::GatewayDisabled,
         ReasonCode::QueueFull,
@@ -91,6 +94,7 @@ impl ReasonCode {
         ReasonCode::SampledOut,
         ReasonCode::HandlerPanicked,
         ReasonCode::NoDestination,
+        ReasonCode::DeadLettered,
     ];
 
     /// The stable snake_case name.
@@ -112,6 +116,7 @@ impl ReasonCode {
             ReasonCode::SampledOut => "sampled_out",
             ReasonCode::HandlerPanicked => "handler_panicked",
             ReasonCode::NoDestination => "no_destination",
+            ReasonCode::DeadLettered => "dead_lettered",
         }
     }
 
@@ -155,6 +160,8 @@ pub struct Counters {
     pub(crate) rehydrated_from_fallback: AtomicU64,
     pub(crate) dedup_store_errors: AtomicU64,
     pub(crate) handler_restarts: AtomicU64,
+    /// Stream entries a worker read again after an earlier delivery did not commit.
+    pub(crate) redelivered: AtomicU64,
     pub(crate) exported_spans: AtomicU64,
     pub(crate) exported_log_records: AtomicU64,
     pub(crate) exported_metric_points: AtomicU64,
@@ -217,6 +224,7 @@ impl Default for Counters {
             rehydrated_from_fallback: AtomicU64::new(0),
             dedup_store_errors: AtomicU64::new(0),
             handler_restarts: AtomicU64::new(0),
+            redelivered: AtomicU64::new(0),
             exported_spans: AtomicU64::new(0),
             exported_log_records: AtomicU64::new(0),
             exported_metric_points: AtomicU64::new(0),
@@ -467,6 +475,7 @@ impl Counters {
             rehydrated_from_fallback: self.rehydrated_from_fallback.load(Relaxed),
             dedup_store_errors: self.dedup_store_errors.load(Relaxed),
             handler_restarts: self.handler_restarts.load(Relaxed),
+            redelivered: self.redelivered.load(Relaxed),
             export_batches_ok: self.export_batches_ok.load(Relaxed),
             export_batches_failed: self.export_batches_failed.load(Relaxed),
             sink_spans_failed: self.sink_spans_failed.load(Relaxed),
@@ -479,7 +488,7 @@ impl Counters {
 }
 
 /// A count per signal type.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct SignalCounts {
     /// Trace-shaped events.
     pub trace: u64,
@@ -488,7 +497,7 @@ pub struct SignalCounts {
 }
 
 /// What the exporters accepted.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ExportedCounts {
     /// Spans accepted by an exporter (every destination counted).
     pub spans: u64,
@@ -499,7 +508,7 @@ pub struct ExportedCounts {
 }
 
 /// A copy of the ledger; see the module docs for the equation it satisfies.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct StatsSnapshot {
     /// `emit()` calls.
     pub emitted: u64,
@@ -526,6 +535,10 @@ pub struct StatsSnapshot {
     pub dedup_store_errors: u64,
     /// Metric handlers restarted by their supervisor.
     pub handler_restarts: u64,
+    /// Worker only: stream entries read again because an earlier delivery never committed (its
+    /// worker died, or its case handler panicked). Each is also in `emitted` (entries read).
+    #[serde(default)]
+    pub redelivered: u64,
     /// Export calls that succeeded.
     pub export_batches_ok: u64,
     /// Export calls that failed.

@@ -201,6 +201,11 @@ pub fn render(d: &DiagnosticsSnapshot) -> String {
         s.handler_restarts,
     );
     o.counter(
+        "telemetry_gateway_stream_redeliveries_total",
+        "Worker only: stream entries read again because an earlier delivery never committed.",
+        s.redelivered,
+    );
+    o.counter(
         "telemetry_gateway_companion_logs_dropped_total",
         "Companion log records of spans that were not exported.",
         s.companion_logs_dropped,

@@ -236,8 +236,14 @@ impl ExportPipeline {
         let handle = rt.handle().clone();
         let _entered = rt.enter();
 
+        // `service.instance.id` tells this process's cumulative metric series from those of
+        // other processes with the same service name (workers of one stream, replicas).
         let resource = Resource::builder()
             .with_service_name(cfg.export.service_name.clone())
+            .with_attribute(opentelemetry::KeyValue::new(
+                "service.instance.id",
+                uuid::Uuid::new_v4().to_string(),
+            ))
             .build();
         let export_timeout = Duration::from_millis(cfg.otlp.timeout_ms);
         let queue_batches = cfg.trace_batcher.sink_queue_batches;

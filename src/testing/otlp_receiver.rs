@@ -20,6 +20,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
+use opentelemetry_proto::tonic::common::v1::any_value;
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::metrics::v1::Metric;
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -35,6 +36,9 @@ pub struct Received {
     pub logs: Vec<LogRecord>,
     /// Every metric of every export, in arrival order (cumulative metrics repeat).
     pub metrics: Vec<Metric>,
+    /// The same metrics with the `service.instance.id` of the process that sent them (empty
+    /// when the resource has none), to tell several processes' cumulative series apart.
+    pub metrics_by_instance: Vec<(String, Metric)>,
     /// Export requests per signal: (traces, logs, metrics).
     pub requests: (u64, u64, u64),
     /// The `authorization` metadata of the last request, if any.
@@ -212,7 +216,20 @@ impl MetricsService for Svc {
         let mut r = self.0.received.lock();
         r.requests.2 += 1;
         for rm in req.into_inner().resource_metrics {
+            let instance = rm
+                .resource
+                .iter()
+                .flat_map(|res| &res.attributes)
+                .find(|kv| kv.key == "service.instance.id")
+                .and_then(|kv| kv.value.as_ref())
+                .and_then(|v| match &v.value {
+                    Some(any_value::Value::StringValue(s)) => Some(s.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
             for sm in rm.scope_metrics {
+                r.metrics_by_instance
+                    .extend(sm.metrics.iter().map(|m| (instance.clone(), m.clone())));
                 r.metrics.extend(sm.metrics);
             }
         }

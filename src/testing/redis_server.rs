@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     port: u16,
     child: Option<Child>,
+    /// With persistence: the directory of its append-only file (kept across restarts).
+    data_dir: Option<tempfile::TempDir>,
 }
 
 fn free_port() -> u16 {
@@ -23,23 +25,44 @@ impl RedisServer {
         let mut s = RedisServer {
             port: free_port(),
             child: None,
+            data_dir: None,
+        };
+        s.spawn();
+        s
+    }
+
+    /// Starts a server with an append-only file fsynced on every write, so that
+    /// [`restart`](Self::restart) (even after a `kill -9`) brings its data back.
+    pub fn start_persistent() -> Self {
+        let mut s = RedisServer {
+            port: free_port(),
+            child: None,
+            data_dir: Some(tempfile::tempdir().expect("a temporary directory for redis")),
         };
         s.spawn();
         s
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
+        let port = self.port.to_string();
+        let mut args = vec!["--port", &port, "--bind", "127.0.0.1", "--save", ""];
+        let dir = self
+            .data_dir
+            .as_ref()
+            .map(|d| d.path().to_string_lossy().into_owned());
+        match &dir {
+            Some(dir) => args.extend([
                 "--appendonly",
-                "no",
-            ])
+                "yes",
+                "--appendfsync",
+                "always",
+                "--dir",
+                dir,
+            ]),
+            None => args.extend(["--appendonly", "no"]),
+        }
+        let child = Command::new("redis-server")
+            .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -8,6 +8,7 @@
 //! handlers.
 
 pub mod redis_streams;
+pub(crate) mod worker;
 
 use std::fmt::Debug;
 use std::hash::{Hash, Hasher};

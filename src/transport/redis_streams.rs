@@ -12,9 +12,11 @@
 //!   delivered more than `max_deliveries` times, or one that does not decode, goes to the
 //!   dead-letter stream `{stream}:dead` with why, and is acknowledged there.
 //!
-//! Status (issue 6): built and tested against a real `redis-server` at this level; not yet
-//! selectable from the configuration, and the producer's and workers' ledgers (ADR 0003) are not
-//! wired yet.
+//! Selected by `transport.kind = "redis_streams"`. In the gateway's process the producer
+//! settles each event in the ledger: delivered when its `XADD` succeeded (exporter
+//! `redis_stream`), or dropped `queue_full` at the buffer. A worker's consumers are linked to
+//! its [`super::worker::WorkerLedger`]: they count each entry read, and leave acknowledging to
+//! the worker's commit (see `super::worker`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,8 +29,12 @@ use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, St
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use super::worker::{HeldEntry, WorkerLink};
 use super::{EnvelopeSource, MetricTransport, TransportError};
+use crate::config::TransportSection;
 use crate::contracts::TelemetryEnvelope;
+use crate::diagnostics::recorder::{Detail, EventRef, Stage};
+use crate::diagnostics::{Counters, ReasonCode};
 
 /// The stream entry field that holds the envelope's JSON wire form.
 pub const ENVELOPE_FIELD: &str = "envelope";
@@ -57,6 +63,19 @@ pub struct StreamSettings {
 }
 
 impl StreamSettings {
+    /// The settings `[transport]` describes, for the consumer named `consumer`.
+    pub fn from_config(t: &TransportSection, consumer: String) -> Self {
+        StreamSettings {
+            stream: t.stream.clone(),
+            group: t.group.clone(),
+            consumer,
+            max_len: t.max_len,
+            claim_idle: Duration::from_millis(t.claim_idle_ms),
+            max_deliveries: t.max_deliveries,
+            block: Duration::from_millis(t.block_ms),
+        }
+    }
+
     /// The dead-letter stream: `{stream}:dead`.
     pub fn dead_letter_stream(&self) -> String {
         format!("{}:dead", self.stream)
@@ -79,6 +98,30 @@ impl RedisStreamProducer {
         buffer_capacity: usize,
         rt: &tokio::runtime::Handle,
     ) -> Self {
+        Self::spawn_inner(client, settings, buffer_capacity, rt, None)
+    }
+
+    /// [`spawn`](Self::spawn), settling each event in the gateway's ledger when it is appended.
+    pub(crate) fn spawn_counted(
+        client: redis::Client,
+        settings: StreamSettings,
+        buffer_capacity: usize,
+        rt: &tokio::runtime::Handle,
+        counters: Arc<Counters>,
+    ) -> Self {
+        Self::spawn_inner(client, settings, buffer_capacity, rt, Some(counters))
+    }
+
+    fn spawn_inner(
+        client: redis::Client,
+        settings: StreamSettings,
+        buffer_capacity: usize,
+        rt: &tokio::runtime::Handle,
+        counters: Option<Arc<Counters>>,
+    ) -> Self {
+        let stats = counters
+            .as_ref()
+            .map(|c| c.exporters.register("redis_stream", "metric_log"));
         let (tx, mut rx) = mpsc::channel::<TelemetryEnvelope>(buffer_capacity.max(1));
         let appended = Arc::new(AtomicU64::new(0));
         let failed_calls = Arc::new(AtomicU64::new(0));
@@ -88,41 +131,68 @@ impl RedisStreamProducer {
             let mut batch: Vec<TelemetryEnvelope> = Vec::with_capacity(APPEND_BATCH);
             while rx.recv_many(&mut batch, APPEND_BATCH).await > 0 {
                 let mut pipe = redis::pipe();
+                let mut appended: Vec<&TelemetryEnvelope> = Vec::with_capacity(batch.len());
                 for env in &batch {
                     // Envelopes passed `emit()`'s validation; one that still cannot be encoded
-                    // is not appended (the workers would dead-letter it anyway).
-                    if let Ok(json) = env.to_json() {
-                        pipe.cmd("XADD")
-                            .arg(&settings.stream)
-                            .arg("MAXLEN")
-                            .arg("~")
-                            .arg(settings.max_len)
-                            .arg("*")
-                            .arg(ENVELOPE_FIELD)
-                            .arg(json)
-                            .ignore();
-                    }
+                    // is not appended (the workers would dead-letter it anyway): counted as
+                    // invalid here.
+                    let json = match env.to_json() {
+                        Ok(j) => j,
+                        Err(e) => {
+                            if let Some(c) = &counters {
+                                c.drop_event_text(
+                                    &EventRef::of(env),
+                                    ReasonCode::InvalidEnvelope,
+                                    &format!("not appended to the stream: {e}"),
+                                );
+                                c.metric_pending_sub(1);
+                            }
+                            continue;
+                        }
+                    };
+                    appended.push(env);
+                    pipe.cmd("XADD")
+                        .arg(&settings.stream)
+                        .arg("MAXLEN")
+                        .arg("~")
+                        .arg(settings.max_len)
+                        .arg("*")
+                        .arg(ENVELOPE_FIELD)
+                        .arg(json)
+                        .ignore();
                 }
                 // Hold the batch until Redis takes it; meanwhile the bounded buffer fills and
                 // `try_send` answers `Full`.
                 let mut wait = Duration::from_millis(20);
                 loop {
+                    if appended.is_empty() {
+                        break;
+                    }
                     if conn.is_none() {
                         conn = client.get_multiplexed_async_connection().await.ok();
                     }
+                    let started = std::time::Instant::now();
                     if let Some(c) = conn.as_mut() {
                         match pipe.query_async::<()>(c).await {
                             Ok(()) => {
-                                ok.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                                ok.fetch_add(appended.len() as u64, Ordering::Relaxed);
+                                if let (Some(c), Some(s)) = (&counters, &stats) {
+                                    s.record_call(appended.len() as u64, true, started.elapsed());
+                                    settle_appended(c, &appended);
+                                }
                                 break;
                             }
                             Err(_) => conn = None,
                         }
                     }
+                    if let Some(s) = &stats {
+                        s.record_call(appended.len() as u64, false, started.elapsed());
+                    }
                     failed.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(MAX_BACKOFF);
                 }
+                drop(appended);
                 batch.clear();
             }
         });
@@ -142,6 +212,24 @@ impl RedisStreamProducer {
     pub fn failed_calls(&self) -> u64 {
         self.failed_calls.load(Ordering::Relaxed)
     }
+}
+
+/// The producer's ledger column: appended events are delivered (ADR 0003).
+fn settle_appended(c: &Counters, appended: &[&TelemetryEnvelope]) {
+    Counters::add(&c.delivered_metric_log, appended.len() as u64);
+    let evs: Vec<EventRef> = appended.iter().map(|e| EventRef::of(e)).collect();
+    for (env, ev) in appended.iter().zip(&evs) {
+        c.case_delivered(env.case.as_str());
+        c.emit_to_export(crate::contracts::SignalType::MetricLog, ev.age());
+    }
+    c.recorder().record_batch(
+        &evs,
+        &[
+            (Stage::Exported, Some(Detail::Static("redis stream"))),
+            (Stage::Delivered, None),
+        ],
+    );
+    c.metric_pending_sub(appended.len() as u64);
 }
 
 impl MetricTransport for RedisStreamProducer {
@@ -172,6 +260,13 @@ pub struct RedisStreamSource {
     in_hand: HashMap<Uuid, Vec<String>>,
     stop: Arc<AtomicBool>,
     dead_lettered: Arc<AtomicU64>,
+    /// Where `XAUTOCLAIM` goes on from: it scans the pending list a page per call.
+    claim_cursor: String,
+    /// Set in a worker: entries are counted as read into its ledger and acknowledged by its
+    /// commit, not by `settle`.
+    worker: Option<WorkerLink>,
+    /// Whether the end of reading was reported to the worker's ledger.
+    closed: bool,
 }
 
 impl RedisStreamSource {
@@ -185,6 +280,27 @@ impl RedisStreamSource {
             in_hand: HashMap::new(),
             stop,
             dead_lettered: Arc::new(AtomicU64::new(0)),
+            claim_cursor: "0-0".into(),
+            worker: None,
+            closed: false,
+        }
+    }
+
+    /// Links this consumer to a worker's ledger (see `super::worker`).
+    pub(crate) fn with_worker(mut self, link: WorkerLink) -> Self {
+        super::worker::open_sources(&link.ledger, 1);
+        self.worker = Some(link);
+        self
+    }
+
+    /// A worker counts every entry it reads: the intake of its ledger (ADR 0003).
+    fn count_read(&self, env: Option<&TelemetryEnvelope>) {
+        if let Some(w) = &self.worker {
+            let c = &w.counters;
+            c.emitted.add(1, Ordering::Relaxed);
+            if let Some(env) = env {
+                c.case_received(env.case.as_str());
+            }
         }
     }
 
@@ -249,6 +365,20 @@ impl RedisStreamSource {
             .ignore();
         pipe.query_async::<()>(c).await?;
         self.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        if let Some(w) = &self.worker {
+            let env = entry
+                .get::<String>(ENVELOPE_FIELD)
+                .and_then(|raw| TelemetryEnvelope::from_json(&raw).ok());
+            self.count_read(env.as_ref());
+            let c = &w.counters;
+            match &env {
+                Some(env) => c.drop_event_text(&EventRef::of(env), ReasonCode::DeadLettered, why),
+                None => {
+                    c.dropped(ReasonCode::DeadLettered, 1);
+                    c.case_slot(crate::diagnostics::OTHER_CASE, 2);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -263,10 +393,28 @@ impl RedisStreamSource {
         let raw: Option<String> = entry.get(ENVELOPE_FIELD);
         match raw.as_deref().map(TelemetryEnvelope::from_json) {
             Some(Ok(env)) => {
-                self.in_hand
-                    .entry(env.event_id)
-                    .or_default()
-                    .push(entry.id.clone());
+                match &self.worker {
+                    Some(w) => {
+                        self.count_read(Some(&env));
+                        Counters::pending_add(&w.counters.metric_pending, 1);
+                        Counters::add(&w.counters.routed_metric_log, 1);
+                        if deliveries > 1 {
+                            Counters::add(&w.counters.redelivered, 1);
+                        }
+                        w.ledger.hold(
+                            env.event_id,
+                            HeldEntry {
+                                entry_id: entry.id.clone(),
+                                deliveries,
+                            },
+                        );
+                    }
+                    None => self
+                        .in_hand
+                        .entry(env.event_id)
+                        .or_default()
+                        .push(entry.id.clone()),
+                }
                 out.push(env);
                 Ok(())
             }
@@ -291,11 +439,12 @@ impl RedisStreamSource {
             .arg(&s.group)
             .arg(&s.consumer)
             .arg(s.claim_idle.as_millis() as u64)
-            .arg("0-0")
+            .arg(&self.claim_cursor)
             .arg("COUNT")
             .arg(max)
             .query_async(&mut c)
             .await?;
+        self.claim_cursor = claimed.next_stream_id.clone();
         if !claimed.claimed.is_empty() {
             let pending: StreamPendingCountReply = redis::cmd("XPENDING")
                 .arg(&s.stream)
@@ -354,6 +503,10 @@ impl EnvelopeSource for RedisStreamSource {
             let mut wait = Duration::from_millis(20);
             loop {
                 if self.stop.load(Ordering::SeqCst) {
+                    if let (Some(w), false) = (&self.worker, self.closed) {
+                        self.closed = true;
+                        w.ledger.source_closed();
+                    }
                     return None;
                 }
                 match self.try_batch(max.max(1)).await {
@@ -371,7 +524,8 @@ impl EnvelopeSource for RedisStreamSource {
     }
 
     fn wants_settle(&self) -> bool {
-        true
+        // A worker's consumers leave acknowledging to its commit.
+        self.worker.is_none()
     }
 
     fn settle(&mut self, handled: Vec<Uuid>) -> BoxFuture<'_, ()> {
