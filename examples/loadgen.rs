@@ -8,6 +8,8 @@
 //!     [--config PATH] [--json]
 //! cargo run --release --example loadgen -- --mode idle [--duration-secs 10] [--json]
 //! cargo run --release --example loadgen -- --mode queued --events N [--json]
+//! cargo run --release --example loadgen -- --mode stream --events N [--workers 1,2,4]
+//!     [--redis-url URL] [--config PATH] [--json]
 //! ```
 //!
 //! * `trace`: workflow runs of one `workflow_run` and 10 `node_execution` events each.
@@ -36,6 +38,16 @@
 //!   CPU it used, as a percentage of one core.
 //! * `queued`: freezes the gateway's intake, queues N events with empty payloads and reports
 //!   the resident memory each one costs.
+//! * `stream`: the Redis Streams transport (docs/deployment.md). For each count in `--workers`,
+//!   this process is the producer (`transport.kind = "redis_streams"`) of N metric events, and
+//!   that many worker processes (this binary again, running `GatewayBuilder::start_worker` with
+//!   Redis dedup and the noop exporter) handle them; the run ends when the consumer group has
+//!   read and acknowledged every entry. `events_per_sec` is events delivered by the workers
+//!   over that time. Baselines in the same invocation and on the same Redis: `in-process` (the
+//!   same events through one process's metric path with Redis dedup) and `stream-bare` (Redis
+//!   alone: the same envelopes appended with pipelined `XADD` and read back with `XREADGROUP`
+//!   and `XACK` by as many consumers as the largest worker count, with no handling), which is
+//!   the ceiling Redis sets on this machine.
 //!
 //! `events_per_sec` is end to end: events delivered (an exporter accepted their output) divided
 //! by the time from the first `emit()` until every event was delivered or dropped. `emit_ns` is
@@ -66,6 +78,7 @@ enum Mode {
     Mixed,
     Idle,
     Queued,
+    Stream,
 }
 
 #[derive(Debug, Clone)]
@@ -84,6 +97,7 @@ struct Args {
     payload_bytes: usize,
     config: Option<PathBuf>,
     json: bool,
+    workers: Vec<usize>,
 }
 
 fn parse_args() -> Result<Args, BoxError> {
@@ -102,6 +116,7 @@ fn parse_args() -> Result<Args, BoxError> {
         payload_bytes: 0,
         config: None,
         json: false,
+        workers: vec![1],
     };
     let mut it = std::env::args().skip(1);
     let value = |name: &str, it: &mut dyn Iterator<Item = String>| {
@@ -116,6 +131,7 @@ fn parse_args() -> Result<Args, BoxError> {
                     "mixed" => Mode::Mixed,
                     "idle" => Mode::Idle,
                     "queued" => Mode::Queued,
+                    "stream" => Mode::Stream,
                     other => return Err(format!("--mode: unknown mode {other:?}").into()),
                 }
             }
@@ -150,6 +166,17 @@ fn parse_args() -> Result<Args, BoxError> {
             "--payload-bytes" => a.payload_bytes = value("--payload-bytes", &mut it)?.parse()?,
             "--config" => a.config = Some(PathBuf::from(value("--config", &mut it)?)),
             "--json" => a.json = true,
+            "--workers" => {
+                a.workers = value("--workers", &mut it)?
+                    .split(',')
+                    .map(|w| w.trim().parse::<usize>())
+                    .collect::<Result<Vec<_>, _>>()?;
+                if a.workers.is_empty() || a.workers.contains(&0) {
+                    return Err(
+                        "--workers: a comma-separated list of counts, each at least 1".into(),
+                    );
+                }
+            }
             other => {
                 return Err(format!("unknown argument {other:?} (see the example's docs)").into())
             }
@@ -767,11 +794,19 @@ fn queued(args: &Args) -> Result<Value, BoxError> {
 }
 
 fn main() -> Result<(), BoxError> {
+    // A worker process of `--mode stream` (started by this binary itself).
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    if let [flag, config] = raw.as_slice() {
+        if flag == stream::AS_WORKER {
+            return stream::as_worker(config);
+        }
+    }
     let args = parse_args()?;
     let _ = EXTRA_PAYLOAD.set("x".repeat(args.payload_bytes));
     let out = match args.mode {
         Mode::Idle => idle(&args)?,
         Mode::Queued => queued(&args)?,
+        Mode::Stream => stream::run(&args)?,
         _ => throughput(&args)?,
     };
     if !args.json {
@@ -875,4 +910,375 @@ fn throughput(args: &Args) -> Result<Value, BoxError> {
         })),
         "ratio": baseline.as_ref().map(|b| per_sec / b.per_sec().max(1e-9)),
     }))
+}
+
+mod stream {
+    //! `--mode stream`: producer here, workers in child processes, Redis between them.
+
+    use std::io::{BufRead, Write};
+    use std::process::{Child, Command, Stdio};
+
+    use telemetry_gateway::config::TransportKind;
+
+    use super::*;
+
+    /// The hidden argument that makes this binary a worker: `loadgen --as-worker CONFIG`.
+    pub(super) const AS_WORKER: &str = "--as-worker";
+
+    /// A worker process: starts the worker runtime from CONFIG, says `ready`, and drains when
+    /// its stdin closes or says `stop`; prints its ledger as one JSON line.
+    pub(super) fn as_worker(config: &str) -> Result<(), BoxError> {
+        let cfg = GatewayConfig::load(Some(std::path::Path::new(config)))?;
+        let worker = telemetry_gateway::GatewayBuilder::new(cfg).start_worker()?;
+        println!("ready");
+        std::io::stdout().flush()?;
+        let mut line = String::new();
+        while std::io::stdin().lock().read_line(&mut line)? > 0 && line.trim() != "stop" {
+            line.clear();
+        }
+        let report = worker.shutdown_blocking(Duration::from_secs(60));
+        println!("{}", serde_json::to_string(&report.stats)?);
+        Ok(())
+    }
+
+    /// The consumer group's `entries-read`, `lag` and `pending` (`XINFO GROUPS`).
+    fn group_state(
+        c: &mut redis::Connection,
+        stream: &str,
+        group: &str,
+    ) -> Option<(u64, u64, u64)> {
+        let groups: Vec<Vec<redis::Value>> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(stream)
+            .query(c)
+            .ok()?;
+        for g in groups {
+            let mut fields: BTreeMap<String, redis::Value> = BTreeMap::new();
+            for pair in g.chunks(2) {
+                if let [k, v] = pair {
+                    if let Ok(k) = redis::from_redis_value::<String>(k.clone()) {
+                        fields.insert(k, v.clone());
+                    }
+                }
+            }
+            let name: Option<String> = fields
+                .get("name")
+                .and_then(|v| redis::from_redis_value(v.clone()).ok());
+            if name.as_deref() != Some(group) {
+                continue;
+            }
+            let n = |k: &str| -> u64 {
+                fields
+                    .get(k)
+                    .and_then(|v| redis::from_redis_value::<u64>(v.clone()).ok())
+                    .unwrap_or(u64::MAX)
+            };
+            return Some((n("entries-read"), n("lag"), n("pending")));
+        }
+        None
+    }
+
+    fn stream_config(base: &GatewayConfig, url: &str, stream: &str) -> GatewayConfig {
+        let mut c = base.clone();
+        c.transport.kind = TransportKind::RedisStreams;
+        c.transport.redis_url = url.to_owned();
+        c.transport.stream = stream.to_owned();
+        c.dedup.backend = DedupBackendKind::Redis;
+        c.dedup.redis_url = url.to_owned();
+        c
+    }
+
+    struct WorkerProc {
+        child: Child,
+    }
+
+    impl WorkerProc {
+        fn spawn(config: &std::path::Path, name: &str) -> Result<Self, BoxError> {
+            let mut child = Command::new(std::env::current_exe()?)
+                .arg(AS_WORKER)
+                .arg(config)
+                .env("TELEMETRY_GATEWAY__TRANSPORT__CONSUMER", name)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()?;
+            // Wait for `ready`, so the run's clock does not include start-up.
+            let out = child.stdout.as_mut().ok_or("worker stdout")?;
+            let mut line = String::new();
+            std::io::BufReader::new(out).read_line(&mut line)?;
+            if line.trim() != "ready" {
+                return Err(format!("worker {name} did not start: {line:?}").into());
+            }
+            Ok(WorkerProc { child })
+        }
+
+        /// Drains the worker and returns its ledger.
+        fn stop(mut self) -> Result<Value, BoxError> {
+            if let Some(mut stdin) = self.child.stdin.take() {
+                let _ = writeln!(stdin, "stop");
+            }
+            let out = self.child.wait_with_output()?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let last = text.lines().last().ok_or("the worker printed no ledger")?;
+            Ok(serde_json::from_str(last)?)
+        }
+    }
+
+    /// One run with `workers` worker processes.
+    fn with_workers(
+        args: &Args,
+        base: &GatewayConfig,
+        url: &str,
+        workers: usize,
+        dir: &std::path::Path,
+    ) -> Result<Value, BoxError> {
+        let stream = format!("loadgen:{}:{workers}", uuid::Uuid::new_v4());
+        let mut wc = stream_config(base, url, &stream);
+        wc.export.local_output = LocalOutput::Discard;
+        wc.otlp.endpoint = None;
+        let path = dir.join(format!("worker-{workers}.toml"));
+        std::fs::write(&path, toml::to_string(&wc)?)?;
+        let procs = (0..workers)
+            .map(|i| WorkerProc::spawn(&path, &format!("loadgen-{workers}-{i}")))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let mut pc = stream_config(base, url, &stream);
+        pc.export.local_output = LocalOutput::Discard;
+        pc.otlp.endpoint = None;
+        let producer = telemetry_gateway::start(pc)?;
+        let mut c = redis::Client::open(url)?.get_connection()?;
+        let group = wc.transport.group.clone();
+        let start = Instant::now();
+        let mut refused = 0u64;
+        for i in 0..args.events {
+            if let Some(max) = args.max_in_flight {
+                while i.is_multiple_of(256) && producer.stats().in_flight > max {
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+            }
+            if producer.emit(make_event(Mode::Metric, i, 0)).is_err() {
+                refused += 1;
+            }
+        }
+        let produced = producer.shutdown_blocking(Duration::from_secs(60));
+        let appended = produced.stats.delivered;
+        // Drained: every appended entry read by the group and acknowledged.
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            if let Some((read, lag, pending)) = group_state(&mut c, &stream, &group) {
+                if read >= appended && lag == 0 && pending == 0 {
+                    break;
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("the workers did not drain {stream} within 600 s").into());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let elapsed = start.elapsed();
+        let ledgers = procs
+            .into_iter()
+            .map(WorkerProc::stop)
+            .collect::<Result<Vec<_>, _>>()?;
+        let sum = |k: &str| -> u64 { ledgers.iter().map(|l| l[k].as_u64().unwrap_or(0)).sum() };
+        let mut worker_dropped: BTreeMap<String, u64> = BTreeMap::new();
+        for l in &ledgers {
+            if let Some(d) = l["dropped"].as_object() {
+                for (k, v) in d {
+                    *worker_dropped.entry(k.clone()).or_default() += v.as_u64().unwrap_or(0);
+                }
+            }
+        }
+        let (w_read, w_delivered) = (sum("emitted"), sum("delivered"));
+        let w_dropped: u64 = worker_dropped.values().sum();
+        let _: u64 = redis::cmd("DEL").arg(&stream).query(&mut c).unwrap_or(0);
+        let p = &produced.stats;
+        Ok(json!({
+            "workers": workers,
+            "events_per_sec": w_delivered as f64 / elapsed.as_secs_f64().max(1e-9),
+            "elapsed_secs": elapsed.as_secs_f64(),
+            "producer": {"emitted": p.emitted, "appended": appended, "dropped": p.dropped,
+                         "refused_at_emit": refused},
+            "workers_read": w_read,
+            "workers_delivered": w_delivered,
+            "workers_dropped": worker_dropped,
+            "accounted": p.emitted == p.delivered + p.dropped_total()
+                && w_read == w_delivered + w_dropped
+                && w_delivered == appended,
+        }))
+    }
+
+    /// Redis alone: the same envelopes through `XADD` and `XREADGROUP` + `XACK`.
+    fn stream_bare(
+        args: &Args,
+        url: &str,
+        consumers: usize,
+        batch: usize,
+    ) -> Result<BaselineRun, BoxError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let events = args.events;
+        let stream = format!("loadgen:bare:{}", uuid::Uuid::new_v4());
+        rt.block_on(async move {
+            let client = redis::Client::open(url)?;
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            let _: () = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(&stream)
+                .arg("g")
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async(&mut conn)
+                .await?;
+            let start = Instant::now();
+            let producer = {
+                let (mut conn, stream) = (conn.clone(), stream.clone());
+                tokio::spawn(async move {
+                    let mut i = 0u64;
+                    while i < events {
+                        let end = (i + 256).min(events);
+                        let mut pipe = redis::pipe();
+                        for k in i..end {
+                            let json = make_event(Mode::Metric, k, 0).to_json().unwrap_or_default();
+                            pipe.cmd("XADD")
+                                .arg(&stream)
+                                .arg("*")
+                                .arg("envelope")
+                                .arg(json)
+                                .ignore();
+                        }
+                        let _: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
+                        i = end;
+                    }
+                })
+            };
+            let done = Arc::new(AtomicU64::new(0));
+            let mut joins = Vec::new();
+            for k in 0..consumers {
+                let (client, stream, done) = (client.clone(), stream.clone(), done.clone());
+                joins.push(tokio::spawn(async move {
+                    let mut conn = client.get_multiplexed_async_connection().await?;
+                    while done.load(Ordering::Relaxed) < events {
+                        let r: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+                            .arg("GROUP")
+                            .arg("g")
+                            .arg(format!("c{k}"))
+                            .arg("COUNT")
+                            .arg(batch)
+                            .arg("BLOCK")
+                            .arg(50)
+                            .arg("STREAMS")
+                            .arg(&stream)
+                            .arg(">")
+                            .query_async(&mut conn)
+                            .await?;
+                        let ids: Vec<String> = r
+                            .keys
+                            .into_iter()
+                            .flat_map(|k| k.ids.into_iter().map(|e| e.id))
+                            .collect();
+                        if ids.is_empty() {
+                            continue;
+                        }
+                        let _: u64 = redis::cmd("XACK")
+                            .arg(&stream)
+                            .arg("g")
+                            .arg(&ids)
+                            .query_async(&mut conn)
+                            .await?;
+                        done.fetch_add(ids.len() as u64, Ordering::Relaxed);
+                    }
+                    Ok::<_, redis::RedisError>(())
+                }));
+            }
+            producer.await?;
+            for j in joins {
+                j.await??;
+            }
+            let elapsed = start.elapsed();
+            let _: u64 = redis::cmd("DEL")
+                .arg(&stream)
+                .query_async(&mut conn)
+                .await
+                .unwrap_or(0);
+            let n = done.load(Ordering::Relaxed);
+            Ok(BaselineRun {
+                name: "stream-bare".into(),
+                events: n,
+                elapsed,
+                dropped: events.saturating_sub(n),
+            })
+        })
+    }
+
+    pub(super) fn run(args: &Args) -> Result<Value, BoxError> {
+        let mut _redis = None;
+        let url = match &args.redis_url {
+            Some(u) => u.clone(),
+            None => {
+                let r = RedisServer::start();
+                let u = r.url();
+                _redis = Some(r);
+                u
+            }
+        };
+        let dir = tempfile::tempdir()?;
+        let mut base = GatewayConfig::load(args.config.as_deref())?;
+        base.gateway.enterprise_enabled = true;
+
+        // Baselines first, on the same Redis.
+        let mut in_process_args = args.clone();
+        in_process_args.mode = Mode::Metric;
+        in_process_args.dedup = DedupBackendKind::Redis;
+        let ours_in_process = run_gateway(
+            &in_process_args,
+            configure(&in_process_args, Some(&url), None)?,
+        )?;
+        let in_process_rate =
+            ours_in_process.delivered as f64 / ours_in_process.elapsed.as_secs_f64().max(1e-9);
+        let max_workers = args.workers.iter().copied().max().unwrap_or(1);
+        let bare = stream_bare(
+            args,
+            &url,
+            max_workers * base.metric_pool.pool_size.max(1),
+            base.metric_pool.batch_size.max(1),
+        )?;
+
+        let mut runs = Vec::new();
+        for &w in &args.workers {
+            runs.push(with_workers(args, &base, &url, w, dir.path())?);
+        }
+        let first = runs
+            .first()
+            .and_then(|r| r["events_per_sec"].as_f64())
+            .unwrap_or(0.0);
+        for r in &mut runs {
+            let rate = r["events_per_sec"].as_f64().unwrap_or(0.0);
+            r["ratio_vs_in_process"] = json!(rate / in_process_rate.max(1e-9));
+            r["ratio_vs_stream_bare"] = json!(rate / bare.per_sec().max(1e-9));
+            r["ratio_vs_first_run"] = json!(rate / first.max(1e-9));
+        }
+        let accounted = runs.iter().all(|r| r["accounted"] == true);
+        let best = runs
+            .iter()
+            .filter_map(|r| r["events_per_sec"].as_f64())
+            .fold(0.0, f64::max);
+        Ok(json!({
+            "mode": "stream",
+            "events": args.events,
+            "events_per_sec": best,
+            "accounted": accounted,
+            "pool_size_per_worker": base.metric_pool.pool_size,
+            "runs": runs,
+            "baseline": {
+                "in_process": {"name": "in-process", "events_per_sec": in_process_rate,
+                               "delivered": ours_in_process.delivered,
+                               "dropped": ours_in_process.dropped},
+                "stream_bare": {"name": bare.name, "events_per_sec": bare.per_sec(),
+                                "events": bare.events, "consumers": max_workers * base.metric_pool.pool_size.max(1)},
+            },
+        }))
+    }
 }

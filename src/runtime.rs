@@ -465,7 +465,9 @@ impl GatewayBuilder {
                     metric_interval,
                 },
                 Duration::from_millis(cfg.transport.commit_interval_ms),
-                Duration::from_millis(cfg.transport.claim_idle_ms / 2),
+                crate::transport::worker::log_flush_bound(Duration::from_millis(
+                    cfg.transport.claim_idle_ms,
+                )),
             )
             .map_err(|e| StartError::Actors(e.to_string()))?;
             Some((stop, ledger, committer))

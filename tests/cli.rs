@@ -149,3 +149,39 @@ fn usage_errors_exit_2() {
         assert!(text(&out.stderr).contains("usage:"));
     }
 }
+
+#[test]
+fn worker_refuses_a_configuration_it_cannot_run_and_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        // The default transport is in process: a worker has nothing to read.
+        ("[transport]\nkind = \"in_process\"\n", "transport.kind"),
+        // A memory dedup cannot see other workers' events.
+        (
+            "[transport]\nkind = \"redis_streams\"\n[dedup]\nbackend = \"memory\"\n",
+            "dedup.backend",
+        ),
+        (
+            "[transport]\nkind = \"redis_streams\"\nclaim_idle_ms = 100\n[dedup]\nbackend = \"redis\"\n",
+            "transport.claim_idle_ms",
+        ),
+    ];
+    for (i, (body, key)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("worker-{i}.toml"));
+        std::fs::write(&path, body).unwrap();
+        let out = cli()
+            .args(["worker", "--config"])
+            .arg(&path)
+            .output()
+            .expect("the command runs");
+        assert_eq!(out.status.code(), Some(2), "{body}");
+        let err = text(&out.stderr);
+        assert!(err.contains(key), "the error names `{key}`: {err}");
+    }
+    let out = cli().args(["worker", "--config"]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a missing FILE is a usage error"
+    );
+}

@@ -187,3 +187,41 @@ fn idle_and_queued_report_their_measures() {
     // Every queued event is delivered once the intake is released.
     assert_eq!(u(&queued, "delivered"), 2000, "{queued}");
 }
+
+#[test]
+fn stream_mode_with_worker_processes_accounts_in_every_process() {
+    let v = run(&["--mode", "stream", "--events", "2000", "--workers", "1,2"]);
+    assert_eq!(v["mode"], "stream");
+    assert_eq!(u(&v, "events"), 2000);
+    assert_eq!(v["accounted"], true, "{v}");
+    let runs = v["runs"].as_array().expect("one entry per worker count");
+    assert_eq!(runs.len(), 2, "{v}");
+    let in_process = v["baseline"]["in_process"]["events_per_sec"]
+        .as_f64()
+        .expect("the in-process baseline's rate");
+    let bare = v["baseline"]["stream_bare"]["events_per_sec"]
+        .as_f64()
+        .expect("the bare stream's rate");
+    assert!(in_process > 0.0 && bare > 0.0, "{v}");
+    assert_eq!(u(&v["baseline"]["stream_bare"], "events"), 2000, "{v}");
+    for (r, workers) in runs.iter().zip([1, 2]) {
+        assert_eq!(u(r, "workers"), workers);
+        let p = &r["producer"];
+        assert_eq!(u(p, "emitted"), 2000, "{r}");
+        assert_eq!(u(p, "appended"), 2000, "a large buffer drops nothing: {r}");
+        assert_eq!(
+            u(r, "workers_delivered"),
+            2000,
+            "the workers delivered each appended event once: {r}"
+        );
+        assert_eq!(u(r, "workers_read"), 2000, "{r}");
+        let rate = r["events_per_sec"].as_f64().expect("a rate");
+        let ratio = r["ratio_vs_in_process"].as_f64().expect("a ratio");
+        assert!(
+            (ratio - rate / in_process).abs() <= 1e-9 * ratio.max(1.0),
+            "{r}"
+        );
+        let ratio = r["ratio_vs_stream_bare"].as_f64().expect("a ratio");
+        assert!((ratio - rate / bare).abs() <= 1e-9 * ratio.max(1.0), "{r}");
+    }
+}

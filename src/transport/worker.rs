@@ -9,19 +9,20 @@
 //! `transport.commit_interval_ms`:
 //!
 //! 1. under the write side of [`WorkerLedger::gate`], take the list of events handled since
-//!    the last commit and export the metrics (`force_flush`). Handlers hold the read side while
-//!    they record an event's metrics and note it handled, so the exported counters contain
-//!    exactly the handled list, no more and no less;
-//! 2. flush the log batcher (bounded by half of `transport.claim_idle_ms`), so the listed
-//!    events' log records are exported before their entries are acknowledged;
-//! 3. `XACK` their entries; an acknowledgement that fails is kept and sent again at the next
-//!    commit.
+//!    the last commit, flush the log batcher (so their log records are exported; bounded by
+//!    [`log_flush_bound`]), and export the metrics (`force_flush`). Handlers hold the read side
+//!    while they record an event's metrics and note it handled, so the exported counters
+//!    contain exactly the handled list, no more and no less. Handlers wait while a commit holds
+//!    the write side: with a stream, a pause leaves entries waiting in Redis, not dropped;
+//! 2. `XACK` their entries at once; an acknowledgement that fails is kept and sent again at the
+//!    next commit.
 //!
 //! A worker killed between commits loses nothing: its uncommitted entries are pending in the
 //! group, another worker reclaims them, and since their earlier delivery never committed, that
 //! worker handles them even though the dedup store has seen their ids (see
-//! `MetricHandlerActor`). The one window left is a crash between step 1's export and step 3's
-//! acknowledgement: those entries are handled again (docs/deployment.md).
+//! `MetricHandlerActor`). The one window left is a crash between step 1's metric export and
+//! step 2's acknowledgement (one Redis round trip): those entries are handled again
+//! (docs/deployment.md).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -216,18 +217,46 @@ impl Commit<'_> {
             settings,
             parts,
         } = *self;
+        // Connected first, so that the acknowledgement follows the metric export at once.
+        parts.rt.block_on(async {
+            if conn.is_none() {
+                *conn = client.get_multiplexed_async_connection().await.ok();
+            }
+        });
         let handled = {
             let _closed = ledger.gate.write();
             let handled = std::mem::take(&mut *ledger.handled.lock());
+            if !handled.is_empty() {
+                // Their log records were queued before they were noted handled: export them
+                // before their metrics, so that a crash after the metric export leaves only the
+                // `XACK` undone.
+                let lb = parts.log_batcher.clone();
+                let flushed = parts.rt.block_on(async move {
+                    tokio::time::timeout(log_flush_bound, lb.flush()).await
+                });
+                if flushed.is_err() {
+                    crate::logging::warn_limited("worker commit: log export slow", || {
+                        tracing::warn!(
+                            bound_ms = log_flush_bound.as_millis() as u64,
+                            "worker commit: log records not exported within the bound; \
+                             committing anyway (the records stay held and are counted when \
+                             they settle)"
+                        )
+                    });
+                }
+            }
             if !handled.is_empty() || last_export.elapsed() >= parts.metric_interval {
                 *last_export = Instant::now();
                 // A failed export leaves the counts in the SDK's cumulative state: the next
                 // successful export carries them, so the entries are still acknowledged.
                 if let Err(e) = parts.meter_provider.force_flush() {
-                    crate::logging::warn_limited(
-                        "worker commit: metric export failed",
-                        || tracing::warn!(error = %e, "worker commit: metric export failed; the counts are kept for the next export"),
-                    );
+                    crate::logging::warn_limited("worker commit: metric export failed", || {
+                        tracing::warn!(
+                            error = %e,
+                            "worker commit: metric export failed; the counts are kept for the \
+                             next export"
+                        )
+                    });
                 }
             }
             handled
@@ -235,18 +264,6 @@ impl Commit<'_> {
         let ids = ledger.take_entry_ids(handled);
         if ids.is_empty() {
             return;
-        }
-        let lb = parts.log_batcher.clone();
-        let flushed = parts
-            .rt
-            .block_on(async move { tokio::time::timeout(log_flush_bound, lb.flush()).await });
-        if flushed.is_err() {
-            crate::logging::warn_limited("worker commit: log export slow", || {
-                tracing::warn!(
-                bound_ms = log_flush_bound.as_millis() as u64,
-                "worker commit: log records not exported within the bound; acknowledging anyway so the entries are not handled twice (the records stay held and are counted when they settle)"
-            )
-            });
         }
         let acked = parts.rt.block_on(async {
             if conn.is_none() {
@@ -272,6 +289,13 @@ impl Commit<'_> {
             ledger.unacked.lock().extend(ids);
         }
     }
+}
+
+/// How long a commit waits for the log records of what it commits: a quarter of
+/// `transport.claim_idle_ms`, at most 5 s. Past it the commit goes on, and the records stay held
+/// by the log batcher and are counted when they settle.
+pub(crate) fn log_flush_bound(claim_idle: Duration) -> Duration {
+    (claim_idle / 4).min(Duration::from_secs(5))
 }
 
 /// Counts `n` consumers as open; each calls [`WorkerLedger::source_closed`] once.
