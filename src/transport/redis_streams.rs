@@ -15,7 +15,7 @@
 //! Selected by `transport.kind = "redis_streams"`. In the gateway's process the producer
 //! settles each event in the ledger: delivered when its `XADD` succeeded (exporter
 //! `redis_stream`), or dropped `queue_full` at the buffer. A worker's consumers are linked to
-//! its [`super::worker::WorkerLedger`]: they count each entry read, and leave acknowledging to
+//! its ledger (`transport::worker`, private): they count each entry read, and leave acknowledging to
 //! the worker's commit (see `super::worker`).
 
 use std::collections::HashMap;
