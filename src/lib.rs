@@ -52,6 +52,7 @@ pub mod payload_store;
 pub mod redaction;
 pub mod routing;
 pub mod runtime;
+pub mod tracing_bridge;
 pub mod transport;
 
 #[cfg(feature = "testing")]
