@@ -32,6 +32,30 @@ fn first8(u: Uuid) -> [u8; 8] {
     [b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]
 }
 
+/// The HTTP header a host takes a request's correlation id from, and returns it in.
+pub const CORRELATION_HEADER: &str = "x-correlation-id";
+
+/// The longest correlation id [`accept_or_mint`] accepts from a caller.
+pub const MAX_ACCEPTED_CORRELATION_ID: usize = 128;
+
+/// A request's correlation id: the caller's (an `X-Correlation-ID` header, say) when it is
+/// usable, 1 to [`MAX_ACCEPTED_CORRELATION_ID`] bytes of `A-Z a-z 0-9 - _ . :`, otherwise a new
+/// UUIDv4. An untrusted header value never reaches events, logs or a response unchecked.
+pub fn accept_or_mint(offered: Option<&str>) -> String {
+    match offered.map(str::trim) {
+        Some(v)
+            if !v.is_empty()
+                && v.len() <= MAX_ACCEPTED_CORRELATION_ID
+                && v.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':')
+                }) =>
+        {
+            v.to_owned()
+        }
+        _ => uuid::Uuid::new_v4().to_string(),
+    }
+}
+
 /// The trace id of everything that belongs to run `run_id`.
 pub fn derive_trace_id(run_id: &str) -> TraceId {
     let u = Uuid::new_v5(&TRACE_NS, run_id.as_bytes());
@@ -127,6 +151,27 @@ pub fn resolve_with(env: &mut TelemetryEnvelope, route: &Route, runs: &mut RunId
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_usable_correlation_id_is_kept_and_anything_else_replaced() {
+        assert_eq!(accept_or_mint(Some("req-42")), "req-42");
+        assert_eq!(accept_or_mint(Some(" req:7.a_b ")), "req:7.a_b");
+        for bad in [
+            None,
+            Some(""),
+            Some("a b"),
+            Some("x\r\ny: z"),
+            Some("<script>"),
+        ] {
+            let minted = accept_or_mint(bad);
+            assert!(
+                uuid::Uuid::parse_str(&minted).is_ok(),
+                "{bad:?} -> {minted}"
+            );
+        }
+        let long = "a".repeat(MAX_ACCEPTED_CORRELATION_ID + 1);
+        assert_ne!(accept_or_mint(Some(&long)), long);
+    }
     use crate::contracts::SignalType;
     use crate::contracts::{TelemetryCase, TelemetryContext};
 
