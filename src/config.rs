@@ -77,6 +77,9 @@ pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 200;
 pub const DEFAULT_SINK_QUEUE_BATCHES: usize = 16;
 /// Default of `trace_batcher.sink_concurrency`: export calls in flight per sink.
 pub const DEFAULT_SINK_CONCURRENCY: usize = 4;
+/// Default of `trace_batcher.max_live_sinks`: tenant sinks kept open at once; the least recently
+/// used one is closed (and rebuilt on its tenant's next trace) to make room.
+pub const DEFAULT_MAX_LIVE_SINKS: usize = 64;
 
 /// Default of `metric_pool.pool_size`.
 pub const DEFAULT_POOL_SIZE: usize = 2;
@@ -575,6 +578,10 @@ pub struct TraceBatcherSection {
     /// Export calls in flight at once per sink (each batch is still held and retried on its
     /// own). More than 1 lets a sink overlap encoding, the network and the collector's work.
     pub sink_concurrency: usize,
+    /// Tenant sinks (`[[sinks]]` and those registered at runtime) open at once. Past it the
+    /// least recently used one is closed after its queue drains, and rebuilt when its tenant
+    /// sends traces again.
+    pub max_live_sinks: usize,
 }
 
 impl Default for TraceBatcherSection {
@@ -585,6 +592,7 @@ impl Default for TraceBatcherSection {
             flush_interval_ms: DEFAULT_FLUSH_INTERVAL_MS,
             sink_queue_batches: DEFAULT_SINK_QUEUE_BATCHES,
             sink_concurrency: DEFAULT_SINK_CONCURRENCY,
+            max_live_sinks: DEFAULT_MAX_LIVE_SINKS,
         }
     }
 }
@@ -667,8 +675,9 @@ pub enum OtlpProtocol {
     HttpProtobuf,
 }
 
-/// `[otlp]`: the enterprise exporter.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `[otlp]`: the enterprise exporter. `Debug` shows header names and never their values or the
+/// API key.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OtlpSection {
     /// Collector endpoint (`http://host:4317` for gRPC, `http://host:4318` for HTTP). When unset,
@@ -765,8 +774,10 @@ pub enum SinkKind {
     Jsonl,
 }
 
-/// `[[sinks]]`: a community trace sink for one tenant (and optionally one app).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `[[sinks]]`: a community trace sink for one tenant (and optionally one app). Also what
+/// `GatewayHandle::register_sink` takes at runtime. `Debug` shows header names and never their
+/// values, nor the password of an endpoint URL.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinkSection {
     /// A name for counters and logs (unique).
@@ -923,6 +934,10 @@ impl GatewayConfig {
             (
                 "trace_batcher.sink_concurrency",
                 self.trace_batcher.sink_concurrency,
+            ),
+            (
+                "trace_batcher.max_live_sinks",
+                self.trace_batcher.max_live_sinks,
             ),
             ("metric_pool.pool_size", self.metric_pool.pool_size),
             (
@@ -1191,6 +1206,81 @@ fn check_endpoint(key: &str, ep: &str) -> Result<(), ConfigError> {
             key: key.into(),
             problem: format!("{ep:?} must start with http:// or https://"),
         })
+    }
+}
+
+/// What `Debug` shows for a credential.
+const HIDDEN: &str = "[REDACTED]";
+
+/// `url` with the password of its user info hidden.
+pub(crate) fn url_without_password(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some(HIDDEN));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// The credentials in `headers` and `endpoint` (header values; a URL's password), for the log
+/// sanitizer to hide wherever they might surface (an exporter's error message, say).
+pub(crate) fn credentials<'a>(
+    headers: &'a BTreeMap<String, String>,
+    endpoint: Option<&'a str>,
+) -> Vec<String> {
+    let mut out: Vec<String> = headers.values().cloned().collect();
+    for v in headers.values() {
+        // `Bearer <token>`: the token alone may surface too.
+        if let Some((_, token)) = v.split_once(' ') {
+            out.push(token.to_owned());
+        }
+    }
+    if let Some(p) = endpoint
+        .and_then(|e| url::Url::parse(e).ok())
+        .and_then(|u| u.password().map(str::to_owned))
+    {
+        out.push(p);
+    }
+    out
+}
+
+fn hidden_headers(headers: &BTreeMap<String, String>) -> BTreeMap<&str, &str> {
+    headers.keys().map(|k| (k.as_str(), HIDDEN)).collect()
+}
+
+impl std::fmt::Debug for OtlpSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OtlpSection")
+            .field(
+                "endpoint",
+                &self.endpoint.as_deref().map(url_without_password),
+            )
+            .field("protocol", &self.protocol)
+            .field("headers", &hidden_headers(&self.headers))
+            .field("api_key", &self.api_key.as_ref().map(|_| HIDDEN))
+            .field("timeout_ms", &self.timeout_ms)
+            .field("sampling_ratio", &self.sampling_ratio)
+            .field("metric_interval_ms", &self.metric_interval_ms)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for SinkSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkSection")
+            .field("name", &self.name)
+            .field("tenant_id", &self.tenant_id)
+            .field("app_id", &self.app_id)
+            .field("kind", &self.kind)
+            .field(
+                "endpoint",
+                &self.endpoint.as_deref().map(url_without_password),
+            )
+            .field("protocol", &self.protocol)
+            .field("headers", &hidden_headers(&self.headers))
+            .field("path", &self.path)
+            .finish()
     }
 }
 

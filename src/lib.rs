@@ -37,6 +37,10 @@
 //!   process.
 //! - [`diagnostics`]: reason codes and the ledger of counters.
 //! - [`logging`]: the gateway's own log lines: `sanitize`, the warning rate limiter, `init`.
+//! - [`tracing_bridge`]: a `tracing_subscriber::Layer` turning spans and events with a
+//!   `telemetry.case` field into gateway events.
+//! - [`integration_guide`]: docs/integration.md (hosts, tracing bridge, tenant sinks), whose
+//!   examples are compiled with the crate.
 //! - `testing` (feature `testing`): an in-test OTLP receiver and a `redis-server` guard.
 
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
@@ -53,6 +57,11 @@ pub mod redaction;
 pub mod routing;
 pub mod runtime;
 pub mod tracing_bridge;
+
+/// docs/integration.md: actix-web, axum, plain tokio, the tracing bridge, per-tenant sinks at
+/// runtime, shutdown in each host. Included here so that its examples compile with the crate.
+#[doc = include_str!("../docs/integration.md")]
+pub mod integration_guide {}
 pub mod transport;
 
 #[cfg(feature = "testing")]
@@ -68,6 +77,7 @@ pub use contracts::{
     TelemetryContext, TelemetryEnvelope,
 };
 pub use diagnostics::{ReasonCode, StatsSnapshot};
+pub use export::registry::{SinkFactory, SinkInfo, SinkRegistryError};
 pub use export::sink::{DiscardSink, SinkError, TraceSink};
 pub use runtime::{
     start, EmitError, GatewayBuilder, GatewayHandle, ShutdownReport, StartError, WorkerHandle,

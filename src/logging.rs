@@ -21,7 +21,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -60,8 +60,20 @@ pub const MAX_WARN_KEYS: usize = 64;
 /// assert_eq!(sanitize("bad\r\nINFO forged line"), "bad  INFO forged line");
 /// ```
 pub fn sanitize(value: &str) -> Cow<'_, str> {
-    // Secrets first (bearer tokens, API keys, e-mail addresses...), then the line-safety rules.
-    // Allocates only when a secret was found (or the value needs cleaning).
+    // Known credentials first (sink headers: see `add_secret`), then the redactor's secrets
+    // (bearer tokens, API keys, e-mail addresses...), then the line-safety rules. Allocates only
+    // when a secret was found (or the value needs cleaning).
+    if HAS_SECRETS.load(std::sync::atomic::Ordering::Acquire) {
+        let secrets = SECRETS.read();
+        if secrets.iter().any(|s| value.contains(s.as_ref())) {
+            let mut out = value.to_owned();
+            for s in secrets.iter() {
+                out = out.replace(s.as_ref(), SECRET_REPLACEMENT);
+            }
+            drop(secrets);
+            return Cow::Owned(sanitize(&out).into_owned());
+        }
+    }
     if let Some(r) = REDACTOR.read().as_ref() {
         if let Cow::Owned(redacted) = r.redact_str("", value) {
             return Cow::Owned(make_line_safe(&redacted).into_owned());
@@ -74,6 +86,44 @@ pub fn sanitize(value: &str) -> Cow<'_, str> {
 /// Process-wide: with several gateways in one process, the last one started wins.
 pub fn set_redactor(redactor: crate::redaction::Redactor) {
     *REDACTOR.write() = Some(redactor);
+}
+
+/// What a known credential is replaced with.
+const SECRET_REPLACEMENT: &str = "[REDACTED]";
+/// The most credentials kept; past it the oldest are forgotten (the redactor's patterns still
+/// catch bearer tokens and API keys).
+const MAX_SECRETS: usize = 4096;
+/// Credentials shorter than this are not treated as literals (they would redact common words).
+const MIN_SECRET_LEN: usize = 6;
+
+static SECRETS: LazyLock<parking_lot::RwLock<Vec<Arc<str>>>> =
+    LazyLock::new(|| parking_lot::RwLock::new(Vec::new()));
+static HAS_SECRETS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes `sanitize` (log values, flight recorder details, errors the gateway reports) replace
+/// `secret` wherever it appears: the gateway calls it for every credential it is given (a
+/// sink's header values, the password of an endpoint URL).
+pub(crate) fn add_secret(secret: &str) {
+    if secret.len() < MIN_SECRET_LEN {
+        return;
+    }
+    let mut all = SECRETS.write();
+    if all.iter().any(|s| s.as_ref() == secret) {
+        return;
+    }
+    if all.len() >= MAX_SECRETS {
+        all.remove(0);
+    }
+    all.push(Arc::from(secret));
+    HAS_SECRETS.store(true, std::sync::atomic::Ordering::Release);
+}
+
+/// Forgets a credential (its sink was removed). Another sink may still use the same value, so
+/// callers only forget what no live registration holds.
+pub(crate) fn forget_secret(secret: &str) {
+    let mut all = SECRETS.write();
+    all.retain(|s| s.as_ref() != secret);
+    HAS_SECRETS.store(!all.is_empty(), std::sync::atomic::Ordering::Release);
 }
 
 static REDACTOR: LazyLock<parking_lot::RwLock<Option<crate::redaction::Redactor>>> =

@@ -34,6 +34,7 @@ use crate::actors::metric_handler::{CaseHandler, MetricHandlerActor};
 use crate::actors::rehydrator::RehydratorActor;
 use crate::actors::trace_batcher::{Drain, TraceBatcherActor};
 use crate::actors::{ExportHandles, GatewayItem, Shared, TraceItem};
+use crate::config::SinkSection;
 use crate::config::TransportKind;
 use crate::config::{ConfigError, GatewayConfig};
 use crate::contracts::{EnvelopeError, TelemetryEnvelope};
@@ -41,6 +42,7 @@ use crate::diagnostics::probes::{DiagnosticsSnapshot, Probes, QueueReader};
 use crate::diagnostics::recorder::{EventRef, Explanation, Stage};
 use crate::diagnostics::striped::Striped;
 use crate::diagnostics::{Counters, ReasonCode, StatsSnapshot};
+use crate::export::registry::{SinkFactory, SinkInfo, SinkRegistryError};
 use crate::export::sink::TraceSink;
 use crate::export::{ExportBuildError, ExportPipeline};
 use crate::payload_store::{PayloadStore, StoreBuildError};
@@ -369,9 +371,16 @@ impl GatewayBuilder {
                 export.handles.main_sink.depth_reader(),
             ),
         ];
-        for s in &export.handles.community {
-            queues.push((format!("sink:{}", s.worker.name), s.worker.depth_reader()));
-        }
+        // Tenant sinks open and close at runtime: one queue entry sums the open ones, so the
+        // number of series stays fixed.
+        let registry = export.handles.sinks.clone();
+        queues.push((
+            "sinks:tenants".into(),
+            Box::new(move || {
+                let (depth, capacity, _open) = registry.depth();
+                Some((depth, capacity))
+            }),
+        ));
 
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let handles = export.handles.clone();
@@ -876,6 +885,50 @@ impl GatewayHandle {
             .store(enabled, Ordering::SeqCst);
     }
 
+    /// Registers the trace sink of a tenant (or of one of its apps, `sink.app_id`), replacing the
+    /// one registered for the same tenant and app: no restart. The sink is opened when the
+    /// tenant's traces first need it, with its own bounded queue and retry; the batches the
+    /// replaced sink holds are still exported by it. Header values and URL passwords are kept
+    /// out of logs, errors and the flight recorder. See docs/integration.md.
+    pub fn register_sink(&self, sink: SinkSection) -> Result<(), SinkRegistryError> {
+        self.registry()?.register_section(sink)
+    }
+
+    /// Registers a sink built by host code (again after it was closed for being least recently
+    /// used), replacing the one registered for the same tenant and app.
+    pub fn register_sink_factory(
+        &self,
+        name: &str,
+        tenant_id: &str,
+        app_id: Option<&str>,
+        factory: Arc<dyn SinkFactory>,
+    ) -> Result<(), SinkRegistryError> {
+        self.registry()?
+            .register_factory(name, tenant_id, app_id, factory)
+    }
+
+    /// Removes the sink of `tenant_id` (and `app_id`): later traces no longer go to it, and the
+    /// batches it holds are still exported. `false` when none was registered.
+    pub fn remove_sink(&self, tenant_id: &str, app_id: Option<&str>) -> bool {
+        self.registry()
+            .map(|r| r.remove(tenant_id, app_id))
+            .unwrap_or(false)
+    }
+
+    /// Every registered tenant sink, open or not (no credentials).
+    pub fn sinks(&self) -> Vec<SinkInfo> {
+        self.registry().map(|r| r.list()).unwrap_or_default()
+    }
+
+    fn registry(&self) -> Result<Arc<crate::export::registry::SinkRegistry>, SinkRegistryError> {
+        self.inner
+            .lifecycle
+            .lock()
+            .as_ref()
+            .map(|lc| lc.export.handles.sinks.clone())
+            .ok_or(SinkRegistryError::ShutDown)
+    }
+
     /// Metric/log envelopes waiting in the transport.
     pub fn metric_queue_depth(&self) -> usize {
         self.inner.transport.queued()
@@ -1014,6 +1067,8 @@ impl GatewayHandle {
         if let Some(stop) = lc.diag_stop {
             let _ = stop.send(());
         }
+        // Tenant sinks: each worker finishes what it holds and shuts its sink down.
+        lc.export.handles.sinks.close_all();
         lc.export
             .rt
             .shutdown_timeout(remaining.max(Duration::from_millis(10)));

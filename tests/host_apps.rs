@@ -216,3 +216,37 @@ fn actix_web_app_carries_each_requests_correlation_id_to_the_collector() {
 fn axum_app_carries_each_requests_correlation_id_to_the_collector() {
     exercise("axum_app");
 }
+
+#[test]
+fn custom_sink_takes_its_apps_spans_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(example("custom_sink"))
+        .args(["--runs", "10", "--out"])
+        .arg(dir.path())
+        .env_remove("TELEMETRY_GATEWAY__OTLP__ENDPOINT")
+        .output()
+        .expect("custom_sink runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let summary: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("a summary")).expect("JSON");
+    assert_eq!(summary["emitted"], 20, "{summary}");
+    assert_eq!(summary["delivered"], 20, "{summary}");
+    assert_eq!(summary["spans_in_custom_sink"], 10, "{summary}");
+    let lines = std::fs::read_to_string(dir.path().join("support-bot-spans.jsonl")).unwrap();
+    let mut runs = std::collections::BTreeSet::new();
+    for line in lines.lines() {
+        let span: serde_json::Value = serde_json::from_str(line).expect("a JSON span");
+        assert_eq!(span["attributes"]["app.id"], "support-bot", "{span}");
+        runs.insert(
+            span["attributes"]["run.id"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned(),
+        );
+    }
+    assert_eq!(runs.len(), 10, "one span per run of support-bot: {runs:?}");
+    // The enterprise destination got both apps' runs.
+    let enterprise = std::fs::read_to_string(dir.path().join("enterprise.jsonl")).unwrap();
+    assert!(enterprise.contains("sales-bot") && enterprise.contains("support-bot"));
+}

@@ -28,7 +28,6 @@ use crate::diagnostics::Counters;
 use crate::export::logs::LogBatcher;
 use crate::export::mapping::Mapper;
 use crate::export::sink::SinkWorker;
-use crate::export::CommunitySink;
 use crate::routing::RoutingTable;
 
 /// State every actor and the handle share.
@@ -48,7 +47,8 @@ pub(crate) struct Shared {
 #[derive(Debug)]
 pub(crate) struct ExportHandles {
     pub(crate) main_sink: SinkWorker,
-    pub(crate) community: Vec<CommunitySink>,
+    /// Tenant sinks, opened on demand (see `export::registry`).
+    pub(crate) sinks: Arc<crate::export::registry::SinkRegistry>,
     pub(crate) log_batcher: LogBatcher,
     pub(crate) logger: SdkLogger,
     pub(crate) mapper: Mapper,

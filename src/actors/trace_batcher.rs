@@ -17,7 +17,7 @@
 //! batch are accounted.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -84,9 +84,15 @@ impl TraceBatcherActor {
     fn export_items(&mut self, items: Vec<TraceItem>) {
         let counters = self.shared.counters.clone();
         let ex = self.export.clone();
-        // Group events by destination set: (enterprise?, community sink indexes).
+        // Group events by destination set: (enterprise?, tenant sink registration ids).
         type Group = (Vec<SpanData>, Vec<EventRef>);
-        let mut groups: BTreeMap<(bool, Vec<usize>), Group> = BTreeMap::new();
+        let mut groups: BTreeMap<(bool, Vec<u64>), Group> = BTreeMap::new();
+        // The tenant sinks of each (tenant, app) in this flush: resolved once per flush.
+        // (tenant, app) -> (open sink ids, why a sink could not be opened).
+        type TenantApp = (String, Option<String>);
+        let mut resolved: HashMap<TenantApp, (Vec<u64>, Option<String>)> = HashMap::new();
+        let mut workers: HashMap<u64, crate::export::sink::SinkWorker> = HashMap::new();
+        let no_sinks = ex.sinks.is_empty();
         let mut companions = Vec::with_capacity(items.len());
         for item in items {
             let env = &item.env;
@@ -123,22 +129,39 @@ impl TraceBatcherActor {
                 counters.trace_pending_sub(1);
                 continue;
             }
-            let sinks: Vec<usize> = ex
-                .community
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| {
-                    s.tenant_id == env.context.tenant_id
-                        && (s.app_id.is_none() || s.app_id == env.context.app_id)
-                })
-                .map(|(i, _)| i)
-                .collect();
+            let (sinks, open_failure) = if no_sinks {
+                (Vec::new(), None)
+            } else {
+                let key = (env.context.tenant_id.clone(), env.context.app_id.clone());
+                resolved
+                    .entry(key)
+                    .or_insert_with(|| {
+                        let (open, failed) = ex
+                            .sinks
+                            .resolve(&env.context.tenant_id, env.context.app_id.as_deref());
+                        let ids = open.iter().map(|r| r.id).collect();
+                        for r in open {
+                            workers.insert(r.id, r.worker);
+                        }
+                        let failure = failed
+                            .first()
+                            .map(|(name, e)| format!("sink {name} could not be opened: {e}"));
+                        (ids, failure)
+                    })
+                    .clone()
+            };
             if !item.to_main && sinks.is_empty() {
-                counters.drop_event(
-                    &ev,
-                    ReasonCode::NoDestination,
-                    Some("enterprise exporter off and no sink for this tenant/app"),
-                );
+                match open_failure {
+                    Some(why) => {
+                        Counters::add(&counters.sink_spans_failed, 1);
+                        counters.drop_event_text(&ev, ReasonCode::ExportFailed, &why);
+                    }
+                    None => counters.drop_event(
+                        &ev,
+                        ReasonCode::NoDestination,
+                        Some("enterprise exporter off and no sink for this tenant/app"),
+                    ),
+                }
                 counters.trace_pending_sub(1);
                 continue;
             }
@@ -161,8 +184,7 @@ impl TraceBatcherActor {
         }
         // One job per destination, carrying every group that goes there.
         let mut main_job: (Vec<SpanData>, Vec<Arc<GroupTracker>>) = (Vec::new(), Vec::new());
-        let mut sink_jobs: BTreeMap<usize, (Vec<SpanData>, Vec<Arc<GroupTracker>>)> =
-            BTreeMap::new();
+        let mut sink_jobs: BTreeMap<u64, (Vec<SpanData>, Vec<Arc<GroupTracker>>)> = BTreeMap::new();
         for ((to_main, sinks), (spans, events)) in groups {
             let destinations = sinks.len() + usize::from(to_main);
             let detail = match destinations {
@@ -188,8 +210,8 @@ impl TraceBatcherActor {
             send_job(&ex.main_sink, main_job.0, main_job.1, &counters);
         }
         for (i, (spans, trackers)) in sink_jobs {
-            if let Some(s) = ex.community.get(i) {
-                send_job(&s.worker, spans, trackers, &counters);
+            if let Some(w) = workers.get(&i) {
+                send_job(w, spans, trackers, &counters);
             } else {
                 let unknown: Arc<str> = Arc::from("unknown sink");
                 for t in trackers {

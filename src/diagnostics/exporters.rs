@@ -21,6 +21,8 @@ pub struct ExporterStats {
     items_failed: AtomicU64,
     items_queue_full: AtomicU64,
     failing_since: Mutex<Option<Instant>>,
+    /// A tenant's own sink: its failures do not make the gateway unready.
+    tenant_sink: std::sync::atomic::AtomicBool,
     latency: Hist,
     batch_size: Hist,
     otel: std::sync::Arc<std::sync::OnceLock<super::otel::SelfHistograms>>,
@@ -66,6 +68,7 @@ impl ExporterStats {
             items_failed: AtomicU64::new(0),
             items_queue_full: AtomicU64::new(0),
             failing_since: Mutex::new(None),
+            tenant_sink: std::sync::atomic::AtomicBool::new(false),
             latency: Hist::new(Unit::Seconds),
             batch_size: Hist::new(Unit::Count),
             otel,
@@ -135,6 +138,36 @@ impl ExporterRegistry {
         s
     }
 
+    /// Registers a tenant's sink (`[[sinks]]`, or one registered at runtime): counted like any
+    /// exporter, but its failures do not make the gateway unready (one tenant's provider must
+    /// not take the gateway out of a load balancer). A name already registered this way gets
+    /// the same counters back.
+    pub(crate) fn register_tenant_sink(
+        &self,
+        name: &str,
+        signal: &'static str,
+    ) -> Arc<ExporterStats> {
+        let mut all = self.exporters.lock();
+        if let Some(s) = all.iter().find(|e| {
+            e.tenant_sink.load(std::sync::atomic::Ordering::Relaxed)
+                && e.signal == signal
+                && &*e.name == name
+        }) {
+            return s.clone();
+        }
+        let s = Arc::new(ExporterStats::new(name, signal, self.otel.clone()));
+        s.tenant_sink
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        all.push(s.clone());
+        s
+    }
+
+    /// Forgets an exporter (a tenant sink that was removed), so the list stays bounded by the
+    /// sinks registered now.
+    pub(crate) fn unregister(&self, stats: &Arc<ExporterStats>) {
+        self.exporters.lock().retain(|e| !Arc::ptr_eq(e, stats));
+    }
+
     /// Every exporter's counters.
     pub fn snapshot(&self) -> Vec<ExporterSnapshot> {
         self.exporters.lock().iter().map(|e| e.snapshot()).collect()
@@ -145,6 +178,7 @@ impl ExporterRegistry {
         self.exporters
             .lock()
             .iter()
+            .filter(|e| !e.tenant_sink.load(std::sync::atomic::Ordering::Relaxed))
             .filter_map(|e| {
                 e.failing_for()
                     .filter(|d| *d >= window)

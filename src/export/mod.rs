@@ -20,6 +20,7 @@ pub mod jsonl;
 pub(crate) mod logs;
 pub mod mapping;
 pub(crate) mod metrics;
+pub mod registry;
 pub mod sink;
 
 use std::collections::{BTreeMap, HashMap};
@@ -69,6 +70,14 @@ pub enum ExportBuildError {
         /// The I/O error.
         error: String,
     },
+    /// A sink could not be registered.
+    #[error("{key}: {error}")]
+    Sink {
+        /// Which sink (`sinks[2]`, or `trace_sink(<tenant>)`).
+        key: String,
+        /// Why (never a credential).
+        error: String,
+    },
     /// The export runtime could not start.
     #[error("cannot start the export runtime: {0}")]
     Runtime(String),
@@ -80,14 +89,6 @@ pub enum ExportBuildError {
         /// The redactor's error (it names the key too).
         error: RedactionError,
     },
-}
-
-/// A community sink and which events it takes.
-#[derive(Debug, Clone)]
-pub(crate) struct CommunitySink {
-    pub(crate) tenant_id: String,
-    pub(crate) app_id: Option<String>,
-    pub(crate) worker: SinkWorker,
 }
 
 /// Everything export needs, built once at start.
@@ -305,20 +306,45 @@ impl ExportPipeline {
             )
         };
         let main_sink = spawn_worker(main_sink);
-        let mut community = Vec::new();
+        let sinks = Arc::new(registry::SinkRegistry::new(
+            cfg.trace_batcher.max_live_sinks,
+            registry::WorkerParams {
+                queue_batches,
+                concurrency,
+                timeout: export_timeout,
+                hold,
+                retry: cfg.retry.clone(),
+                resource: resource.clone(),
+                counters: counters.clone(),
+                rt: handle.clone(),
+            },
+        ));
         for (i, s) in cfg.sinks.iter().enumerate() {
-            let sink = build_community_sink(i, s, export_timeout, &cfg.retry, &resource)?;
-            community.push((s.tenant_id.clone(), s.app_id.clone(), sink));
+            // Built once now so that a bad entry fails start naming its key; the registry
+            // opens it again when its tenant's traces need it.
+            let label = format!("sinks[{i}]");
+            drop(build_community_sink(
+                &label,
+                s,
+                export_timeout,
+                &cfg.retry,
+                &resource,
+            )?);
+            sinks
+                .register_section(s.clone())
+                .map_err(|e| ExportBuildError::Sink {
+                    key: label,
+                    error: e.to_string(),
+                })?;
         }
-        let community: Vec<CommunitySink> = community
-            .into_iter()
-            .chain(extra_sinks)
-            .map(|(tenant_id, app_id, sink)| CommunitySink {
-                tenant_id,
-                app_id,
-                worker: spawn_worker(sink),
-            })
-            .collect();
+        for (tenant_id, app_id, sink) in extra_sinks {
+            sinks
+                .register_instance(&tenant_id, app_id.as_deref(), sink)
+                .map_err(|e| ExportBuildError::Sink {
+                    key: format!("trace_sink({tenant_id})"),
+                    error: e.to_string(),
+                })?;
+        }
 
         let log_batcher = LogBatcher::spawn(
             log_backend,
@@ -373,7 +399,7 @@ impl ExportPipeline {
             redactor,
             handles: Arc::new(ExportHandles {
                 main_sink,
-                community,
+                sinks,
                 log_batcher,
                 logger,
                 mapper,
@@ -392,8 +418,10 @@ fn retry_policy(r: &crate::config::RetrySection) -> opentelemetry_otlp::RetryPol
         .with_max_jitter(Duration::from_millis(r.max_jitter_ms))
 }
 
-fn build_community_sink(
-    i: usize,
+/// Builds the sink `s` describes; `label` names it in errors (`sinks[2]`, or a runtime sink's
+/// name).
+pub(crate) fn build_community_sink(
+    label: &str,
     s: &SinkSection,
     timeout: Duration,
     retry: &crate::config::RetrySection,
@@ -403,7 +431,7 @@ fn build_community_sink(
         SinkKind::Otlp => {
             let endpoint = s.endpoint.as_deref().unwrap_or_default();
             let settings = OtlpSettings {
-                key: format!("sinks[{i}].endpoint"),
+                key: format!("{label}.endpoint"),
                 endpoint,
                 protocol: s.protocol,
                 headers: s.headers.clone(),
@@ -417,7 +445,7 @@ fn build_community_sink(
         SinkKind::Jsonl => {
             let path = s.path.clone().unwrap_or_default();
             let w = JsonlWriter::open(&path).map_err(|e| ExportBuildError::File {
-                key: format!("sinks[{i}].path"),
+                key: format!("{label}.path"),
                 path: path.display().to_string(),
                 error: e.to_string(),
             })?;

@@ -368,10 +368,36 @@ impl SinkWorker {
         counters: Arc<Counters>,
         rt: &tokio::runtime::Handle,
     ) -> Self {
+        let name = crate::logging::sanitize(sink.name()).into_owned();
+        let stats = counters.exporters.register(&name, "traces");
+        Self::spawn_with_stats(
+            sink,
+            queue_batches,
+            concurrency,
+            timeout,
+            hold,
+            counters,
+            rt,
+            stats,
+        )
+    }
+
+    /// [`spawn`](Self::spawn) with counters the caller registered (a tenant sink keeps its
+    /// counters across closing and reopening).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn spawn_with_stats(
+        sink: Arc<dyn TraceSink>,
+        queue_batches: usize,
+        concurrency: usize,
+        timeout: Duration,
+        hold: HoldPolicy,
+        counters: Arc<Counters>,
+        rt: &tokio::runtime::Handle,
+        stats: Arc<ExporterStats>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel::<SinkJob>(queue_batches);
         // Sanitized once here: every journey step names its destination with this string.
         let name: Arc<str> = Arc::from(crate::logging::sanitize(sink.name()).as_ref());
-        let stats = counters.exporters.register(&name, "traces");
         let worker = WorkerState {
             name: name.clone(),
             sink,

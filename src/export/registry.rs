@@ -1,0 +1,468 @@
+//! Tenant trace sinks that can change while the host runs: registered, replaced and removed
+//! through the handle, each with its own bounded queue and retry (a `SinkWorker`), and at most
+//! `trace_batcher.max_live_sinks` of them open at once.
+//!
+//! **Why a registry, not a list fixed at start.** The system this replaces let each tenant
+//! configure its own tracing provider (ten providers, one per app) without a restart. A sink is
+//! *registered* as a description (a `[[sinks]]`-style [`SinkSection`], or a host
+//! [`SinkFactory`]); it is *opened* (built, with its worker) when its tenant's traces first need
+//! it, and *closed* when it is the least recently used one and room is needed: its worker
+//! finishes the batches it holds, then shuts the sink down. Its tenant's next trace opens it
+//! again. Sinks the host hands over as instances (`GatewayBuilder::trace_sink`) cannot be
+//! rebuilt, so they are never closed early.
+//!
+//! **Isolation.** Every open sink has its own worker, queue (`trace_batcher.sink_queue_batches`)
+//! and hold-and-retry: a slow provider fills only its own queue (its copies are then dropped and
+//! counted), and the enterprise exporter and other tenants carry on. A tenant sink failing for a
+//! long time does not make the gateway unready.
+//!
+//! **Credentials** (header values, an endpoint URL's password) are handed to the log sanitizer
+//! when a sink is registered, so they are replaced wherever they could surface: log lines,
+//! flight recorder details, errors. `Debug` of a [`SinkSection`] hides them, and [`SinkInfo`]
+//! never carries them.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry_sdk::Resource;
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use super::sink::{SinkError, SinkWorker, TraceSink};
+use crate::config::{HoldPolicy, RetrySection, SinkSection};
+use crate::diagnostics::exporters::ExporterStats;
+use crate::diagnostics::Counters;
+
+/// Builds a tenant's sink: at its first trace, and again whenever it was closed for being the
+/// least recently used. Called on the gateway's batcher thread: connect lazily (the OTLP
+/// exporters do) rather than block here.
+pub trait SinkFactory: Send + Sync + Debug + 'static {
+    /// Builds the sink.
+    fn build(&self) -> Result<Arc<dyn TraceSink>, SinkError>;
+}
+
+/// Why a registration was refused. Never carries a credential.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SinkRegistryError {
+    /// The description is invalid (the field is named).
+    #[error("sink {name:?}: `{field}` {problem}")]
+    Invalid {
+        /// The sink's name.
+        name: String,
+        /// The field at fault.
+        field: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The gateway is shut down.
+    #[error("the gateway is shut down")]
+    ShutDown,
+}
+
+/// A registered sink, as diagnostics show it (no credentials).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SinkInfo {
+    /// The sink's name (counters and logs use it).
+    pub name: String,
+    /// Its tenant.
+    pub tenant_id: String,
+    /// Its app, when it takes one app's traces only.
+    pub app_id: Option<String>,
+    /// Whether it is open now (built, with a worker).
+    pub open: bool,
+    /// Handed over as an instance: never closed early.
+    pub pinned: bool,
+    /// Times it was opened (1 + reopenings after being closed as least recently used).
+    pub opened: u64,
+}
+
+/// How an entry's sink is made.
+#[derive(Debug, Clone)]
+enum Spec {
+    Section(SinkSection),
+    Factory(Arc<dyn SinkFactory>),
+    Instance(Arc<dyn TraceSink>),
+}
+
+/// The key of a registration: a tenant, and an app or all of its apps.
+type Key = (String, Option<String>);
+
+#[derive(Debug)]
+struct Entry {
+    /// Unique per registration: a replaced sink's batches never merge with its successor's.
+    id: u64,
+    name: String,
+    spec: Spec,
+    worker: Option<SinkWorker>,
+    last_used: u64,
+    opened: u64,
+    stats: Arc<ExporterStats>,
+    credentials: Vec<String>,
+}
+
+impl Entry {
+    fn pinned(&self) -> bool {
+        matches!(self.spec, Spec::Instance(_))
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    entries: HashMap<Key, Entry>,
+    clock: u64,
+    next_id: u64,
+    closed: bool,
+}
+
+/// How the registry opens a sink's worker.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerParams {
+    pub(crate) queue_batches: usize,
+    pub(crate) concurrency: usize,
+    pub(crate) timeout: Duration,
+    pub(crate) hold: HoldPolicy,
+    pub(crate) retry: RetrySection,
+    pub(crate) resource: Resource,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) rt: tokio::runtime::Handle,
+}
+
+/// The registry (see the module docs).
+#[derive(Debug)]
+pub(crate) struct SinkRegistry {
+    inner: Mutex<Inner>,
+    max_live: usize,
+    params: WorkerParams,
+}
+
+/// An open sink a batch goes to.
+#[derive(Debug, Clone)]
+pub(crate) struct Resolved {
+    pub(crate) id: u64,
+    pub(crate) worker: SinkWorker,
+}
+
+impl SinkRegistry {
+    pub(crate) fn new(max_live: usize, params: WorkerParams) -> Self {
+        SinkRegistry {
+            inner: Mutex::new(Inner::default()),
+            max_live: max_live.max(1),
+            params,
+        }
+    }
+
+    fn check_section(s: &SinkSection) -> Result<(), SinkRegistryError> {
+        let bad = |field, problem: &str| SinkRegistryError::Invalid {
+            name: s.name.clone(),
+            field,
+            problem: problem.into(),
+        };
+        if s.name.trim().is_empty() {
+            return Err(bad("name", "must not be empty"));
+        }
+        if s.tenant_id.is_empty() {
+            return Err(bad("tenant_id", "must not be empty"));
+        }
+        match s.kind {
+            crate::config::SinkKind::Otlp => match s.endpoint.as_deref() {
+                None => return Err(bad("endpoint", "is required for an otlp sink")),
+                Some(e) if !(e.starts_with("http://") || e.starts_with("https://")) => {
+                    return Err(bad("endpoint", "must start with http:// or https://"))
+                }
+                Some(_) => {}
+            },
+            crate::config::SinkKind::Jsonl => {
+                if s.path.is_none() {
+                    return Err(bad("path", "is required for a jsonl sink"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Registers (or replaces) a sink described like a `[[sinks]]` entry.
+    pub(crate) fn register_section(&self, s: SinkSection) -> Result<(), SinkRegistryError> {
+        Self::check_section(&s)?;
+        let credentials = crate::config::credentials(&s.headers, s.endpoint.as_deref());
+        let key = (s.tenant_id.clone(), s.app_id.clone());
+        self.insert(key, s.name.clone(), Spec::Section(s), credentials)
+    }
+
+    /// Registers (or replaces) a sink built by host code.
+    pub(crate) fn register_factory(
+        &self,
+        name: &str,
+        tenant_id: &str,
+        app_id: Option<&str>,
+        factory: Arc<dyn SinkFactory>,
+    ) -> Result<(), SinkRegistryError> {
+        self.check_names(name, tenant_id)?;
+        let key = (tenant_id.to_owned(), app_id.map(str::to_owned));
+        self.insert(key, name.to_owned(), Spec::Factory(factory), Vec::new())
+    }
+
+    /// Registers (or replaces) a sink instance the host owns: open at once, never closed early.
+    pub(crate) fn register_instance(
+        &self,
+        tenant_id: &str,
+        app_id: Option<&str>,
+        sink: Arc<dyn TraceSink>,
+    ) -> Result<(), SinkRegistryError> {
+        let name = sink.name().to_owned();
+        self.check_names(&name, tenant_id)?;
+        let key = (tenant_id.to_owned(), app_id.map(str::to_owned));
+        self.insert(key, name, Spec::Instance(sink), Vec::new())
+    }
+
+    fn check_names(&self, name: &str, tenant_id: &str) -> Result<(), SinkRegistryError> {
+        let bad = |field, problem: &str| SinkRegistryError::Invalid {
+            name: name.to_owned(),
+            field,
+            problem: problem.into(),
+        };
+        if name.trim().is_empty() {
+            return Err(bad("name", "must not be empty"));
+        }
+        if tenant_id.is_empty() {
+            return Err(bad("tenant_id", "must not be empty"));
+        }
+        Ok(())
+    }
+
+    fn insert(
+        &self,
+        key: Key,
+        name: String,
+        spec: Spec,
+        credentials: Vec<String>,
+    ) -> Result<(), SinkRegistryError> {
+        for c in &credentials {
+            crate::logging::add_secret(c);
+        }
+        let mut inner = self.inner.lock();
+        if inner.closed {
+            return Err(SinkRegistryError::ShutDown);
+        }
+        inner.next_id += 1;
+        let id = inner.next_id;
+        let clean = crate::logging::sanitize(&name).into_owned();
+        let stats = self
+            .params
+            .counters
+            .exporters
+            .register_tenant_sink(&clean, "traces");
+        let entry = Entry {
+            id,
+            name: clean,
+            spec,
+            worker: None,
+            last_used: 0,
+            opened: 0,
+            stats,
+            credentials,
+        };
+        let old = inner.entries.insert(key, entry);
+        drop(inner);
+        if let Some(old) = old {
+            self.retire(old);
+        }
+        Ok(())
+    }
+
+    /// Removes the sink of `(tenant_id, app_id)`; its worker finishes what it holds.
+    pub(crate) fn remove(&self, tenant_id: &str, app_id: Option<&str>) -> bool {
+        let key = (tenant_id.to_owned(), app_id.map(str::to_owned));
+        let old = self.inner.lock().entries.remove(&key);
+        match old {
+            Some(old) => {
+                self.retire(old);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A replaced or removed entry: its worker drains and shuts its sink down once its queue
+    /// has no sender left; its credentials and counters go when no other entry shares them.
+    fn retire(&self, old: Entry) {
+        let inner = self.inner.lock();
+        let name_in_use = inner.entries.values().any(|e| e.name == old.name);
+        let still_used: Vec<&String> = inner
+            .entries
+            .values()
+            .flat_map(|e| e.credentials.iter())
+            .collect();
+        for c in &old.credentials {
+            if !still_used.contains(&c) {
+                crate::logging::forget_secret(c);
+            }
+        }
+        drop(inner);
+        if !name_in_use {
+            self.params.counters.exporters.unregister(&old.stats);
+        }
+        drop(old.worker);
+    }
+
+    /// Every registration, for diagnostics.
+    pub(crate) fn list(&self) -> Vec<SinkInfo> {
+        let inner = self.inner.lock();
+        let mut out: Vec<SinkInfo> = inner
+            .entries
+            .iter()
+            .map(|((tenant, app), e)| SinkInfo {
+                name: e.name.clone(),
+                tenant_id: tenant.clone(),
+                app_id: app.clone(),
+                open: e.worker.is_some(),
+                pinned: e.pinned(),
+                opened: e.opened,
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.tenant_id, &a.app_id).cmp(&(&b.tenant_id, &b.app_id)));
+        out
+    }
+
+    /// (batches waiting, capacity) summed over the open sinks, and how many are open.
+    pub(crate) fn depth(&self) -> (usize, usize, usize) {
+        let inner = self.inner.lock();
+        let mut depth = 0;
+        let mut cap = 0;
+        let mut open = 0;
+        for w in inner.entries.values().filter_map(|e| e.worker.as_ref()) {
+            if let Some((d, c)) = (w.depth_reader())() {
+                depth += d;
+                cap += c;
+                open += 1;
+            }
+        }
+        (depth, cap, open)
+    }
+
+    /// Whether any sink is registered for `tenant_id` (cheap check before `resolve`).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.inner.lock().entries.is_empty()
+    }
+
+    /// The open sinks that take traces of `(tenant_id, app_id)`, opening them (and closing the
+    /// least recently used ones to make room) as needed. A sink that cannot be built is
+    /// reported as the error, named; its tenant's traces are then not sent to it.
+    pub(crate) fn resolve(
+        &self,
+        tenant_id: &str,
+        app_id: Option<&str>,
+    ) -> (Vec<Resolved>, Vec<(String, SinkError)>) {
+        let mut out = Vec::new();
+        let mut failed = Vec::new();
+        let mut inner = self.inner.lock();
+        if inner.entries.is_empty() || inner.closed {
+            return (out, failed);
+        }
+        inner.clock += 1;
+        let now = inner.clock;
+        let mut keys: Vec<Key> = vec![(tenant_id.to_owned(), None)];
+        if let Some(app) = app_id {
+            keys.push((tenant_id.to_owned(), Some(app.to_owned())));
+        }
+        for key in keys {
+            let needs_open = match inner.entries.get_mut(&key) {
+                None => continue,
+                Some(e) => {
+                    e.last_used = now;
+                    e.worker.is_none()
+                }
+            };
+            if needs_open {
+                self.make_room(&mut inner, &key);
+                let Some(e) = inner.entries.get_mut(&key) else {
+                    continue;
+                };
+                match self.open(e) {
+                    Ok(w) => {
+                        e.worker = Some(w);
+                        e.opened += 1;
+                    }
+                    Err(err) => {
+                        failed.push((e.name.clone(), err));
+                        continue;
+                    }
+                }
+            }
+            if let Some(e) = inner.entries.get(&key) {
+                if let Some(w) = &e.worker {
+                    out.push(Resolved {
+                        id: e.id,
+                        worker: w.clone(),
+                    });
+                }
+            }
+        }
+        (out, failed)
+    }
+
+    /// Closes least recently used open sinks (never pinned ones, never `keep`) until one more
+    /// fits under `max_live`.
+    fn make_room(&self, inner: &mut Inner, keep: &Key) {
+        loop {
+            let open = inner
+                .entries
+                .values()
+                .filter(|e| e.worker.is_some())
+                .count();
+            if open < self.max_live {
+                return;
+            }
+            let victim = inner
+                .entries
+                .iter()
+                .filter(|(k, e)| e.worker.is_some() && !e.pinned() && *k != keep)
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(k, _)| k.clone());
+            match victim {
+                // Dropping the worker's sender: it finishes its queue, then shuts the sink down.
+                Some(k) => {
+                    if let Some(e) = inner.entries.get_mut(&k) {
+                        e.worker = None;
+                    }
+                }
+                // Only pinned sinks are open: the limit cannot be kept; open anyway.
+                None => return,
+            }
+        }
+    }
+
+    fn open(&self, e: &Entry) -> Result<SinkWorker, SinkError> {
+        let p = &self.params;
+        let _rt = p.rt.enter();
+        let sink: Arc<dyn TraceSink> = match &e.spec {
+            Spec::Instance(s) => s.clone(),
+            Spec::Factory(f) => f.build()?,
+            Spec::Section(s) => {
+                super::build_community_sink(&e.name, s, p.timeout, &p.retry, &p.resource)
+                    .map_err(|err| SinkError::Failed(err.to_string()))?
+            }
+        };
+        Ok(SinkWorker::spawn_with_stats(
+            sink,
+            p.queue_batches,
+            p.concurrency,
+            p.timeout,
+            p.hold,
+            p.counters.clone(),
+            &p.rt,
+            e.stats.clone(),
+        ))
+    }
+
+    /// At shutdown: no more registrations; every worker's sender is dropped so each drains and
+    /// shuts its sink down.
+    pub(crate) fn close_all(&self) {
+        let mut inner = self.inner.lock();
+        inner.closed = true;
+        for e in inner.entries.values_mut() {
+            e.worker = None;
+        }
+    }
+}
