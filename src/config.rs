@@ -509,6 +509,21 @@ pub struct CaseSection {
     /// A root span of its run: its span id is derived from the run id so other cases of the
     /// run become its children.
     pub root_span: Option<bool>,
+    /// `false` drops every event of the case at the gateway, counted as `filtered`. Default
+    /// `true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Fraction of the case's events kept (0.0 to 1.0; default 1.0); the others are dropped as
+    /// `sampled_out`. Deterministic: decided on the trace id for a trace case (so a run's
+    /// events are kept or dropped together) and on the event id for a metric/log case (so a
+    /// re-sent event gets the same answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_ratio: Option<f64>,
+    /// A trace case's event whose payload duration exceeds this also produces a
+    /// `{namespace}.slow_operation` log event and counts in `{namespace}.slow_operations.total`.
+    /// Unset: no slow-operation events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_threshold_ms: Option<u64>,
 }
 
 /// Which payload store backs offloads.
@@ -1089,6 +1104,20 @@ impl GatewayConfig {
                 return Err(bad(
                     &format!("{key}.signal"),
                     "a new case must say its signal: \"trace\" or \"metric_log\"",
+                ));
+            }
+            if let Some(r) = case.sample_ratio {
+                if !(0.0..=1.0).contains(&r) || r.is_nan() {
+                    return Err(bad(
+                        &format!("{key}.sample_ratio"),
+                        format!("{r} is not between 0.0 and 1.0"),
+                    ));
+                }
+            }
+            if case.slow_threshold_ms == Some(0) {
+                return Err(bad(
+                    &format!("{key}.slow_threshold_ms"),
+                    "must be greater than 0 (leave it unset for no slow-operation events)",
                 ));
             }
         }

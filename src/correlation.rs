@@ -180,6 +180,9 @@ mod tests {
             signal: SignalType::Trace,
             enterprise_only: false,
             root_span: root,
+            enabled: true,
+            sample_ppm: crate::routing::ALL_PPM,
+            slow_threshold_ms: None,
         }
     }
 

@@ -36,6 +36,29 @@ pub struct Route {
     pub enterprise_only: bool,
     /// The case is the root span of its run.
     pub root_span: bool,
+    /// `false`: every event of the case is dropped as `filtered` (`cases.<name>.enabled`).
+    pub enabled: bool,
+    /// Events kept per million (`cases.<name>.sample_ratio` × 10⁶); the rest are `sampled_out`.
+    pub sample_ppm: u32,
+    /// `cases.<name>.slow_threshold_ms`: a trace event slower than this also produces a
+    /// slow-operation log event.
+    pub slow_threshold_ms: Option<u64>,
+}
+
+/// Every event kept: `sample_ppm` of a case without `sample_ratio`.
+pub const ALL_PPM: u32 = 1_000_000;
+
+impl Route {
+    /// Whether an event whose sampling key is `key` (its trace id for a trace case, its event
+    /// id for a metric/log case) is kept under `sample_ppm`. The same mixing as
+    /// `otlp.sampling_ratio`, so a trace kept here at ratio r is kept by every ratio above r.
+    pub fn keeps(&self, key: [u8; 16]) -> bool {
+        self.sample_ppm >= ALL_PPM
+            || crate::export::trace_sampled(
+                opentelemetry::trace::TraceId::from_bytes(key),
+                f64::from(self.sample_ppm) / f64::from(ALL_PPM),
+            )
+    }
 }
 
 /// What the gateway does with one event.
@@ -74,6 +97,9 @@ pub fn built_in_route(case: &TelemetryCase) -> Option<Route> {
         signal,
         enterprise_only,
         root_span,
+        enabled: true,
+        sample_ppm: ALL_PPM,
+        slow_threshold_ms: None,
     })
 }
 
@@ -90,6 +116,9 @@ impl RoutingTable {
                 signal: o.signal.unwrap_or(SignalType::MetricLog),
                 enterprise_only: false,
                 root_span: false,
+                enabled: true,
+                sample_ppm: ALL_PPM,
+                slow_threshold_ms: None,
             });
             routes.insert(
                 name.clone(),
@@ -97,6 +126,12 @@ impl RoutingTable {
                     signal: o.signal.unwrap_or(base.signal),
                     enterprise_only: o.enterprise_only.unwrap_or(base.enterprise_only),
                     root_span: o.root_span.unwrap_or(base.root_span),
+                    enabled: o.enabled.unwrap_or(base.enabled),
+                    sample_ppm: o
+                        .sample_ratio
+                        .map(|r| (r.clamp(0.0, 1.0) * f64::from(ALL_PPM)).round() as u32)
+                        .unwrap_or(base.sample_ppm),
+                    slow_threshold_ms: o.slow_threshold_ms.or(base.slow_threshold_ms),
                 },
             );
         }
@@ -212,6 +247,45 @@ mod tests {
                     };
                     assert_eq!(d, expected, "{case} gw={gw} ent={ent}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn per_case_policy_overrides_and_nests() {
+        let mut o = BTreeMap::new();
+        o.insert(
+            "node_execution".to_string(),
+            CaseSection {
+                sample_ratio: Some(0.25),
+                slow_threshold_ms: Some(500),
+                ..Default::default()
+            },
+        );
+        o.insert(
+            "app_created".to_string(),
+            CaseSection {
+                enabled: Some(false),
+                ..Default::default()
+            },
+        );
+        let t = RoutingTable::new(&o);
+        let node = t.route(&TelemetryCase::NodeExecution).unwrap();
+        assert_eq!(node.sample_ppm, 250_000);
+        assert_eq!(node.slow_threshold_ms, Some(500));
+        assert!(!t.route(&TelemetryCase::AppCreated).unwrap().enabled);
+        let run = t.route(&TelemetryCase::WorkflowRun).unwrap();
+        assert_eq!((run.enabled, run.sample_ppm), (true, ALL_PPM));
+        // A key kept at 0.25 is kept at every higher ratio (nested sampling).
+        let half = Route {
+            sample_ppm: 500_000,
+            ..node
+        };
+        for i in 0u32..2000 {
+            let mut key = [0u8; 16];
+            key[..4].copy_from_slice(&i.to_be_bytes());
+            if node.keeps(key) {
+                assert!(half.keeps(key) && run.keeps(key), "key {i}");
             }
         }
     }

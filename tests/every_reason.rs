@@ -247,6 +247,19 @@ fn scenario(reason: ReasonCode) -> (StatsSnapshot, Explainer, String) {
                 vec![ev(TelemetryCase::WorkflowRun, "t")],
             )
         }
+        ReasonCode::Filtered => {
+            c.cases.insert(
+                "moderation_check".into(),
+                telemetry_gateway::config::CaseSection {
+                    enabled: Some(false),
+                    ..Default::default()
+                },
+            );
+            run(
+                telemetry_gateway::start(c).unwrap(),
+                vec![ev(TelemetryCase::ModerationCheck, "t")],
+            )
+        }
         other => panic!("no scenario for reason code {other}: add one"),
     };
     leak(dir);

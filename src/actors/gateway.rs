@@ -80,6 +80,11 @@ impl GatewayActor {
     /// The event leaves the gateway stage dropped.
     fn drop_event(&self, ev: &EventRef, reason: ReasonCode) {
         self.counters().drop_event(ev, reason, None);
+        self.leave_gateway();
+    }
+
+    /// An event dropped here (already counted) leaves the gateway stage.
+    fn leave_gateway(&self) {
         self.counters()
             .gateway_pending
             .add(-1, std::sync::atomic::Ordering::SeqCst);
@@ -167,6 +172,34 @@ impl GatewayActor {
         };
         env.signal = Some(signal);
         crate::correlation::resolve_with(&mut env, &route, &mut self.run_ids);
+        // Per-case policy: a case turned off, or sampled (`[cases.<name>]`).
+        if !route.enabled {
+            self.counters().step(&ev, Stage::Received, None);
+            self.counters().drop_event_text(
+                &ev,
+                ReasonCode::Filtered,
+                &format!("cases.{}.enabled = false", env.case),
+            );
+            return self.leave_gateway();
+        }
+        if route.sample_ppm < crate::routing::ALL_PPM {
+            let key = match signal {
+                SignalType::Trace => crate::export::mapping::ResolvedIds::of(&env)
+                    .trace_id
+                    .to_bytes(),
+                SignalType::MetricLog => *env.event_id.as_bytes(),
+            };
+            if !route.keeps(key) {
+                self.counters().step(&ev, Stage::Received, None);
+                let ratio = f64::from(route.sample_ppm) / f64::from(crate::routing::ALL_PPM);
+                self.counters().drop_event_text(
+                    &ev,
+                    ReasonCode::SampledOut,
+                    &format!("cases.{}.sample_ratio = {ratio}", env.case),
+                );
+                return self.leave_gateway();
+            }
+        }
 
         let oversize = match &env.payload {
             // The cheap bound settles almost every payload; only one near the threshold is

@@ -168,6 +168,19 @@ impl TraceBatcherActor {
 
             let (span, companion) = ex.mapper.span_and_companion(&ex.logger, env, payload);
             companions.push((companion, None));
+            // A slow operation also gets a log event of its own (`cases.<name>.slow_threshold_ms`).
+            if let Some(threshold) = self
+                .shared
+                .table
+                .route(&env.case)
+                .and_then(|r| r.slow_threshold_ms)
+                .map(Duration::from_millis)
+            {
+                if let Some(took) = ex.mapper.slower_than(payload, threshold) {
+                    let slow = ex.mapper.slow_operation(&ex.logger, env, took, threshold);
+                    companions.push((slow, None));
+                }
+            }
             let group = groups.entry((item.to_main, sinks)).or_default();
             group.0.push(span);
             group.1.push(ev);

@@ -73,11 +73,13 @@ pub enum ReasonCode {
     /// A worker moved the event's stream entry to the dead-letter stream: it was delivered more
     /// than `transport.max_deliveries` times without being handled, or did not decode.
     DeadLettered,
+    /// The case is turned off (`cases.<name>.enabled = false`). Policy.
+    Filtered,
 }
 
 impl ReasonCode {
     /// Every reason code, for iteration and exhaustive tests.
-    pub const ALL: [ReasonCode; 17] = [
+    pub const ALL: [ReasonCode; 18] = [
         ReasonCode::EnterpriseDisabled,
         ReasonCode::GatewayDisabled,
         ReasonCode::QueueFull,
@@ -95,6 +97,7 @@ impl ReasonCode {
         ReasonCode::HandlerPanicked,
         ReasonCode::NoDestination,
         ReasonCode::DeadLettered,
+        ReasonCode::Filtered,
     ];
 
     /// The stable snake_case name.
@@ -117,6 +120,7 @@ impl ReasonCode {
             ReasonCode::HandlerPanicked => "handler_panicked",
             ReasonCode::NoDestination => "no_destination",
             ReasonCode::DeadLettered => "dead_lettered",
+            ReasonCode::Filtered => "filtered",
         }
     }
 
@@ -128,6 +132,7 @@ impl ReasonCode {
                 | ReasonCode::EnterpriseDisabled
                 | ReasonCode::SampledOut
                 | ReasonCode::GatewayDisabled
+                | ReasonCode::Filtered
         )
     }
 

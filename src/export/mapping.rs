@@ -90,6 +90,7 @@ pub(crate) struct Instruments {
     suggested_questions: Counter<u64>,
     names_generated: Counter<u64>,
     degraded: Counter<u64>,
+    slow_operations: Counter<u64>,
 }
 
 /// Every instrument name the mapping creates, for the catalogue test.
@@ -111,6 +112,7 @@ pub fn instrument_names(ns: &str) -> Vec<String> {
         "suggested_questions.total",
         "names_generated.total",
         "events.degraded.total",
+        "slow_operations.total",
     ]
     .iter()
     .map(|s| format!("{ns}.{s}"))
@@ -181,6 +183,11 @@ impl Instruments {
                 "Metric/log events handled without their payload, by reason (rehydration_failed, payload_ref_refused)",
                 "{event}",
             ),
+            slow_operations: c(
+                "slow_operations.total",
+                "Trace events slower than their case's slow_threshold_ms, by case",
+                "{event}",
+            ),
         }
     }
 }
@@ -219,6 +226,7 @@ pub struct Mapper {
     include_content: bool,
     names: HashMap<String, CaseNames>,
     degraded_event: &'static str,
+    slow_event: &'static str,
     instruments: Instruments,
     scope: InstrumentationScope,
     /// Applied to every payload value before it becomes an attribute, a status or a body.
@@ -271,6 +279,7 @@ impl Mapper {
             include_content,
             names,
             degraded_event: leak(format!("{ns}.event.degraded")),
+            slow_event: leak(format!("{ns}.slow_operation")),
             instruments: Instruments::new(meter, ns),
             scope: scope(),
             redactor,
@@ -387,6 +396,64 @@ impl Mapper {
             }
         }
         a
+    }
+
+    /// The event's duration when it exceeds `threshold` (from its payload's `duration_ms`, or
+    /// `elapsed_time` in seconds).
+    pub fn slower_than(
+        &self,
+        payload: Option<&JsonObject>,
+        threshold: Duration,
+    ) -> Option<Duration> {
+        duration_of(payload).filter(|d| *d > threshold)
+    }
+
+    /// The `{ns}.slow_operation` log event of a trace event that took `took`, over `threshold`,
+    /// and its count in `{ns}.slow_operations.total`. It carries the case, both durations, and
+    /// the event, run, trace and correlation ids, so slow runs are findable in the logs alone.
+    pub fn slow_operation(
+        &self,
+        logger: &SdkLogger,
+        env: &TelemetryEnvelope,
+        took: Duration,
+        threshold: Duration,
+    ) -> SdkLogRecord {
+        self.instruments.slow_operations.add(
+            1,
+            &[
+                KeyValue::new("case", env.case.as_str().to_owned()),
+                KeyValue::new("tenant.id", env.context.tenant_id.clone()),
+            ],
+        );
+        let ids = ResolvedIds::of(env);
+        let mut r = logger.create_log_record();
+        r.set_event_name(self.slow_event);
+        r.set_timestamp(env.created_at);
+        r.set_observed_timestamp(SystemTime::now());
+        r.set_severity_number(Severity::Warn);
+        r.set_severity_text("WARN");
+        let took_ms = took.as_secs_f64() * 1000.0;
+        let threshold_ms = threshold.as_millis() as u64;
+        r.set_body(AnyValue::from(format!(
+            "{} took {took_ms:.0} ms, over its {threshold_ms} ms threshold",
+            env.case
+        )));
+        r.set_trace_context(ids.trace_id, ids.span_id, Some(TraceFlags::SAMPLED));
+        let mut buf = uuid::Uuid::encode_buffer();
+        let event_id = env.event_id.hyphenated().encode_lower(&mut buf).to_owned();
+        r.add_attribute("telemetry.case", env.case.as_str().to_owned());
+        r.add_attribute("event.id", event_id);
+        r.add_attribute("tenant.id", env.context.tenant_id.clone());
+        if let Some(app) = &env.context.app_id {
+            r.add_attribute("app.id", app.clone());
+        }
+        r.add_attribute("correlation.id", env.effective_correlation_id());
+        if let Some(run) = &env.correlation.run_id {
+            r.add_attribute("run.id", run.clone());
+        }
+        r.add_attribute("duration_ms", took_ms);
+        r.add_attribute("threshold_ms", threshold_ms as i64);
+        r
     }
 
     /// The span of a trace-shaped event. The envelope's correlation ids must be resolved.
