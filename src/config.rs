@@ -152,6 +152,14 @@ pub const DEFAULT_TRANSPORT_BLOCK_MS: u64 = 1_000;
 /// acknowledges it.
 pub const DEFAULT_TRANSPORT_COMMIT_INTERVAL_MS: u64 = 200;
 
+/// Default of `sinks.sqlite.batch_size`: rows per transaction at most.
+pub const DEFAULT_SQLITE_BATCH_SIZE: usize = 2_048;
+/// Default of `sinks.sqlite.flush_interval_ms`: how long the writer gathers rows into one
+/// transaction.
+pub const DEFAULT_SQLITE_FLUSH_INTERVAL_MS: u64 = 200;
+/// Default of `sinks.sqlite.queue_batches`: exports waiting for the writer.
+pub const DEFAULT_SQLITE_QUEUE_BATCHES: usize = 64;
+
 /// Default of `shutdown.deadline_ms`, used when the handle is dropped without `shutdown()`.
 pub const DEFAULT_SHUTDOWN_DEADLINE_MS: u64 = 5_000;
 
@@ -226,8 +234,8 @@ pub struct GatewayConfig {
     pub otlp: OtlpSection,
     /// `[export]`: naming, content policy, the local file output and the log batcher.
     pub export: ExportSection,
-    /// `[[sinks]]`: community trace sinks per tenant/app.
-    pub sinks: Vec<SinkSection>,
+    /// `[[sinks]]` (community trace sinks per tenant/app) and `[sinks.sqlite]`.
+    pub sinks: SinksConfig,
     /// `[shutdown]`.
     pub shutdown: ShutdownSection,
     /// `[diagnostics]`: the flight recorder, the HTTP endpoint, readiness.
@@ -789,6 +797,95 @@ pub enum SinkKind {
     Jsonl,
 }
 
+/// The `sinks` key. In TOML either the array of tenant sinks (`[[sinks]]`, as before) or a
+/// table: `[[sinks.tenants]]` for tenant sinks and `[sinks.sqlite]` for the SQLite sink (TOML
+/// cannot mix `[[sinks]]` with `[sinks.sqlite]` in one file).
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct SinksConfig {
+    /// Tenant trace sinks.
+    pub tenants: Vec<SinkSection>,
+    /// `[sinks.sqlite]`: spans, log events and metric points also stored in SQLite.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sqlite: Option<SqliteSection>,
+}
+
+impl<'de> Deserialize<'de> for SinksConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            #[serde(default)]
+            tenants: Vec<SinkSection>,
+            #[serde(default)]
+            sqlite: Option<SqliteSection>,
+        }
+        // Decided on the shape first, so that an error inside names the field (an untagged
+        // enum would only say that nothing matched).
+        let v = <figment::value::Value as Deserialize>::deserialize(d)?;
+        let custom = |e: figment::Error| serde::de::Error::custom(e.to_string());
+        match v {
+            figment::value::Value::Array(..) => Ok(SinksConfig {
+                tenants: v.deserialize().map_err(custom)?,
+                sqlite: None,
+            }),
+            _ => {
+                let t: Table = v.deserialize().map_err(custom)?;
+                Ok(SinksConfig {
+                    tenants: t.tenants,
+                    sqlite: t.sqlite,
+                })
+            }
+        }
+    }
+}
+
+/// `[sinks.sqlite]`: see docs/local-analytics.md.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqliteSection {
+    /// The database file (created, with its directory, when missing).
+    pub path: PathBuf,
+    /// Rows written per transaction at most.
+    #[serde(default = "default_sqlite_batch_size")]
+    pub batch_size: usize,
+    /// How long the writer gathers rows into one transaction.
+    #[serde(default = "default_sqlite_flush_interval_ms")]
+    pub flush_interval_ms: u64,
+    /// Exports waiting for the writer; beyond it a copy is dropped and counted.
+    #[serde(default = "default_sqlite_queue_batches")]
+    pub queue_batches: usize,
+    /// Rows older than this are deleted (unset: kept).
+    #[serde(default)]
+    pub retention_max_age_secs: Option<u64>,
+    /// At most this many rows per table, the oldest deleted first (unset: no limit).
+    #[serde(default)]
+    pub retention_max_rows: Option<u64>,
+}
+
+impl SqliteSection {
+    /// A section for `path` with the documented defaults.
+    pub fn at(path: impl Into<PathBuf>) -> Self {
+        SqliteSection {
+            path: path.into(),
+            batch_size: DEFAULT_SQLITE_BATCH_SIZE,
+            flush_interval_ms: DEFAULT_SQLITE_FLUSH_INTERVAL_MS,
+            queue_batches: DEFAULT_SQLITE_QUEUE_BATCHES,
+            retention_max_age_secs: None,
+            retention_max_rows: None,
+        }
+    }
+}
+
+fn default_sqlite_batch_size() -> usize {
+    DEFAULT_SQLITE_BATCH_SIZE
+}
+fn default_sqlite_flush_interval_ms() -> u64 {
+    DEFAULT_SQLITE_FLUSH_INTERVAL_MS
+}
+fn default_sqlite_queue_batches() -> usize {
+    DEFAULT_SQLITE_QUEUE_BATCHES
+}
+
 /// `[[sinks]]`: a community trace sink for one tenant (and optionally one app). Also what
 /// `GatewayHandle::register_sink` takes at runtime. `Debug` shows header names and never their
 /// values, nor the password of an endpoint URL.
@@ -1190,7 +1287,35 @@ impl GatewayConfig {
             }
         }
         let mut names = std::collections::BTreeSet::new();
-        for (i, s) in self.sinks.iter().enumerate() {
+        if let Some(sq) = &self.sinks.sqlite {
+            if sq.path.as_os_str().is_empty() {
+                return Err(bad("sinks.sqlite.path", "must not be empty"));
+            }
+            for (key, v) in [
+                ("sinks.sqlite.batch_size", sq.batch_size as u64),
+                ("sinks.sqlite.flush_interval_ms", sq.flush_interval_ms),
+                ("sinks.sqlite.queue_batches", sq.queue_batches as u64),
+            ] {
+                if v == 0 {
+                    return Err(bad(key, "must be at least 1"));
+                }
+            }
+            for (key, v) in [
+                (
+                    "sinks.sqlite.retention_max_age_secs",
+                    sq.retention_max_age_secs,
+                ),
+                ("sinks.sqlite.retention_max_rows", sq.retention_max_rows),
+            ] {
+                if v == Some(0) {
+                    return Err(bad(
+                        key,
+                        "must be at least 1 (leave it unset to keep everything)",
+                    ));
+                }
+            }
+        }
+        for (i, s) in self.sinks.tenants.iter().enumerate() {
             let key = format!("sinks[{i}]");
             if !names.insert(s.name.clone()) {
                 return Err(bad(

@@ -179,28 +179,31 @@ fn severity_text(s: Option<Severity>) -> &'static str {
     }
 }
 
+/// One log record as a JSON line.
+pub(crate) fn log_to_json(r: &opentelemetry_sdk::logs::SdkLogRecord) -> Json {
+    let mut attrs = Map::new();
+    for (k, v) in r.attributes_iter() {
+        attrs.insert(k.as_str().to_owned(), any_to_json(v));
+    }
+    let (trace_id, span_id) = match r.trace_context() {
+        Some(tc) => (Some(tc.trace_id.to_string()), Some(tc.span_id.to_string())),
+        None => (None, None),
+    };
+    json!({
+        "signal": "log",
+        "event_name": r.event_name(),
+        "severity": severity_text(r.severity_number()),
+        "time_unix_nano": r.timestamp().map(unix_nanos),
+        "trace_id": trace_id,
+        "span_id": span_id,
+        "body": r.body().map(any_to_json),
+        "attributes": Json::Object(attrs),
+    })
+}
+
 impl LogExporter for JsonlLogExporter {
     async fn export(&self, batch: LogBatch<'_>) -> OTelSdkResult {
-        let lines = batch.iter().map(|(r, _scope)| {
-            let mut attrs = Map::new();
-            for (k, v) in r.attributes_iter() {
-                attrs.insert(k.as_str().to_owned(), any_to_json(v));
-            }
-            let (trace_id, span_id) = match r.trace_context() {
-                Some(tc) => (Some(tc.trace_id.to_string()), Some(tc.span_id.to_string())),
-                None => (None, None),
-            };
-            json!({
-                "signal": "log",
-                "event_name": r.event_name(),
-                "severity": severity_text(r.severity_number()),
-                "time_unix_nano": r.timestamp().map(unix_nanos),
-                "trace_id": trace_id,
-                "span_id": span_id,
-                "body": r.body().map(any_to_json),
-                "attributes": Json::Object(attrs),
-            })
-        });
+        let lines = batch.iter().map(|(r, _scope)| log_to_json(r));
         self.writer
             .write_lines(lines.collect::<Vec<_>>())
             .map_err(|e| OTelSdkError::InternalFailure(e.to_string()))

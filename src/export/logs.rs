@@ -32,6 +32,8 @@ pub(crate) enum LogBackend {
     Jsonl(JsonlLogExporter),
     /// `export.local_output = "discard"`: accepted and thrown away.
     Discard,
+    /// Another backend, with what it exported also stored in SQLite (`[sinks.sqlite]`).
+    WithSqlite(Box<LogBackend>, super::sqlite::SqliteStore),
 }
 
 impl LogBackend {
@@ -40,15 +42,31 @@ impl LogBackend {
             LogBackend::Otlp(e) => e.set_resource(r),
             LogBackend::Jsonl(e) => e.set_resource(r),
             LogBackend::Discard => {}
+            LogBackend::WithSqlite(b, _) => b.set_resource(r),
         }
     }
 
-    async fn export(&self, batch: LogBatch<'_>) -> OTelSdkResult {
-        match self {
-            LogBackend::Otlp(e) => e.export(batch).await,
-            LogBackend::Jsonl(e) => e.export(batch).await,
-            LogBackend::Discard => Ok(()),
-        }
+    fn export<'a>(&'a self, batch: LogBatch<'a>) -> futures::future::BoxFuture<'a, OTelSdkResult> {
+        Box::pin(async move {
+            match self {
+                LogBackend::Otlp(e) => e.export(batch).await,
+                LogBackend::Jsonl(e) => e.export(batch).await,
+                LogBackend::Discard => Ok(()),
+                LogBackend::WithSqlite(b, store) => {
+                    let rows: Vec<serde_json::Value> = batch
+                        .iter()
+                        .map(|(r, _)| super::jsonl::log_to_json(r))
+                        .collect();
+                    let result = b.export(batch).await;
+                    // Stored once, when exported; a failed store is counted (exporter
+                    // `sqlite`) and does not change the outcome.
+                    if result.is_ok() {
+                        let _ = store.store(super::sqlite::Table::Logs, rows).await;
+                    }
+                    result
+                }
+            }
+        })
     }
 
     fn shutdown(&self) {
@@ -56,6 +74,10 @@ impl LogBackend {
             LogBackend::Otlp(e) => e.shutdown(),
             LogBackend::Jsonl(e) => e.shutdown(),
             LogBackend::Discard => Ok(()),
+            LogBackend::WithSqlite(b, _) => {
+                b.shutdown();
+                Ok(())
+            }
         };
     }
 }

@@ -62,6 +62,8 @@ pub(crate) struct CountingMetricExporter {
     counters: Arc<Counters>,
     stats: Arc<ExporterStats>,
     rt: tokio::runtime::Handle,
+    /// `[sinks.sqlite]`: exported points also stored there.
+    sqlite: Option<super::sqlite::SqliteStore>,
 }
 
 impl CountingMetricExporter {
@@ -76,7 +78,14 @@ impl CountingMetricExporter {
             counters,
             stats,
             rt,
+            sqlite: None,
         }
+    }
+
+    /// Also stores every exported collection in SQLite.
+    pub(crate) fn with_sqlite(mut self, store: Option<super::sqlite::SqliteStore>) -> Self {
+        self.sqlite = store;
+        self
     }
 }
 
@@ -143,6 +152,14 @@ impl PushMetricExporter for CountingMetricExporter {
             MetricBackend::Discard => Ok(()),
         };
         self.stats.record_call(n, result.is_ok(), started.elapsed());
+        if let (Ok(()), Some(store)) = (&result, &self.sqlite) {
+            let rows = super::sqlite::metric_rows(metrics);
+            let _ = InRuntime::new(
+                self.rt.clone(),
+                store.store(super::sqlite::Table::Metrics, rows),
+            )
+            .await;
+        }
         match &result {
             Ok(()) => {
                 Counters::add(&self.counters.exported_metric_points, n);

@@ -22,6 +22,7 @@ pub mod mapping;
 pub(crate) mod metrics;
 pub mod registry;
 pub mod sink;
+pub mod sqlite;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -293,6 +294,29 @@ impl ExportPipeline {
                 }
             };
         log_backend.set_resource(&resource);
+        // `[sinks.sqlite]`: what the enterprise exporter exports is also stored locally.
+        let sqlite = match &cfg.sinks.sqlite {
+            Some(sq) => Some(
+                sqlite::SqliteStore::start(sq, &counters, export_timeout).map_err(|e| {
+                    ExportBuildError::File {
+                        key: "sinks.sqlite.path".into(),
+                        path: sq.path.display().to_string(),
+                        error: e.to_string(),
+                    }
+                })?,
+            ),
+            None => None,
+        };
+        let (main_sink, log_backend): (Arc<dyn TraceSink>, LogBackend) = match &sqlite {
+            Some(store) => (
+                Arc::new(sqlite::TeeTraceSink {
+                    primary: main_sink,
+                    store: store.clone(),
+                }),
+                LogBackend::WithSqlite(Box::new(log_backend), store.clone()),
+            ),
+            None => (main_sink, log_backend),
+        };
         let hold = cfg.retry.hold_policy();
         let spawn_worker = |sink: Arc<dyn TraceSink>| {
             SinkWorker::spawn(
@@ -319,7 +343,7 @@ impl ExportPipeline {
                 rt: handle.clone(),
             },
         ));
-        for (i, s) in cfg.sinks.iter().enumerate() {
+        for (i, s) in cfg.sinks.tenants.iter().enumerate() {
             // Built once now so that a bad entry fails start naming its key; the registry
             // opens it again when its tenant's traces need it.
             let label = format!("sinks[{i}]");
@@ -360,11 +384,10 @@ impl ExportPipeline {
             &handle,
         );
 
-        let reader = PeriodicReader::builder(CountingMetricExporter::new(
-            metric_backend,
-            counters.clone(),
-            handle.clone(),
-        ))
+        let reader = PeriodicReader::builder(
+            CountingMetricExporter::new(metric_backend, counters.clone(), handle.clone())
+                .with_sqlite(sqlite),
+        )
         .with_interval(Duration::from_millis(cfg.otlp.metric_interval_ms))
         .build();
         // Every instrument keeps at most `diagnostics.metric_cardinality_limit` attribute sets;
