@@ -24,7 +24,7 @@ use crate::contracts::SignalType;
 pub const ENV_PREFIX: &str = "TELEMETRY_GATEWAY__";
 
 /// Keys whose values are text even when they look like numbers or booleans.
-const STRING_KEYS: [&str; 15] = [
+const STRING_KEYS: [&str; 16] = [
     "otlp.endpoint",
     "otlp.api_key",
     "dedup.redis_url",
@@ -40,6 +40,7 @@ const STRING_KEYS: [&str; 15] = [
     "transport.stream",
     "transport.group",
     "transport.consumer",
+    "sinks.sqlite.path",
 ];
 
 /// Default of `gateway.enabled`.
@@ -249,6 +250,33 @@ pub struct GatewayConfig {
     /// `[transport]`: how metric/log events reach the handler pool (in process, or through a
     /// Redis stream to worker processes).
     pub transport: TransportSection,
+    /// `[slo.<case>]`: service-level objectives `telemetry-gateway slo` checks against the
+    /// SQLite sink's data (docs/local-analytics.md).
+    pub slo: BTreeMap<String, SloSection>,
+}
+
+/// `[slo.<case>]`: objectives for one case. Every key is optional; a set key is checked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SloSection {
+    /// The median duration must not exceed this (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p50_duration_ms: Option<f64>,
+    /// The 95th percentile duration must not exceed this (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p95_duration_ms: Option<f64>,
+    /// The 99th percentile duration must not exceed this (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99_duration_ms: Option<f64>,
+    /// The fraction of the case's events that failed must not exceed this (0.0 to 1.0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_rate: Option<f64>,
+    /// The fraction of the case's events the gateway dropped must not exceed this (0.0 to 1.0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop_rate: Option<f64>,
+    /// At least this many of the case's events per second over the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_event_rate: Option<f64>,
 }
 
 /// Which transport carries metric/log events from the gateway to the handlers.
@@ -1181,6 +1209,34 @@ impl GatewayConfig {
                 "payloads.url",
                 "required when payloads.store = \"url\"",
             ));
+        }
+        for (name, slo) in &self.slo {
+            let key = format!("slo.{name}");
+            for (k, v) in [
+                ("p50_duration_ms", slo.p50_duration_ms),
+                ("p95_duration_ms", slo.p95_duration_ms),
+                ("p99_duration_ms", slo.p99_duration_ms),
+                ("min_event_rate", slo.min_event_rate),
+            ] {
+                if let Some(v) = v {
+                    if !(v.is_finite() && v >= 0.0) {
+                        return Err(bad(
+                            &format!("{key}.{k}"),
+                            format!("{v} is not a number >= 0"),
+                        ));
+                    }
+                }
+            }
+            for (k, v) in [("error_rate", slo.error_rate), ("drop_rate", slo.drop_rate)] {
+                if let Some(v) = v {
+                    if !(0.0..=1.0).contains(&v) || v.is_nan() {
+                        return Err(bad(
+                            &format!("{key}.{k}"),
+                            format!("{v} is not between 0.0 and 1.0"),
+                        ));
+                    }
+                }
+            }
         }
         for (name, case) in &self.cases {
             let key = format!("cases.{name}");

@@ -37,6 +37,8 @@
 //!   process.
 //! - [`diagnostics`]: reason codes and the ledger of counters.
 //! - [`logging`]: the gateway's own log lines: `sanitize`, the warning rate limiter, `init`.
+//! - [`slo`]: service-level indicators from the SQLite sink's data, checked against
+//!   `[slo.<case>]` objectives.
 //! - [`tracing_bridge`]: a `tracing_subscriber::Layer` turning spans and events with a
 //!   `telemetry.case` field into gateway events.
 //! - [`integration_guide`]: docs/integration.md (hosts, tracing bridge, tenant sinks), whose
@@ -56,6 +58,7 @@ pub mod payload_store;
 pub mod redaction;
 pub mod routing;
 pub mod runtime;
+pub mod slo;
 pub mod tracing_bridge;
 
 /// docs/integration.md: actix-web, axum, plain tokio, the tracing bridge, per-tenant sinks at

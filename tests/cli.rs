@@ -185,3 +185,25 @@ fn worker_refuses_a_configuration_it_cannot_run_and_names_the_key() {
         "a missing FILE is a usage error"
     );
 }
+
+#[test]
+fn check_config_never_prints_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("secret.toml");
+    std::fs::write(
+        &path,
+        "[otlp]\nendpoint = \"http://127.0.0.1:4317\"\napi_key = \"key-0123456789\"\n\
+         headers = { \"x-api-key\" = \"hdr-0123456789\" }\n\n\
+         [[sinks.tenants]]\nname = \"t\"\ntenant_id = \"acme\"\nkind = \"otlp\"\n\
+         endpoint = \"http://127.0.0.1:4317\"\nheaders = { \"authorization\" = \"Bearer tok-0123456789\" }\n",
+    )
+    .unwrap();
+    let out = cli().arg("check-config").arg(&path).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let printed = text(&out.stdout);
+    for secret in ["key-0123456789", "hdr-0123456789", "tok-0123456789"] {
+        assert!(!printed.contains(secret), "{secret} printed:\n{printed}");
+    }
+    assert!(printed.contains("[REDACTED]"));
+    assert!(printed.contains("x-api-key"), "header names stay");
+}

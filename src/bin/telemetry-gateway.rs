@@ -15,6 +15,11 @@
 //!     finishes and acknowledges the entries in hand (within shutdown.deadline_ms), prints the
 //!     shutdown report as JSON and exits: 0 drained, 1 deadline passed, 2 bad configuration
 //!     (naming the key) or start failure.
+//! telemetry-gateway slo --db FILE [--config FILE] [--since DURATION] [--json]
+//!     Computes per-case indicators (event rate, error rate, p50/p95/p99 duration, drop rate)
+//!     and drops by reason from a SQLite sink's file, over the last DURATION (30s, 15m, 2h, 7d)
+//!     or everything, and checks the [slo.<case>] objectives of FILE. Prints a table (or JSON).
+//!     Exit 0 when every objective holds, 1 when one fails (no data fails), 2 on bad input.
 //! ```
 
 use std::path::PathBuf;
@@ -26,7 +31,8 @@ use telemetry_gateway::GatewayConfig;
 const USAGE: &str = "usage:
   telemetry-gateway check-config FILE
   telemetry-gateway explain --endpoint URL ID
-  telemetry-gateway worker --config FILE";
+  telemetry-gateway worker --config FILE
+  telemetry-gateway slo --db FILE [--config FILE] [--since DURATION] [--json]";
 
 /// How long `explain` waits for the endpoint.
 const EXPLAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,6 +52,7 @@ fn main() -> ExitCode {
             [flag, file] if flag == "--config" => worker(PathBuf::from(file)),
             _ => usage_error("worker takes --config FILE"),
         },
+        Some("slo") => slo(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -73,7 +80,16 @@ fn check_config(file: PathBuf) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match toml::to_string_pretty(&cfg) {
+    // Credentials are shown as [REDACTED]: the output is meant for terminals and tickets.
+    let mut value = match toml::Value::try_from(&cfg) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("telemetry-gateway: cannot print the configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    redact_credentials(&mut value);
+    match toml::to_string_pretty(&value) {
         Ok(text) => {
             println!(
                 "# The effective configuration: {} with the TELEMETRY_GATEWAY__* overrides.\n",
@@ -220,5 +236,143 @@ fn worker(file: PathBuf) -> ExitCode {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+fn slo(args: &[String]) -> ExitCode {
+    let mut db = None;
+    let mut config = None;
+    let mut since = None;
+    let mut json = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--db" => db = it.next().map(PathBuf::from),
+            "--config" => config = it.next().map(PathBuf::from),
+            "--since" => since = it.next().cloned(),
+            "--json" => json = true,
+            other => return usage_error(&format!("slo: unknown argument {other:?}")),
+        }
+    }
+    let Some(db) = db else {
+        return usage_error("slo needs --db FILE");
+    };
+    if let Some(c) = &config {
+        if !c.is_file() {
+            eprintln!("telemetry-gateway: {}: no such file", c.display());
+            return ExitCode::from(2);
+        }
+    }
+    let cfg = match GatewayConfig::load(config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("telemetry-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let since = match since.as_deref().map(telemetry_gateway::slo::parse_duration) {
+        Some(Ok(d)) => Some(d),
+        Some(Err(e)) => {
+            eprintln!("telemetry-gateway: {e}");
+            return ExitCode::from(2);
+        }
+        None => None,
+    };
+    let report = telemetry_gateway::export::sqlite::open_for_reading(&db)
+        .map_err(telemetry_gateway::slo::SloError::from)
+        .and_then(|c| {
+            telemetry_gateway::slo::compute(
+                &c,
+                &cfg.export.namespace,
+                since,
+                std::time::SystemTime::now(),
+            )
+        });
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("telemetry-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let results = telemetry_gateway::slo::evaluate(&report, &cfg.slo);
+    let ok = results.iter().all(|r| r.ok);
+    if json {
+        let out = serde_json::json!({"ok": ok, "report": report, "objectives": results});
+        println!("{out}");
+    } else {
+        println!(
+            "window {:.0}s, {} events emitted, drops by reason: {:?}",
+            report.window_secs, report.emitted, report.drops_by_reason
+        );
+        println!(
+            "{:<24} {:>8} {:>9} {:>8} {:>9} {:>9} {:>9} {:>9}",
+            "case", "events", "rate/s", "errors", "p50 ms", "p95 ms", "p99 ms", "dropped"
+        );
+        let f = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1}"));
+        for (case, i) in &report.cases {
+            println!(
+                "{:<24} {:>8} {:>9.3} {:>8.4} {:>9} {:>9} {:>9} {:>9}",
+                case,
+                i.events,
+                i.event_rate,
+                i.error_rate,
+                f(i.p50_duration_ms),
+                f(i.p95_duration_ms),
+                f(i.p99_duration_ms),
+                i.drop_rate.map_or("-".to_owned(), |d| format!("{d:.4}")),
+            );
+        }
+        if !results.is_empty() {
+            println!();
+        }
+        for r in &results {
+            let op = if r.indicator == "min_event_rate" {
+                ">="
+            } else {
+                "<="
+            };
+            println!(
+                "{} {:<22} {:<16} {} {:<10} actual {}",
+                if r.ok { "PASS" } else { "FAIL" },
+                r.case,
+                r.indicator,
+                op,
+                r.objective,
+                r.actual.map_or("no data".to_owned(), |a| format!("{a:.4}")),
+            );
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// Hides `otlp.api_key` and every header value (`otlp.headers`, tenant sinks' `headers`).
+fn redact_credentials(v: &mut toml::Value) {
+    const HIDDEN: &str = "[REDACTED]";
+    let hide_headers = |h: Option<&mut toml::Value>| {
+        if let Some(toml::Value::Table(t)) = h {
+            for (_, v) in t.iter_mut() {
+                *v = toml::Value::String(HIDDEN.into());
+            }
+        }
+    };
+    if let Some(otlp) = v.get_mut("otlp").and_then(toml::Value::as_table_mut) {
+        if let Some(k) = otlp.get_mut("api_key") {
+            *k = toml::Value::String(HIDDEN.into());
+        }
+        hide_headers(otlp.get_mut("headers"));
+    }
+    if let Some(tenants) = v
+        .get_mut("sinks")
+        .and_then(|s| s.get_mut("tenants"))
+        .and_then(toml::Value::as_array_mut)
+    {
+        for t in tenants {
+            hide_headers(t.get_mut("headers"));
+        }
     }
 }

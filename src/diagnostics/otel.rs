@@ -56,7 +56,7 @@ pub const HISTOGRAM_NAMES: [&str; 3] = [
 ];
 
 /// Every self-metric instrument name, for the docs test.
-pub const INSTRUMENT_NAMES: [&str; 9] = [
+pub const INSTRUMENT_NAMES: [&str; 10] = [
     "telemetry_gateway.events.emitted",
     "telemetry_gateway.events.delivered",
     "telemetry_gateway.events.dropped",
@@ -66,6 +66,7 @@ pub const INSTRUMENT_NAMES: [&str; 9] = [
     "telemetry_gateway.queue.capacity",
     "telemetry_gateway.export.items",
     "telemetry_gateway.ready",
+    "telemetry_gateway.events.by_case",
 ];
 
 /// Registers the observable instruments on `provider`'s `telemetry-gateway.self` meter.
@@ -112,6 +113,31 @@ pub(crate) fn register(provider: &SdkMeterProvider, probes: Arc<Probes>) {
                 s.delivered_by_signal.metric_log,
                 &[KeyValue::new("signal", "metric_log")],
             );
+        })
+        .build();
+    let p = probes.clone();
+    let _ = meter
+        .u64_observable_counter(INSTRUMENT_NAMES[9])
+        .with_description(
+            "Events per case: received by the gateway actor, delivered, dropped (any reason)",
+        )
+        .with_unit("{event}")
+        .with_callback(move |o| {
+            for (case, n) in p.counters.by_case() {
+                for (outcome, v) in [
+                    ("received", n.received),
+                    ("delivered", n.delivered),
+                    ("dropped", n.dropped),
+                ] {
+                    o.observe(
+                        v,
+                        &[
+                            KeyValue::new("case", case.clone()),
+                            KeyValue::new("outcome", outcome),
+                        ],
+                    );
+                }
+            }
         })
         .build();
     let p = probes.clone();
