@@ -20,6 +20,10 @@
 //!     and drops by reason from a SQLite sink's file, over the last DURATION (30s, 15m, 2h, 7d)
 //!     or everything, and checks the [slo.<case>] objectives of FILE. Prints a table (or JSON).
 //!     Exit 0 when every objective holds, 1 when one fails (no data fails), 2 on bad input.
+//! telemetry-gateway export-parquet --db FILE --out DIR
+//!     Writes one snappy-compressed Parquet file per table of a SQLite sink's file
+//!     (DIR/spans.parquet, DIR/log_events.parquet, DIR/metric_points.parquet) and prints the
+//!     row counts as JSON. Exit 2 on bad input.
 //! ```
 
 use std::path::PathBuf;
@@ -32,7 +36,8 @@ const USAGE: &str = "usage:
   telemetry-gateway check-config FILE
   telemetry-gateway explain --endpoint URL ID
   telemetry-gateway worker --config FILE
-  telemetry-gateway slo --db FILE [--config FILE] [--since DURATION] [--json]";
+  telemetry-gateway slo --db FILE [--config FILE] [--since DURATION] [--json]
+  telemetry-gateway export-parquet --db FILE --out DIR";
 
 /// How long `explain` waits for the endpoint.
 const EXPLAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,6 +58,11 @@ fn main() -> ExitCode {
             _ => usage_error("worker takes --config FILE"),
         },
         Some("slo") => slo(&args[1..]),
+        Some("export-parquet") => match &args[1..] {
+            [a, db, b, out] if a == "--db" && b == "--out" => export_parquet(db, out),
+            [a, out, b, db] if a == "--out" && b == "--db" => export_parquet(db, out),
+            _ => usage_error("export-parquet takes --db FILE --out DIR"),
+        },
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -373,6 +383,22 @@ fn redact_credentials(v: &mut toml::Value) {
     {
         for t in tenants {
             hide_headers(t.get_mut("headers"));
+        }
+    }
+}
+
+fn export_parquet(db: &str, out: &str) -> ExitCode {
+    match telemetry_gateway::export::parquet_export::export(
+        std::path::Path::new(db),
+        std::path::Path::new(out),
+    ) {
+        Ok(tables) => {
+            println!("{}", serde_json::json!({ "tables": tables }));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("telemetry-gateway: {e}");
+            ExitCode::from(2)
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod jsonl;
 pub(crate) mod logs;
 pub mod mapping;
 pub(crate) mod metrics;
+pub mod parquet_export;
 pub mod registry;
 pub mod sink;
 pub mod sqlite;
