@@ -1057,6 +1057,12 @@ impl GatewayHandle {
             tracing::warn!("final metric export did not finish before the shutdown deadline");
         }
         let _ = lc.export.logger_provider.shutdown();
+        // The SQLite sink's queue (the last spans, records and the final metric export).
+        if let Some(store) = &lc.export.sqlite {
+            if !store.flush(end.saturating_duration_since(Instant::now())) {
+                tracing::warn!("the SQLite sink's queue was not committed before the deadline");
+            }
+        }
         drop(lc.actors.handlers);
         for a in &lc.actors.arbiters {
             a.stop();

@@ -53,15 +53,12 @@ impl LogBackend {
                 LogBackend::Jsonl(e) => e.export(batch).await,
                 LogBackend::Discard => Ok(()),
                 LogBackend::WithSqlite(b, store) => {
-                    let rows: Vec<serde_json::Value> = batch
-                        .iter()
-                        .map(|(r, _)| super::jsonl::log_to_json(r))
-                        .collect();
+                    let rows: Vec<_> = batch.iter().map(|(r, _)| r.clone()).collect();
                     let result = b.export(batch).await;
                     // Stored once, when exported; a failed store is counted (exporter
                     // `sqlite`) and does not change the outcome.
                     if result.is_ok() {
-                        let _ = store.store(super::sqlite::Table::Logs, rows).await;
+                        store.enqueue(super::sqlite::Table::Logs, super::sqlite::Raw::Logs(rows));
                     }
                     result
                 }

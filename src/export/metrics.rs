@@ -153,12 +153,10 @@ impl PushMetricExporter for CountingMetricExporter {
         };
         self.stats.record_call(n, result.is_ok(), started.elapsed());
         if let (Ok(()), Some(store)) = (&result, &self.sqlite) {
-            let rows = super::sqlite::metric_rows(metrics);
-            let _ = InRuntime::new(
-                self.rt.clone(),
-                store.store(super::sqlite::Table::Metrics, rows),
-            )
-            .await;
+            store.enqueue(
+                super::sqlite::Table::Metrics,
+                super::sqlite::Raw::Json(super::sqlite::metric_rows(metrics)),
+            );
         }
         match &result {
             Ok(()) => {

@@ -100,6 +100,8 @@ pub(crate) struct ExportPipeline {
     pub(crate) meter_provider: SdkMeterProvider,
     pub(crate) logger_provider: SdkLoggerProvider,
     pub(crate) handles: Arc<ExportHandles>,
+    /// `[sinks.sqlite]`'s writer, flushed at shutdown.
+    pub(crate) sqlite: Option<sqlite::SqliteStore>,
     /// Applied by the log sanitizer and the flight recorder too.
     pub(crate) redactor: Redactor,
 }
@@ -297,15 +299,13 @@ impl ExportPipeline {
         log_backend.set_resource(&resource);
         // `[sinks.sqlite]`: what the enterprise exporter exports is also stored locally.
         let sqlite = match &cfg.sinks.sqlite {
-            Some(sq) => Some(
-                sqlite::SqliteStore::start(sq, &counters, export_timeout).map_err(|e| {
-                    ExportBuildError::File {
-                        key: "sinks.sqlite.path".into(),
-                        path: sq.path.display().to_string(),
-                        error: e.to_string(),
-                    }
-                })?,
-            ),
+            Some(sq) => Some(sqlite::SqliteStore::start(sq, &counters).map_err(|e| {
+                ExportBuildError::File {
+                    key: "sinks.sqlite.path".into(),
+                    path: sq.path.display().to_string(),
+                    error: e.to_string(),
+                }
+            })?),
             None => None,
         };
         let (main_sink, log_backend): (Arc<dyn TraceSink>, LogBackend) = match &sqlite {
@@ -387,7 +387,7 @@ impl ExportPipeline {
 
         let reader = PeriodicReader::builder(
             CountingMetricExporter::new(metric_backend, counters.clone(), handle.clone())
-                .with_sqlite(sqlite),
+                .with_sqlite(sqlite.clone()),
         )
         .with_interval(Duration::from_millis(cfg.otlp.metric_interval_ms))
         .build();
@@ -417,6 +417,7 @@ impl ExportPipeline {
         let logger = logger_provider.logger("telemetry-gateway");
         drop(_entered);
         Ok(ExportPipeline {
+            sqlite,
             rt,
             meter_provider,
             logger_provider,
