@@ -1379,25 +1379,8 @@ impl GatewayConfig {
                     format!("{:?} is used twice", s.name),
                 ));
             }
-            if s.tenant_id.is_empty() {
-                return Err(bad(&format!("{key}.tenant_id"), "must not be empty"));
-            }
-            match s.kind {
-                SinkKind::Otlp => match &s.endpoint {
-                    Some(ep) => check_endpoint(&format!("{key}.endpoint"), ep)?,
-                    None => {
-                        return Err(bad(
-                            &format!("{key}.endpoint"),
-                            "required for kind = \"otlp\"",
-                        ))
-                    }
-                },
-                SinkKind::Jsonl => {
-                    if s.path.is_none() {
-                        return Err(bad(&format!("{key}.path"), "required for kind = \"jsonl\""));
-                    }
-                }
-            }
+            s.check()
+                .map_err(|(field, problem)| bad(&format!("{key}.{field}"), problem))?;
         }
         Ok(())
     }
@@ -1409,13 +1392,41 @@ impl GatewayConfig {
 }
 
 fn check_endpoint(key: &str, ep: &str) -> Result<(), ConfigError> {
-    if ep.starts_with("http://") || ep.starts_with("https://") {
-        Ok(())
-    } else {
+    endpoint_problem(ep).map_or(Ok(()), |problem| {
         Err(ConfigError::Invalid {
             key: key.into(),
-            problem: format!("{ep:?} must start with http:// or https://"),
+            problem,
         })
+    })
+}
+
+/// What is wrong with an OTLP endpoint, if anything. Quotes it without its password.
+fn endpoint_problem(ep: &str) -> Option<String> {
+    (!(ep.starts_with("http://") || ep.starts_with("https://"))).then(|| {
+        format!(
+            "{:?} must start with http:// or https://",
+            url_without_password(ep)
+        )
+    })
+}
+
+impl SinkSection {
+    /// Checks one entry (`[[sinks]]`, or a registration at runtime): `Err((field, problem))`
+    /// names the field at fault and never quotes a credential.
+    pub(crate) fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.tenant_id.is_empty() {
+            return Err(("tenant_id", "must not be empty".into()));
+        }
+        match self.kind {
+            SinkKind::Otlp => match &self.endpoint {
+                Some(ep) => endpoint_problem(ep).map_or(Ok(()), |p| Err(("endpoint", p))),
+                None => Err(("endpoint", "required for kind = \"otlp\"".into())),
+            },
+            SinkKind::Jsonl if self.path.is_none() => {
+                Err(("path", "required for kind = \"jsonl\"".into()))
+            }
+            SinkKind::Jsonl => Ok(()),
+        }
     }
 }
 
@@ -1499,6 +1510,19 @@ impl std::fmt::Debug for SinkSection {
 #[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bad_endpoint_is_named_without_its_password() {
+        let c = GatewayConfig::from_toml_str(
+            "[otlp]\nendpoint = \"grpc://user:pw-0123456789@collector:4317\"\n",
+        );
+        let err = c.unwrap_err().to_string();
+        assert!(
+            err.contains("otlp.endpoint") && err.contains("collector"),
+            "{err}"
+        );
+        assert!(!err.contains("pw-0123456789"), "{err}");
+    }
     use figment::Jail;
 
     #[test]

@@ -153,38 +153,15 @@ impl SinkRegistry {
         }
     }
 
-    fn check_section(s: &SinkSection) -> Result<(), SinkRegistryError> {
-        let bad = |field, problem: &str| SinkRegistryError::Invalid {
-            name: s.name.clone(),
-            field,
-            problem: problem.into(),
-        };
-        if s.name.trim().is_empty() {
-            return Err(bad("name", "must not be empty"));
-        }
-        if s.tenant_id.is_empty() {
-            return Err(bad("tenant_id", "must not be empty"));
-        }
-        match s.kind {
-            crate::config::SinkKind::Otlp => match s.endpoint.as_deref() {
-                None => return Err(bad("endpoint", "is required for an otlp sink")),
-                Some(e) if !(e.starts_with("http://") || e.starts_with("https://")) => {
-                    return Err(bad("endpoint", "must start with http:// or https://"))
-                }
-                Some(_) => {}
-            },
-            crate::config::SinkKind::Jsonl => {
-                if s.path.is_none() {
-                    return Err(bad("path", "is required for a jsonl sink"));
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Registers (or replaces) a sink described like a `[[sinks]]` entry.
     pub(crate) fn register_section(&self, s: SinkSection) -> Result<(), SinkRegistryError> {
-        Self::check_section(&s)?;
+        self.check_names(&s.name, &s.tenant_id)?;
+        s.check()
+            .map_err(|(field, problem)| SinkRegistryError::Invalid {
+                name: s.name.clone(),
+                field,
+                problem,
+            })?;
         let credentials = crate::config::credentials(&s.headers, s.endpoint.as_deref());
         let key = (s.tenant_id.clone(), s.app_id.clone());
         self.insert(key, s.name.clone(), Spec::Section(s), credentials)
