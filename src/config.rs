@@ -1466,6 +1466,28 @@ pub(crate) fn credentials<'a>(
     out
 }
 
+impl GatewayConfig {
+    /// A copy with every credential replaced by `[REDACTED]`: `otlp.api_key`, header values
+    /// (`otlp.headers`, each tenant sink's `headers`) and endpoint passwords. For printing
+    /// (`telemetry-gateway check-config`); `Debug` hides the same.
+    pub fn with_credentials_hidden(&self) -> GatewayConfig {
+        let mut c = self.clone();
+        let hide = |h: &mut BTreeMap<String, String>| {
+            h.values_mut().for_each(|v| *v = HIDDEN.to_owned());
+        };
+        if let Some(k) = c.otlp.api_key.as_mut() {
+            *k = HIDDEN.to_owned();
+        }
+        hide(&mut c.otlp.headers);
+        c.otlp.endpoint = c.otlp.endpoint.as_deref().map(url_without_password);
+        for s in &mut c.sinks.tenants {
+            hide(&mut s.headers);
+            s.endpoint = s.endpoint.as_deref().map(url_without_password);
+        }
+        c
+    }
+}
+
 fn hidden_headers(headers: &BTreeMap<String, String>) -> BTreeMap<&str, &str> {
     headers.keys().map(|k| (k.as_str(), HIDDEN)).collect()
 }

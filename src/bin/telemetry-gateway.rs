@@ -77,29 +77,29 @@ fn usage_error(problem: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn check_config(file: PathBuf) -> ExitCode {
-    if !file.is_file() {
-        eprintln!("telemetry-gateway: {}: no such file", file.display());
-        return ExitCode::from(2);
+/// The configuration of `file` (or the defaults) with the environment overrides; on error, says
+/// why (naming the key) and gives exit code 2.
+fn load_config(file: Option<&std::path::Path>) -> Result<GatewayConfig, ExitCode> {
+    if let Some(f) = file.filter(|f| !f.is_file()) {
+        eprintln!("telemetry-gateway: {}: no such file", f.display());
+        return Err(ExitCode::from(2));
     }
-    let cfg = match GatewayConfig::load(Some(&file)) {
-        Ok(cfg) => cfg,
-        Err(e) => {
-            // The error names the key and what is wrong with it.
-            eprintln!("telemetry-gateway: {}: {e}", file.display());
-            return ExitCode::from(2);
+    GatewayConfig::load(file).map_err(|e| {
+        match file {
+            Some(f) => eprintln!("telemetry-gateway: {}: {e}", f.display()),
+            None => eprintln!("telemetry-gateway: {e}"),
         }
+        ExitCode::from(2)
+    })
+}
+
+fn check_config(file: PathBuf) -> ExitCode {
+    let cfg = match load_config(Some(&file)) {
+        Ok(cfg) => cfg,
+        Err(code) => return code,
     };
     // Credentials are shown as [REDACTED]: the output is meant for terminals and tickets.
-    let mut value = match toml::Value::try_from(&cfg) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("telemetry-gateway: cannot print the configuration: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    redact_credentials(&mut value);
-    match toml::to_string_pretty(&value) {
+    match toml::to_string_pretty(&cfg.with_credentials_hidden()) {
         Ok(text) => {
             println!(
                 "# The effective configuration: {} with the TELEMETRY_GATEWAY__* overrides.\n",
@@ -187,16 +187,9 @@ fn explain(endpoint: &str, id: &str) -> ExitCode {
 }
 
 fn worker(file: PathBuf) -> ExitCode {
-    if !file.is_file() {
-        eprintln!("telemetry-gateway: {}: no such file", file.display());
-        return ExitCode::from(2);
-    }
-    let cfg = match GatewayConfig::load(Some(&file)) {
+    let cfg = match load_config(Some(&file)) {
         Ok(cfg) => cfg,
-        Err(e) => {
-            eprintln!("telemetry-gateway: {}: {e}", file.display());
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let _ = telemetry_gateway::logging::init(cfg.logging.format);
     let deadline = Duration::from_millis(cfg.shutdown.deadline_ms);
@@ -267,18 +260,9 @@ fn slo(args: &[String]) -> ExitCode {
     let Some(db) = db else {
         return usage_error("slo needs --db FILE");
     };
-    if let Some(c) = &config {
-        if !c.is_file() {
-            eprintln!("telemetry-gateway: {}: no such file", c.display());
-            return ExitCode::from(2);
-        }
-    }
-    let cfg = match GatewayConfig::load(config.as_deref()) {
+    let cfg = match load_config(config.as_deref()) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("telemetry-gateway: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let since = match since.as_deref().map(telemetry_gateway::slo::parse_duration) {
         Some(Ok(d)) => Some(d),
@@ -357,33 +341,6 @@ fn slo(args: &[String]) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
-    }
-}
-
-/// Hides `otlp.api_key` and every header value (`otlp.headers`, tenant sinks' `headers`).
-fn redact_credentials(v: &mut toml::Value) {
-    const HIDDEN: &str = "[REDACTED]";
-    let hide_headers = |h: Option<&mut toml::Value>| {
-        if let Some(toml::Value::Table(t)) = h {
-            for (_, v) in t.iter_mut() {
-                *v = toml::Value::String(HIDDEN.into());
-            }
-        }
-    };
-    if let Some(otlp) = v.get_mut("otlp").and_then(toml::Value::as_table_mut) {
-        if let Some(k) = otlp.get_mut("api_key") {
-            *k = toml::Value::String(HIDDEN.into());
-        }
-        hide_headers(otlp.get_mut("headers"));
-    }
-    if let Some(tenants) = v
-        .get_mut("sinks")
-        .and_then(|s| s.get_mut("tenants"))
-        .and_then(toml::Value::as_array_mut)
-    {
-        for t in tenants {
-            hide_headers(t.get_mut("headers"));
-        }
     }
 }
 
