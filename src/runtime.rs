@@ -376,10 +376,7 @@ impl GatewayBuilder {
         let registry = export.handles.sinks.clone();
         queues.push((
             "sinks:tenants".into(),
-            Box::new(move || {
-                let (depth, capacity, _open) = registry.depth();
-                Some((depth, capacity))
-            }),
+            Box::new(move || Some(registry.depth())),
         ));
 
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -565,21 +562,13 @@ impl WorkerHandle {
     /// runtime. Entries not finished by the deadline stay pending in the group, and another
     /// worker takes them after `transport.claim_idle_ms`.
     pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
-        let (tx, rx) = tokio::sync::oneshot::channel();
         let (gw, stop, ledger) = (self.gateway.clone(), self.stop.clone(), self.ledger.clone());
         let committer = self.committer.lock().take();
-        let spawned = std::thread::Builder::new()
-            .name("telemetry-gateway-drain".into())
-            .spawn(move || {
-                let _ = tx.send(drain(&gw, &stop, &ledger, committer, deadline));
-            });
-        match spawned {
-            Ok(_) => match rx.await {
-                Ok(r) => r,
-                Err(_) => self.gateway.final_or_snapshot(),
-            },
-            Err(_) => self.gateway.final_or_snapshot(),
-        }
+        run_on_thread("telemetry-gateway-drain", move || {
+            drain(&gw, &stop, &ledger, committer, deadline)
+        })
+        .await
+        .unwrap_or_else(|| self.gateway.final_or_snapshot())
     }
 
     /// [`shutdown`](Self::shutdown) for callers without an async runtime; blocks this thread.
@@ -599,6 +588,34 @@ impl Drop for WorkerHandle {
                 Some(c),
                 self.default_deadline,
             );
+        }
+    }
+}
+
+/// Runs `work` on a new thread called `name` (where blocking is allowed, whatever runtime
+/// awaits this) and awaits its result; runs it here when no thread can be started. `None` only
+/// when the thread died.
+async fn run_on_thread<T, F>(name: &str, work: F) -> Option<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let slot = Arc::new(Mutex::new(Some(work)));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let theirs = slot.clone();
+    let spawned = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let work = theirs.lock().take();
+            if let Some(work) = work {
+                let _ = tx.send(work());
+            }
+        });
+    match spawned {
+        Ok(_) => rx.await.ok(),
+        Err(_) => {
+            let work = slot.lock().take();
+            work.map(|w| w())
         }
     }
 }
@@ -937,20 +954,12 @@ impl GatewayHandle {
     /// Shuts down within `deadline` and reports. The work runs on a gateway-owned thread, so
     /// this is safe to await from any async runtime. A second call returns the first report.
     pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
-        let (tx, rx) = tokio::sync::oneshot::channel();
         let me = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name("telemetry-gateway-shutdown".into())
-            .spawn(move || {
-                let _ = tx.send(me.shutdown_now(deadline));
-            });
-        match spawned {
-            Ok(_) => match rx.await {
-                Ok(r) => r,
-                Err(_) => self.final_or_snapshot(),
-            },
-            Err(_) => self.shutdown_now(deadline),
-        }
+        run_on_thread("telemetry-gateway-shutdown", move || {
+            me.shutdown_now(deadline)
+        })
+        .await
+        .unwrap_or_else(|| self.final_or_snapshot())
     }
 
     /// [`shutdown`](Self::shutdown) for callers without an async runtime; blocks this thread

@@ -17,7 +17,7 @@
 //! taken from the first point in the window, or from zero when the process started inside it.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use rusqlite::{params, Connection};
 use serde::Serialize;
@@ -103,12 +103,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, SloError> {
     Ok(Duration::from_secs(secs))
 }
 
-fn nanos(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
-
 /// Nearest-rank percentile of sorted `v`.
 fn percentile(v: &[f64], p: f64) -> Option<f64> {
     if v.is_empty() {
@@ -160,7 +154,7 @@ pub fn compute(
     since: Option<Duration>,
     now: SystemTime,
 ) -> Result<SloReport, SloError> {
-    let to = nanos(now);
+    let to = crate::export::sqlite::unix_nanos(now);
     let from = match since {
         Some(d) => to - d.as_nanos() as i64,
         None => {

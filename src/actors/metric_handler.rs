@@ -11,6 +11,12 @@
 //! around the same actor value, after `Supervised::restarting` (which counts the restart). The
 //! events taken in the same batch behind the poison event stay in `in_hand`, part of that value,
 //! and are handled next.
+//!
+//! **In a worker** (Redis Streams transport, `Shared::worker`), the events a batch settles are
+//! noted in the worker's ledger under the read side of its commit gate, in the same step that
+//! records their metrics, so a commit exports exactly the counts of the entries it
+//! acknowledges (`transport::worker`). A redelivered entry is handled even when the dedup store
+//! has seen its id: that mark is its own earlier, uncommitted delivery.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Debug;

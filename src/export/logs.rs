@@ -32,8 +32,6 @@ pub(crate) enum LogBackend {
     Jsonl(JsonlLogExporter),
     /// `export.local_output = "discard"`: accepted and thrown away.
     Discard,
-    /// Another backend, with what it exported also stored in SQLite (`[sinks.sqlite]`).
-    WithSqlite(Box<LogBackend>, super::sqlite::SqliteStore),
 }
 
 impl LogBackend {
@@ -42,28 +40,15 @@ impl LogBackend {
             LogBackend::Otlp(e) => e.set_resource(r),
             LogBackend::Jsonl(e) => e.set_resource(r),
             LogBackend::Discard => {}
-            LogBackend::WithSqlite(b, _) => b.set_resource(r),
         }
     }
 
-    fn export<'a>(&'a self, batch: LogBatch<'a>) -> futures::future::BoxFuture<'a, OTelSdkResult> {
-        Box::pin(async move {
-            match self {
-                LogBackend::Otlp(e) => e.export(batch).await,
-                LogBackend::Jsonl(e) => e.export(batch).await,
-                LogBackend::Discard => Ok(()),
-                LogBackend::WithSqlite(b, store) => {
-                    let rows: Vec<_> = batch.iter().map(|(r, _)| r.clone()).collect();
-                    let result = b.export(batch).await;
-                    // Stored once, when exported; a failed store is counted (exporter
-                    // `sqlite`) and does not change the outcome.
-                    if result.is_ok() {
-                        store.enqueue(super::sqlite::Table::Logs, super::sqlite::Raw::Logs(rows));
-                    }
-                    result
-                }
-            }
-        })
+    async fn export(&self, batch: LogBatch<'_>) -> OTelSdkResult {
+        match self {
+            LogBackend::Otlp(e) => e.export(batch).await,
+            LogBackend::Jsonl(e) => e.export(batch).await,
+            LogBackend::Discard => Ok(()),
+        }
     }
 
     fn shutdown(&self) {
@@ -71,10 +56,6 @@ impl LogBackend {
             LogBackend::Otlp(e) => e.shutdown(),
             LogBackend::Jsonl(e) => e.shutdown(),
             LogBackend::Discard => Ok(()),
-            LogBackend::WithSqlite(b, _) => {
-                b.shutdown();
-                Ok(())
-            }
         };
     }
 }
@@ -123,6 +104,7 @@ impl LogBatcher {
         settings: LogBatcherSettings,
         counters: Arc<Counters>,
         rt: &tokio::runtime::Handle,
+        sqlite: Option<super::sqlite::SqliteStore>,
     ) -> Self {
         // Each message holds at least one record, so `capacity` messages never fill before
         // `capacity` records are reserved.
@@ -132,7 +114,7 @@ impl LogBatcher {
         let stats = counters.exporters.register("enterprise", "logs");
         let queue_stats = stats.clone();
         let taken = queued.clone();
-        let backend = Arc::new(backend);
+        let backend = Arc::new(Destination { backend, sqlite });
         let concurrency = settings.concurrency.clamp(1, MAX_LOG_CONCURRENCY);
         // One permit per export call in flight.
         let permits = Arc::new(tokio::sync::Semaphore::new(concurrency));
@@ -204,7 +186,7 @@ impl LogBatcher {
                 }
             }
             let _all = permits.acquire_many(concurrency as u32).await;
-            backend.shutdown();
+            backend.backend.shutdown();
         });
         LogBatcher {
             tx,
@@ -273,8 +255,15 @@ impl LogBatcher {
     }
 }
 
+/// The log exporter, and the SQLite sink that keeps a copy of what it exported.
+#[derive(Debug)]
+struct Destination {
+    backend: LogBackend,
+    sqlite: Option<super::sqlite::SqliteStore>,
+}
+
 async fn export_batch(
-    backend: &LogBackend,
+    dest: &Destination,
     scope: &InstrumentationScope,
     batch: &mut Vec<LogItem>,
     timeout: Duration,
@@ -292,17 +281,17 @@ async fn export_batch(
     let mut wait = hold.initial;
     let result = loop {
         let started = std::time::Instant::now();
-        let result = match tokio::time::timeout(timeout, backend.export(LogBatch::new(&refs))).await
-        {
-            Ok(r) => r.map_err(|e| {
-                let msg = e.to_string();
-                (classify_otlp_error(msg.clone()).reason(), msg)
-            }),
-            Err(_) => Err((
-                ReasonCode::ExportFailed,
-                format!("timed out after {timeout:?}"),
-            )),
-        };
+        let result =
+            match tokio::time::timeout(timeout, dest.backend.export(LogBatch::new(&refs))).await {
+                Ok(r) => r.map_err(|e| {
+                    let msg = e.to_string();
+                    (classify_otlp_error(msg.clone()).reason(), msg)
+                }),
+                Err(_) => Err((
+                    ReasonCode::ExportFailed,
+                    format!("timed out after {timeout:?}"),
+                )),
+            };
         stats.record_call(n, result.is_ok(), started.elapsed());
         match &result {
             Ok(()) | Err((ReasonCode::ExportRejected, _)) => break result,
@@ -339,6 +328,11 @@ async fn export_batch(
     let companions = n - events;
     match result {
         Ok(()) => {
+            // `[sinks.sqlite]`: a copy of what was exported, once, never waited for.
+            if let Some(store) = &dest.sqlite {
+                let records = batch.iter().map(|(r, _)| r.clone()).collect();
+                store.enqueue(super::sqlite::Raw::Logs(records));
+            }
             Counters::add(&counters.exported_log_records, n);
             Counters::add(&counters.export_batches_ok, 1);
             Counters::add(&counters.delivered_metric_log, events);

@@ -153,10 +153,9 @@ impl PushMetricExporter for CountingMetricExporter {
         };
         self.stats.record_call(n, result.is_ok(), started.elapsed());
         if let (Ok(()), Some(store)) = (&result, &self.sqlite) {
-            store.enqueue(
-                super::sqlite::Table::Metrics,
-                super::sqlite::Raw::Json(super::sqlite::metric_rows(metrics)),
-            );
+            store.enqueue(super::sqlite::Raw::Metrics(super::sqlite::metric_rows(
+                metrics,
+            )));
         }
         match &result {
             Ok(()) => {

@@ -308,15 +308,12 @@ impl ExportPipeline {
             })?),
             None => None,
         };
-        let (main_sink, log_backend): (Arc<dyn TraceSink>, LogBackend) = match &sqlite {
-            Some(store) => (
-                Arc::new(sqlite::TeeTraceSink {
-                    primary: main_sink,
-                    store: store.clone(),
-                }),
-                LogBackend::WithSqlite(Box::new(log_backend), store.clone()),
-            ),
-            None => (main_sink, log_backend),
+        let main_sink: Arc<dyn TraceSink> = match &sqlite {
+            Some(store) => Arc::new(sqlite::TeeTraceSink {
+                primary: main_sink,
+                store: store.clone(),
+            }),
+            None => main_sink,
         };
         let hold = cfg.retry.hold_policy();
         let spawn_worker = |sink: Arc<dyn TraceSink>| {
@@ -345,18 +342,12 @@ impl ExportPipeline {
             },
         ));
         for (i, s) in cfg.sinks.tenants.iter().enumerate() {
-            // Built once now so that a bad entry fails start naming its key; the registry
-            // opens it again when its tenant's traces need it.
+            // Built now so that a bad entry fails start naming its key; the registry opens it
+            // (with this very sink the first time) when its tenant's traces need it.
             let label = format!("sinks[{i}]");
-            drop(build_community_sink(
-                &label,
-                s,
-                export_timeout,
-                &cfg.retry,
-                &resource,
-            )?);
+            let built = build_community_sink(&label, s, export_timeout, &cfg.retry, &resource)?;
             sinks
-                .register_section(s.clone())
+                .register_built_section(s.clone(), built)
                 .map_err(|e| ExportBuildError::Sink {
                     key: label,
                     error: e.to_string(),
@@ -383,6 +374,7 @@ impl ExportPipeline {
             },
             counters.clone(),
             &handle,
+            sqlite.clone(),
         );
 
         let reader = PeriodicReader::builder(

@@ -100,6 +100,9 @@ struct Entry {
     opened: u64,
     stats: Arc<ExporterStats>,
     credentials: Vec<String>,
+    /// A `[[sinks]]` entry's sink, built at start to check it: used by its first opening, so it
+    /// is not built twice.
+    prebuilt: Option<Arc<dyn TraceSink>>,
 }
 
 impl Entry {
@@ -151,6 +154,21 @@ impl SinkRegistry {
             max_live: max_live.max(1),
             params,
         }
+    }
+
+    /// Registers a `[[sinks]]` entry whose sink was already built (at start, where a bad entry
+    /// must fail start): that sink serves its first opening.
+    pub(crate) fn register_built_section(
+        &self,
+        s: SinkSection,
+        sink: Arc<dyn TraceSink>,
+    ) -> Result<(), SinkRegistryError> {
+        let key = (s.tenant_id.clone(), s.app_id.clone());
+        self.register_section(s)?;
+        if let Some(e) = self.inner.lock().entries.get_mut(&key) {
+            e.prebuilt = Some(sink);
+        }
+        Ok(())
     }
 
     /// Registers (or replaces) a sink described like a `[[sinks]]` entry.
@@ -239,6 +257,7 @@ impl SinkRegistry {
             opened: 0,
             stats,
             credentials,
+            prebuilt: None,
         };
         let old = inner.entries.insert(key, entry);
         drop(inner);
@@ -302,23 +321,17 @@ impl SinkRegistry {
         out
     }
 
-    /// (batches waiting, capacity) summed over the open sinks, and how many are open.
-    pub(crate) fn depth(&self) -> (usize, usize, usize) {
+    /// (batches waiting, capacity) summed over the open sinks.
+    pub(crate) fn depth(&self) -> (usize, usize) {
         let inner = self.inner.lock();
-        let mut depth = 0;
-        let mut cap = 0;
-        let mut open = 0;
-        for w in inner.entries.values().filter_map(|e| e.worker.as_ref()) {
-            if let Some((d, c)) = (w.depth_reader())() {
-                depth += d;
-                cap += c;
-                open += 1;
-            }
-        }
-        (depth, cap, open)
+        inner
+            .entries
+            .values()
+            .filter_map(|e| e.worker.as_ref()?.depth())
+            .fold((0, 0), |(d, c), (wd, wc)| (d + wd, c + wc))
     }
 
-    /// Whether any sink is registered for `tenant_id` (cheap check before `resolve`).
+    /// Whether no sink is registered (the batcher then skips `resolve`).
     pub(crate) fn is_empty(&self) -> bool {
         self.inner.lock().entries.is_empty()
     }
@@ -410,13 +423,15 @@ impl SinkRegistry {
         }
     }
 
-    fn open(&self, e: &Entry) -> Result<SinkWorker, SinkError> {
+    fn open(&self, e: &mut Entry) -> Result<SinkWorker, SinkError> {
         let p = &self.params;
         let _rt = p.rt.enter();
-        let sink: Arc<dyn TraceSink> = match &e.spec {
-            Spec::Instance(s) => s.clone(),
-            Spec::Factory(f) => f.build()?,
-            Spec::Section(s) => {
+        let prebuilt = e.prebuilt.take();
+        let sink: Arc<dyn TraceSink> = match (prebuilt, &e.spec) {
+            (Some(s), _) => s,
+            (None, Spec::Instance(s)) => s.clone(),
+            (None, Spec::Factory(f)) => f.build()?,
+            (None, Spec::Section(s)) => {
                 super::build_community_sink(&e.name, s, p.timeout, &p.retry, &p.resource)
                     .map_err(|err| SinkError::Failed(err.to_string()))?
             }

@@ -427,6 +427,16 @@ impl SinkWorker {
         SinkWorker { name, tx, stats }
     }
 
+    /// (batches waiting, capacity) now; `None` once the queue is closed.
+    pub(crate) fn depth(&self) -> Option<(usize, usize)> {
+        (!self.tx.is_closed()).then(|| {
+            (
+                self.tx.max_capacity() - self.tx.capacity(),
+                self.tx.max_capacity(),
+            )
+        })
+    }
+
     /// A reader of (batches waiting, capacity) that does not keep the queue open.
     pub(crate) fn depth_reader(&self) -> crate::diagnostics::probes::QueueReader {
         let weak = self.tx.downgrade();

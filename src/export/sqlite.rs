@@ -204,33 +204,37 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<i64, SqliteError> {
     Ok(found)
 }
 
-/// Which table rows go to.
+/// Which table rows go to (an index into the store's counters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Table {
-    Spans,
-    Logs,
-    Metrics,
+enum Table {
+    Spans = 0,
+    Logs = 1,
+    Metrics = 2,
 }
 
-struct Job {
-    table: Table,
-    rows: Raw,
-}
-
-/// Rows as the exporters hand them over: converted to JSON by the writer thread, so the
-/// exporters (on the export runtime) only pay for a clone.
+/// Rows as the exporters hand them over, one variant per table: converted to JSON by the
+/// writer thread, so the exporters (on the export runtime) only pay for a clone.
 pub(crate) enum Raw {
     Spans(Vec<opentelemetry_sdk::trace::SpanData>),
     Logs(Vec<opentelemetry_sdk::logs::SdkLogRecord>),
-    Json(Vec<Json>),
+    /// Metric points, already JSON (`metric_rows`).
+    Metrics(Vec<Json>),
 }
 
 impl Raw {
+    fn table(&self) -> Table {
+        match self {
+            Raw::Spans(_) => Table::Spans,
+            Raw::Logs(_) => Table::Logs,
+            Raw::Metrics(_) => Table::Metrics,
+        }
+    }
+
     fn len(&self) -> usize {
         match self {
             Raw::Spans(v) => v.len(),
             Raw::Logs(v) => v.len(),
-            Raw::Json(v) => v.len(),
+            Raw::Metrics(v) => v.len(),
         }
     }
 
@@ -238,14 +242,14 @@ impl Raw {
         match self {
             Raw::Spans(v) => v.iter().map(super::jsonl::span_to_json).collect(),
             Raw::Logs(v) => v.iter().map(super::jsonl::log_to_json).collect(),
-            Raw::Json(v) => v,
+            Raw::Metrics(v) => v,
         }
     }
 }
 
 /// What the writer is sent.
 enum Msg {
-    Rows(Job),
+    Rows(Raw),
     /// Commit everything received before this, then answer.
     Flush(SyncSender<()>),
 }
@@ -257,11 +261,11 @@ pub(crate) struct SqliteStore {
     stats: Arc<[Arc<ExporterStats>; 3]>,
 }
 
-impl std::fmt::Debug for Job {
+impl std::fmt::Debug for Raw {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Job")
-            .field("table", &self.table)
-            .field("rows", &self.rows.len())
+        f.debug_struct("Raw")
+            .field("table", &self.table())
+            .field("rows", &self.len())
             .finish()
     }
 }
@@ -295,24 +299,17 @@ impl SqliteStore {
         Ok(SqliteStore { tx, stats })
     }
 
-    fn stats(&self, table: Table) -> &ExporterStats {
-        match table {
-            Table::Spans => &self.stats[0],
-            Table::Logs => &self.stats[1],
-            Table::Metrics => &self.stats[2],
-        }
-    }
-
     /// Queues `rows` for the writer without waiting: the exporter that exported them never
     /// waits for SQLite. A full queue drops this copy, counted (exporter `sqlite`,
     /// `queue_full`).
-    pub(crate) fn enqueue(&self, table: Table, rows: Raw) {
+    pub(crate) fn enqueue(&self, rows: Raw) {
         let n = rows.len() as u64;
         if n == 0 {
             return;
         }
-        if self.tx.try_send(Msg::Rows(Job { table, rows })).is_err() {
-            self.stats(table).record_queue_full(n);
+        let table = rows.table();
+        if self.tx.try_send(Msg::Rows(rows)).is_err() {
+            self.stats[table as usize].record_queue_full(n);
             crate::logging::warn_limited("sqlite queue full; rows not stored", || {
                 tracing::warn!(rows = n, "sqlite queue full; rows not stored (counted)")
             });
@@ -360,7 +357,7 @@ impl Writer {
                 Err(_) => return,
             };
             let deadline = Instant::now() + self.interval;
-            let mut jobs: Vec<Job> = Vec::new();
+            let mut jobs: Vec<Raw> = Vec::new();
             let mut flushes: Vec<SyncSender<()>> = Vec::new();
             let mut next = Some(first);
             while let Some(m) = next.take() {
@@ -368,7 +365,7 @@ impl Writer {
                     Msg::Rows(j) => jobs.push(j),
                     Msg::Flush(ack) => flushes.push(ack),
                 }
-                let rows: usize = jobs.iter().map(|j| j.rows.len()).sum();
+                let rows: usize = jobs.iter().map(Raw::len).sum();
 
                 if !flushes.is_empty() || rows >= self.batch_size {
                     break;
@@ -385,11 +382,11 @@ impl Writer {
         }
     }
 
-    fn commit(&mut self, jobs: Vec<Job>) {
+    fn commit(&mut self, jobs: Vec<Raw>) {
         let started = Instant::now();
         let jobs: Vec<(Table, Vec<Json>)> = jobs
             .into_iter()
-            .map(|j| (j.table, j.rows.into_json()))
+            .map(|j| (j.table(), j.into_json()))
             .collect();
         let result = self.write(&jobs).map_err(|e| {
             let msg = format!("{}: {e}", self.path.display());
@@ -401,12 +398,7 @@ impl Writer {
         });
         let elapsed = started.elapsed();
         for (table, rows) in &jobs {
-            let stats = match table {
-                Table::Spans => &self.stats[0],
-                Table::Logs => &self.stats[1],
-                Table::Metrics => &self.stats[2],
-            };
-            stats.record_call(rows.len() as u64, result.is_ok(), elapsed);
+            self.stats[*table as usize].record_call(rows.len() as u64, result.is_ok(), elapsed);
         }
         if result.is_ok() && (self.max_age.is_some() || self.max_rows.is_some()) {
             if let Err(e) = self.retain() {
@@ -534,7 +526,8 @@ impl Writer {
     }
 }
 
-fn unix_nanos(t: SystemTime) -> i64 {
+/// `t` in Unix nanoseconds, as the tables store time.
+pub(crate) fn unix_nanos(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0)
@@ -573,7 +566,7 @@ impl super::sink::TraceSink for TeeTraceSink {
             // Stored once, when exported: a held batch's failed tries store nothing. A failed
             // store is counted (exporter `sqlite`) and does not change the primary's outcome.
             if result.is_ok() {
-                self.store.enqueue(Table::Spans, Raw::Spans(batch.to_vec()));
+                self.store.enqueue(Raw::Spans(batch.to_vec()));
             }
             result
         })

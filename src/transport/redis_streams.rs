@@ -288,7 +288,7 @@ impl RedisStreamSource {
 
     /// Links this consumer to a worker's ledger (see `super::worker`).
     pub(crate) fn with_worker(mut self, link: WorkerLink) -> Self {
-        super::worker::open_sources(&link.ledger, 1);
+        link.ledger.source_opened();
         self.worker = Some(link);
         self
     }

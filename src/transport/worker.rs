@@ -298,12 +298,12 @@ pub(crate) fn log_flush_bound(claim_idle: Duration) -> Duration {
     (claim_idle / 4).min(Duration::from_secs(5))
 }
 
-/// Counts `n` consumers as open; each calls [`WorkerLedger::source_closed`] once.
-pub(crate) fn open_sources(ledger: &WorkerLedger, n: usize) {
-    ledger.open_sources.fetch_add(n, Ordering::SeqCst);
-}
-
 impl WorkerLedger {
+    /// A consumer started reading; it calls [`WorkerLedger::source_closed`] once.
+    pub(crate) fn source_opened(&self) {
+        self.open_sources.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// A consumer stopped reading.
     pub(crate) fn source_closed(&self) {
         self.open_sources.fetch_sub(1, Ordering::SeqCst);
