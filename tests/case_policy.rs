@@ -8,7 +8,6 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use serde_json::json;
 use telemetry_gateway::config::CaseSection;
@@ -17,17 +16,6 @@ use telemetry_gateway::{
     GatewayConfig, ReasonCode, TelemetryCase, TelemetryContext, TelemetryEnvelope,
 };
 use uuid::Uuid;
-
-fn attr(kvs: &[KeyValue], key: &str) -> Option<String> {
-    kvs.iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
-            any_value::Value::StringValue(s) => Some(s.clone()),
-            any_value::Value::IntValue(i) => Some(i.to_string()),
-            any_value::Value::DoubleValue(d) => Some(d.to_string()),
-            _ => None,
-        })
-}
 
 fn with_case(mut c: GatewayConfig, name: &str, section: CaseSection) -> GatewayConfig {
     c.cases.insert(name.into(), section);
@@ -103,7 +91,7 @@ fn nodes_per_run(rx: &OtlpReceiver) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for s in rx.received().spans {
         if s.name.ends_with("node.execution") {
-            if let Some(run) = attr(&s.attributes, "run.id") {
+            if let Some(run) = support::attr_text(&s.attributes, "run.id") {
                 *m.entry(run).or_default() += 1;
             }
         }
@@ -246,14 +234,21 @@ fn a_slow_trace_event_also_produces_a_slow_operation_event_and_a_count() {
         .collect();
     let flagged: BTreeSet<String> = events
         .iter()
-        .filter_map(|l| attr(&l.attributes, "event.id"))
+        .filter_map(|l| support::attr_text(&l.attributes, "event.id"))
         .collect();
     assert_eq!(flagged, slow, "exactly the slow runs are flagged");
     for l in &events {
-        assert_eq!(attr(&l.attributes, "threshold_ms").as_deref(), Some("100"));
-        assert_eq!(attr(&l.attributes, "duration_ms").as_deref(), Some("500"));
-        assert!(attr(&l.attributes, "correlation.id").is_some_and(|c| c.starts_with("req-")));
-        assert!(attr(&l.attributes, "run.id").is_some());
+        assert_eq!(
+            support::attr_text(&l.attributes, "threshold_ms").as_deref(),
+            Some("100")
+        );
+        assert_eq!(
+            support::attr_text(&l.attributes, "duration_ms").as_deref(),
+            Some("500")
+        );
+        assert!(support::attr_text(&l.attributes, "correlation.id")
+            .is_some_and(|c| c.starts_with("req-")));
+        assert!(support::attr_text(&l.attributes, "run.id").is_some());
     }
     let count: i64 = r
         .metrics

@@ -11,31 +11,11 @@ mod support;
 use std::collections::BTreeMap;
 use std::io::{BufRead, Read, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use telemetry_gateway::testing::{OtlpReceiver, Received};
-
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>");
-    let bin = profile_dir.join("examples").join(name);
-    if !bin.is_file() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--example", name, "--features", "testing"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building the {name} example failed");
-    }
-    bin
-}
 
 struct App {
     child: Child,
@@ -44,7 +24,7 @@ struct App {
 }
 
 fn start_app(name: &str, otlp: &str, dir: &std::path::Path) -> App {
-    let mut child = Command::new(example(name))
+    let mut child = Command::new(support::example(name))
         .args(["--port", "0"])
         .env("TELEMETRY_GATEWAY__OTLP__ENDPOINT", otlp)
         .env(
@@ -115,27 +95,18 @@ fn post(
     (status, headers, body.to_owned())
 }
 
-fn attr(kvs: &[KeyValue], key: &str) -> Option<String> {
-    kvs.iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
-            any_value::Value::StringValue(s) => Some(s.clone()),
-            _ => None,
-        })
-}
-
 /// Span names and log event names carrying correlation id `cid`.
 fn with_correlation(r: &Received, cid: &str) -> (Vec<String>, Vec<String>) {
     let spans = r
         .spans
         .iter()
-        .filter(|s| attr(&s.attributes, "correlation.id").as_deref() == Some(cid))
+        .filter(|s| support::attr_text(&s.attributes, "correlation.id").as_deref() == Some(cid))
         .map(|s| s.name.clone())
         .collect();
     let logs = r
         .logs
         .iter()
-        .filter(|l| attr(&l.attributes, "correlation.id").as_deref() == Some(cid))
+        .filter(|l| support::attr_text(&l.attributes, "correlation.id").as_deref() == Some(cid))
         .map(|l| l.event_name.clone())
         .collect();
     (spans, logs)
@@ -220,7 +191,7 @@ fn axum_app_carries_each_requests_correlation_id_to_the_collector() {
 #[test]
 fn custom_sink_takes_its_apps_spans_only() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(example("custom_sink"))
+    let out = Command::new(support::example("custom_sink"))
         .args(["--runs", "10", "--out"])
         .arg(dir.path())
         .env_remove("TELEMETRY_GATEWAY__OTLP__ENDPOINT")

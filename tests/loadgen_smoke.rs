@@ -6,29 +6,15 @@
 //! (built here with `cargo build --example loadgen` when it is missing, for example when this
 //! file is run alone).
 
+mod support;
+
 use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::Value;
 
 fn loadgen() -> PathBuf {
-    // target/<profile>/deps/loadgen_smoke-<hash> -> target/<profile>/examples/loadgen
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>");
-    let bin = profile_dir.join("examples").join("loadgen");
-    if !bin.is_file() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--example", "loadgen", "--features", "testing"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building the loadgen example failed");
-    }
-    assert!(bin.is_file(), "no loadgen binary at {}", bin.display());
-    bin
+    support::example("loadgen")
 }
 
 /// Runs loadgen with `args` (plus `--json`) and returns the JSON object on its last line.

@@ -17,7 +17,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::common::v1::any_value;
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use serde_json::json;
 use telemetry_gateway::config::{DedupBackendKind, LocalOutput, TransportKind};
@@ -149,16 +148,7 @@ fn event(case: TelemetryCase, i: usize) -> TelemetryEnvelope {
 fn logged_ids(r: &Received) -> Vec<String> {
     r.logs
         .iter()
-        .filter_map(|l| {
-            l.attributes
-                .iter()
-                .find(|kv| kv.key == "event.id")
-                .and_then(|kv| kv.value.as_ref())
-                .and_then(|v| match &v.value {
-                    Some(any_value::Value::StringValue(s)) => Some(s.clone()),
-                    _ => None,
-                })
-        })
+        .filter_map(|l| support::attr_text(&l.attributes, "event.id"))
         .collect()
 }
 

@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -193,28 +193,12 @@ fn retention_keeps_the_newest_rows_within_the_limits() {
     assert_eq!(runs, 10, "only the second, recent half is kept");
 }
 
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile = exe.parent().and_then(|d| d.parent()).unwrap();
-    let bin = profile.join("examples").join(name);
-    if !bin.is_file() {
-        let ok = Command::new(env!("CARGO"))
-            .args(["build", "--example", name, "--features", "testing"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "building {name}");
-    }
-    bin
-}
-
 #[test]
 fn a_writer_killed_mid_write_leaves_an_intact_file_that_can_be_written_again() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("crash.db");
     for round in 0..3 {
-        let mut child = Command::new(example("local_analytics"))
+        let mut child = Command::new(support::example("local_analytics"))
             .args(["--forever", "--db"])
             .arg(&db)
             .env_remove("TELEMETRY_GATEWAY__OTLP__ENDPOINT")

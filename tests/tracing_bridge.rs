@@ -5,28 +5,10 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-
-use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use telemetry_gateway::testing::OtlpReceiver;
 use telemetry_gateway::tracing_bridge::GatewayLayer;
 use telemetry_gateway::ReasonCode;
 use tracing_subscriber::layer::SubscriberExt;
-
-fn attrs(kvs: &[KeyValue]) -> BTreeMap<String, String> {
-    kvs.iter()
-        .filter_map(|kv| {
-            let v = match kv.value.as_ref()?.value.as_ref()? {
-                any_value::Value::StringValue(s) => s.clone(),
-                any_value::Value::IntValue(i) => i.to_string(),
-                any_value::Value::DoubleValue(d) => d.to_string(),
-                any_value::Value::BoolValue(b) => b.to_string(),
-                other => format!("{other:?}"),
-            };
-            Some((kv.key.clone(), v))
-        })
-        .collect()
-}
 
 #[test]
 fn spans_and_events_with_a_case_become_gateway_events() {
@@ -98,9 +80,14 @@ fn spans_and_events_with_a_case_become_gateway_events() {
     let span = r
         .spans
         .iter()
-        .find(|s| attrs(&s.attributes).get("run.id").map(String::as_str) == Some("run-42"))
+        .find(|s| {
+            support::attrs_text(&s.attributes)
+                .get("run.id")
+                .map(String::as_str)
+                == Some("run-42")
+        })
         .expect("the workflow_run span");
-    let a = attrs(&span.attributes);
+    let a = support::attrs_text(&span.attributes);
     assert_eq!(
         a["tenant.id"], "acme",
         "inherited from the request span: {a:?}"
@@ -120,7 +107,7 @@ fn spans_and_events_with_a_case_become_gateway_events() {
         .logs
         .iter()
         .find(|l| l.event_name == "app.feedback_created")
-        .map(|l| attrs(&l.attributes))
+        .map(|l| support::attrs_text(&l.attributes))
         .expect("the feedback record");
     assert_eq!(feedback["tenant.id"], "acme");
     assert_eq!(feedback["correlation.id"], "req-7");

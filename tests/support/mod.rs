@@ -217,3 +217,56 @@ pub fn last_sum_points(
         other => panic!("{name} is not a sum: {other:?}"),
     }
 }
+
+/// The binary of the example `name`, built beside the tests by `cargo test --all-targets` (built
+/// here when missing, for example when one test file runs alone).
+pub fn example(name: &str) -> std::path::PathBuf {
+    // target/<profile>/deps/<test>-<hash> -> target/<profile>/examples/<name>
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>");
+    let bin = profile_dir.join("examples").join(name);
+    if !bin.is_file() {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--example", name, "--features", "testing"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the {name} example failed");
+    }
+    assert!(bin.is_file(), "no {name} binary at {}", bin.display());
+    bin
+}
+
+/// An OTLP attribute's value as text (strings as they are; numbers and booleans printed).
+pub fn any_text(v: &opentelemetry_proto::tonic::common::v1::AnyValue) -> Option<String> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    Some(match v.value.as_ref()? {
+        Value::StringValue(s) => s.clone(),
+        Value::IntValue(i) => i.to_string(),
+        Value::DoubleValue(d) => d.to_string(),
+        Value::BoolValue(b) => b.to_string(),
+        other => format!("{other:?}"),
+    })
+}
+
+/// The attribute `key` of an OTLP span, log record or point, as text.
+pub fn attr_text(
+    kvs: &[opentelemetry_proto::tonic::common::v1::KeyValue],
+    key: &str,
+) -> Option<String> {
+    kvs.iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| any_text(kv.value.as_ref()?))
+}
+
+/// Every attribute as text, by key.
+pub fn attrs_text(
+    kvs: &[opentelemetry_proto::tonic::common::v1::KeyValue],
+) -> std::collections::BTreeMap<String, String> {
+    kvs.iter()
+        .filter_map(|kv| Some((kv.key.clone(), any_text(kv.value.as_ref()?)?)))
+        .collect()
+}
