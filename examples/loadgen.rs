@@ -2,13 +2,13 @@
 //! one run, and prints what it measured.
 //!
 //! ```text
-//! cargo run --release --example loadgen -- --mode trace|metric|mixed --events N [--rate R]
+//! cargo run --release --example loadgen --features testing,redis -- --mode trace|metric|mixed --events N [--rate R]
 //!     [--dedup memory|redis --redis-url URL] [--exporter noop|otlp --endpoint URL]
 //!     [--producers P] [--baseline otel-bsp|redis-pipeline|mpsc|none] [--duration-secs S]
 //!     [--config PATH] [--json]
-//! cargo run --release --example loadgen -- --mode idle [--duration-secs 10] [--json]
-//! cargo run --release --example loadgen -- --mode queued --events N [--json]
-//! cargo run --release --example loadgen -- --mode stream --events N [--workers 1,2,4]
+//! cargo run --release --example loadgen --features testing,redis -- --mode idle [--duration-secs 10] [--json]
+//! cargo run --release --example loadgen --features testing,redis -- --mode queued --events N [--json]
+//! cargo run --release --example loadgen --features testing,redis -- --mode stream --events N [--workers 1,2,4]
 //!     [--redis-url URL] [--config PATH] [--json]
 //! ```
 //!

@@ -2,7 +2,7 @@
 //! (`[sinks.sqlite]`), then `telemetry-gateway slo` checks it and `export-parquet` exports it.
 //!
 //! ```text
-//! cargo run --example local_analytics --features testing -- --db telemetry.db [--runs 200]
+//! cargo run --example local_analytics --features testing,analytics -- --db telemetry.db [--runs 200]
 //!     [--slow-every 10] [--fail-every 25] [--forever]
 //! telemetry-gateway slo --db telemetry.db --config config/slo-example.toml
 //! telemetry-gateway export-parquet --db telemetry.db --out parquet/

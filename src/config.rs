@@ -20,11 +20,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::contracts::SignalType;
 
+mod otel_env;
+
 /// Prefix of environment overrides: `TELEMETRY_GATEWAY__OTLP__ENDPOINT` sets `otlp.endpoint`.
 pub const ENV_PREFIX: &str = "TELEMETRY_GATEWAY__";
 
-/// Keys whose values are text even when they look like numbers or booleans.
-const STRING_KEYS: [&str; 16] = [
+/// Keys whose values are text even when they look like numbers or booleans: an environment
+/// override of one of them is taken as the raw text (so `0012345` keeps its zeros and never fails
+/// to parse). Every `otlp.headers.<name>` and `export.resource_attributes.<name>` is one too.
+pub const STRING_KEYS: [&str; 16] = [
     "otlp.endpoint",
     "otlp.api_key",
     "dedup.redis_url",
@@ -188,6 +192,11 @@ pub const DEFAULT_RECORDER_STEPS_PER_EVENT: usize = 16;
 pub const DEFAULT_UNREADY_AFTER_FAILING_SECS: u64 = 30;
 /// Default of `diagnostics.metric_cardinality_limit`: distinct attribute sets per metric.
 pub const DEFAULT_METRIC_CARDINALITY_LIMIT: usize = 2_000;
+/// Default of `diagnostics.export_self_metrics`: on, because the ledger (emitted, delivered,
+/// dropped by reason) is what proves in the backend that nothing was lost silently. They come
+/// under their own instrumentation scope, `telemetry-gateway.self`, so a collector can route or
+/// drop them; hosts that want none of them in their backend turn this off.
+pub const DEFAULT_EXPORT_SELF_METRICS: bool = true;
 
 /// Default of `logging.format`.
 pub const DEFAULT_LOG_FORMAT: LogFormat = LogFormat::Text;
@@ -434,6 +443,10 @@ pub struct DiagnosticsSection {
     pub unready_after_failing_secs: u64,
     /// Distinct attribute sets kept per metric; further ones go to an overflow series.
     pub metric_cardinality_limit: usize,
+    /// Whether the gateway's own metrics (`telemetry_gateway.*`, instrumentation scope
+    /// `telemetry-gateway.self`) go out with the application's metrics. `/metrics` has them
+    /// either way.
+    pub export_self_metrics: bool,
 }
 
 impl Default for DiagnosticsSection {
@@ -445,6 +458,7 @@ impl Default for DiagnosticsSection {
             recorder_steps_per_event: DEFAULT_RECORDER_STEPS_PER_EVENT,
             unready_after_failing_secs: DEFAULT_UNREADY_AFTER_FAILING_SECS,
             metric_cardinality_limit: DEFAULT_METRIC_CARDINALITY_LIMIT,
+            export_self_metrics: DEFAULT_EXPORT_SELF_METRICS,
         }
     }
 }
@@ -775,8 +789,12 @@ pub struct ExportSection {
     pub local_output: LocalOutput,
     /// JSON lines output used when `otlp.endpoint` is unset.
     pub file_path: PathBuf,
-    /// `service.name` resource attribute.
+    /// `service.name` resource attribute (default from `OTEL_SERVICE_NAME`).
     pub service_name: String,
+    /// Extra resource attributes on every span, log record and metric, and in every JSON line
+    /// (default from `OTEL_RESOURCE_ATTRIBUTES`). `service.name` and `service.instance.id`
+    /// are the gateway's own and cannot be set here.
+    pub resource_attributes: BTreeMap<String, String>,
     /// Log records waiting for export; beyond it they are dropped (`queue_full`).
     pub log_queue_capacity: usize,
     /// Log records per export batch.
@@ -795,6 +813,7 @@ impl Default for ExportSection {
             local_output: DEFAULT_LOCAL_OUTPUT,
             file_path: PathBuf::from(DEFAULT_EXPORT_FILE_PATH),
             service_name: DEFAULT_SERVICE_NAME.into(),
+            resource_attributes: BTreeMap::new(),
             log_queue_capacity: DEFAULT_LOG_QUEUE_CAPACITY,
             log_max_batch_size: DEFAULT_LOG_MAX_BATCH_SIZE,
             log_flush_interval_ms: DEFAULT_LOG_FLUSH_INTERVAL_MS,
@@ -964,7 +983,9 @@ impl Default for ShutdownSection {
 }
 
 /// A configuration that cannot be used. Names the key and what is wrong.
-#[derive(Debug, thiserror::Error)]
+///
+/// Its `Debug` is its message, so `main() -> Result<(), Box<dyn Error>>` prints the sentence.
+#[derive(thiserror::Error)]
 pub enum ConfigError {
     /// The file or environment could not be parsed into the config structs (unknown key, wrong
     /// type, malformed TOML). Figment's message names the key and where it came from.
@@ -980,19 +1001,51 @@ pub enum ConfigError {
     },
 }
 
+impl std::fmt::Debug for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
 impl From<figment::Error> for ConfigError {
     fn from(e: figment::Error) -> Self {
         // Figment gives one error per problem; join them so every bad key is named.
-        let all: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
+        let all: Vec<String> = e.into_iter().map(|e| describe_figment_error(&e)).collect();
         ConfigError::Parse(all.join("; "))
     }
 }
 
+/// One figment error as `<problem> for key `a.b` [(set by VARIABLE)] in <source>`: the key as
+/// the file and the docs write it, never with figment's profile prefix (`default.a.b`), and the
+/// environment variable's name when one set it.
+fn describe_figment_error(e: &figment::Error) -> String {
+    let key = e.path.join(".");
+    let mut msg = e.kind.to_string();
+    if !key.is_empty() {
+        msg.push_str(&format!(" for key `{key}`"));
+    }
+    if let Some(md) = &e.metadata {
+        if let Some(profile) = &e.profile {
+            let named = md.interpolate(profile, &e.path);
+            if !key.is_empty() && named != format!("{profile}.{key}") && named != key {
+                msg.push_str(&format!(" (set by {named})"));
+            }
+        }
+        msg.push_str(&format!(" in {}", md.name));
+        if let Some(source) = &md.source {
+            msg.push_str(&format!(" {source}"));
+        }
+    }
+    msg
+}
+
 impl GatewayConfig {
-    /// Defaults, then the TOML file at `path` (when given), then `TELEMETRY_GATEWAY__*`
-    /// environment variables.
+    /// Defaults, then the standard `OTEL_*` variables (`OTEL_SERVICE_NAME`,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`, ...: see docs/configuration.md), then the TOML file at
+    /// `path` (when given), then `TELEMETRY_GATEWAY__*` environment variables.
     pub fn figment(path: Option<&Path>) -> Figment {
-        let mut f = Figment::from(Serialized::defaults(GatewayConfig::default()));
+        let mut f = Figment::from(Serialized::defaults(GatewayConfig::default()))
+            .merge(otel_env::OtelEnv::from_env());
         if let Some(p) = path {
             f = f.merge(Toml::file_exact(p));
         }
@@ -1013,7 +1066,10 @@ impl GatewayConfig {
                 .collect::<Vec<_>>()
                 .join(".")
                 .to_ascii_lowercase();
-            if STRING_KEYS.contains(&path.as_str()) || path.starts_with("otlp.headers.") {
+            if STRING_KEYS.contains(&path.as_str())
+                || path.starts_with("otlp.headers.")
+                || path.starts_with("export.resource_attributes.")
+            {
                 f = f.merge(Serialized::default(&path, value));
             }
         }
@@ -1041,6 +1097,9 @@ impl GatewayConfig {
 
     /// Checks every range and cross-key rule, naming the key at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        // A part this build does not have is the first thing to say: no other rule about it
+        // can be met.
+        self.check_features()?;
         fn bad(key: &str, problem: impl Into<String>) -> ConfigError {
             ConfigError::Invalid {
                 key: key.into(),
@@ -1381,6 +1440,39 @@ impl GatewayConfig {
             }
             s.check()
                 .map_err(|(field, problem)| bad(&format!("{key}.{field}"), problem))?;
+        }
+        for key in self.export.resource_attributes.keys() {
+            let problem = match key.as_str() {
+                "" => "an attribute name must not be empty",
+                "service.name" => "set export.service_name (or OTEL_SERVICE_NAME) instead",
+                "service.instance.id" => "is the gateway's own: a random id per process",
+                _ => continue,
+            };
+            return Err(bad(&format!("export.resource_attributes.{key}"), problem));
+        }
+        Ok(())
+    }
+
+    /// A part this build left out (its cargo feature is off) cannot be configured: the error
+    /// names the key and the feature to enable.
+    fn check_features(&self) -> Result<(), ConfigError> {
+        let needs = |key: &str, what: &str, feature: &str| ConfigError::Invalid {
+            key: key.into(),
+            problem: format!(
+                "{what} needs the cargo feature `{feature}` of telemetry-gateway, which this \
+                 build does not have (add `features = [\"{feature}\"]` to the dependency)"
+            ),
+        };
+        if !cfg!(feature = "redis") {
+            if self.dedup.backend == DedupBackendKind::Redis {
+                return Err(needs("dedup.backend", "\"redis\"", "redis"));
+            }
+            if self.transport.kind == TransportKind::RedisStreams {
+                return Err(needs("transport.kind", "\"redis_streams\"", "redis"));
+            }
+        }
+        if !cfg!(feature = "analytics") && self.sinks.sqlite.is_some() {
+            return Err(needs("sinks.sqlite", "the SQLite sink", "analytics"));
         }
         Ok(())
     }

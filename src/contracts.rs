@@ -354,6 +354,22 @@ impl PayloadFallback {
     }
 }
 
+/// The UUIDv5 namespace of ids derived from idempotency keys
+/// ([`TelemetryEnvelope::with_idempotency_key`]). Never change it: ids made by an older version
+/// must stay equal to a newer version's for the same key.
+pub const IDEMPOTENCY_KEY_NAMESPACE: Uuid =
+    Uuid::from_u128(0x5b7d_3c2e_9f41_4a6b_8d0e_71c4_a9f2_36e8);
+
+/// The event id of `key` for `tenant_id`: UUIDv5 of `tenant_id`, a NUL byte and `key` (a tenant
+/// id cannot hold a NUL, so no two (tenant, key) pairs share an input).
+pub fn idempotency_event_id(tenant_id: &str, key: &str) -> Uuid {
+    let mut name = Vec::with_capacity(tenant_id.len() + 1 + key.len());
+    name.extend_from_slice(tenant_id.as_bytes());
+    name.push(0);
+    name.extend_from_slice(key.as_bytes());
+    Uuid::new_v5(&IDEMPOTENCY_KEY_NAMESPACE, &name)
+}
+
 /// One telemetry event, as the host sends it and as it crosses the gateway's queues.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TelemetryEnvelope {
@@ -412,6 +428,19 @@ impl TelemetryEnvelope {
     /// Uses the host's own event id (an idempotency key).
     pub fn with_event_id(mut self, event_id: Uuid) -> Self {
         self.event_id = event_id;
+        self
+    }
+
+    /// Derives the event id from a host's idempotency key (for example an HTTP
+    /// `Idempotency-Key` header): the same key of the same tenant always gives the same id, so a
+    /// re-sent event counts once, and two tenants' keys never meet. The id is a UUIDv5 of the
+    /// tenant id and the key under [`IDEMPOTENCY_KEY_NAMESPACE`]; set the context's tenant first
+    /// (as [`TelemetryEnvelope::new`] does).
+    ///
+    /// Deduplication happens after the entrance: `emit()` of a later copy still returns `Ok`,
+    /// and the copy is then dropped under `duplicate` (counted, and shown by `explain`).
+    pub fn with_idempotency_key(mut self, key: &str) -> Self {
+        self.event_id = idempotency_event_id(&self.context.tenant_id, key);
         self
     }
 

@@ -37,13 +37,20 @@
 //!   process.
 //! - [`diagnostics`]: reason codes and the ledger of counters.
 //! - [`logging`]: the gateway's own log lines: `sanitize`, the warning rate limiter, `init`.
-//! - [`slo`]: service-level indicators from the SQLite sink's data, checked against
+//! - `slo` (feature `analytics`): service-level indicators from the SQLite sink's data, checked against
 //!   `[slo.<case>]` objectives.
 //! - [`tracing_bridge`]: a `tracing_subscriber::Layer` turning spans and events with a
 //!   `telemetry.case` field into gateway events.
 //! - [`integration_guide`]: docs/integration.md (hosts, tracing bridge, tenant sinks), whose
 //!   examples are compiled with the crate.
 //! - `testing` (feature `testing`): an in-test OTLP receiver and a `redis-server` guard.
+//!
+//! # Features
+//! The default build is lean: no C code, no Redis client, no Parquet. `redis` adds the Redis
+//! dedup backend and the Redis Streams transport (`transport::redis_streams`,
+//! `WorkerHandle`); `analytics` adds the SQLite sink (`export::sqlite`), `slo` and Parquet
+//! export; `cli` builds the `telemetry-gateway` binary. A configuration that names a part whose
+//! feature is off fails at start, naming the key and the feature.
 
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
@@ -58,6 +65,7 @@ pub mod payload_store;
 pub mod redaction;
 pub mod routing;
 pub mod runtime;
+#[cfg(feature = "analytics")]
 pub mod slo;
 pub mod tracing_bridge;
 
@@ -71,17 +79,22 @@ pub mod transport;
 pub mod testing;
 
 pub use actors::metric_handler::CaseHandler;
+/// What a [`CaseHandler`] returns (attributes for the event's log record), at the version the
+/// gateway uses, so a host needs no second copy of `opentelemetry`.
+pub use opentelemetry::KeyValue;
+/// Event ids, at the version the gateway uses.
+pub use uuid::Uuid;
 
 /// The hash map of the hot paths: foldhash, seeded per process (see `Cargo.toml`).
 pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 pub use config::GatewayConfig;
 pub use contracts::{
-    Correlation, EnvelopeError, Payload, PayloadFallback, SignalType, TelemetryCase,
-    TelemetryContext, TelemetryEnvelope,
+    idempotency_event_id, Correlation, EnvelopeError, JsonObject, Payload, PayloadFallback,
+    SignalType, TelemetryCase, TelemetryContext, TelemetryEnvelope,
 };
 pub use diagnostics::{ReasonCode, StatsSnapshot};
 pub use export::registry::{SinkFactory, SinkInfo, SinkRegistryError};
 pub use export::sink::{DiscardSink, SinkError, TraceSink};
-pub use runtime::{
-    start, EmitError, GatewayBuilder, GatewayHandle, ShutdownReport, StartError, WorkerHandle,
-};
+#[cfg(feature = "redis")]
+pub use runtime::WorkerHandle;
+pub use runtime::{start, EmitError, GatewayBuilder, GatewayHandle, ShutdownReport, StartError};

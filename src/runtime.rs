@@ -35,6 +35,7 @@ use crate::actors::rehydrator::RehydratorActor;
 use crate::actors::trace_batcher::{Drain, TraceBatcherActor};
 use crate::actors::{ExportHandles, GatewayItem, Shared, TraceItem};
 use crate::config::SinkSection;
+#[cfg(feature = "redis")]
 use crate::config::TransportKind;
 use crate::config::{ConfigError, GatewayConfig};
 use crate::contracts::{EnvelopeError, TelemetryEnvelope};
@@ -47,9 +48,22 @@ use crate::export::sink::TraceSink;
 use crate::export::{ExportBuildError, ExportPipeline};
 use crate::payload_store::{PayloadStore, StoreBuildError};
 use crate::routing::RoutingTable;
+#[cfg(feature = "redis")]
 use crate::transport::redis_streams::{RedisStreamProducer, RedisStreamSource, StreamSettings};
-use crate::transport::worker::{CommitParts, Committer, WorkerLedger, WorkerLink};
+use crate::transport::worker::WorkerLedger;
+#[cfg(feature = "redis")]
+use crate::transport::worker::{CommitParts, Committer, WorkerLink};
 use crate::transport::{EnvelopeSource, InProcessTransport, MetricTransport};
+
+#[cfg(feature = "redis")]
+mod worker;
+#[cfg(feature = "redis")]
+pub use worker::WorkerHandle;
+#[cfg(feature = "redis")]
+use worker::{WorkerParts, WORKER_SDK_METRIC_INTERVAL_MS};
+/// Without the `redis` feature there is no worker runtime, so nothing to add to a gateway.
+#[cfg(not(feature = "redis"))]
+type WorkerParts = std::convert::Infallible;
 
 /// How long `start()` waits for the actor threads to come up.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -61,7 +75,9 @@ const SETTLE_POLL: Duration = Duration::from_millis(2);
 const LOG_NUDGE_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Why the gateway did not start.
-#[derive(Debug, thiserror::Error)]
+///
+/// Its `Debug` is its message, so `main() -> Result<(), Box<dyn Error>>` prints the sentence.
+#[derive(thiserror::Error)]
 pub enum StartError {
     /// The configuration is invalid.
     #[error(transparent)]
@@ -78,6 +94,12 @@ pub enum StartError {
     /// The actor threads did not start.
     #[error("the actor system did not start: {0}")]
     Actors(String),
+}
+
+impl std::fmt::Debug for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 /// Why `emit()` did not take an event. Each is also counted as a drop with its reason code.
@@ -201,53 +223,21 @@ impl GatewayBuilder {
         self.start_inner(false).map(|(gw, _)| gw)
     }
 
-    /// Starts a worker-only runtime (`transport.kind = "redis_streams"`): `metric_pool.pool_size`
-    /// consumers of the stream's group, each with its handler, dedup and rehydrator, and the
-    /// export pipeline. It has no intake of its own. See docs/deployment.md.
-    pub fn start_worker(self) -> Result<WorkerHandle, StartError> {
-        let invalid = |key: &str, problem: &str| {
-            StartError::Config(ConfigError::Invalid {
-                key: key.into(),
-                problem: problem.into(),
-            })
-        };
-        if self.config.transport.kind != TransportKind::RedisStreams {
-            return Err(invalid(
-                "transport.kind",
-                "a worker needs transport.kind = \"redis_streams\"",
-            ));
-        }
-        if self.transport.is_some() {
-            return Err(invalid(
-                "metric_transport",
-                "a worker reads the configured stream; a custom transport cannot be used",
-            ));
-        }
-        let deadline = Duration::from_millis(self.config.shutdown.deadline_ms);
-        let (gateway, parts) = self.start_inner(true)?;
-        let Some((stop, ledger, committer)) = parts else {
-            return Err(StartError::Actors("the worker parts were not built".into()));
-        };
-        Ok(WorkerHandle {
-            gateway,
-            stop,
-            ledger,
-            committer: Mutex::new(Some(committer)),
-            default_deadline: deadline,
-        })
-    }
-
     fn start_inner(self, worker: bool) -> Result<(GatewayHandle, Option<WorkerParts>), StartError> {
+        #[cfg_attr(not(feature = "redis"), allow(unused_mut))]
         let mut cfg = self.config;
         cfg.validate()?;
         // A worker's metrics are exported by its commits (and at least every
         // otlp.metric_interval_ms by them when idle), never by the SDK's own timer: see
         // `transport::worker`.
+        #[cfg(feature = "redis")]
         let metric_interval = Duration::from_millis(cfg.otlp.metric_interval_ms);
+        #[cfg(feature = "redis")]
         if worker {
             cfg.otlp.metric_interval_ms = WORKER_SDK_METRIC_INTERVAL_MS;
         }
         let table = RoutingTable::new(&cfg.cases);
+        check_case_handlers(&table, self.case_handlers.keys())?;
         let counters = Arc::new(Counters::default());
         counters.init_cases(table.rows().iter().map(|(name, _)| name.as_str()));
         counters.recorder().configure(
@@ -258,6 +248,7 @@ impl GatewayBuilder {
             Some(s) => s,
             None => PayloadStore::from_config(&cfg.payloads)?,
         };
+        #[cfg(feature = "redis")]
         let stream_client = || {
             redis::Client::open(cfg.transport.redis_url.as_str()).map_err(|e| {
                 StartError::Config(ConfigError::Invalid {
@@ -267,6 +258,7 @@ impl GatewayBuilder {
             })
         };
         let ledger = Arc::new(WorkerLedger::default());
+        #[cfg(feature = "redis")]
         let stop = Arc::new(AtomicBool::new(false));
         // `None`: the stream producer, built on the export runtime below.
         let (transport, sources): MaybeTransport = match self.transport {
@@ -277,6 +269,7 @@ impl GatewayBuilder {
                     problem: "a custom transport needs at least one source".into(),
                 }))
             }
+            #[cfg(feature = "redis")]
             None if worker => {
                 let client = stream_client()?;
                 let name = cfg.transport.consumer_name();
@@ -297,6 +290,7 @@ impl GatewayBuilder {
                 let (t, _closed) = InProcessTransport::new(1, 1);
                 (Some(Arc::new(t)), sources)
             }
+            #[cfg(feature = "redis")]
             None if cfg.transport.kind == TransportKind::RedisStreams => (None, Vec::new()),
             None => {
                 let (t, s) = InProcessTransport::new(
@@ -334,6 +328,9 @@ impl GatewayBuilder {
         let export = ExportPipeline::build(&cfg, &table, counters.clone(), self.sinks)?;
         let transport: Arc<dyn MetricTransport> = match transport {
             Some(t) => t,
+            #[cfg(not(feature = "redis"))]
+            None => return Err(StartError::Actors("no metric transport was built".into())),
+            #[cfg(feature = "redis")]
             None => Arc::new(RedisStreamProducer::spawn_counted(
                 stream_client()?,
                 StreamSettings::from_config(&cfg.transport, String::new()),
@@ -434,7 +431,9 @@ impl GatewayBuilder {
             }),
             unready_after: Duration::from_secs(cfg.diagnostics.unready_after_failing_secs),
         });
-        crate::diagnostics::otel::register(&export.meter_provider, probes.clone());
+        if cfg.diagnostics.export_self_metrics {
+            crate::diagnostics::otel::register(&export.meter_provider, probes.clone());
+        }
         let mut diag_addr = None;
         let mut diag_stop = None;
         if let Some(l) = diag_listener {
@@ -459,6 +458,9 @@ impl GatewayBuilder {
             }
         }
 
+        #[cfg(not(feature = "redis"))]
+        let worker_parts = None;
+        #[cfg(feature = "redis")]
         let worker_parts = if worker {
             let committer = Committer::spawn(
                 ledger.clone(),
@@ -503,95 +505,6 @@ impl GatewayBuilder {
     }
 }
 
-/// The SDK's own metric export interval in a worker: in effect never, since the worker's
-/// commits export its metrics (`transport::worker`).
-const WORKER_SDK_METRIC_INTERVAL_MS: u64 = 24 * 60 * 60 * 1000;
-
-/// What `start_worker` adds to a started runtime: the stop flag of its consumers, its ledger
-/// and its committer.
-type WorkerParts = (Arc<AtomicBool>, Arc<WorkerLedger>, Committer);
-
-/// A worker process's handle (`GatewayBuilder::start_worker`): its consumers read the stream
-/// until [`shutdown`](Self::shutdown). It has no `emit()`; its ledger counts entries read as
-/// `emitted` (ADR 0003: `read == delivered + sum(dropped) + in flight`).
-pub struct WorkerHandle {
-    gateway: GatewayHandle,
-    stop: Arc<AtomicBool>,
-    ledger: Arc<WorkerLedger>,
-    committer: Mutex<Option<Committer>>,
-    default_deadline: Duration,
-}
-
-impl std::fmt::Debug for WorkerHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WorkerHandle")
-            .field("stopping", &self.stop.load(Ordering::Relaxed))
-            .field("entries_in_hand", &self.entries_in_hand())
-            .finish()
-    }
-}
-
-impl WorkerHandle {
-    /// The worker's ledger: `emitted` counts entries read.
-    pub fn stats(&self) -> StatsSnapshot {
-        self.gateway.stats()
-    }
-
-    /// See [`GatewayHandle::diagnostics`].
-    pub fn diagnostics(&self) -> DiagnosticsSnapshot {
-        self.gateway.diagnostics()
-    }
-
-    /// See [`GatewayHandle::diagnostics_addr`].
-    pub fn diagnostics_addr(&self) -> Option<std::net::SocketAddr> {
-        self.gateway.diagnostics_addr()
-    }
-
-    /// See [`GatewayHandle::explain`]: the journeys of events this worker read.
-    pub fn explain(&self, id: &str) -> Explanation {
-        self.gateway.explain(id)
-    }
-
-    /// Stream entries read and not yet acknowledged.
-    pub fn entries_in_hand(&self) -> usize {
-        self.ledger.in_hand_len()
-    }
-
-    /// Drains within `deadline`: stops reading, finishes the entries in hand, exports and
-    /// acknowledges them, then shuts the runtime down and reports. Safe to await from any
-    /// runtime. Entries not finished by the deadline stay pending in the group, and another
-    /// worker takes them after `transport.claim_idle_ms`.
-    pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
-        let (gw, stop, ledger) = (self.gateway.clone(), self.stop.clone(), self.ledger.clone());
-        let committer = self.committer.lock().take();
-        run_on_thread("telemetry-gateway-drain", move || {
-            drain(&gw, &stop, &ledger, committer, deadline)
-        })
-        .await
-        .unwrap_or_else(|| self.gateway.final_or_snapshot())
-    }
-
-    /// [`shutdown`](Self::shutdown) for callers without an async runtime; blocks this thread.
-    pub fn shutdown_blocking(&self, deadline: Duration) -> ShutdownReport {
-        let committer = self.committer.lock().take();
-        drain(&self.gateway, &self.stop, &self.ledger, committer, deadline)
-    }
-}
-
-impl Drop for WorkerHandle {
-    fn drop(&mut self) {
-        if let Some(c) = self.committer.lock().take() {
-            let _ = drain(
-                &self.gateway,
-                &self.stop,
-                &self.ledger,
-                Some(c),
-                self.default_deadline,
-            );
-        }
-    }
-}
-
 /// Runs `work` on a new thread called `name` (where blocking is allowed, whatever runtime
 /// awaits this) and awaits its result; runs it here when no thread can be started. `None` only
 /// when the thread died.
@@ -620,25 +533,32 @@ where
     }
 }
 
-/// A worker's drain: see [`WorkerHandle::shutdown`].
-fn drain(
-    gw: &GatewayHandle,
-    stop: &AtomicBool,
-    ledger: &WorkerLedger,
-    committer: Option<Committer>,
-    deadline: Duration,
-) -> ShutdownReport {
-    let end = Instant::now() + deadline;
-    stop.store(true, Ordering::SeqCst);
-    // A consumer leaves once its handler asks for more with nothing in hand: every entry it
-    // read has then reached its outcome (or panicked, and stays pending for redelivery).
-    while ledger.open_sources.load(Ordering::SeqCst) > 0 && Instant::now() < end {
-        std::thread::sleep(SETTLE_POLL);
+/// A handler for a case the table does not know, or for a trace case, would never run: refuse
+/// it at start, naming the case (a typo otherwise means a handler silently idle).
+fn check_case_handlers<'a>(
+    table: &RoutingTable,
+    names: impl Iterator<Item = &'a String>,
+) -> Result<(), StartError> {
+    let mut names: Vec<&String> = names.collect();
+    names.sort();
+    for name in names {
+        let problem = match table.route(&crate::contracts::TelemetryCase::from_name(name)) {
+            None => format!(
+                "{name:?} is neither a built-in case nor declared under [cases.{name}]; its \
+                 handler would never run"
+            ),
+            Some(r) if r.signal != crate::contracts::SignalType::MetricLog => format!(
+                "{name:?} is a trace case; handlers run only for metric/log cases, so this one \
+                 would never run"
+            ),
+            Some(_) => continue,
+        };
+        return Err(StartError::Config(ConfigError::Invalid {
+            key: format!("case_handler({name})"),
+            problem,
+        }));
     }
-    if let Some(mut c) = committer {
-        c.finish(end.saturating_duration_since(Instant::now()));
-    }
-    gw.shutdown_blocking(end.saturating_duration_since(Instant::now()))
+    Ok(())
 }
 
 /// Starts the gateway from configuration alone.
@@ -1067,6 +987,7 @@ impl GatewayHandle {
         }
         let _ = lc.export.logger_provider.shutdown();
         // The SQLite sink's queue (the last spans, records and the final metric export).
+        #[cfg(feature = "analytics")]
         if let Some(store) = &lc.export.sqlite {
             if !store.flush(end.saturating_duration_since(Instant::now())) {
                 tracing::warn!("the SQLite sink's queue was not committed before the deadline");

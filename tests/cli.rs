@@ -1,6 +1,8 @@
-//! The `telemetry-gateway` command, run as a real process: `check-config` prints the effective
-//! configuration (environment overrides applied) or names the bad key; `explain` asks a running
-//! gateway's diagnostics endpoint over HTTP.
+//! The `telemetry-gateway` command, run as a real process: `--help` and `--version` on every
+//! subcommand; `check-config` prints the effective configuration (environment overrides
+//! applied) or names the bad key; `explain` asks a running gateway's diagnostics endpoint over
+//! HTTP (a summary by default, `--json` for every step, the endpoint from `diagnostics.listen`
+//! when not given).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -92,9 +94,9 @@ fn explain_asks_a_running_gateway() {
     }
     let endpoint = format!("http://{addr}");
 
-    // By event id: the journey, through to its outcome.
+    // By event id, --json: the journey, through to its outcome.
     let out = cli()
-        .args(["explain", "--endpoint", &endpoint, &id])
+        .args(["explain", "--json", "--endpoint", &endpoint, &id])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -109,13 +111,41 @@ fn explain_asks_a_running_gateway() {
     assert_eq!(stages.first(), Some(&"received"), "{stages:?}");
     assert_eq!(stages.last(), Some(&"delivered"), "{stages:?}");
 
-    // By correlation id.
+    // By correlation id, the summary: one line per event with its case, id and outcome.
     let out = cli()
         .args(["explain", "--endpoint", &endpoint, "req-42"])
         .output()
         .unwrap();
     assert!(out.status.success());
+    let summary = text(&out.stdout);
+    let lines: Vec<&str> = summary.lines().collect();
+    assert_eq!(lines.len(), 1, "{summary}");
+    assert!(
+        lines[0].contains("app_created") && lines[0].contains(&id),
+        "{summary}"
+    );
+    assert!(lines[0].contains("delivered"), "{summary}");
+
+    // With no --endpoint: diagnostics.listen from the environment.
+    let out = cli()
+        .args(["explain", "req-42"])
+        .env("TELEMETRY_GATEWAY__DIAGNOSTICS__LISTEN", addr.to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains(&id));
+    // ... or from a configuration file.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gw.toml");
+    std::fs::write(&file, format!("[diagnostics]\nlisten = \"{addr}\"\n")).unwrap();
+    let out = cli()
+        .args(["explain", "--config"])
+        .arg(&file)
+        .arg(&id)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("delivered"));
 
     // Unknown: exit 1, and why.
     let out = cli()
@@ -143,10 +173,48 @@ fn explain_asks_a_running_gateway() {
 
 #[test]
 fn usage_errors_exit_2() {
-    for args in [&[][..], &["frobnicate"][..], &["explain", "x"][..]] {
+    for args in [
+        &[][..],
+        &["frobnicate"][..],
+        &["explain"][..],
+        &["worker"][..],
+        &["slo", "--frob"][..],
+    ] {
         let out = cli().args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
-        assert!(text(&out.stderr).contains("usage:"));
+        assert!(text(&out.stderr).contains("Usage:"), "{args:?}");
+    }
+    // Well formed, but nothing says where the endpoint is.
+    let out = cli().args(["explain", "x"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("diagnostics.listen"));
+}
+
+#[test]
+fn every_subcommand_answers_help_and_the_tool_its_version() {
+    let out = cli().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        text(&out.stdout).trim(),
+        format!("telemetry-gateway {}", env!("CARGO_PKG_VERSION"))
+    );
+    let out = cli().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    let subcommands = ["check-config", "explain", "worker", "slo", "export-parquet"];
+    for sub in subcommands {
+        assert!(help.contains(sub), "--help lists {sub}: {help}");
+        for flag in ["--help", "-h"] {
+            let out = cli().args([sub, flag]).output().unwrap();
+            assert!(out.status.success(), "{sub} {flag}: {}", text(&out.stderr));
+            let text = text(&out.stdout);
+            assert!(
+                text.contains("Usage: telemetry-gateway"),
+                "{sub} {flag}: {text}"
+            );
+        }
+        let out = cli().args(["help", sub]).output().unwrap();
+        assert!(out.status.success(), "help {sub}");
     }
 }
 

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use lru::LruCache;
+#[cfg(feature = "redis")]
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -95,6 +96,7 @@ impl MemoryDedup {
 }
 
 /// The Redis backend's connection state.
+#[cfg(feature = "redis")]
 #[derive(Debug)]
 struct RedisDedup {
     client: redis::Client,
@@ -106,11 +108,15 @@ struct RedisDedup {
 #[derive(Debug)]
 enum Backend {
     Memory(MemoryDedup),
+    #[cfg(feature = "redis")]
     Redis(RedisDedup),
 }
 
 /// The dedup actor of one handler.
 #[derive(Debug)]
+// Without the `redis` feature only the memory backend exists, which needs none of the Redis
+// settings below.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub struct DedupActor {
     backend: Backend,
     key_prefix: String,
@@ -127,6 +133,9 @@ pub enum DedupBuildError {
     /// `dedup.redis_url` is not a usable Redis URL.
     #[error("dedup.redis_url is invalid: {0}")]
     RedisUrl(String),
+    /// `dedup.backend = "redis"` in a build without the `redis` cargo feature.
+    #[error("dedup.backend = \"redis\" needs the cargo feature `redis` of telemetry-gateway")]
+    RedisFeatureOff,
 }
 
 impl DedupActor {
@@ -138,6 +147,7 @@ impl DedupActor {
                 cfg.memory_max_entries,
                 Duration::from_secs(cfg.ttl_secs),
             )),
+            #[cfg(feature = "redis")]
             DedupBackendKind::Redis => Backend::Redis(RedisDedup {
                 client: redis::Client::open(cfg.redis_url.as_str())
                     .map_err(|e| DedupBuildError::RedisUrl(e.to_string()))?,
@@ -145,6 +155,8 @@ impl DedupActor {
                 next_attempt: Instant::now(),
                 connecting: false,
             }),
+            #[cfg(not(feature = "redis"))]
+            DedupBackendKind::Redis => return Err(DedupBuildError::RedisFeatureOff),
         };
         Ok(DedupActor {
             backend,
@@ -162,12 +174,14 @@ impl DedupActor {
         self
     }
 
+    #[cfg(feature = "redis")]
     fn record_call(&self, d: Duration) {
         if let Some(c) = &self.counters {
             c.dedup_call.record_duration(d);
         }
     }
 
+    #[cfg(feature = "redis")]
     fn redis_key(&self, k: &DedupKey) -> String {
         format!("{}:{}:{}", self.key_prefix, k.tenant_id, k.event_id)
     }
@@ -178,6 +192,7 @@ impl Actor for DedupActor {
 }
 
 /// The outcome of one Redis round trip, for the actor to update its connection state.
+#[cfg(feature = "redis")]
 enum RedisOutcome {
     Answered(Vec<Verdict>),
     Failed { drop_connection: bool },
@@ -187,19 +202,27 @@ impl Handler<CheckBatch> for DedupActor {
     type Result = ResponseActFuture<Self, Vec<Verdict>>;
 
     fn handle(&mut self, msg: CheckBatch, _ctx: &mut Self::Context) -> Self::Result {
-        let n = msg.0.len();
-        let keys: Vec<String> = match &self.backend {
-            Backend::Redis(_) => msg.0.iter().map(|k| self.redis_key(k)).collect(),
-            Backend::Memory(_) => Vec::new(),
-        };
-        let (ttl, timeout, reconnect_interval) =
-            (self.ttl_secs, self.timeout, self.reconnect_interval);
-        let redis = match &mut self.backend {
+        match &mut self.backend {
             Backend::Memory(m) => {
                 let v = msg.0.into_iter().map(|k| m.check(k)).collect();
-                return Box::pin(actix::fut::ready(v));
+                Box::pin(actix::fut::ready(v))
             }
-            Backend::Redis(r) => r,
+            #[cfg(feature = "redis")]
+            Backend::Redis(_) => self.check_redis(msg),
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+impl DedupActor {
+    /// One pipelined `SET NX EX` round trip for the batch, failing open.
+    fn check_redis(&mut self, msg: CheckBatch) -> ResponseActFuture<Self, Vec<Verdict>> {
+        let n = msg.0.len();
+        let keys: Vec<String> = msg.0.iter().map(|k| self.redis_key(k)).collect();
+        let (ttl, timeout, reconnect_interval) =
+            (self.ttl_secs, self.timeout, self.reconnect_interval);
+        let Backend::Redis(redis) = &mut self.backend else {
+            return Box::pin(actix::fut::ready(vec![Verdict::Unavailable; n]));
         };
         let now = Instant::now();
         let conn = redis.conn.clone();

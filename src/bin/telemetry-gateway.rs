@@ -1,129 +1,212 @@
-//! The `telemetry-gateway` command: operator tools around the library.
+//! The `telemetry-gateway` command: operator tools around the library (cargo feature `cli`).
 //!
-//! ```text
-//! telemetry-gateway check-config FILE
-//!     Loads FILE with the TELEMETRY_GATEWAY__* environment overrides applied, validates it,
-//!     and prints the effective configuration as TOML. Exit 2, naming the bad key, when it is
-//!     invalid.
-//! telemetry-gateway explain --endpoint URL ID
-//!     Asks a running gateway's diagnostics endpoint (diagnostics.listen) what happened to an
-//!     event id or to every event of a correlation id, and prints the journeys as JSON.
-//!     Exit 1 when the flight recorder has nothing for ID, 2 when the endpoint cannot be asked.
-//! telemetry-gateway worker --config FILE
-//!     Runs a worker of the Redis Streams transport (transport.kind = "redis_streams"): reads
-//!     the stream's consumer group and handles metric/log events until SIGTERM or SIGINT, then
-//!     finishes and acknowledges the entries in hand (within shutdown.deadline_ms), prints the
-//!     shutdown report as JSON and exits: 0 drained, 1 deadline passed, 2 bad configuration
-//!     (naming the key) or start failure.
-//! telemetry-gateway slo --db FILE [--config FILE] [--since DURATION] [--json]
-//!     Computes per-case indicators (event rate, error rate, p50/p95/p99 duration, drop rate)
-//!     and drops by reason from a SQLite sink's file, over the last DURATION (30s, 15m, 2h, 7d)
-//!     or everything, and checks the [slo.<case>] objectives of FILE. Prints a table (or JSON).
-//!     Exit 0 when every objective holds, 1 when one fails (no data fails), 2 on bad input.
-//! telemetry-gateway export-parquet --db FILE --out DIR
-//!     Writes one snappy-compressed Parquet file per table of a SQLite sink's file
-//!     (DIR/spans.parquet, DIR/log_events.parquet, DIR/metric_points.parquet) and prints the
-//!     row counts as JSON. Exit 2 on bad input.
-//! ```
+//! `telemetry-gateway --help` lists the subcommands, `telemetry-gateway <command> --help`
+//! explains one, `--version` prints the version. The arguments are parsed by clap (derive).
+//!
+//! Exit codes, the same for every subcommand: **0** success; **1** the answer is "no" (an
+//! objective failed, an id is not in the flight recorder, a worker's drain passed its deadline);
+//! **2** bad usage or bad input (a malformed argument, an invalid configuration naming the key,
+//! an endpoint that cannot be asked).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::{Parser, Subcommand};
 use telemetry_gateway::GatewayConfig;
-
-const USAGE: &str = "usage:
-  telemetry-gateway check-config FILE
-  telemetry-gateway explain --endpoint URL ID
-  telemetry-gateway worker --config FILE
-  telemetry-gateway slo --db FILE [--config FILE] [--since DURATION] [--json]
-  telemetry-gateway export-parquet --db FILE --out DIR";
 
 /// How long `explain` waits for the endpoint.
 const EXPLAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Operator tools for telemetry-gateway: check a configuration, explain an event's journey,
+/// run a Redis Streams worker, check service levels and export local analytics.
+///
+/// Configuration files are read with the TELEMETRY_GATEWAY__* environment overrides applied
+/// (and the standard OTEL_* variables beneath them). Exit codes: 0 success, 1 the answer is
+/// "no", 2 bad usage or bad input.
+#[derive(Debug, Parser)]
+#[command(name = "telemetry-gateway", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the effective configuration (file, then environment overrides) as TOML, with
+    /// credentials hidden; exit 2 naming the key when it is invalid.
+    CheckConfig {
+        /// The TOML file; without it, the built-in defaults with the environment overrides.
+        file: Option<PathBuf>,
+    },
+    /// Ask a running gateway what happened to an event id, or to every event of a
+    /// correlation id: one line per event (time, case, id, outcome and reason).
+    ///
+    /// Exit 1 when the flight recorder has nothing for ID, 2 when the endpoint cannot be asked.
+    Explain {
+        /// The event id or correlation id.
+        id: String,
+        /// The gateway's diagnostics endpoint, for example http://127.0.0.1:9464. Default:
+        /// `diagnostics.listen` of --config, or of the environment
+        /// (TELEMETRY_GATEWAY__DIAGNOSTICS__LISTEN).
+        #[arg(long, value_name = "URL")]
+        endpoint: Option<String>,
+        /// The configuration whose `diagnostics.listen` names the endpoint.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Print the full journeys (every step) as JSON instead of the summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Handle metric/log events from the Redis stream (transport.kind = "redis_streams") until
+    /// SIGTERM or SIGINT, then drain: finish and acknowledge the entries in hand within
+    /// shutdown.deadline_ms and print the shutdown report as JSON.
+    ///
+    /// Exit 0 drained, 1 deadline passed, 2 bad configuration (naming the key) or start
+    /// failure.
+    Worker {
+        /// The worker's configuration file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Per-case service levels (event rate, error rate, p50/p95/p99 duration, drop rate) and
+    /// drops by reason from a SQLite sink's file, checked against the [slo.<case>] objectives.
+    ///
+    /// Exit 0 when every objective holds, 1 when one fails (no data fails), 2 on bad input.
+    Slo {
+        /// The SQLite sink's file (`sinks.sqlite.path`).
+        #[arg(long, value_name = "FILE")]
+        db: PathBuf,
+        /// The configuration with the [slo.<case>] objectives and `export.namespace`.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Only the last DURATION (30s, 15m, 2h, 7d); default everything.
+        #[arg(long, value_name = "DURATION")]
+        since: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write one snappy-compressed Parquet file per table of a SQLite sink's file
+    /// (DIR/spans.parquet, DIR/log_events.parquet, DIR/metric_points.parquet) and print the
+    /// row counts as JSON. Exit 2 on bad input.
+    ExportParquet {
+        /// The SQLite sink's file.
+        #[arg(long, value_name = "FILE")]
+        db: PathBuf,
+        /// The directory to write into (created when missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("check-config") => match &args[1..] {
-            [file] => check_config(PathBuf::from(file)),
-            _ => usage_error("check-config takes one FILE"),
-        },
-        Some("explain") => match &args[1..] {
-            [flag, endpoint, id] if flag == "--endpoint" => explain(endpoint, id),
-            _ => usage_error("explain takes --endpoint URL ID"),
-        },
-        Some("worker") => match &args[1..] {
-            [flag, file] if flag == "--config" => worker(PathBuf::from(file)),
-            _ => usage_error("worker takes --config FILE"),
-        },
-        Some("slo") => slo(&args[1..]),
-        Some("export-parquet") => match &args[1..] {
-            [a, db, b, out] if a == "--db" && b == "--out" => export_parquet(db, out),
-            [a, out, b, db] if a == "--out" && b == "--db" => export_parquet(db, out),
-            _ => usage_error("export-parquet takes --db FILE --out DIR"),
-        },
-        Some("-h" | "--help" | "help") => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
-        }
-        Some(other) => usage_error(&format!("unknown command {other:?}")),
-        None => usage_error("a command is needed"),
+    // clap exits 0 for --help/--version and 2 for a usage error, as documented.
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => check_config(file.as_deref()),
+        Command::Explain {
+            id,
+            endpoint,
+            config,
+            json,
+        } => explain(&id, endpoint, config.as_deref(), json),
+        Command::Worker { config } => worker(&config),
+        Command::Slo {
+            db,
+            config,
+            since,
+            json,
+        } => slo(&db, config.as_deref(), since.as_deref(), json),
+        Command::ExportParquet { db, out } => export_parquet(&db, &out),
     }
 }
 
-fn usage_error(problem: &str) -> ExitCode {
-    eprintln!("telemetry-gateway: {problem}\n{USAGE}");
+/// Prints `problem` and gives exit code 2.
+fn bad_input(problem: impl std::fmt::Display) -> ExitCode {
+    eprintln!("telemetry-gateway: {problem}");
     ExitCode::from(2)
 }
 
 /// The configuration of `file` (or the defaults) with the environment overrides; on error, says
 /// why (naming the key) and gives exit code 2.
-fn load_config(file: Option<&std::path::Path>) -> Result<GatewayConfig, ExitCode> {
+fn load_config(file: Option<&Path>) -> Result<GatewayConfig, ExitCode> {
     if let Some(f) = file.filter(|f| !f.is_file()) {
-        eprintln!("telemetry-gateway: {}: no such file", f.display());
-        return Err(ExitCode::from(2));
+        return Err(bad_input(format!("{}: no such file", f.display())));
     }
-    GatewayConfig::load(file).map_err(|e| {
-        match file {
-            Some(f) => eprintln!("telemetry-gateway: {}: {e}", f.display()),
-            None => eprintln!("telemetry-gateway: {e}"),
-        }
-        ExitCode::from(2)
+    GatewayConfig::load(file).map_err(|e| match file {
+        Some(f) => bad_input(format!("{}: {e}", f.display())),
+        None => bad_input(e),
     })
 }
 
-fn check_config(file: PathBuf) -> ExitCode {
-    let cfg = match load_config(Some(&file)) {
+fn current_thread_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| bad_input(format!("cannot start a runtime: {e}")))
+}
+
+fn check_config(file: Option<&Path>) -> ExitCode {
+    let cfg = match load_config(file) {
         Ok(cfg) => cfg,
         Err(code) => return code,
     };
     // Credentials are shown as [REDACTED]: the output is meant for terminals and tickets.
     match toml::to_string_pretty(&cfg.with_credentials_hidden()) {
         Ok(text) => {
+            let source = file.map_or("the built-in defaults".to_owned(), |f| {
+                f.display().to_string()
+            });
             println!(
-                "# The effective configuration: {} with the TELEMETRY_GATEWAY__* overrides.\n",
-                file.display()
+                "# The effective configuration: {source} with the TELEMETRY_GATEWAY__* \
+                 overrides.\n"
             );
             print!("{text}");
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("telemetry-gateway: cannot print the configuration: {e}");
-            ExitCode::from(2)
-        }
+        Err(e) => bad_input(format!("cannot print the configuration: {e}")),
     }
 }
 
-fn explain(endpoint: &str, id: &str) -> ExitCode {
-    let mut url = match url::Url::parse(endpoint) {
+/// The endpoint `explain` asks: `--endpoint`, else `diagnostics.listen` (a wildcard address
+/// asked on loopback).
+fn explain_endpoint(endpoint: Option<String>, config: Option<&Path>) -> Result<String, ExitCode> {
+    if let Some(e) = endpoint {
+        return Ok(e);
+    }
+    let cfg = load_config(config)?;
+    let Some(listen) = cfg.diagnostics.listen else {
+        return Err(bad_input(
+            "no --endpoint, and diagnostics.listen is not set (in --config FILE or \
+             TELEMETRY_GATEWAY__DIAGNOSTICS__LISTEN)",
+        ));
+    };
+    let addr: std::net::SocketAddr = listen.parse().map_err(|e| {
+        bad_input(format!(
+            "diagnostics.listen {listen:?} is not an address: {e}"
+        ))
+    })?;
+    let host = match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_owned(),
+        ip if ip.is_unspecified() => "[::1]".to_owned(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        std::net::IpAddr::V4(ip) => ip.to_string(),
+    };
+    Ok(format!("http://{host}:{}", addr.port()))
+}
+
+fn explain(id: &str, endpoint: Option<String>, config: Option<&Path>, json: bool) -> ExitCode {
+    let endpoint = match explain_endpoint(endpoint, config) {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
+    let mut url = match url::Url::parse(&endpoint) {
         Ok(u) if matches!(u.scheme(), "http" | "https") => u,
         _ => {
-            eprintln!(
-                "telemetry-gateway: --endpoint {endpoint:?} is not an http(s) URL \
-                 (for example http://127.0.0.1:9464)"
-            );
-            return ExitCode::from(2);
+            return bad_input(format!(
+                "--endpoint {endpoint:?} is not an http(s) URL (for example http://127.0.0.1:9464)"
+            ))
         }
     };
     // The id goes in as one path segment, percent-encoded.
@@ -131,20 +214,11 @@ fn explain(endpoint: &str, id: &str) -> ExitCode {
         Ok(mut segments) => {
             segments.pop_if_empty().extend(["debug", "events", id]);
         }
-        Err(()) => {
-            eprintln!("telemetry-gateway: --endpoint {endpoint:?} cannot take a path");
-            return ExitCode::from(2);
-        }
+        Err(()) => return bad_input(format!("--endpoint {endpoint:?} cannot take a path")),
     }
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match current_thread_runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("telemetry-gateway: cannot start a runtime: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let answer = rt.block_on(async {
         let client = reqwest::Client::builder()
@@ -157,37 +231,95 @@ fn explain(endpoint: &str, id: &str) -> ExitCode {
     });
     let (status, body) = match answer {
         Ok(a) => a,
-        Err(e) => {
-            eprintln!("telemetry-gateway: cannot ask {url}: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return bad_input(format!("cannot ask {url}: {e}")),
     };
-    let pretty = serde_json::from_str::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| serde_json::to_string_pretty(&v).ok())
-        .unwrap_or(body);
+    let parsed = serde_json::from_str::<serde_json::Value>(&body).ok();
+    let pretty = parsed
+        .as_ref()
+        .and_then(|v| serde_json::to_string_pretty(v).ok())
+        .unwrap_or_else(|| body.clone());
     match status.as_u16() {
         200 => {
-            println!("{pretty}");
+            match (&parsed, json) {
+                (Some(v), false) => print!("{}", summary(v)),
+                _ => println!("{pretty}"),
+            }
             ExitCode::SUCCESS
         }
         404 => {
-            println!("{pretty}");
+            if json {
+                println!("{pretty}");
+            }
             eprintln!(
                 "telemetry-gateway: {id:?} is not in the flight recorder (never seen by this \
                  gateway, or evicted: see diagnostics.recorder_events)"
             );
             ExitCode::from(1)
         }
-        other => {
-            eprintln!("telemetry-gateway: {url} answered {other}: {pretty}");
-            ExitCode::from(2)
-        }
+        other => bad_input(format!("{url} answered {other}: {pretty}")),
     }
 }
 
-fn worker(file: PathBuf) -> ExitCode {
-    let cfg = match load_config(Some(&file)) {
+/// One line per journey of an explanation: first step's time, case, event id, outcome (and
+/// its reason), and the correlation id when the query was not the event id itself.
+fn summary(explanation: &serde_json::Value) -> String {
+    let empty = Vec::new();
+    let journeys = explanation["journeys"].as_array().unwrap_or(&empty);
+    let query = explanation["query"].as_str().unwrap_or_default();
+    let mut out = String::new();
+    for j in journeys {
+        let steps = j["steps"].as_array().unwrap_or(&empty);
+        let stage = |s: &serde_json::Value| s["stage"].as_str().unwrap_or_default().to_owned();
+        let final_stage = |s: &&serde_json::Value| {
+            matches!(
+                s["stage"].as_str(),
+                Some("delivered" | "dropped" | "refused")
+            )
+        };
+        // A delivered copy is the event's outcome (a re-send's duplicate drop stays a step).
+        let outcome = steps
+            .iter()
+            .find(|s| s["stage"] == "delivered")
+            .or_else(|| steps.iter().rev().find(final_stage));
+        let mut text = match outcome {
+            Some(s) => match s["reason"].as_str() {
+                Some(reason) => format!("{} ({reason})", stage(s)),
+                None => stage(s),
+            },
+            None => format!(
+                "in flight (last step: {})",
+                steps.last().map(stage).unwrap_or_else(|| "none".into())
+            ),
+        };
+        // Drops of other copies (a duplicate re-send) and degrades are worth a word.
+        for s in steps {
+            let st = stage(s);
+            let is_outcome = outcome.is_some_and(|o| std::ptr::eq(o, s));
+            if !is_outcome && matches!(st.as_str(), "dropped" | "degraded" | "refused") {
+                text.push_str(&format!(
+                    "; also {st} ({})",
+                    s["reason"].as_str().unwrap_or("no reason")
+                ));
+            }
+        }
+        let at = steps.first().and_then(|s| s["at"].as_str()).unwrap_or("-");
+        let event_id = j["event_id"].as_str().unwrap_or_default();
+        let correlation = j["correlation_id"].as_str().unwrap_or_default();
+        let via = if query != event_id && query != correlation {
+            format!("  (correlation {query:?}, first sent as {correlation:?})")
+        } else {
+            String::new()
+        };
+        out.push_str(&format!(
+            "{at}  {case}  {event_id}  {text}{via}\n",
+            case = j["case"].as_str().unwrap_or_default(),
+        ));
+    }
+    out
+}
+
+fn worker(file: &Path) -> ExitCode {
+    let cfg = match load_config(Some(file)) {
         Ok(cfg) => cfg,
         Err(code) => return code,
     };
@@ -198,24 +330,15 @@ fn worker(file: PathBuf) -> ExitCode {
     let handlers = cfg.metric_pool.pool_size;
     let worker = match telemetry_gateway::GatewayBuilder::new(cfg).start_worker() {
         Ok(w) => w,
-        Err(e) => {
-            eprintln!("telemetry-gateway: the worker did not start: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return bad_input(format!("the worker did not start: {e}")),
     };
     eprintln!(
         "telemetry-gateway: worker {consumer} reading stream {stream:?} as group {group:?} \
          with {handlers} handlers; SIGTERM drains"
     );
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match current_thread_runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("telemetry-gateway: cannot start a runtime: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let signalled = rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
@@ -242,37 +365,17 @@ fn worker(file: PathBuf) -> ExitCode {
     }
 }
 
-fn slo(args: &[String]) -> ExitCode {
-    let mut db = None;
-    let mut config = None;
-    let mut since = None;
-    let mut json = false;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--db" => db = it.next().map(PathBuf::from),
-            "--config" => config = it.next().map(PathBuf::from),
-            "--since" => since = it.next().cloned(),
-            "--json" => json = true,
-            other => return usage_error(&format!("slo: unknown argument {other:?}")),
-        }
-    }
-    let Some(db) = db else {
-        return usage_error("slo needs --db FILE");
-    };
-    let cfg = match load_config(config.as_deref()) {
+fn slo(db: &Path, config: Option<&Path>, since: Option<&str>, json: bool) -> ExitCode {
+    let cfg = match load_config(config) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let since = match since.as_deref().map(telemetry_gateway::slo::parse_duration) {
+    let since = match since.map(telemetry_gateway::slo::parse_duration) {
         Some(Ok(d)) => Some(d),
-        Some(Err(e)) => {
-            eprintln!("telemetry-gateway: {e}");
-            return ExitCode::from(2);
-        }
+        Some(Err(e)) => return bad_input(e),
         None => None,
     };
-    let report = telemetry_gateway::export::sqlite::open_for_reading(&db)
+    let report = telemetry_gateway::export::sqlite::open_for_reading(db)
         .map_err(telemetry_gateway::slo::SloError::from)
         .and_then(|c| {
             telemetry_gateway::slo::compute(
@@ -284,10 +387,7 @@ fn slo(args: &[String]) -> ExitCode {
         });
     let report = match report {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("telemetry-gateway: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return bad_input(e),
     };
     let results = telemetry_gateway::slo::evaluate(&report, &cfg.slo);
     let ok = results.iter().all(|r| r.ok);
@@ -295,47 +395,7 @@ fn slo(args: &[String]) -> ExitCode {
         let out = serde_json::json!({"ok": ok, "report": report, "objectives": results});
         println!("{out}");
     } else {
-        println!(
-            "window {:.0}s, {} events emitted, drops by reason: {:?}",
-            report.window_secs, report.emitted, report.drops_by_reason
-        );
-        println!(
-            "{:<24} {:>8} {:>9} {:>8} {:>9} {:>9} {:>9} {:>9}",
-            "case", "events", "rate/s", "errors", "p50 ms", "p95 ms", "p99 ms", "dropped"
-        );
-        let f = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1}"));
-        for (case, i) in &report.cases {
-            println!(
-                "{:<24} {:>8} {:>9.3} {:>8.4} {:>9} {:>9} {:>9} {:>9}",
-                case,
-                i.events,
-                i.event_rate,
-                i.error_rate,
-                f(i.p50_duration_ms),
-                f(i.p95_duration_ms),
-                f(i.p99_duration_ms),
-                i.drop_rate.map_or("-".to_owned(), |d| format!("{d:.4}")),
-            );
-        }
-        if !results.is_empty() {
-            println!();
-        }
-        for r in &results {
-            let op = if r.indicator == "min_event_rate" {
-                ">="
-            } else {
-                "<="
-            };
-            println!(
-                "{} {:<22} {:<16} {} {:<10} actual {}",
-                if r.ok { "PASS" } else { "FAIL" },
-                r.case,
-                r.indicator,
-                op,
-                r.objective,
-                r.actual.map_or("no data".to_owned(), |a| format!("{a:.4}")),
-            );
-        }
+        print_slo_table(&report, &results);
     }
     if ok {
         ExitCode::SUCCESS
@@ -344,18 +404,59 @@ fn slo(args: &[String]) -> ExitCode {
     }
 }
 
-fn export_parquet(db: &str, out: &str) -> ExitCode {
-    match telemetry_gateway::export::parquet_export::export(
-        std::path::Path::new(db),
-        std::path::Path::new(out),
-    ) {
+fn print_slo_table(
+    report: &telemetry_gateway::slo::SloReport,
+    results: &[telemetry_gateway::slo::ObjectiveResult],
+) {
+    println!(
+        "window {:.0}s, {} events emitted, drops by reason: {:?}",
+        report.window_secs, report.emitted, report.drops_by_reason
+    );
+    println!(
+        "{:<24} {:>8} {:>9} {:>8} {:>9} {:>9} {:>9} {:>9}",
+        "case", "events", "rate/s", "errors", "p50 ms", "p95 ms", "p99 ms", "dropped"
+    );
+    let f = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1}"));
+    for (case, i) in &report.cases {
+        println!(
+            "{:<24} {:>8} {:>9.3} {:>8.4} {:>9} {:>9} {:>9} {:>9}",
+            case,
+            i.events,
+            i.event_rate,
+            i.error_rate,
+            f(i.p50_duration_ms),
+            f(i.p95_duration_ms),
+            f(i.p99_duration_ms),
+            i.drop_rate.map_or("-".to_owned(), |d| format!("{d:.4}")),
+        );
+    }
+    if !results.is_empty() {
+        println!();
+    }
+    for r in results {
+        let op = if r.indicator == "min_event_rate" {
+            ">="
+        } else {
+            "<="
+        };
+        println!(
+            "{} {:<22} {:<16} {} {:<10} actual {}",
+            if r.ok { "PASS" } else { "FAIL" },
+            r.case,
+            r.indicator,
+            op,
+            r.objective,
+            r.actual.map_or("no data".to_owned(), |a| format!("{a:.4}")),
+        );
+    }
+}
+
+fn export_parquet(db: &Path, out: &Path) -> ExitCode {
+    match telemetry_gateway::export::parquet_export::export(db, out) {
         Ok(tables) => {
             println!("{}", serde_json::json!({ "tables": tables }));
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("telemetry-gateway: {e}");
-            ExitCode::from(2)
-        }
+        Err(e) => bad_input(e),
     }
 }

@@ -101,6 +101,11 @@ pub struct Journey {
     pub event_id: Uuid,
     /// The correlation id the event carried (or its run id, or its event id).
     pub correlation_id: String,
+    /// Other correlation ids a copy of the same event id came with (a re-send under a new
+    /// request: `explain` of either id finds the journey). At most
+    /// [`MAX_CORRELATIONS_PER_EVENT`]` - 1`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub other_correlation_ids: Vec<String>,
     /// The tenant.
     pub tenant_id: String,
     /// The case name.
@@ -264,6 +269,11 @@ impl Held {
 /// Steps kept inline before a journey allocates: a delivered event takes about five.
 const INLINE_STEPS: usize = 6;
 
+/// The most correlation ids one journey is indexed under: its first copy's, and those of
+/// re-sent copies (each a duplicate of it) under other requests. A client that re-sends one
+/// event id under endless correlation ids cannot grow the index past this.
+pub const MAX_CORRELATIONS_PER_EVENT: usize = 4;
+
 /// A journey as held (see [`Journey`] for the exported form).
 #[derive(Debug)]
 struct Entry {
@@ -301,10 +311,15 @@ impl Entry {
         }
     }
 
-    fn export(&self, event_id: Uuid) -> Journey {
+    fn export(&self, event_id: Uuid, correlations: &[Arc<str>]) -> Journey {
         Journey {
             event_id,
             correlation_id: self.correlation_id.to_string(),
+            other_correlation_ids: correlations
+                .iter()
+                .filter(|c| **c != self.correlation_id)
+                .map(|c| c.to_string())
+                .collect(),
             tenant_id: self.tenant_id.to_string(),
             case: self.case.to_string(),
             starts_midway: self
@@ -330,9 +345,9 @@ pub struct JourneyCell(Mutex<Entry>);
 /// One shard of the index: its own lock, bound and eviction order.
 #[derive(Debug, Default)]
 struct Shard {
-    /// Each journey with its correlation id (kept here so that evicting it touches neither the
-    /// journey nor its lock).
-    journeys: FastMap<Uuid, (Arc<str>, Arc<JourneyCell>)>,
+    /// Each journey with the correlation ids it is indexed under (kept here so that evicting it
+    /// touches neither the journey nor its lock): its first copy's, then re-sent copies'.
+    journeys: FastMap<Uuid, (Correlations, Arc<JourneyCell>)>,
     order: VecDeque<Uuid>,
     by_correlation: FastMap<Arc<str>, SmallVec<[Uuid; 1]>>,
     max_events: usize,
@@ -342,18 +357,30 @@ struct Shard {
 impl Shard {
     /// The journey of `ev`, created (evicting the oldest when full) if the index has none.
     fn cell(&mut self, ev: &EventRef) -> Arc<JourneyCell> {
-        if let Some((_, c)) = self.journeys.get(&ev.event_id) {
-            return c.clone();
+        if let Some((cids, c)) = self.journeys.get_mut(&ev.event_id) {
+            let cell = c.clone();
+            // A copy under another correlation id (a duplicate re-sent by a later request):
+            // index it there too, so `explain` of that request finds the duplicate's outcome.
+            if cids.len() < MAX_CORRELATIONS_PER_EVENT && !cids.contains(&ev.correlation_id) {
+                cids.push(ev.correlation_id.clone());
+                self.by_correlation
+                    .entry(ev.correlation_id.clone())
+                    .or_default()
+                    .push(ev.event_id);
+            }
+            return cell;
         }
         while self.journeys.len() >= self.max_events {
             let Some(old) = self.order.pop_front() else {
                 break;
             };
-            if let Some((cid, _cell)) = self.journeys.remove(&old) {
-                if let Some(ids) = self.by_correlation.get_mut(&cid) {
-                    ids.retain(|id| *id != old);
-                    if ids.is_empty() {
-                        self.by_correlation.remove(&cid);
+            if let Some((cids, _cell)) = self.journeys.remove(&old) {
+                for cid in &cids {
+                    if let Some(ids) = self.by_correlation.get_mut(cid) {
+                        ids.retain(|id| *id != old);
+                        if ids.is_empty() {
+                            self.by_correlation.remove(cid);
+                        }
                     }
                 }
                 self.evicted += 1;
@@ -365,11 +392,15 @@ impl Shard {
             .or_default()
             .push(ev.event_id);
         let cell = Arc::new(JourneyCell(Mutex::new(Entry::new(ev))));
-        self.journeys
-            .insert(ev.event_id, (ev.correlation_id.clone(), cell.clone()));
+        let mut cids = Correlations::new();
+        cids.push(ev.correlation_id.clone());
+        self.journeys.insert(ev.event_id, (cids, cell.clone()));
         cell
     }
 }
+
+/// The correlation ids one journey is indexed under (one, unless re-sent under others).
+type Correlations = SmallVec<[Arc<str>; 1]>;
 
 /// Journeys per shard below which the recorder is not split (small recorders keep an exact,
 /// global eviction order).
@@ -584,9 +615,13 @@ impl FlightRecorder {
         let mut journeys: Vec<(Uuid, Journey)> = Vec::new();
         if let Ok(id) = Uuid::parse_str(query) {
             let i = (id.as_u128() as usize) % shards.len();
-            let cell = shards[i].lock().journeys.get(&id).map(|(_, c)| c.clone());
-            if let Some(c) = cell {
-                journeys.push((id, c.0.lock().export(id)));
+            let cell = shards[i]
+                .lock()
+                .journeys
+                .get(&id)
+                .map(|(cids, c)| (cids.clone(), c.clone()));
+            if let Some((cids, c)) = cell {
+                journeys.push((id, c.0.lock().export(id, &cids)));
             }
         }
         for shard in shards.iter() {
@@ -598,8 +633,8 @@ impl FlightRecorder {
                 if journeys.iter().any(|(j, _)| j == id) {
                     continue;
                 }
-                if let Some((_, c)) = s.journeys.get(id) {
-                    journeys.push((*id, c.0.lock().export(*id)));
+                if let Some((cids, c)) = s.journeys.get(id) {
+                    journeys.push((*id, c.0.lock().export(*id, cids)));
                 }
             }
         }

@@ -1,8 +1,10 @@
 //! JSON lines output: the embedded default when no collector is configured, and the `jsonl`
 //! community sink.
 //!
-//! One object per line with a `"signal"` field (`span`, `log`, `metric`), so a new user can
-//! `tail -f` or `jq` the file without running a collector. Writes are buffered and flushed at the
+//! One object per line with a `"signal"` field (`span`, `log`, `metric`) and a `"resource"`
+//! object (`service.name`, `service.instance.id` and `export.resource_attributes`), so a new user
+//! can `tail -f` or `jq` the file without running a collector and see which service wrote each
+//! line, even when several processes append to one file. Writes are buffered and flushed at the
 //! end of every batch; they run on the export runtime, never on the actor threads.
 
 use std::fs::{File, OpenOptions};
@@ -30,6 +32,8 @@ use super::sink::{SinkError, TraceSink};
 pub struct JsonlWriter {
     path: PathBuf,
     file: Arc<Mutex<BufWriter<File>>>,
+    /// `,"resource":{...}}`: the tail of every line, serialized once.
+    resource_tail: Arc<[u8]>,
 }
 
 impl JsonlWriter {
@@ -42,7 +46,23 @@ impl JsonlWriter {
         Ok(JsonlWriter {
             path: path.to_path_buf(),
             file: Arc::new(Mutex::new(BufWriter::new(f))),
+            resource_tail: Arc::from(&b"}"[..]),
         })
+    }
+
+    /// Adds `resource`'s attributes to every line as a `"resource"` object.
+    pub fn with_resource(mut self, resource: &opentelemetry_sdk::Resource) -> Self {
+        let attrs: Map<String, Json> = resource
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), value_to_json(v)))
+            .collect();
+        let mut tail = b",\"resource\":".to_vec();
+        // A map of strings and numbers always serializes.
+        if serde_json::to_writer(&mut tail, &attrs).is_ok() {
+            tail.push(b'}');
+            self.resource_tail = Arc::from(tail);
+        }
+        self
     }
 
     /// The file's path.
@@ -53,9 +73,17 @@ impl JsonlWriter {
     /// Appends `lines` and flushes.
     pub fn write_lines(&self, lines: impl IntoIterator<Item = Json>) -> std::io::Result<()> {
         let mut f = self.file.lock();
+        let mut buf = Vec::with_capacity(512);
         for line in lines {
-            serde_json::to_writer(&mut *f, &line)?;
-            f.write_all(b"\n")?;
+            buf.clear();
+            serde_json::to_writer(&mut buf, &line)?;
+            // Every line is an object: its closing brace becomes the resource tail.
+            if buf.last() == Some(&b'}') {
+                buf.pop();
+                buf.extend_from_slice(&self.resource_tail);
+            }
+            buf.push(b'\n');
+            f.write_all(&buf)?;
         }
         f.flush()
     }

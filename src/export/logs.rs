@@ -104,7 +104,7 @@ impl LogBatcher {
         settings: LogBatcherSettings,
         counters: Arc<Counters>,
         rt: &tokio::runtime::Handle,
-        sqlite: Option<super::sqlite::SqliteStore>,
+        #[cfg(feature = "analytics")] sqlite: Option<super::sqlite::SqliteStore>,
     ) -> Self {
         // Each message holds at least one record, so `capacity` messages never fill before
         // `capacity` records are reserved.
@@ -114,7 +114,11 @@ impl LogBatcher {
         let stats = counters.exporters.register("enterprise", "logs");
         let queue_stats = stats.clone();
         let taken = queued.clone();
-        let backend = Arc::new(Destination { backend, sqlite });
+        let backend = Arc::new(Destination {
+            backend,
+            #[cfg(feature = "analytics")]
+            sqlite,
+        });
         let concurrency = settings.concurrency.clamp(1, MAX_LOG_CONCURRENCY);
         // One permit per export call in flight.
         let permits = Arc::new(tokio::sync::Semaphore::new(concurrency));
@@ -259,6 +263,7 @@ impl LogBatcher {
 #[derive(Debug)]
 struct Destination {
     backend: LogBackend,
+    #[cfg(feature = "analytics")]
     sqlite: Option<super::sqlite::SqliteStore>,
 }
 
@@ -329,6 +334,7 @@ async fn export_batch(
     match result {
         Ok(()) => {
             // `[sinks.sqlite]`: a copy of what was exported, once, never waited for.
+            #[cfg(feature = "analytics")]
             if let Some(store) = &dest.sqlite {
                 let records = batch.iter().map(|(r, _)| r.clone()).collect();
                 store.enqueue(super::sqlite::Raw::Logs(records));

@@ -63,6 +63,7 @@ pub(crate) struct CountingMetricExporter {
     stats: Arc<ExporterStats>,
     rt: tokio::runtime::Handle,
     /// `[sinks.sqlite]`: exported points also stored there.
+    #[cfg(feature = "analytics")]
     sqlite: Option<super::sqlite::SqliteStore>,
 }
 
@@ -78,11 +79,13 @@ impl CountingMetricExporter {
             counters,
             stats,
             rt,
+            #[cfg(feature = "analytics")]
             sqlite: None,
         }
     }
 
     /// Also stores every exported collection in SQLite.
+    #[cfg(feature = "analytics")]
     pub(crate) fn with_sqlite(mut self, store: Option<super::sqlite::SqliteStore>) -> Self {
         self.sqlite = store;
         self
@@ -152,6 +155,7 @@ impl PushMetricExporter for CountingMetricExporter {
             MetricBackend::Discard => Ok(()),
         };
         self.stats.record_call(n, result.is_ok(), started.elapsed());
+        #[cfg(feature = "analytics")]
         if let (Ok(()), Some(store)) = (&result, &self.sqlite) {
             store.enqueue(super::sqlite::Raw::Metrics(super::sqlite::metric_rows(
                 metrics,

@@ -20,9 +20,11 @@ pub mod jsonl;
 pub(crate) mod logs;
 pub mod mapping;
 pub(crate) mod metrics;
+#[cfg(feature = "analytics")]
 pub mod parquet_export;
 pub mod registry;
 pub mod sink;
+#[cfg(feature = "analytics")]
 pub mod sqlite;
 
 use std::collections::{BTreeMap, HashMap};
@@ -101,6 +103,7 @@ pub(crate) struct ExportPipeline {
     pub(crate) logger_provider: SdkLoggerProvider,
     pub(crate) handles: Arc<ExportHandles>,
     /// `[sinks.sqlite]`'s writer, flushed at shutdown.
+    #[cfg(feature = "analytics")]
     pub(crate) sqlite: Option<sqlite::SqliteStore>,
     /// Applied by the log sanitizer and the flight recorder too.
     pub(crate) redactor: Redactor,
@@ -243,7 +246,15 @@ impl ExportPipeline {
 
         // `service.instance.id` tells this process's cumulative metric series from those of
         // other processes with the same service name (workers of one stream, replicas).
+        // `export.resource_attributes` first, so `service.name` and `service.instance.id` are
+        // always the gateway's own.
         let resource = Resource::builder()
+            .with_attributes(
+                cfg.export
+                    .resource_attributes
+                    .iter()
+                    .map(|(k, v)| opentelemetry::KeyValue::new(k.clone(), v.clone())),
+            )
             .with_service_name(cfg.export.service_name.clone())
             .with_attribute(opentelemetry::KeyValue::new(
                 "service.instance.id",
@@ -284,11 +295,13 @@ impl ExportPipeline {
                 ),
                 None => {
                     let path = &cfg.export.file_path;
-                    let w = JsonlWriter::open(path).map_err(|e| ExportBuildError::File {
-                        key: "export.file_path".into(),
-                        path: path.display().to_string(),
-                        error: e.to_string(),
-                    })?;
+                    let w = JsonlWriter::open(path)
+                        .map_err(|e| ExportBuildError::File {
+                            key: "export.file_path".into(),
+                            path: path.display().to_string(),
+                            error: e.to_string(),
+                        })?
+                        .with_resource(&resource);
                     (
                         Arc::new(JsonlTraceSink::new("enterprise", w.clone())),
                         LogBackend::Jsonl(JsonlLogExporter::new(w.clone())),
@@ -298,6 +311,7 @@ impl ExportPipeline {
             };
         log_backend.set_resource(&resource);
         // `[sinks.sqlite]`: what the enterprise exporter exports is also stored locally.
+        #[cfg(feature = "analytics")]
         let sqlite = match &cfg.sinks.sqlite {
             Some(sq) => Some(sqlite::SqliteStore::start(sq, &counters).map_err(|e| {
                 ExportBuildError::File {
@@ -308,6 +322,7 @@ impl ExportPipeline {
             })?),
             None => None,
         };
+        #[cfg(feature = "analytics")]
         let main_sink: Arc<dyn TraceSink> = match &sqlite {
             Some(store) => Arc::new(sqlite::TeeTraceSink {
                 primary: main_sink,
@@ -374,15 +389,17 @@ impl ExportPipeline {
             },
             counters.clone(),
             &handle,
+            #[cfg(feature = "analytics")]
             sqlite.clone(),
         );
 
-        let reader = PeriodicReader::builder(
-            CountingMetricExporter::new(metric_backend, counters.clone(), handle.clone())
-                .with_sqlite(sqlite.clone()),
-        )
-        .with_interval(Duration::from_millis(cfg.otlp.metric_interval_ms))
-        .build();
+        let metric_exporter =
+            CountingMetricExporter::new(metric_backend, counters.clone(), handle.clone());
+        #[cfg(feature = "analytics")]
+        let metric_exporter = metric_exporter.with_sqlite(sqlite.clone());
+        let reader = PeriodicReader::builder(metric_exporter)
+            .with_interval(Duration::from_millis(cfg.otlp.metric_interval_ms))
+            .build();
         // Every instrument keeps at most `diagnostics.metric_cardinality_limit` attribute sets;
         // the SDK folds the rest into one `otel.metric.overflow = true` series, which the
         // counting exporter detects and reports (telemetry_gateway_metric_cardinality_overflow).
@@ -409,6 +426,7 @@ impl ExportPipeline {
         let logger = logger_provider.logger("telemetry-gateway");
         drop(_entered);
         Ok(ExportPipeline {
+            #[cfg(feature = "analytics")]
             sqlite,
             rt,
             meter_provider,
@@ -444,6 +462,7 @@ pub(crate) fn build_community_sink(
     retry: &crate::config::RetrySection,
     resource: &Resource,
 ) -> Result<Arc<dyn TraceSink>, ExportBuildError> {
+    // A tenant's JSON lines carry the same resource as its OTLP exports would.
     match s.kind {
         SinkKind::Otlp => {
             let endpoint = s.endpoint.as_deref().unwrap_or_default();
@@ -461,11 +480,13 @@ pub(crate) fn build_community_sink(
         }
         SinkKind::Jsonl => {
             let path = s.path.clone().unwrap_or_default();
-            let w = JsonlWriter::open(&path).map_err(|e| ExportBuildError::File {
-                key: format!("{label}.path"),
-                path: path.display().to_string(),
-                error: e.to_string(),
-            })?;
+            let w = JsonlWriter::open(&path)
+                .map_err(|e| ExportBuildError::File {
+                    key: format!("{label}.path"),
+                    path: path.display().to_string(),
+                    error: e.to_string(),
+                })?
+                .with_resource(resource);
             Ok(Arc::new(JsonlTraceSink::new(s.name.clone(), w)))
         }
     }

@@ -6,7 +6,9 @@
 
 mod otlp_http;
 mod otlp_receiver;
+#[cfg(feature = "redis")]
 mod redis_server;
 
 pub use otlp_receiver::{OtlpReceiver, Received, Signal};
+#[cfg(feature = "redis")]
 pub use redis_server::RedisServer;

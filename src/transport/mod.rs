@@ -4,10 +4,11 @@
 //! sees an [`EnvelopeSource`] (an async `recv_batch`). The built-in transport is in process:
 //! one bounded channel per handler, an envelope's channel chosen by a hash of
 //! `(tenant_id, event_id)`, so that a re-sent event meets its first copy in the same handler's
-//! memory dedup. The Redis Streams transport ([`redis_streams`]) implements both traits; in a
+//! memory dedup. The Redis Streams transport (`redis_streams`, cargo feature `redis`) implements both traits; in a
 //! worker process its acknowledgements go through the worker's commit (`worker`) rather than
 //! [`EnvelopeSource::settle`], since they must follow the metric export.
 
+#[cfg(feature = "redis")]
 pub mod redis_streams;
 pub(crate) mod worker;
 

@@ -23,18 +23,30 @@
 //! `MetricHandlerActor`). The one window left is a crash between step 1's metric export and
 //! step 2's acknowledgement (one Redis round trip): those entries are handled again
 //! (docs/deployment.md).
+//!
+//! Without the `redis` cargo feature only the ledger is built (the handlers' `Shared::worker`
+//! names it, and is never set).
+
+// Without `redis` nothing sets a ledger, so its methods are unused there.
+#![cfg_attr(not(feature = "redis"), allow(dead_code))]
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+#[cfg(feature = "redis")]
 use std::sync::Arc;
+#[cfg(feature = "redis")]
 use std::thread::JoinHandle;
+#[cfg(feature = "redis")]
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use uuid::Uuid;
 
+#[cfg(feature = "redis")]
 use super::redis_streams::StreamSettings;
+#[cfg(feature = "redis")]
 use crate::diagnostics::Counters;
+#[cfg(feature = "redis")]
 use crate::export::logs::LogBatcher;
 
 /// An entry handed to a handler: its stream id and how many times it has been delivered.
@@ -113,6 +125,7 @@ impl WorkerLedger {
 }
 
 /// A consumer's link to its worker: the ledger and the counters it reads into.
+#[cfg(feature = "redis")]
 #[derive(Debug, Clone)]
 pub(crate) struct WorkerLink {
     pub(crate) counters: Arc<Counters>,
@@ -120,6 +133,7 @@ pub(crate) struct WorkerLink {
 }
 
 /// What a commit needs from the export pipeline.
+#[cfg(feature = "redis")]
 #[derive(Debug, Clone)]
 pub(crate) struct CommitParts {
     pub(crate) meter_provider: opentelemetry_sdk::metrics::SdkMeterProvider,
@@ -131,12 +145,14 @@ pub(crate) struct CommitParts {
 }
 
 /// The committer's thread (see the module docs).
+#[cfg(feature = "redis")]
 #[derive(Debug)]
 pub(crate) struct Committer {
     stop: std::sync::mpsc::Sender<Duration>,
     thread: Option<JoinHandle<()>>,
 }
 
+#[cfg(feature = "redis")]
 impl Committer {
     /// Starts committing every `interval` on a thread of its own (the metric export blocks).
     pub(crate) fn spawn(
@@ -196,6 +212,7 @@ impl Committer {
 }
 
 /// What one commit works with.
+#[cfg(feature = "redis")]
 struct Commit<'a> {
     ledger: &'a WorkerLedger,
     client: &'a redis::Client,
@@ -203,6 +220,7 @@ struct Commit<'a> {
     parts: &'a CommitParts,
 }
 
+#[cfg(feature = "redis")]
 impl Commit<'_> {
     /// One commit (see the module docs). Runs on the committer's thread, never on a runtime.
     fn run(
@@ -294,6 +312,7 @@ impl Commit<'_> {
 /// How long a commit waits for the log records of what it commits: a quarter of
 /// `transport.claim_idle_ms`, at most 5 s. Past it the commit goes on, and the records stay held
 /// by the log batcher and are counted when they settle.
+#[cfg(feature = "redis")]
 pub(crate) fn log_flush_bound(claim_idle: Duration) -> Duration {
     (claim_idle / 4).min(Duration::from_secs(5))
 }

@@ -229,8 +229,28 @@ pub fn example(name: &str) -> std::path::PathBuf {
         .expect("target/<profile>");
     let bin = profile_dir.join("examples").join(name);
     if !bin.is_file() {
+        // The features this test was built with, so the library already built is reused (and an
+        // example's `required-features` are met exactly when this test's are).
+        let features: Vec<&str> = [
+            ("testing", true),
+            ("redis", cfg!(feature = "redis")),
+            ("analytics", cfg!(feature = "analytics")),
+            ("cli", cfg!(feature = "cli")),
+            ("aws", cfg!(feature = "aws")),
+            ("gcp", cfg!(feature = "gcp")),
+            ("azure", cfg!(feature = "azure")),
+        ]
+        .into_iter()
+        .filter_map(|(f, on)| on.then_some(f))
+        .collect();
         let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "--example", name, "--features", "testing"])
+            .args([
+                "build",
+                "--example",
+                name,
+                "--features",
+                &features.join(","),
+            ])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("cargo runs");
