@@ -203,6 +203,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "degraded": s.degraded,
         "refused_at_emit": refused,
         "balanced": s.emitted == s.delivered + dropped_total,
+        "clean": report.is_clean(),
+        "actors_lost": report.actors_lost,
         "explained": {"event_id": off_case_id,
                       "reason": why_reason(&gateway, &off_case_id)},
         "output": output,
@@ -252,7 +254,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if as_json {
         println!("{summary}");
     }
-    if s.emitted != s.delivered + dropped_total {
+    if !report.actors_lost.is_empty() {
+        eprintln!(
+            "quickstart: actors died during the run ({:?}): the ledger adds up, but the run is \
+             not clean; see the log above",
+            report.actors_lost
+        );
+    }
+    if s.emitted != s.delivered + dropped_total || !report.is_clean() {
         std::process::exit(1);
     }
     Ok(())

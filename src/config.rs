@@ -156,6 +156,14 @@ pub const DEFAULT_TRANSPORT_BLOCK_MS: u64 = 1_000;
 /// Default of `transport.commit_interval_ms`: how often a worker exports what it handled and
 /// acknowledges it.
 pub const DEFAULT_TRANSPORT_COMMIT_INTERVAL_MS: u64 = 200;
+/// Default of `transport.response_timeout_ms`: the longest a stream connection waits for a
+/// reply. Above `block_ms` (a blocking read answers after it) with room for a large reply.
+pub const DEFAULT_TRANSPORT_RESPONSE_TIMEOUT_MS: u64 = 10_000;
+/// Default of `transport.connect_timeout_ms`: the longest a stream connection takes to open.
+pub const DEFAULT_TRANSPORT_CONNECT_TIMEOUT_MS: u64 = 2_000;
+/// The least `transport.response_timeout_ms` may exceed `transport.block_ms` by: a blocking
+/// read answers only after `block_ms`, then its reply must still arrive.
+pub const TRANSPORT_RESPONSE_MARGIN_MS: u64 = 1_000;
 
 /// Default of `sinks.sqlite.batch_size`: rows per transaction at most.
 pub const DEFAULT_SQLITE_BATCH_SIZE: usize = 2_048;
@@ -328,6 +336,11 @@ pub struct TransportSection {
     /// How often a worker exports the metrics and log records of what it handled, then
     /// acknowledges those entries (`XACK`).
     pub commit_interval_ms: u64,
+    /// The longest a stream connection waits for any reply (producer and workers). Must exceed
+    /// `block_ms` by at least 1000 ms: a blocking read only answers after `block_ms`.
+    pub response_timeout_ms: u64,
+    /// The longest a stream connection takes to open.
+    pub connect_timeout_ms: u64,
 }
 
 impl Default for TransportSection {
@@ -343,6 +356,8 @@ impl Default for TransportSection {
             claim_idle_ms: DEFAULT_TRANSPORT_CLAIM_IDLE_MS,
             max_deliveries: DEFAULT_TRANSPORT_MAX_DELIVERIES,
             block_ms: DEFAULT_TRANSPORT_BLOCK_MS,
+            response_timeout_ms: DEFAULT_TRANSPORT_RESPONSE_TIMEOUT_MS,
+            connect_timeout_ms: DEFAULT_TRANSPORT_CONNECT_TIMEOUT_MS,
             commit_interval_ms: DEFAULT_TRANSPORT_COMMIT_INTERVAL_MS,
         }
     }
@@ -1100,6 +1115,9 @@ impl GatewayConfig {
         // A part this build does not have is the first thing to say: no other rule about it
         // can be met.
         self.check_features()?;
+        // No configured number is so large that arithmetic on it could overflow or an
+        // allocation sized by it could abort.
+        self.check_ceilings()?;
         fn bad(key: &str, problem: impl Into<String>) -> ConfigError {
             ConfigError::Invalid {
                 key: key.into(),
@@ -1183,6 +1201,14 @@ impl GatewayConfig {
                 "transport.commit_interval_ms",
                 self.transport.commit_interval_ms,
             ),
+            (
+                "transport.response_timeout_ms",
+                self.transport.response_timeout_ms,
+            ),
+            (
+                "transport.connect_timeout_ms",
+                self.transport.connect_timeout_ms,
+            ),
         ];
         for (key, v) in positive_ms {
             if v == 0 {
@@ -1236,6 +1262,17 @@ impl GatewayConfig {
                     "must be \"redis\" with transport.kind = \"redis_streams\": a memory cache \
                      cannot see the events other workers handled, so a redelivered event would \
                      count twice",
+                ));
+            }
+            if t.response_timeout_ms < t.block_ms.saturating_add(TRANSPORT_RESPONSE_MARGIN_MS) {
+                return Err(bad(
+                    "transport.response_timeout_ms",
+                    format!(
+                        "must be at least transport.block_ms + {TRANSPORT_RESPONSE_MARGIN_MS} \
+                         ({} ms): a blocking read answers only after block_ms, so a shorter \
+                         timeout fails every idle read",
+                        t.block_ms.saturating_add(TRANSPORT_RESPONSE_MARGIN_MS)
+                    ),
                 ));
             }
             if t.claim_idle_ms <= t.commit_interval_ms.saturating_mul(2) {
@@ -1453,6 +1490,43 @@ impl GatewayConfig {
         Ok(())
     }
 
+    /// Every numeric key against its ceiling ([`ceiling_of`]), found by walking the serialized
+    /// configuration, so a key added later is covered without a line here.
+    fn check_ceilings(&self) -> Result<(), ConfigError> {
+        fn walk(prefix: &str, v: &figment::value::Value) -> Result<(), ConfigError> {
+            use figment::value::Value;
+            match v {
+                Value::Dict(_, d) => d.iter().try_for_each(|(k, v)| {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, v)
+                }),
+                Value::Array(_, a) => a
+                    .iter()
+                    .enumerate()
+                    .try_for_each(|(i, v)| walk(&format!("{prefix}[{i}]"), v)),
+                Value::Num(_, n) => match (n.to_u128(), ceiling_of(prefix)) {
+                    (Some(value), (max, what)) if value > u128::from(max) => {
+                        Err(ConfigError::Invalid {
+                            key: prefix.to_owned(),
+                            problem: format!("{value} is too large: at most {max} ({what})"),
+                        })
+                    }
+                    _ => Ok(()),
+                },
+                _ => Ok(()),
+            }
+        }
+        // A config that cannot be serialized has nothing numeric to check.
+        match figment::value::Value::serialize(self) {
+            Ok(v) => walk("", &v),
+            Err(_) => Ok(()),
+        }
+    }
+
     /// A part this build left out (its cargo feature is off) cannot be configured: the error
     /// names the key and the feature to enable.
     fn check_features(&self) -> Result<(), ConfigError> {
@@ -1480,6 +1554,49 @@ impl GatewayConfig {
     /// `dedup.timeout_ms` as a duration.
     pub fn dedup_timeout(&self) -> Duration {
         Duration::from_millis(self.dedup.timeout_ms)
+    }
+}
+
+/// The longest configurable duration in milliseconds: 7 days.
+pub const MAX_DURATION_MS: u64 = 7 * 24 * 3_600 * 1_000;
+/// The longest configurable duration in seconds: 10 years (dedup windows, retention).
+pub const MAX_DURATION_SECS: u64 = 10 * 365 * 24 * 3_600;
+/// The largest configurable size in bytes: 1 TiB.
+pub const MAX_BYTES: u64 = 1 << 40;
+/// The most threads, tasks or calls in flight a key may ask for.
+pub const MAX_PARALLELISM: u64 = 1_024;
+/// The most items one batch may hold (batches are allocated whole).
+pub const MAX_BATCH_ITEMS: u64 = 1_000_000;
+/// The most items a queue, cache or recorder may hold.
+pub const MAX_ITEMS: u64 = 10_000_000;
+/// The most tries a key may ask for.
+pub const MAX_TRIES: u64 = 1_000;
+/// The most rows or entries kept outside this process (Redis stream length, SQLite rows).
+pub const MAX_STORED_ITEMS: u64 = 1_000_000_000_000;
+
+/// The ceiling of a numeric key, by what its name says it is, and the reason for the message.
+pub fn ceiling_of(key: &str) -> (u64, &'static str) {
+    let field = key.rsplit('.').next().unwrap_or(key);
+    if field.ends_with("_ms") {
+        (MAX_DURATION_MS, "milliseconds; 7 days")
+    } else if field.ends_with("_secs") {
+        (MAX_DURATION_SECS, "seconds; 10 years")
+    } else if field.ends_with("_bytes") {
+        (MAX_BYTES, "bytes; 1 TiB")
+    } else if matches!(
+        field,
+        "pool_size" | "sink_concurrency" | "log_concurrency" | "max_offloads_in_flight"
+    ) || field == "max_live_sinks"
+    {
+        (MAX_PARALLELISM, "threads, tasks or calls at once")
+    } else if matches!(field, "max_retries" | "max_deliveries") {
+        (MAX_TRIES, "tries")
+    } else if matches!(field, "max_len" | "retention_max_rows") {
+        (MAX_STORED_ITEMS, "entries stored outside the process")
+    } else if field.contains("batch_size") || field == "recorder_steps_per_event" {
+        (MAX_BATCH_ITEMS, "items per batch, allocated whole")
+    } else {
+        (MAX_ITEMS, "items held in memory")
     }
 }
 

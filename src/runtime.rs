@@ -139,9 +139,20 @@ pub struct ShutdownReport {
     pub deadline_exceeded: bool,
     /// How long shutdown took.
     pub elapsed_ms: u64,
+    /// Actors that had died before shutdown began (a panic inside the gateway ends an actor's
+    /// task). The ledger still adds up, but such a run is not clean: see
+    /// [`ShutdownReport::is_clean`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actors_lost: Vec<String>,
 }
 
 impl ShutdownReport {
+    /// Whether the run ended as it should: every actor alive until shutdown and everything
+    /// settled within the deadline. A balanced ledger alone does not say that.
+    pub fn is_clean(&self) -> bool {
+        self.actors_lost.is_empty() && !self.deadline_exceeded
+    }
+
     /// Dropped events by reason.
     pub fn dropped(&self) -> &BTreeMap<String, u64> {
         &self.stats.dropped
@@ -277,11 +288,13 @@ impl GatewayBuilder {
                     counters: counters.clone(),
                     ledger: ledger.clone(),
                 };
+                let admit = worker_admission(&cfg);
                 let sources = (0..cfg.metric_pool.pool_size)
                     .map(|i| {
                         let settings =
                             StreamSettings::from_config(&cfg.transport, format!("{name}-{i}"));
                         let s = RedisStreamSource::new(client.clone(), settings, stop.clone())
+                            .with_admission(admit.clone())
                             .with_worker(link.clone());
                         Box::new(s) as Box<dyn EnvelopeSource>
                     })
@@ -471,6 +484,7 @@ impl GatewayBuilder {
                     log_batcher: export.handles.log_batcher.clone(),
                     rt: export.rt.handle().clone(),
                     metric_interval,
+                    counters: counters.clone(),
                 },
                 Duration::from_millis(cfg.transport.commit_interval_ms),
                 crate::transport::worker::log_flush_bound(Duration::from_millis(
@@ -533,6 +547,30 @@ where
     }
 }
 
+/// What a worker takes from the stream: what `emit()` would take and the producer would put
+/// there. Anyone who can write to the stream could otherwise pick a case (and so metric label
+/// values) the table does not know, or turn a trace case into log records (issue 14).
+#[cfg(feature = "redis")]
+fn worker_admission(cfg: &GatewayConfig) -> crate::transport::redis_streams::Admission {
+    let table = RoutingTable::new(&cfg.cases);
+    crate::transport::redis_streams::Admission(Arc::new(move |env: &TelemetryEnvelope| {
+        env.validate_cheap()
+            .map_err(|e| format!("invalid_envelope: {e}"))?;
+        match table.route(&env.case) {
+            None => Err(format!(
+                "unknown_case: {:?} is neither a built-in case nor declared in this worker's \
+                 [cases]",
+                env.case.as_str()
+            )),
+            Some(r) if r.signal != crate::contracts::SignalType::MetricLog => Err(format!(
+                "trace case {:?}: producers keep trace cases in process, never on the stream",
+                env.case.as_str()
+            )),
+            Some(_) => Ok(()),
+        }
+    }))
+}
+
 /// A handler for a case the table does not know, or for a trace case, would never run: refuse
 /// it at start, naming the case (a typo otherwise means a handler silently idle).
 fn check_case_handlers<'a>(
@@ -575,7 +613,32 @@ struct Actors {
     /// mailbox is connected, i.e. while some `Addr` to it is alive.
     handlers: Vec<Addr<MetricHandlerActor>>,
     arbiters: Vec<Arbiter>,
+    /// Every actor by name, with its ping: an actor that does not answer at shutdown died or
+    /// hangs (a panic inside it), and the report says so.
+    liveness: Vec<(String, AliveFn)>,
 }
+
+/// Whether one actor answers a [`Ping`](crate::actors::Ping) within the wait it is given.
+type AliveFn = Box<dyn Fn(Duration) -> futures::future::BoxFuture<'static, bool> + Send>;
+
+fn alive<A>(addr: &Addr<A>) -> AliveFn
+where
+    A: Actor + Handler<crate::actors::Ping>,
+    A::Context: actix::dev::ToEnvelope<A, crate::actors::Ping>,
+{
+    let addr = addr.clone();
+    Box::new(move |wait| {
+        let ping = addr.send(crate::actors::Ping);
+        Box::pin(async move { matches!(tokio::time::timeout(wait, ping).await, Ok(Ok(()))) })
+    })
+}
+
+/// How long shutdown waits for every actor's answer to a ping (at most a quarter of its
+/// deadline): an actor that is running answers at once.
+const LIVENESS_WAIT: Duration = Duration::from_secs(1);
+
+/// Below this wait the pings are skipped: a live actor may not answer that fast.
+const MIN_LIVENESS_WAIT: Duration = Duration::from_millis(20);
 
 struct Lifecycle {
     system: actix::System,
@@ -622,6 +685,7 @@ fn start_actors(
 
     let mut arbiters = Vec::new();
     let mut handlers = Vec::new();
+    let mut liveness = vec![("trace_batcher".to_owned(), alive(&batcher))];
     for (index, (source, dedup)) in sources.into_iter().zip(dedups).enumerate() {
         let arbiter = Arbiter::new();
         let h = arbiter.handle();
@@ -629,13 +693,17 @@ fn start_actors(
         let (st, c) = (store.clone(), shared.counters.clone());
         let rehydrator =
             RehydratorActor::start_in_arbiter(&h, move |_| RehydratorActor::new(st, c));
+        liveness.push((format!("dedup[{index}]"), alive(&dedup_addr)));
+        liveness.push((format!("rehydrator[{index}]"), alive(&rehydrator)));
         let (sh, ex, ch) = (shared.clone(), export.clone(), case_handlers.clone());
         let batch_size = cfg.metric_pool.batch_size;
-        handlers.push(Supervisor::start_in_arbiter(&h, move |_| {
+        let handler = Supervisor::start_in_arbiter(&h, move |_| {
             MetricHandlerActor::new(
                 index, source, batch_size, dedup_addr, rehydrator, sh, ex, ch,
             )
-        }));
+        });
+        liveness.push((format!("metric_handler[{index}]"), alive(&handler)));
+        handlers.push(handler);
         arbiters.push(arbiter);
     }
 
@@ -647,11 +715,13 @@ fn start_actors(
         // stream ends and the batcher flushes.
         GatewayActor::new(shared, trace_tx, transport, store, threshold, max_offloads)
     });
+    liveness.push(("gateway".to_owned(), alive(&gateway)));
     Actors {
         gateway,
         batcher,
         handlers,
         arbiters,
+        liveness,
     }
 }
 
@@ -799,6 +869,23 @@ impl GatewayHandle {
         })
     }
 
+    /// Test hook (feature `testing`): makes the gateway actor panic, as a bug in it would.
+    /// Returns whether the message was delivered.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn panic_an_actor_for_tests(&self) -> bool {
+        let Some(addr) = self
+            .inner
+            .lifecycle
+            .lock()
+            .as_ref()
+            .map(|lc| lc.actors.gateway.clone())
+        else {
+            return false;
+        };
+        addr.try_send(crate::actors::gateway::PanicForTests).is_ok()
+    }
+
     /// A copy of the ledger.
     pub fn stats(&self) -> StatsSnapshot {
         self.inner.shared.counters.snapshot()
@@ -906,6 +993,7 @@ impl GatewayHandle {
                 unsettled_at_deadline: 0,
                 deadline_exceeded: true,
                 elapsed_ms: 0,
+                actors_lost: Vec::new(),
             })
     }
 
@@ -918,6 +1006,35 @@ impl GatewayHandle {
             return self.final_or_snapshot();
         };
         let c = inner.shared.counters.clone();
+        // Before anything is told to stop: an actor that does not answer a ping now died or
+        // hangs (a panic inside it), and the thread of the actor system must still run.
+        let mut actors_lost: Vec<String> = Vec::new();
+        if lc.thread.is_finished() {
+            actors_lost.push("actor system thread".to_owned());
+        }
+        // A deadline too short to wait for answers skips the pings (nothing is claimed then).
+        let wait = LIVENESS_WAIT.min(deadline / 4);
+        let answers = if wait >= MIN_LIVENESS_WAIT {
+            lc.export.rt.block_on(futures::future::join_all(
+                lc.actors.liveness.iter().map(|(_, alive)| alive(wait)),
+            ))
+        } else {
+            vec![true; lc.actors.liveness.len()]
+        };
+        actors_lost.extend(
+            lc.actors
+                .liveness
+                .iter()
+                .zip(answers)
+                .filter(|(_, answered)| !answered)
+                .map(|((name, _), _)| name.clone()),
+        );
+        if !actors_lost.is_empty() {
+            tracing::error!(
+                actors = ?actors_lost,
+                "actors died before shutdown (a panic in the gateway); the run is not clean"
+            );
+        }
         inner.shared.closed.store(true, Ordering::SeqCst);
         let wait_until = |cond: &dyn Fn() -> bool, nudge: &dyn Fn()| -> bool {
             loop {
@@ -1038,6 +1155,7 @@ impl GatewayHandle {
             unsettled_at_deadline: unsettled,
             deadline_exceeded: !settled,
             elapsed_ms: started.elapsed().as_millis() as u64,
+            actors_lost,
         };
         *inner.final_report.lock() = Some(report.clone());
         // Repeated warnings still being counted get their summary line now, not never.

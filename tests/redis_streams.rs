@@ -26,6 +26,8 @@ fn settings(consumer: &str) -> StreamSettings {
         claim_idle: Duration::from_millis(200),
         max_deliveries: 2,
         block: Duration::from_millis(100),
+        response_timeout: Duration::from_millis(1_100),
+        connect_timeout: Duration::from_millis(1_000),
     }
 }
 

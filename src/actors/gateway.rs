@@ -382,6 +382,22 @@ impl Handler<Freeze> for GatewayActor {
     }
 }
 
+/// Test hook (feature `testing`): the gateway actor panics on this message, as a bug in it
+/// would, so tests can check that such a run is never reported clean.
+#[cfg(feature = "testing")]
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct PanicForTests;
+
+#[cfg(feature = "testing")]
+impl Handler<PanicForTests> for GatewayActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: PanicForTests, _ctx: &mut Context<Self>) {
+        panic!("a panic injected by GatewayHandle::panic_an_actor_for_tests");
+    }
+}
+
 impl StreamHandler<GatewayItem> for GatewayActor {
     fn handle(&mut self, item: GatewayItem, ctx: &mut Context<Self>) {
         self.route(item, ctx);

@@ -18,6 +18,30 @@ pub mod metric_handler;
 pub mod rehydrator;
 pub mod trace_batcher;
 
+/// Control: "are you running?". Every actor answers at once; one that does not answer within
+/// the shutdown's liveness wait has died or hangs (a panic inside it), and the shutdown report
+/// says so (`ShutdownReport::actors_lost`).
+#[derive(Debug, actix::Message)]
+#[rtype(result = "()")]
+pub(crate) struct Ping;
+
+/// Implements the [`Ping`] answer for an actor.
+macro_rules! answers_ping {
+    ($actor:ty) => {
+        impl actix::Handler<$crate::actors::Ping> for $actor {
+            type Result = ();
+
+            fn handle(&mut self, _msg: $crate::actors::Ping, _ctx: &mut Self::Context) {}
+        }
+    };
+}
+
+answers_ping!(dedup::DedupActor);
+answers_ping!(gateway::GatewayActor);
+answers_ping!(metric_handler::MetricHandlerActor);
+answers_ping!(rehydrator::RehydratorActor);
+answers_ping!(trace_batcher::TraceBatcherActor);
+
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 

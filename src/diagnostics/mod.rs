@@ -167,6 +167,9 @@ pub struct Counters {
     pub(crate) handler_restarts: AtomicU64,
     /// Stream entries a worker read again after an earlier delivery did not commit.
     pub(crate) redelivered: AtomicU64,
+    /// Redis Streams calls of a worker's consumers that failed (reads, dead-letter writes,
+    /// acknowledgements), and reply elements that were not entries.
+    pub(crate) stream_errors: AtomicU64,
     pub(crate) exported_spans: AtomicU64,
     pub(crate) exported_log_records: AtomicU64,
     pub(crate) exported_metric_points: AtomicU64,
@@ -230,6 +233,7 @@ impl Default for Counters {
             dedup_store_errors: AtomicU64::new(0),
             handler_restarts: AtomicU64::new(0),
             redelivered: AtomicU64::new(0),
+            stream_errors: AtomicU64::new(0),
             exported_spans: AtomicU64::new(0),
             exported_log_records: AtomicU64::new(0),
             exported_metric_points: AtomicU64::new(0),
@@ -481,6 +485,7 @@ impl Counters {
             dedup_store_errors: self.dedup_store_errors.load(Relaxed),
             handler_restarts: self.handler_restarts.load(Relaxed),
             redelivered: self.redelivered.load(Relaxed),
+            stream_errors: self.stream_errors.load(Relaxed),
             export_batches_ok: self.export_batches_ok.load(Relaxed),
             export_batches_failed: self.export_batches_failed.load(Relaxed),
             sink_spans_failed: self.sink_spans_failed.load(Relaxed),
@@ -544,6 +549,12 @@ pub struct StatsSnapshot {
     /// worker died, or its case handler panicked). Each is also in `emitted` (entries read).
     #[serde(default)]
     pub redelivered: u64,
+    /// Worker only: Redis Streams calls that failed (a read that timed out or was refused, a
+    /// dead letter that could not be stored, an acknowledgement that failed) and reply elements
+    /// that were not entries. Each is logged (rate-limited); an entry whose dead letter failed
+    /// stays pending in the group, neither acknowledged nor counted as read.
+    #[serde(default)]
+    pub stream_errors: u64,
     /// Export calls that succeeded.
     pub export_batches_ok: u64,
     /// Export calls that failed.

@@ -206,6 +206,11 @@ pub fn render(d: &DiagnosticsSnapshot) -> String {
         s.redelivered,
     );
     o.counter(
+        "telemetry_gateway_stream_errors_total",
+        "Worker only: Redis Streams calls that failed (reads, dead-letter writes, acknowledgements).",
+        s.stream_errors,
+    );
+    o.counter(
         "telemetry_gateway_companion_logs_dropped_total",
         "Companion log records of spans that were not exported.",
         s.companion_logs_dropped,

@@ -10,6 +10,8 @@
 
 #[cfg(feature = "redis")]
 pub mod redis_streams;
+#[cfg(feature = "redis")]
+pub(crate) mod stream_entry;
 pub(crate) mod worker;
 
 use std::fmt::Debug;

@@ -25,10 +25,11 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use redis::aio::MultiplexedConnection;
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
+use redis::streams::StreamPendingCountReply;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use super::stream_entry::{autoclaim_reply, read_reply, Decoded, RawEntry};
 use super::worker::{HeldEntry, WorkerLink};
 use super::{EnvelopeSource, MetricTransport, TransportError};
 use crate::config::TransportSection;
@@ -60,6 +61,11 @@ pub struct StreamSettings {
     pub max_deliveries: u64,
     /// How long one `XREADGROUP` waits for new entries.
     pub block: Duration,
+    /// The longest a connection waits for a reply (`transport.response_timeout_ms`): above
+    /// `block`, or every idle blocking read would time out (issue 14, defect 3).
+    pub response_timeout: Duration,
+    /// The longest a connection takes to open.
+    pub connect_timeout: Duration,
 }
 
 impl StreamSettings {
@@ -73,7 +79,23 @@ impl StreamSettings {
             claim_idle: Duration::from_millis(t.claim_idle_ms),
             max_deliveries: t.max_deliveries,
             block: Duration::from_millis(t.block_ms),
+            response_timeout: Duration::from_millis(t.response_timeout_ms),
+            connect_timeout: Duration::from_millis(t.connect_timeout_ms),
         }
+    }
+
+    /// A connection with this stream's timeouts (never the client's 500 ms default, which is
+    /// shorter than a blocking read).
+    pub(crate) async fn open(
+        &self,
+        client: &redis::Client,
+    ) -> redis::RedisResult<MultiplexedConnection> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(Some(self.response_timeout))
+            .set_connection_timeout(Some(self.connect_timeout));
+        client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
     }
 
     /// The dead-letter stream: `{stream}:dead`.
@@ -169,7 +191,7 @@ impl RedisStreamProducer {
                         break;
                     }
                     if conn.is_none() {
-                        conn = client.get_multiplexed_async_connection().await.ok();
+                        conn = settings.open(&client).await.ok();
                     }
                     let started = std::time::Instant::now();
                     if let Some(c) = conn.as_mut() {
@@ -249,9 +271,26 @@ impl MetricTransport for RedisStreamProducer {
     }
 }
 
+/// What a worker admits from the stream: the checks `emit()` makes and the routing table's
+/// answer (a metric/log case it knows). `Err` says why, and the entry is dead-lettered.
+#[derive(Clone)]
+pub(crate) struct Admission(pub(crate) Arc<AdmitFn>);
+
+/// The check of an [`Admission`].
+pub(crate) type AdmitFn = dyn Fn(&TelemetryEnvelope) -> Result<(), String> + Send + Sync;
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Admission")
+    }
+}
+
 /// A handler's consumer in the group (see the module docs).
 #[derive(Debug)]
 pub struct RedisStreamSource {
+    /// Set in a worker: entries that `emit()` would refuse, or that the producer never puts on
+    /// the stream, are dead-lettered instead of handled.
+    admit: Option<Admission>,
     client: redis::Client,
     conn: Option<MultiplexedConnection>,
     settings: StreamSettings,
@@ -274,6 +313,7 @@ impl RedisStreamSource {
     /// answers `None`) within `settings.block`.
     pub fn new(client: redis::Client, settings: StreamSettings, stop: Arc<AtomicBool>) -> Self {
         RedisStreamSource {
+            admit: None,
             client,
             conn: None,
             settings,
@@ -284,6 +324,12 @@ impl RedisStreamSource {
             worker: None,
             closed: false,
         }
+    }
+
+    /// Dead-letters every entry `admit` refuses (see [`Admission`]).
+    pub(crate) fn with_admission(mut self, admit: Admission) -> Self {
+        self.admit = Some(admit);
+        self
     }
 
     /// Links this consumer to a worker's ledger (see `super::worker`).
@@ -313,7 +359,7 @@ impl RedisStreamSource {
         if let Some(c) = &self.conn {
             return Ok(c.clone());
         }
-        let mut c = self.client.get_multiplexed_async_connection().await?;
+        let mut c = self.settings.open(&self.client).await?;
         // From the stream's start, so that entries appended before the group existed are
         // read; an existing group is left as it is.
         let created: redis::RedisResult<()> = redis::cmd("XGROUP")
@@ -333,42 +379,92 @@ impl RedisStreamSource {
         Ok(c)
     }
 
-    /// Moves `entry` to the dead-letter stream with `why`, and acknowledges it.
+    /// Says, at most once per warning interval, that Redis refused or confused this consumer,
+    /// and counts it (`stream_errors`): a worker that Redis keeps failing is never silent.
+    fn fault(&self, what: &'static str, error: &dyn std::fmt::Display) {
+        if let Some(w) = &self.worker {
+            Counters::add(&w.counters.stream_errors, 1);
+        }
+        let (stream, consumer) = (&self.settings.stream, &self.settings.consumer);
+        crate::logging::warn_limited(what, || {
+            tracing::warn!(
+                stream = %crate::logging::sanitize(stream),
+                consumer = %crate::logging::sanitize(consumer),
+                error = %crate::logging::sanitize(&error.to_string()),
+                "redis stream: {what}"
+            );
+        });
+    }
+
+    /// Moves `entry` to the dead-letter stream with `why` and all its bytes, then acknowledges
+    /// it, in that order: the acknowledgement goes out only once the dead letter is stored. When
+    /// the dead letter cannot be stored (the key holds another type, Redis is out of memory), the
+    /// entry is neither acknowledged nor counted as read: it stays pending in the group, is read
+    /// again after `claim_idle`, and the failure is counted (`stream_errors`) and logged. The
+    /// batch's other entries are not affected either way.
     async fn dead_letter(
         &mut self,
         c: &mut MultiplexedConnection,
-        entry: &StreamId,
+        entry: &RawEntry,
         deliveries: u64,
         why: &str,
-    ) -> redis::RedisResult<()> {
-        let raw: String = entry.get(ENVELOPE_FIELD).unwrap_or_default();
-        let mut pipe = redis::pipe();
-        pipe.cmd("XADD")
-            .arg(self.settings.dead_letter_stream())
+    ) {
+        let mut add = redis::cmd("XADD");
+        add.arg(self.settings.dead_letter_stream())
             .arg("MAXLEN")
             .arg("~")
             .arg(self.settings.max_len)
             .arg("*")
             .arg(ENVELOPE_FIELD)
-            .arg(raw)
+            .arg(entry.field(ENVELOPE_FIELD.as_bytes()).unwrap_or_default())
             .arg("entry_id")
             .arg(&entry.id)
             .arg("deliveries")
             .arg(deliveries)
             .arg("error")
-            .arg(crate::logging::sanitize(why).as_ref())
-            .ignore()
-            .cmd("XACK")
+            .arg(crate::logging::sanitize(why).as_ref());
+        // Every other field, byte for byte, under `orig:<name>`: what an operator needs to see
+        // what was written, or to replay it.
+        for (name, value) in entry
+            .fields
+            .iter()
+            .filter(|(n, _)| n.as_slice() != ENVELOPE_FIELD.as_bytes())
+        {
+            let mut key = b"orig:".to_vec();
+            key.extend_from_slice(name);
+            add.arg(key).arg(value.as_slice());
+        }
+        if let Err(e) = add.query_async::<redis::Value>(c).await {
+            self.fault(
+                "a dead letter could not be stored; the entry stays pending",
+                &e,
+            );
+            return;
+        }
+        let acked: redis::RedisResult<u64> = redis::cmd("XACK")
             .arg(&self.settings.stream)
             .arg(&self.settings.group)
             .arg(&entry.id)
-            .ignore();
-        pipe.query_async::<()>(c).await?;
+            .query_async(c)
+            .await;
+        if let Err(e) = acked {
+            // Stored but still pending: it is read again and dead-lettered again (a second
+            // copy in the dead-letter stream, never a loss).
+            self.fault("a dead-lettered entry could not be acknowledged", &e);
+        }
         self.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            stream = %crate::logging::sanitize(&self.settings.stream),
+            entry_id = %crate::logging::sanitize(&entry.id),
+            deliveries,
+            why = %crate::logging::sanitize(why),
+            "redis stream: entry dead-lettered"
+        );
         if let Some(w) = &self.worker {
             let env = entry
-                .get::<String>(ENVELOPE_FIELD)
-                .and_then(|raw| TelemetryEnvelope::from_json(&raw).ok());
+                .envelope_text()
+                .ok()
+                .and_then(|raw| TelemetryEnvelope::from_json(raw).ok());
             self.count_read(env.as_ref());
             let c = &w.counters;
             match &env {
@@ -379,52 +475,83 @@ impl RedisStreamSource {
                 }
             }
         }
-        Ok(())
     }
 
-    /// Decodes `entry` into `out`, or dead-letters it when it does not decode.
+    /// Decodes `entry` into `out`, or dead-letters it when it is not an envelope this worker
+    /// may handle: bytes that are not an envelope, an envelope `emit()` would refuse, or one the
+    /// producer never puts on the stream (a trace case, a case the routing table does not
+    /// know).
     async fn take_entry(
         &mut self,
         c: &mut MultiplexedConnection,
-        entry: &StreamId,
+        entry: &RawEntry,
         deliveries: u64,
         out: &mut Vec<TelemetryEnvelope>,
-    ) -> redis::RedisResult<()> {
-        let raw: Option<String> = entry.get(ENVELOPE_FIELD);
-        match raw.as_deref().map(TelemetryEnvelope::from_json) {
-            Some(Ok(env)) => {
-                match &self.worker {
-                    Some(w) => {
-                        self.count_read(Some(&env));
-                        Counters::pending_add(&w.counters.metric_pending, 1);
-                        Counters::add(&w.counters.routed_metric_log, 1);
-                        if deliveries > 1 {
-                            Counters::add(&w.counters.redelivered, 1);
-                        }
-                        w.ledger.hold(
-                            env.event_id,
-                            HeldEntry {
-                                entry_id: entry.id.clone(),
-                                deliveries,
-                            },
-                        );
-                    }
-                    None => self
-                        .in_hand
-                        .entry(env.event_id)
-                        .or_default()
-                        .push(entry.id.clone()),
+    ) {
+        let env = match entry.envelope_text() {
+            Ok(raw) => TelemetryEnvelope::from_json(raw)
+                .map_err(|e| format!("invalid envelope: {e}"))
+                .and_then(|env| match &self.admit {
+                    Some(admit) => (admit.0)(&env).map(|()| env),
+                    None => Ok(env),
+                }),
+            Err(why) => Err(why),
+        };
+        let env = match env {
+            Ok(env) => env,
+            Err(why) => return self.dead_letter(c, entry, deliveries, &why).await,
+        };
+        match &self.worker {
+            Some(w) => {
+                self.count_read(Some(&env));
+                Counters::pending_add(&w.counters.metric_pending, 1);
+                Counters::add(&w.counters.routed_metric_log, 1);
+                if deliveries > 1 {
+                    Counters::add(&w.counters.redelivered, 1);
                 }
-                out.push(env);
-                Ok(())
+                w.ledger.hold(
+                    env.event_id,
+                    HeldEntry {
+                        entry_id: entry.id.clone(),
+                        deliveries,
+                    },
+                );
             }
-            Some(Err(e)) => {
-                let why = format!("invalid envelope: {e}");
-                self.dead_letter(c, entry, deliveries, &why).await
-            }
-            None => {
-                self.dead_letter(c, entry, deliveries, "no envelope field")
-                    .await
+            None => self
+                .in_hand
+                .entry(env.event_id)
+                .or_default()
+                .push(entry.id.clone()),
+        }
+        out.push(env);
+    }
+
+    /// Handles the entries of one reply, each on its own: a foreign entry is dead-lettered,
+    /// an unreadable one reported, and neither stops the others.
+    async fn take_all(
+        &mut self,
+        c: &mut MultiplexedConnection,
+        decoded: Vec<Decoded>,
+        deliveries: impl Fn(&str) -> u64,
+        out: &mut Vec<TelemetryEnvelope>,
+    ) {
+        let max = self.settings.max_deliveries;
+        for d in decoded {
+            match d {
+                Decoded::Entry(entry) => {
+                    let n = deliveries(&entry.id);
+                    if n > max {
+                        let why = format!(
+                            "delivered {n} times without being settled (its case handler failed)"
+                        );
+                        self.dead_letter(c, &entry, n, &why).await;
+                    } else {
+                        self.take_entry(c, &entry, n, out).await;
+                    }
+                }
+                Decoded::Unreadable(why) => {
+                    self.fault("a reply held something that is not an entry", &why);
+                }
             }
         }
     }
@@ -433,8 +560,9 @@ impl RedisStreamSource {
         let mut c = self.connect().await?;
         let s = self.settings.clone();
         let mut out = Vec::new();
-        // Entries another consumer left pending too long: reclaimed first.
-        let claimed: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+        // Entries another consumer left pending too long: reclaimed first. The reply is read as
+        // raw values and decoded entry by entry (see `stream_entry`).
+        let reply: redis::Value = redis::cmd("XAUTOCLAIM")
             .arg(&s.stream)
             .arg(&s.group)
             .arg(&s.consumer)
@@ -444,38 +572,35 @@ impl RedisStreamSource {
             .arg(max)
             .query_async(&mut c)
             .await?;
-        self.claim_cursor = claimed.next_stream_id.clone();
-        if !claimed.claimed.is_empty() {
+        let (cursor, claimed, _deleted) = autoclaim_reply(&reply);
+        self.claim_cursor = cursor.unwrap_or_else(|| "0-0".into());
+        if !claimed.is_empty() {
             let pending: StreamPendingCountReply = redis::cmd("XPENDING")
                 .arg(&s.stream)
                 .arg(&s.group)
                 .arg("-")
                 .arg("+")
-                .arg(max.max(claimed.claimed.len()) * 4)
+                .arg(max.max(claimed.len()) * 4)
                 .arg(&s.consumer)
                 .query_async(&mut c)
                 .await?;
-            let times: HashMap<&str, u64> = pending
+            let times: HashMap<String, u64> = pending
                 .ids
                 .iter()
-                .map(|p| (p.id.as_str(), p.times_delivered as u64))
+                .map(|p| (p.id.clone(), p.times_delivered as u64))
                 .collect();
-            for entry in &claimed.claimed {
-                let n = times.get(entry.id.as_str()).copied().unwrap_or(1);
-                if n > s.max_deliveries {
-                    let why = format!(
-                        "delivered {n} times without being settled (its case handler failed)"
-                    );
-                    self.dead_letter(&mut c, entry, n, &why).await?;
-                } else {
-                    self.take_entry(&mut c, entry, n, &mut out).await?;
-                }
-            }
+            self.take_all(
+                &mut c,
+                claimed,
+                |id| times.get(id).copied().unwrap_or(1),
+                &mut out,
+            )
+            .await;
         }
         if !out.is_empty() {
             return Ok(out);
         }
-        let read: StreamReadReply = redis::cmd("XREADGROUP")
+        let reply: redis::Value = redis::cmd("XREADGROUP")
             .arg("GROUP")
             .arg(&s.group)
             .arg(&s.consumer)
@@ -488,11 +613,8 @@ impl RedisStreamSource {
             .arg(">")
             .query_async(&mut c)
             .await?;
-        for key in read.keys {
-            for entry in &key.ids {
-                self.take_entry(&mut c, entry, 1, &mut out).await?;
-            }
-        }
+        self.take_all(&mut c, read_reply(&reply), |_| 1, &mut out)
+            .await;
         Ok(out)
     }
 }
@@ -512,8 +634,9 @@ impl EnvelopeSource for RedisStreamSource {
                 match self.try_batch(max.max(1)).await {
                     Ok(batch) if !batch.is_empty() => return Some(batch),
                     Ok(_) => wait = Duration::from_millis(20),
-                    Err(_) => {
-                        // Reconnect on the next try, after a backoff.
+                    Err(e) => {
+                        // Reconnect on the next try, after a backoff; said (rate-limited).
+                        self.fault("a read failed; reconnecting", &e);
                         self.conn = None;
                         tokio::time::sleep(wait).await;
                         wait = (wait * 2).min(MAX_BACKOFF);

@@ -142,6 +142,8 @@ pub(crate) struct CommitParts {
     /// When nothing was handled, the metrics (the gateway's own among them) are still exported
     /// this often (`otlp.metric_interval_ms`).
     pub(crate) metric_interval: Duration,
+    /// Where failed acknowledgements are counted (`stream_errors`).
+    pub(crate) counters: Arc<Counters>,
 }
 
 /// The committer's thread (see the module docs).
@@ -238,7 +240,7 @@ impl Commit<'_> {
         // Connected first, so that the acknowledgement follows the metric export at once.
         parts.rt.block_on(async {
             if conn.is_none() {
-                *conn = client.get_multiplexed_async_connection().await.ok();
+                *conn = settings.open(client).await.ok();
             }
         });
         let handled = {
@@ -285,7 +287,7 @@ impl Commit<'_> {
         }
         let acked = parts.rt.block_on(async {
             if conn.is_none() {
-                *conn = client.get_multiplexed_async_connection().await.ok();
+                *conn = settings.open(client).await.ok();
             }
             let Some(c) = conn.as_mut() else {
                 return false;
@@ -304,6 +306,13 @@ impl Commit<'_> {
         });
         if !acked {
             *conn = None;
+            crate::logging::warn_limited("worker commit: acknowledgement failed", || {
+                tracing::warn!(
+                    entries = ids.len(),
+                    "worker commit: XACK failed; the entries are acknowledged at the next commit"
+                )
+            });
+            Counters::add(&parts.counters.stream_errors, 1);
             ledger.unacked.lock().extend(ids);
         }
     }
