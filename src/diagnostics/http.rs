@@ -12,6 +12,18 @@
 //! Served by hyper on the export runtime, one task per connection, HTTP/1.1. Only `GET` is
 //! answered; the server reads no request body and holds nothing but the diagnostics probes, so it
 //! can never keep the gateway alive or hold back its shutdown.
+//!
+//! **Availability under a flood** (issue 14, defect 7). A connection is one request (no
+//! keep-alive), its header must arrive within [`HEADER_READ_TIMEOUT`] and the whole connection
+//! lasts at most [`CONNECTION_LIFETIME`], so idle or slow-dripping sockets free their slot within
+//! seconds. When all [`MAX_CONNECTIONS`] slots are taken anyway, a small health lane
+//! ([`HEALTH_LANE`] slots, [`HEALTH_LANE_TIMEOUT`] each) still reads the request line and answers
+//! `/healthz` and `/readyz`; anything else gets 503. A liveness probe therefore never restarts a
+//! healthy host because of a connection flood.
+//!
+//! **Bounded debug answers** (defect 8). `/debug/events` answers one page of at most
+//! [`MAX_JOURNEYS_PER_ANSWER`] journeys (`total` and `next_offset` say what was left out; ask
+//! again with `&offset=`), and at most [`MAX_DEBUG_ANSWERS`] are built at once (503 beyond).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -26,6 +38,18 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use super::probes::Probes;
+use super::recorder::MAX_JOURNEYS_PER_ANSWER;
+
+/// The longest a client may take to send a request's header.
+pub(crate) const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// The longest one connection lives, whatever it does.
+pub(crate) const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(10);
+/// Connections the health lane serves at once when every regular slot is taken.
+pub(crate) const HEALTH_LANE: usize = 8;
+/// The longest a health-lane connection may take to send its request line.
+pub(crate) const HEALTH_LANE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+/// `/debug/events` answers built at once; beyond it a request is answered 503.
+pub(crate) const MAX_DEBUG_ANSWERS: usize = 4;
 
 fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
@@ -62,7 +86,41 @@ fn decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn route(probes: &Probes, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+/// The value of `name` in a query string, percent-decoded.
+fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
+    req.uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+        .map(decode)
+}
+
+fn health(probes: &Probes) -> Response<Full<Bytes>> {
+    let r = probes.readiness();
+    let status = if r.live {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json(status, &serde_json::json!({ "live": r.live }))
+}
+
+fn ready(probes: &Probes) -> Response<Full<Bytes>> {
+    let r = probes.readiness();
+    let status = if r.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json(status, &r)
+}
+
+fn route(
+    probes: &Probes,
+    debug_slots: &tokio::sync::Semaphore,
+    req: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
     if req.method() != Method::GET {
         return respond(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -77,34 +135,12 @@ fn route(probes: &Probes, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             "text/plain; version=0.0.4; charset=utf-8",
             super::prometheus::render(&probes.snapshot()),
         ),
-        "/healthz" => {
-            let r = probes.readiness();
-            let status = if r.live {
-                StatusCode::OK
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            json(status, &serde_json::json!({ "live": r.live }))
-        }
-        "/readyz" => {
-            let r = probes.readiness();
-            let status = if r.ready {
-                StatusCode::OK
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            json(status, &r)
-        }
+        "/healthz" => health(probes),
+        "/readyz" => ready(probes),
         "/debug/events" => {
-            let cid = req
-                .uri()
-                .query()
-                .unwrap_or_default()
-                .split('&')
-                .find_map(|kv| kv.strip_prefix("cid="))
-                .map(decode);
+            let cid = query_param(req, "cid");
             match cid {
-                Some(cid) if !cid.is_empty() => explain(probes, &cid),
+                Some(cid) if !cid.is_empty() => explain(probes, debug_slots, req, &cid),
                 _ => respond(
                     StatusCode::BAD_REQUEST,
                     "text/plain",
@@ -114,14 +150,32 @@ fn route(probes: &Probes, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         }
         p if p.starts_with("/debug/events/") => {
             let id = decode(&p["/debug/events/".len()..]);
-            explain(probes, &id)
+            explain(probes, debug_slots, req, &id)
         }
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
 }
 
-fn explain(probes: &Probes, id: &str) -> Response<Full<Bytes>> {
-    let e = probes.counters.recorder.explain(id);
+fn explain(
+    probes: &Probes,
+    debug_slots: &tokio::sync::Semaphore,
+    req: &Request<Incoming>,
+    id: &str,
+) -> Response<Full<Bytes>> {
+    let Ok(_slot) = debug_slots.try_acquire() else {
+        return respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            format!("{MAX_DEBUG_ANSWERS} debug answers are being built; try again\n"),
+        );
+    };
+    let offset = query_param(req, "offset")
+        .and_then(|o| o.parse::<usize>().ok())
+        .unwrap_or(0);
+    let e = probes
+        .counters
+        .recorder
+        .explain_page(id, offset, MAX_JOURNEYS_PER_ANSWER);
     if e.journeys.is_empty() {
         let body = serde_json::json!({
             "query": e.query,
@@ -144,6 +198,8 @@ pub(crate) async fn serve(
     mut stop: oneshot::Receiver<()>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let health_lane = Arc::new(tokio::sync::Semaphore::new(HEALTH_LANE));
+    let debug_slots = Arc::new(tokio::sync::Semaphore::new(MAX_DEBUG_ANSWERS));
     loop {
         let accepted = tokio::select! {
             _ = &mut stop => return,
@@ -153,23 +209,89 @@ pub(crate) async fn serve(
             continue;
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            // No task for a refused connection: one non-blocking write, then close.
-            let busy = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
-            let _ = stream.try_write(busy);
+            match health_lane.clone().try_acquire_owned() {
+                Ok(lane) => {
+                    let probes = probes.clone();
+                    tokio::spawn(async move {
+                        let _lane = lane;
+                        let _ = tokio::time::timeout(
+                            HEALTH_LANE_TIMEOUT,
+                            answer_health_only(stream, &probes),
+                        )
+                        .await;
+                    });
+                }
+                Err(_) => {
+                    // No task for a refused connection: one non-blocking write, then close.
+                    let _ = stream.try_write(BUSY);
+                }
+            }
             continue;
         };
         let probes = probes.clone();
+        let debug_slots = debug_slots.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let svc = service_fn(move |req: Request<Incoming>| {
-                let resp = route(&probes, &req);
+                let resp = route(&probes, &debug_slots, &req);
                 async move { Ok::<_, Infallible>(resp) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), svc);
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
         });
     }
+}
+
+const BUSY: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+
+/// The health lane: reads the request line only, answers `/healthz` and `/readyz`, and 503 to
+/// anything else, then closes.
+async fn answer_health_only(mut stream: tokio::net::TcpStream, probes: &Probes) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The whole header (up to 1 KiB), so that closing does not reset a connection whose
+    // request was not read.
+    let mut buf = [0u8; 1024];
+    let mut len = 0;
+    while len < buf.len() && !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf[len..]).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => len += n,
+        }
+    }
+    let line = String::from_utf8_lossy(&buf[..len]);
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next(), parts.next());
+    let resp = match (method, path) {
+        (Some("GET"), Some("/healthz")) => health(probes),
+        (Some("GET"), Some("/readyz")) => ready(probes),
+        _ => {
+            let _ = stream.write_all(BUSY).await;
+            let _ = stream.shutdown().await;
+            return;
+        }
+    };
+    let status = resp.status();
+    let body = {
+        use http_body_util::BodyExt;
+        match resp.into_body().collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(never) => match never {},
+        }
+    };
+    let head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(&body).await;
+    let _ = stream.shutdown().await;
 }
 
 #[cfg(test)]

@@ -140,8 +140,15 @@ pub struct Explanation {
     /// What was asked: an event id or a correlation id.
     pub query: String,
     /// The journeys found, oldest first. Empty when the recorder has nothing (never seen, or
-    /// evicted).
+    /// evicted). At most one page ([`MAX_JOURNEYS_PER_ANSWER`]).
     pub journeys: Vec<Journey>,
+    /// How many journeys the query matched in all; more than `journeys.len()` when the answer
+    /// is one page of several.
+    pub total: usize,
+    /// Where the next page starts (`offset` of [`FlightRecorder::explain_page`], `&offset=` of
+    /// `/debug/events`), when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_offset: Option<usize>,
 }
 
 impl Explanation {
@@ -265,6 +272,11 @@ impl Held {
         self.stage.is_final()
     }
 }
+
+/// The most journeys one answer holds (one page): a journey is at most
+/// `recorder_steps_per_event` steps of at most [`MAX_DETAIL_BYTES`] each, so an answer stays
+/// well under a megabyte whatever a client put under one correlation id.
+pub const MAX_JOURNEYS_PER_ANSWER: usize = 100;
 
 /// Steps kept inline before a journey allocates: a delivered event takes about five.
 const INLINE_STEPS: usize = 6;
@@ -609,19 +621,25 @@ impl FlightRecorder {
         self.refusals_not_recorded.load(Relaxed)
     }
 
-    /// The journeys of an event id, or of every event with that correlation id.
+    /// The journeys of an event id, or of every event with that correlation id: the first
+    /// [`MAX_JOURNEYS_PER_ANSWER`], oldest first (see [`FlightRecorder::explain_page`]).
     pub fn explain(&self, query: &str) -> Explanation {
+        self.explain_page(query, 0, MAX_JOURNEYS_PER_ANSWER)
+    }
+
+    /// At most `limit` journeys of `query` (an event id or a correlation id), oldest first,
+    /// starting at `offset`; [`Explanation::total`] says how many there are, and
+    /// [`Explanation::next_offset`] where the next page starts. Only the page is copied out, so
+    /// a correlation id that a client put on thousands of events costs one page, not all of
+    /// them.
+    pub fn explain_page(&self, query: &str, offset: usize, limit: usize) -> Explanation {
+        let limit = limit.clamp(1, MAX_JOURNEYS_PER_ANSWER);
         let shards = self.shards.read();
-        let mut journeys: Vec<(Uuid, Journey)> = Vec::new();
+        let mut found: Vec<(Uuid, Correlations, Arc<JourneyCell>)> = Vec::new();
         if let Ok(id) = Uuid::parse_str(query) {
             let i = (id.as_u128() as usize) % shards.len();
-            let cell = shards[i]
-                .lock()
-                .journeys
-                .get(&id)
-                .map(|(cids, c)| (cids.clone(), c.clone()));
-            if let Some((cids, c)) = cell {
-                journeys.push((id, c.0.lock().export(id, &cids)));
+            if let Some((cids, c)) = shards[i].lock().journeys.get(&id) {
+                found.push((id, cids.clone(), c.clone()));
             }
         }
         for shard in shards.iter() {
@@ -630,19 +648,37 @@ impl FlightRecorder {
                 continue;
             };
             for id in ids {
-                if journeys.iter().any(|(j, _)| j == id) {
+                if found.iter().any(|(j, _, _)| j == id) {
                     continue;
                 }
                 if let Some((cids, c)) = s.journeys.get(id) {
-                    journeys.push((*id, c.0.lock().export(*id, cids)));
+                    found.push((*id, cids.clone(), c.clone()));
                 }
             }
         }
-        // Oldest first across shards: by the first step's time.
-        journeys.sort_by_key(|(_, j)| j.steps.first().map(|s| s.at));
+        drop(shards);
+        // Oldest first across shards: by the first step's time, read without copying a journey.
+        let mut keyed: Vec<(Option<SystemTime>, Uuid, Correlations, Arc<JourneyCell>)> = found
+            .into_iter()
+            .map(|(id, cids, c)| {
+                let first = c.0.lock().steps.first().map(|s| s.at);
+                (first, id, cids, c)
+            })
+            .collect();
+        keyed.sort_by_key(|(first, id, _, _)| (*first, *id));
+        let total = keyed.len();
+        let journeys = keyed
+            .into_iter()
+            .skip(offset)
+            .take(limit)
+            .map(|(_, id, cids, c)| c.0.lock().export(id, &cids))
+            .collect();
+        let end = offset.saturating_add(limit);
         Explanation {
             query: query.to_owned(),
-            journeys: journeys.into_iter().map(|(_, j)| j).collect(),
+            journeys,
+            total,
+            next_offset: (end < total).then_some(end),
         }
     }
 
