@@ -69,6 +69,11 @@ pub const DEFAULT_PAYLOAD_READ_TIMEOUT_MS: u64 = 500;
 pub const DEFAULT_PAYLOAD_MAX_READ_BYTES: usize = 32 * 1024 * 1024;
 /// Default of `payloads.memory_max_bytes`: what the in-memory payload store holds at most.
 pub const DEFAULT_PAYLOAD_MEMORY_MAX_BYTES: usize = 256 * 1024 * 1024;
+/// Default of `payloads.local_max_bytes`: what the local directory store keeps at most.
+pub const DEFAULT_PAYLOAD_LOCAL_MAX_BYTES: usize = 1024 * 1024 * 1024;
+/// Default of `payloads.local_max_age_secs`: how long the local directory store keeps a
+/// payload (7 days: past any retry, redelivery or dedup window of the defaults).
+pub const DEFAULT_PAYLOAD_LOCAL_MAX_AGE_SECS: u64 = 7 * 24 * 3_600;
 /// Default of `payloads.local_path`.
 pub const DEFAULT_PAYLOAD_LOCAL_PATH: &str = "telemetry-payloads";
 
@@ -307,7 +312,7 @@ pub enum TransportKind {
 }
 
 /// `[transport]`: see ADR 0003 and docs/deployment.md.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TransportSection {
     /// `in_process` or `redis_streams`.
@@ -605,7 +610,7 @@ pub enum PayloadStoreKind {
 }
 
 /// `[payloads]`
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PayloadsSection {
     /// Payloads above this size (serialized JSON) are written to the store and sent as a ref.
@@ -626,6 +631,12 @@ pub struct PayloadsSection {
     /// deleted (a later read of one uses its fallback, counted); a single payload larger than
     /// this stays inline (counted as `payload_offload_failed`).
     pub memory_max_bytes: usize,
+    /// For `store = "local"`: the most payload bytes the directory keeps. Past it the oldest
+    /// payloads are deleted (a later read of one uses its fallback, counted).
+    pub local_max_bytes: usize,
+    /// For `store = "local"`: payloads older than this are deleted (checked at each write and at
+    /// start).
+    pub local_max_age_secs: u64,
 }
 
 impl Default for PayloadsSection {
@@ -639,6 +650,8 @@ impl Default for PayloadsSection {
             read_timeout_ms: DEFAULT_PAYLOAD_READ_TIMEOUT_MS,
             max_read_bytes: DEFAULT_PAYLOAD_MAX_READ_BYTES,
             memory_max_bytes: DEFAULT_PAYLOAD_MEMORY_MAX_BYTES,
+            local_max_bytes: DEFAULT_PAYLOAD_LOCAL_MAX_BYTES,
+            local_max_age_secs: DEFAULT_PAYLOAD_LOCAL_MAX_AGE_SECS,
         }
     }
 }
@@ -711,7 +724,7 @@ pub enum DedupBackendKind {
 }
 
 /// `[dedup]`
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DedupSection {
     /// `memory` or `redis`.
@@ -1030,12 +1043,30 @@ impl From<figment::Error> for ConfigError {
     }
 }
 
+/// A parse error's text without the lines it quotes from the file: the TOML parser shows the
+/// offending line (`3 | api_key = "s3cr...`), which may hold a credential. What is left says
+/// where (line and column) and what is wrong.
+fn without_source_snippet(text: &str) -> String {
+    let quoted = |l: &str| {
+        let t = l.trim_start();
+        t.starts_with('|')
+            || t.split_once(" |")
+                .is_some_and(|(n, _)| n.chars().all(|c| c.is_ascii_digit()))
+    };
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| !quoted(l) && !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    kept.join(": ")
+}
+
 /// One figment error as `<problem> for key `a.b` [(set by VARIABLE)] in <source>`: the key as
 /// the file and the docs write it, never with figment's profile prefix (`default.a.b`), and the
 /// environment variable's name when one set it.
 fn describe_figment_error(e: &figment::Error) -> String {
     let key = e.path.join(".");
-    let mut msg = e.kind.to_string();
+    let mut msg = without_source_snippet(&e.kind.to_string());
     if !key.is_empty() {
         msg.push_str(&format!(" for key `{key}`"));
     }
@@ -1136,6 +1167,7 @@ impl GatewayConfig {
             ),
             ("payloads.max_read_bytes", self.payloads.max_read_bytes),
             ("payloads.memory_max_bytes", self.payloads.memory_max_bytes),
+            ("payloads.local_max_bytes", self.payloads.local_max_bytes),
             (
                 "trace_batcher.queue_capacity",
                 self.trace_batcher.queue_capacity,
@@ -1224,26 +1256,15 @@ impl GatewayConfig {
         if let Some(ep) = &self.otlp.endpoint {
             check_endpoint("otlp.endpoint", ep)?;
         }
-        if self.dedup.backend == DedupBackendKind::Redis
-            && !(self.dedup.redis_url.starts_with("redis://")
-                || self.dedup.redis_url.starts_with("rediss://")
-                || self.dedup.redis_url.starts_with("unix://"))
-        {
-            return Err(bad(
-                "dedup.redis_url",
-                "must start with redis://, rediss:// or unix://",
-            ));
+        if self.dedup.backend == DedupBackendKind::Redis {
+            if let Some(problem) = redis_url_problem(&self.dedup.redis_url) {
+                return Err(bad("dedup.redis_url", problem));
+            }
         }
         if self.transport.kind == TransportKind::RedisStreams {
             let t = &self.transport;
-            if !(t.redis_url.starts_with("redis://")
-                || t.redis_url.starts_with("rediss://")
-                || t.redis_url.starts_with("unix://"))
-            {
-                return Err(bad(
-                    "transport.redis_url",
-                    "must start with redis://, rediss:// or unix://",
-                ));
+            if let Some(problem) = redis_url_problem(&t.redis_url) {
+                return Err(bad("transport.redis_url", problem));
             }
             for (key, v) in [
                 ("transport.stream", &t.stream),
@@ -1600,6 +1621,23 @@ pub fn ceiling_of(key: &str) -> (u64, &'static str) {
     }
 }
 
+/// What is wrong with a Redis URL, the one check for `dedup.redis_url` and
+/// `transport.redis_url`. `rediss://` (TLS) is refused here, not at start: the Redis client is
+/// built without TLS (no TLS stack in the dependency tree); reach a TLS Redis through a local
+/// TLS tunnel, or a `unix://` socket.
+fn redis_url_problem(url: &str) -> Option<&'static str> {
+    if url.starts_with("rediss://") {
+        Some(
+            "rediss:// (TLS) is not supported: the Redis client is built without TLS; use \
+             redis:// through a TLS tunnel, or unix://",
+        )
+    } else if url.starts_with("redis://") || url.starts_with("unix://") {
+        None
+    } else {
+        Some("must start with redis:// or unix://")
+    }
+}
+
 fn check_endpoint(key: &str, ep: &str) -> Result<(), ConfigError> {
     endpoint_problem(ep).map_or(Ok(()), |problem| {
         Err(ConfigError::Invalid {
@@ -1642,15 +1680,97 @@ impl SinkSection {
 /// What `Debug` shows for a credential.
 const HIDDEN: &str = "[REDACTED]";
 
-/// `url` with the password of its user info hidden.
-pub(crate) fn url_without_password(url: &str) -> String {
+/// A stand-in the URL parser leaves as it is, swapped for [`HIDDEN`] once printed (the parser
+/// would percent-encode `[REDACTED]` into `%5BREDACTED%5D`).
+const HIDDEN_IN_URL: &str = "REDACTEDPASSWORD0";
+
+/// Query parameters whose values are credentials in object store and Redis URLs.
+const SECRET_QUERY_KEYS: [&str; 8] = [
+    "password",
+    "secret",
+    "token",
+    "access_key",
+    "secret_access_key",
+    "account_key",
+    "sas",
+    "sig",
+];
+
+/// `url` with every credential hidden: the password of its user info and the values of
+/// credential query parameters (`?secret_access_key=...`). A URL that does not parse is still
+/// cut at its user info (`scheme://user:[REDACTED]@...`): an error must not quote a password
+/// just because the URL around it is malformed. The one function every output and error uses
+/// for URLs (`check-config`, `Debug`, validation and build errors).
+pub fn url_without_password(url: &str) -> String {
     match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some(HIDDEN));
-            u.to_string()
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some(HIDDEN_IN_URL));
+            }
+            let secret_query = u.query_pairs().any(|(k, _)| is_secret_key(&k));
+            if secret_query {
+                let pairs: Vec<(String, String)> = u
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if is_secret_key(&k) {
+                            HIDDEN_IN_URL.to_owned()
+                        } else {
+                            v.into_owned()
+                        };
+                        (k.into_owned(), v)
+                    })
+                    .collect();
+                u.query_pairs_mut().clear().extend_pairs(pairs);
+            }
+            u.to_string().replace(HIDDEN_IN_URL, HIDDEN)
         }
-        _ => url.to_owned(),
+        Err(_) => hide_userinfo_unparsed(url),
     }
+}
+
+/// `text` (an error message from a client library) with `url` and its password hidden
+/// wherever it quotes them, whole or in part.
+pub fn hide_url_in(text: &str, url: &str) -> String {
+    let mut out = text.replace(url, &url_without_password(url));
+    if let Some(password) = password_of(url).filter(|p| !p.is_empty()) {
+        out = out.replace(&password, HIDDEN);
+    }
+    out
+}
+
+/// The password in `url`'s user info, parsed or not (`scheme://user:password@host`).
+fn password_of(url: &str) -> Option<String> {
+    if let Ok(u) = url::Url::parse(url) {
+        return u.password().map(str::to_owned);
+    }
+    let rest = &url[url.find("://")? + 3..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let userinfo = &authority[..authority.rfind('@')?];
+    userinfo.split_once(':').map(|(_, p)| p.to_owned())
+}
+
+fn is_secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    SECRET_QUERY_KEYS
+        .iter()
+        .any(|s| k == *s || k.ends_with(&format!("_{s}")))
+}
+
+/// `scheme://user:password@rest` → `scheme://user:[REDACTED]@rest` for text that is not a URL;
+/// anything between `://` and the last `@` before the path counts as user info.
+fn hide_userinfo_unparsed(text: &str) -> String {
+    let Some(start) = text.find("://").map(|i| i + 3) else {
+        return text.to_owned();
+    };
+    let rest = &text[start..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return text.to_owned();
+    };
+    let userinfo = &authority[..at];
+    let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+    format!("{}{}:{HIDDEN}{}", &text[..start], user, &rest[at..])
 }
 
 /// The credentials in `headers` and `endpoint` (header values; a URL's password), for the log
@@ -1677,8 +1797,10 @@ pub(crate) fn credentials<'a>(
 
 impl GatewayConfig {
     /// A copy with every credential replaced by `[REDACTED]`: `otlp.api_key`, header values
-    /// (`otlp.headers`, each tenant sink's `headers`) and endpoint passwords. For printing
-    /// (`telemetry-gateway check-config`); `Debug` hides the same.
+    /// (`otlp.headers`, each tenant sink's `headers`), and the passwords and secret query
+    /// parameters of every URL (`otlp.endpoint`, `sinks[i].endpoint`, `dedup.redis_url`,
+    /// `transport.redis_url`, `payloads.url`). For printing (`telemetry-gateway check-config`);
+    /// `Debug` hides the same.
     pub fn with_credentials_hidden(&self) -> GatewayConfig {
         let mut c = self.clone();
         let hide = |h: &mut BTreeMap<String, String>| {
@@ -1693,7 +1815,61 @@ impl GatewayConfig {
             hide(&mut s.headers);
             s.endpoint = s.endpoint.as_deref().map(url_without_password);
         }
+        c.dedup.redis_url = url_without_password(&c.dedup.redis_url);
+        c.transport.redis_url = url_without_password(&c.transport.redis_url);
+        c.payloads.url = c.payloads.url.as_deref().map(url_without_password);
         c
+    }
+}
+
+impl std::fmt::Debug for DedupSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DedupSection")
+            .field("backend", &self.backend)
+            .field("redis_url", &url_without_password(&self.redis_url))
+            .field("ttl_secs", &self.ttl_secs)
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("memory_max_entries", &self.memory_max_entries)
+            .field("reconnect_interval_ms", &self.reconnect_interval_ms)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for PayloadsSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PayloadsSection")
+            .field("inline_threshold_bytes", &self.inline_threshold_bytes)
+            .field("store", &self.store)
+            .field("local_path", &self.local_path)
+            .field("url", &self.url.as_deref().map(url_without_password))
+            .field("write_timeout_ms", &self.write_timeout_ms)
+            .field("read_timeout_ms", &self.read_timeout_ms)
+            .field("max_read_bytes", &self.max_read_bytes)
+            .field("memory_max_bytes", &self.memory_max_bytes)
+            .field("local_max_bytes", &self.local_max_bytes)
+            .field("local_max_age_secs", &self.local_max_age_secs)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for TransportSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransportSection")
+            .field("kind", &self.kind)
+            .field("redis_url", &url_without_password(&self.redis_url))
+            .field("stream", &self.stream)
+            .field("group", &self.group)
+            .field("consumer", &self.consumer)
+            .field("max_len", &self.max_len)
+            .field("buffer_capacity", &self.buffer_capacity)
+            .field("claim_idle_ms", &self.claim_idle_ms)
+            .field("max_deliveries", &self.max_deliveries)
+            .field("block_ms", &self.block_ms)
+            .field("commit_interval_ms", &self.commit_interval_ms)
+            .field("response_timeout_ms", &self.response_timeout_ms)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .finish()
     }
 }
 

@@ -162,36 +162,113 @@ pub struct PayloadStore {
     budget: Option<Arc<Budget>>,
 }
 
-/// The byte budget of the in-memory store: payloads in the order they were written, and their
-/// total size. Past the budget the oldest are deleted.
+/// The retention of a store that keeps its payloads itself (the in-memory store, the local
+/// directory): payloads in the order they were written, with their size and time, and their
+/// total. Past the byte budget, or past the age limit, the oldest are deleted. Object stores
+/// behind a URL keep their own lifecycle rules.
 #[derive(Debug)]
 struct Budget {
     max: usize,
-    held: parking_lot::Mutex<(std::collections::VecDeque<(StorePath, usize)>, usize)>,
+    /// Payloads older than this are deleted (the local store); `None`: no age limit.
+    max_age: Option<Duration>,
+    held: parking_lot::Mutex<(std::collections::VecDeque<Held>, usize)>,
     evicted: std::sync::atomic::AtomicU64,
 }
 
+/// One payload the budget knows of.
+#[derive(Debug)]
+struct Held {
+    path: StorePath,
+    size: usize,
+    written: std::time::SystemTime,
+}
+
 impl Budget {
-    /// Notes a payload of `size` bytes written at `path`; returns the oldest payloads to delete
-    /// so that the total fits the budget again.
-    fn admit(&self, path: StorePath, size: usize) -> Vec<StorePath> {
+    fn new(max: usize, max_age: Option<Duration>) -> Self {
+        Budget {
+            max: max.max(1),
+            max_age,
+            held: parking_lot::Mutex::new(Default::default()),
+            evicted: Default::default(),
+        }
+    }
+
+    /// Notes a payload of `size` bytes written at `path` at `written`; returns the payloads to
+    /// delete so that the total fits the budget and none is older than the age limit.
+    fn admit(
+        &self,
+        path: StorePath,
+        size: usize,
+        written: std::time::SystemTime,
+    ) -> Vec<StorePath> {
         let mut held = self.held.lock();
         let (order, total) = &mut *held;
-        order.push_back((path, size));
+        order.push_back(Held {
+            path,
+            size,
+            written,
+        });
         *total += size;
+        let now = std::time::SystemTime::now();
+        let too_old = |h: &Held| {
+            self.max_age.is_some_and(|age| {
+                now.duration_since(h.written)
+                    .is_ok_and(|elapsed| elapsed > age)
+            })
+        };
         let mut victims = Vec::new();
-        while *total > self.max {
-            let Some((p, s)) = order.pop_front() else {
+        while *total > self.max || order.front().is_some_and(too_old) {
+            let Some(h) = order.pop_front() else {
                 break;
             };
-            *total -= s;
-            victims.push(p);
+            *total -= h.size;
+            victims.push(h.path);
         }
         self.evicted
             .fetch_add(victims.len() as u64, std::sync::atomic::Ordering::Relaxed);
         victims
     }
 }
+
+/// The payloads already in a local store's directory, oldest first, so that its retention
+/// covers what earlier runs left. Bounded: at most [`MAX_LOCAL_SCAN`] files are looked at.
+fn scan_local(root: &std::path::Path) -> Vec<Held> {
+    let mut found = Vec::new();
+    let Ok(tenants) = std::fs::read_dir(root) else {
+        return found;
+    };
+    'scan: for tenant in tenants.flatten() {
+        let Ok(files) = std::fs::read_dir(tenant.path()) else {
+            continue;
+        };
+        for f in files.flatten() {
+            if found.len() >= MAX_LOCAL_SCAN {
+                break 'scan;
+            }
+            let Ok(meta) = f.metadata() else { continue };
+            if !meta.is_file() {
+                continue;
+            }
+            let key = format!(
+                "{}/{}",
+                tenant.file_name().to_string_lossy(),
+                f.file_name().to_string_lossy()
+            );
+            if let Ok(path) = StorePath::parse(&key) {
+                found.push(Held {
+                    path,
+                    size: meta.len() as usize,
+                    written: meta.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH),
+                });
+            }
+        }
+    }
+    found.sort_by_key(|h| h.written);
+    found
+}
+
+/// The most files a local store's start-up scan looks at.
+const MAX_LOCAL_SCAN: usize = 1_000_000;
 
 impl PayloadStore {
     /// Wraps any `object_store` backend (hosts and tests can inject their own).
@@ -210,16 +287,13 @@ impl PayloadStore {
     /// oldest are deleted first).
     pub fn memory(cfg: &PayloadsSection) -> Self {
         let mut s = Self::new(Arc::new(InMemory::new()), cfg);
-        s.budget = Some(Arc::new(Budget {
-            max: cfg.memory_max_bytes.max(1),
-            held: parking_lot::Mutex::new(Default::default()),
-            evicted: Default::default(),
-        }));
+        s.budget = Some(Arc::new(Budget::new(cfg.memory_max_bytes, None)));
         s
     }
 
-    /// Payloads deleted from the in-memory store to keep it within `payloads.memory_max_bytes`
-    /// (always 0 for the other stores).
+    /// Payloads deleted to keep the store within its retention: `payloads.memory_max_bytes` for
+    /// the in-memory store, `payloads.local_max_bytes` and `local_max_age_secs` for the local
+    /// directory (always 0 for a URL store, whose own lifecycle rules apply).
     pub fn evicted(&self) -> u64 {
         self.budget
             .as_ref()
@@ -238,6 +312,20 @@ impl PayloadStore {
         let fs = object_store::local::LocalFileSystem::new_with_prefix(&canonical)
             .map_err(|e| local_err(&e))?;
         let mut s = Self::new(Arc::new(fs), cfg);
+        // Retention by bytes and age: what earlier runs left counts, oldest first, and what is
+        // past the limits now is deleted at once.
+        let budget = Budget::new(
+            cfg.local_max_bytes,
+            Some(Duration::from_secs(cfg.local_max_age_secs)),
+        );
+        let mut stale = Vec::new();
+        for h in scan_local(&canonical) {
+            stale.extend(budget.admit(h.path, h.size, h.written));
+        }
+        for p in stale {
+            let _ = std::fs::remove_file(canonical.join(p.as_ref()));
+        }
+        s.budget = Some(Arc::new(budget));
         s.local_root = Some(canonical);
         Ok(s)
     }
@@ -249,9 +337,10 @@ impl PayloadStore {
             PayloadStoreKind::Local => return Self::local(&cfg.local_path, cfg),
             PayloadStoreKind::Url => {
                 let raw = cfg.url.clone().unwrap_or_default();
+                // Never the URL's credentials (a password, a secret query parameter).
                 let url_err = |e: &dyn std::fmt::Display| StoreBuildError::Url {
-                    url: raw.clone(),
-                    error: e.to_string(),
+                    url: crate::config::url_without_password(&raw),
+                    error: crate::config::hide_url_in(&e.to_string(), &raw),
                 };
                 let url = url::Url::parse(&raw).map_err(|e| url_err(&e))?;
                 // Cloud credentials come from the usual environment variables of each backend.
@@ -283,8 +372,13 @@ impl PayloadStore {
         let size = json.len();
         if let Some(b) = &self.budget {
             if size > b.max {
+                let key = if self.local_root.is_some() {
+                    "payloads.local_max_bytes"
+                } else {
+                    "payloads.memory_max_bytes"
+                };
                 return Err(OffloadError::Store(format!(
-                    "payload of {size} bytes is larger than payloads.memory_max_bytes ({})",
+                    "payload of {size} bytes is larger than {key} ({})",
                     b.max
                 )));
             }
@@ -297,22 +391,24 @@ impl PayloadStore {
         {
             Ok(Ok(_)) => {
                 if let Some(b) = &self.budget {
-                    let victims = b.admit(path, size);
+                    let victims = b.admit(path, size, std::time::SystemTime::now());
                     if !victims.is_empty() {
                         crate::logging::warn_limited(
-                            "in-memory payload store full; oldest payloads deleted",
+                            "payload store full or expired; oldest payloads deleted",
                             || {
                                 tracing::warn!(
                                     deleted = victims.len(),
                                     max_bytes = b.max,
-                                    "in-memory payload store full; oldest payloads deleted \
-                                     (payloads.memory_max_bytes)"
+                                    "payload store retention: oldest payloads deleted \
+                                     (payloads.memory_max_bytes, or payloads.local_max_bytes \
+                                     and local_max_age_secs)"
                                 )
                             },
                         );
                     }
                     for v in victims {
-                        // In memory: deleting cannot block or fail in a way that matters.
+                        // A delete that fails leaves a file behind, never an error for this
+                        // write; it is not retried (the next start's scan sees it again).
                         let _ = self.store.delete(&v).await;
                     }
                 }

@@ -264,7 +264,7 @@ impl GatewayBuilder {
             redis::Client::open(cfg.transport.redis_url.as_str()).map_err(|e| {
                 StartError::Config(ConfigError::Invalid {
                     key: "transport.redis_url".into(),
-                    problem: e.to_string(),
+                    problem: crate::config::hide_url_in(&e.to_string(), &cfg.transport.redis_url),
                 })
             })
         };

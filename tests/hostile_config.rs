@@ -130,3 +130,115 @@ fn a_run_in_which_an_actor_died_is_never_reported_clean() {
     );
     assert!(!report.is_clean());
 }
+
+/// Every credential-bearing key, each with its own secret.
+const SECRETS_TOML: &str = r#"
+[otlp]
+endpoint = "http://otlp-user:otlp-pass-1@collector:4317"
+api_key = "api-key-2"
+[otlp.headers]
+x-token = "header-3"
+[dedup]
+backend = "redis"
+redis_url = "redis://:redis-pass-4@127.0.0.1:6379/0"
+[transport]
+kind = "redis_streams"
+redis_url = "redis://stream-user:stream-pass-5@127.0.0.1:6380"
+[payloads]
+store = "url"
+url = "s3://bucket/prefix?region=eu&secret_access_key=s3-secret-6"
+[[sinks.tenants]]
+name = "acme"
+tenant_id = "acme"
+kind = "otlp"
+endpoint = "https://sink-user:sink-pass-7@acme.example:4318"
+[sinks.tenants.headers]
+authorization = "Bearer sink-token-8"
+"#;
+
+const SECRETS: [&str; 8] = [
+    "otlp-pass-1",
+    "api-key-2",
+    "header-3",
+    "redis-pass-4",
+    "stream-pass-5",
+    "s3-secret-6",
+    "sink-pass-7",
+    "sink-token-8",
+];
+
+fn assert_hidden(what: &str, text: &str) {
+    for secret in SECRETS {
+        assert!(!text.contains(secret), "{what} shows {secret}:\n{text}");
+    }
+    assert!(
+        !text.contains("%5BREDACTED%5D"),
+        "{what} percent-encodes the marker:\n{text}"
+    );
+}
+
+#[test]
+fn every_credential_is_hidden_in_every_output() {
+    use figment::providers::{Format, Serialized, Toml};
+    // Extracted without validation: the point is what is printed, whatever the build's features.
+    let cfg: GatewayConfig = figment::Figment::from(Serialized::defaults(GatewayConfig::default()))
+        .merge(Toml::string(SECRETS_TOML))
+        .extract()
+        .expect("extracts");
+    // check-config's output.
+    let printed = toml::to_string_pretty(&cfg.with_credentials_hidden()).unwrap();
+    assert_hidden("check-config", &printed);
+    assert!(printed.contains("[REDACTED]"), "{printed}");
+    assert!(printed.contains("otlp-user"), "user names stay: {printed}");
+    assert!(
+        printed.contains("region=eu"),
+        "other query parameters stay: {printed}"
+    );
+    // Debug, of the whole and of each section.
+    assert_hidden("Debug", &format!("{cfg:?}"));
+    assert_hidden("Debug", &format!("{:?}", cfg.dedup));
+    assert_hidden("Debug", &format!("{:?}", cfg.transport));
+    assert_hidden("Debug", &format!("{:?}", cfg.payloads));
+
+    // A syntax error on a credential's line does not quote the line.
+    let err = GatewayConfig::from_toml_str("[otlp]\napi_key = \"api-key-2\nmore\n")
+        .unwrap_err()
+        .to_string();
+    assert_hidden("a TOML syntax error", &err);
+    assert!(err.contains("line 2"), "it still says where: {err}");
+
+    // An endpoint that is not a URL at all, with a password in it.
+    let err = telemetry_gateway::config::url_without_password("http://u:otlp-pass-1@[not a host");
+    assert_hidden("an unparsable URL", &err);
+    let mut bad = GatewayConfig::default();
+    bad.otlp.endpoint = Some("ftp://u:otlp-pass-1@collector".into());
+    assert_hidden(
+        "a validation error",
+        &bad.validate().unwrap_err().to_string(),
+    );
+    let (mut cfg, _dir) = support::config();
+    cfg.otlp.endpoint = Some("http://u:otlp-pass-1@[not a host".into());
+    match telemetry_gateway::start(cfg) {
+        Ok(gw) => {
+            gw.shutdown_blocking(Duration::from_secs(1));
+        }
+        Err(e) => {
+            assert_hidden("a start error", &e.to_string());
+            assert_hidden("a start error's Debug", &format!("{e:?}"));
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn a_tls_redis_url_is_refused_at_load_naming_the_key() {
+    let err = GatewayConfig::from_toml_str(
+        "[dedup]\nbackend = \"redis\"\nredis_url = \"rediss://:pw@127.0.0.1:6379\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("dedup.redis_url") && err.contains("TLS"),
+        "{err}"
+    );
+}

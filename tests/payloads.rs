@@ -158,3 +158,80 @@ async fn the_rehydrator_never_reads_a_ref_outside_the_tenant() {
     assert_eq!(counters.degraded_count(ReasonCode::PayloadRefRefused), 1);
     assert_eq!(counters.snapshot().rehydrated_from_store, 0);
 }
+
+/// Payload files under a local store's root.
+fn files_under(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for tenant in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        for f in std::fs::read_dir(tenant.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            out.push(f.path());
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_local_store_keeps_within_its_byte_and_age_limits_across_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("payloads");
+    let mut cfg = telemetry_gateway::config::PayloadsSection {
+        local_max_bytes: 3_500,
+        ..Default::default()
+    };
+    // What an earlier run left: one file a year old, one fresh.
+    std::fs::create_dir_all(root.join("acme")).unwrap();
+    let old = root
+        .join("acme")
+        .join("00000000-0000-7000-8000-000000000001.json");
+    let fresh = root
+        .join("acme")
+        .join("00000000-0000-7000-8000-000000000002.json");
+    std::fs::write(&old, vec![b' '; 1_000]).unwrap();
+    std::fs::write(&fresh, vec![b' '; 1_000]).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(365 * 86_400))
+        .unwrap();
+
+    let store = PayloadStore::local(&root, &cfg).expect("opens");
+    assert!(!old.exists(), "past local_max_age_secs: deleted at start");
+    assert!(fresh.exists());
+    assert_eq!(store.evicted(), 1);
+
+    // Ten payloads of about 1,000 bytes: never more than 3,500 bytes on disk.
+    let body = bytes::Bytes::from(format!("{{\"x\":\"{}\"}}", "y".repeat(990)));
+    for _ in 0..10 {
+        store
+            .put("acme", &uuid::Uuid::now_v7(), body.clone())
+            .await
+            .expect("written");
+        let on_disk: u64 = files_under(&root)
+            .iter()
+            .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+            .sum();
+        assert!(on_disk <= 3_500, "{on_disk} bytes on disk");
+    }
+    assert!(!fresh.exists(), "the oldest went first");
+    assert_eq!(files_under(&root).len(), 3);
+    drop(store);
+
+    // A new run on the same directory counts what is there: still within the budget.
+    cfg.local_max_age_secs = 1;
+    let store = PayloadStore::local(&root, &cfg).expect("opens");
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    store
+        .put("acme", &uuid::Uuid::now_v7(), body.clone())
+        .await
+        .expect("written");
+    assert_eq!(
+        files_under(&root).len(),
+        1,
+        "everything older than local_max_age_secs was deleted at this write"
+    );
+}

@@ -149,8 +149,13 @@ impl DedupActor {
             )),
             #[cfg(feature = "redis")]
             DedupBackendKind::Redis => Backend::Redis(RedisDedup {
-                client: redis::Client::open(cfg.redis_url.as_str())
-                    .map_err(|e| DedupBuildError::RedisUrl(e.to_string()))?,
+                client: redis::Client::open(cfg.redis_url.as_str()).map_err(|e| {
+                    // The client's message may quote the URL: never with its password.
+                    DedupBuildError::RedisUrl(crate::config::hide_url_in(
+                        &e.to_string(),
+                        &cfg.redis_url,
+                    ))
+                })?,
                 conn: None,
                 next_attempt: Instant::now(),
                 connecting: false,

@@ -149,7 +149,7 @@ impl OtlpSettings<'_> {
         ExportBuildError::Otlp {
             key: self.key.clone(),
             signal,
-            error: e.to_string(),
+            error: crate::config::hide_url_in(&e.to_string(), self.endpoint),
         }
     }
 
