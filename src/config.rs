@@ -164,6 +164,9 @@ pub const DEFAULT_TRANSPORT_COMMIT_INTERVAL_MS: u64 = 200;
 /// Default of `transport.response_timeout_ms`: the longest a stream connection waits for a
 /// reply. Above `block_ms` (a blocking read answers after it) with room for a large reply.
 pub const DEFAULT_TRANSPORT_RESPONSE_TIMEOUT_MS: u64 = 10_000;
+/// Default of `transport.max_read_bytes`: the most entry bytes one read of one consumer brings
+/// (plus at most one entry).
+pub const DEFAULT_TRANSPORT_MAX_READ_BYTES: usize = 16 * 1024 * 1024;
 /// Default of `transport.connect_timeout_ms`: the longest a stream connection takes to open.
 pub const DEFAULT_TRANSPORT_CONNECT_TIMEOUT_MS: u64 = 2_000;
 /// The least `transport.response_timeout_ms` may exceed `transport.block_ms` by: a blocking
@@ -346,6 +349,9 @@ pub struct TransportSection {
     pub response_timeout_ms: u64,
     /// The longest a stream connection takes to open.
     pub connect_timeout_ms: u64,
+    /// The most entry bytes (field names and values) one read of one worker consumer brings,
+    /// plus at most one entry: a worker's memory is bounded by this, not by what others wrote.
+    pub max_read_bytes: usize,
 }
 
 impl Default for TransportSection {
@@ -363,6 +369,7 @@ impl Default for TransportSection {
             block_ms: DEFAULT_TRANSPORT_BLOCK_MS,
             response_timeout_ms: DEFAULT_TRANSPORT_RESPONSE_TIMEOUT_MS,
             connect_timeout_ms: DEFAULT_TRANSPORT_CONNECT_TIMEOUT_MS,
+            max_read_bytes: DEFAULT_TRANSPORT_MAX_READ_BYTES,
             commit_interval_ms: DEFAULT_TRANSPORT_COMMIT_INTERVAL_MS,
         }
     }
@@ -1168,6 +1175,7 @@ impl GatewayConfig {
             ("payloads.max_read_bytes", self.payloads.max_read_bytes),
             ("payloads.memory_max_bytes", self.payloads.memory_max_bytes),
             ("payloads.local_max_bytes", self.payloads.local_max_bytes),
+            ("transport.max_read_bytes", self.transport.max_read_bytes),
             (
                 "trace_batcher.queue_capacity",
                 self.trace_batcher.queue_capacity,
@@ -1869,6 +1877,7 @@ impl std::fmt::Debug for TransportSection {
             .field("commit_interval_ms", &self.commit_interval_ms)
             .field("response_timeout_ms", &self.response_timeout_ms)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("max_read_bytes", &self.max_read_bytes)
             .finish()
     }
 }

@@ -8,7 +8,9 @@
 //! - entries that `emit()` would refuse (an undeclared case) or that a producer never writes
 //!   (a trace case) are dead-lettered with the reason, never turned into log records;
 //! - an idle worker's blocking reads do not time out (the connection's response timeout is
-//!   above `transport.block_ms`, and validation says so).
+//!   above `transport.block_ms`, and validation says so);
+//! - a worker's memory is bounded by `transport.max_read_bytes`, not by the size of what others
+//!   wrote to the stream (defect 4).
 
 mod support;
 
@@ -342,4 +344,61 @@ fn an_idle_worker_never_times_out_its_blocking_reads() {
     cfg.transport.response_timeout_ms = 1_500;
     let err = cfg.validate().unwrap_err().to_string();
     assert!(err.contains("transport.response_timeout_ms"), "{err}");
+}
+
+#[test]
+fn a_worker_reading_large_entries_stays_within_its_read_budget() {
+    let redis = RedisServer::start();
+    // 48 entries of about 1 MiB each, already in the stream when the worker starts: before the
+    // byte bound, one read took all of them at once (and a batch of 256 such entries took a
+    // worker to 528 MB).
+    let blob = "x".repeat(1 << 20);
+    for i in 0..48 {
+        let env = TelemetryEnvelope::new(
+            TelemetryCase::AppCreated,
+            TelemetryContext::tenant("acme").app(format!("app-{i}")),
+        )
+        .with_payload(serde_json::json!({ "blob": blob }));
+        xadd(&redis, &[(b"envelope", env.to_json().unwrap().as_bytes())]);
+    }
+    drop(blob);
+    let mut cfg = worker_config(&redis.url());
+    cfg.transport.max_read_bytes = 4 << 20;
+    // The log records would otherwise carry the payloads to the (discarding) exporter.
+    cfg.export.include_content = false;
+    let base = support::rss_bytes();
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(base));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (peak, done) = (peak.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak.fetch_max(support::rss_bytes(), std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let worker = GatewayBuilder::new(cfg.clone())
+        .start_worker()
+        .expect("the worker starts");
+    wait_until("every large entry is delivered", || {
+        worker.stats().delivered == 48
+    });
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    sampler.join().unwrap();
+    let report = worker.shutdown_blocking(Duration::from_secs(10));
+    balanced(&report.stats);
+    let growth = peak
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .saturating_sub(base);
+    eprintln!("large entries: resident growth {} MiB", growth >> 20);
+    // The documented bound: pool_size × 4 copies × (max_read_bytes + one entry), plus the
+    // runtime's own start-up (threads, exporters): 20 MiB + 32 MiB here.
+    let bound = cfg.metric_pool.pool_size as u64 * 4 * ((4 << 20) + (1 << 20)) + (32 << 20);
+    assert!(
+        growth < bound,
+        "resident memory grew by {} MiB reading 48 MiB of entries (bound {} MiB)",
+        growth >> 20,
+        bound >> 20
+    );
 }

@@ -28,6 +28,7 @@ fn settings(consumer: &str) -> StreamSettings {
         block: Duration::from_millis(100),
         response_timeout: Duration::from_millis(1_100),
         connect_timeout: Duration::from_millis(1_000),
+        max_read_bytes: 16 << 20,
     }
 }
 

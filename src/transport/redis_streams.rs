@@ -29,7 +29,7 @@ use redis::streams::StreamPendingCountReply;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::stream_entry::{autoclaim_reply, read_reply, Decoded, RawEntry};
+use super::stream_entry::{autoclaim_reply, bounded_reply, read_reply, Decoded, RawEntry};
 use super::worker::{HeldEntry, WorkerLink};
 use super::{EnvelopeSource, MetricTransport, TransportError};
 use crate::config::TransportSection;
@@ -43,6 +43,44 @@ pub const ENVELOPE_FIELD: &str = "envelope";
 const APPEND_BATCH: usize = 256;
 /// Longest wait between two tries to reach Redis.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// `XREADGROUP ... >` one entry at a time, inside Redis, until `ARGV[3]` entries or `ARGV[4]`
+/// bytes (names and values): a read's size is bounded by bytes, which no Redis command does by
+/// itself (issue 14, defect 4). Non-blocking (scripts may not block); the caller blocks on a
+/// single-entry read when this returns nothing. Returns the entries, as `XRANGE` would.
+const BOUNDED_READ: &str = r"
+local out, bytes = {}, 0
+for _ = 1, tonumber(ARGV[3]) do
+  local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', 1, 'STREAMS', KEYS[1], '>')
+  if not r then break end
+  local e = r[1][2][1]
+  if not e then break end
+  out[#out + 1] = e
+  for _, f in ipairs(e[2]) do bytes = bytes + #f end
+  if bytes >= tonumber(ARGV[4]) then break end
+end
+return out
+";
+
+/// `XAUTOCLAIM` one entry at a time, inside Redis, until `ARGV[5]` entries, `ARGV[6]` bytes or
+/// the end of the pending list: the same byte bound for reclaimed entries. Returns `[cursor,
+/// entries, []]` as `XAUTOCLAIM` does.
+const BOUNDED_AUTOCLAIM: &str = r"
+local out, bytes, cursor = {}, 0, ARGV[4]
+for _ = 1, tonumber(ARGV[5]) do
+  local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], cursor, 'COUNT', 1)
+  cursor = r[1]
+  local e = r[2][1]
+  if e then
+    out[#out + 1] = e
+    if e[2] then
+      for _, f in ipairs(e[2]) do bytes = bytes + #f end
+    end
+  end
+  if cursor == '0-0' or bytes >= tonumber(ARGV[6]) then break end
+end
+return {cursor, out, {}}
+";
 
 /// Where the stream is and how its consumer group behaves.
 #[derive(Debug, Clone)]
@@ -66,6 +104,9 @@ pub struct StreamSettings {
     pub response_timeout: Duration,
     /// The longest a connection takes to open.
     pub connect_timeout: Duration,
+    /// The most entry bytes one read brings, plus at most one entry
+    /// (`transport.max_read_bytes`).
+    pub max_read_bytes: usize,
 }
 
 impl StreamSettings {
@@ -81,6 +122,7 @@ impl StreamSettings {
             block: Duration::from_millis(t.block_ms),
             response_timeout: Duration::from_millis(t.response_timeout_ms),
             connect_timeout: Duration::from_millis(t.connect_timeout_ms),
+            max_read_bytes: t.max_read_bytes,
         }
     }
 
@@ -562,14 +604,18 @@ impl RedisStreamSource {
         let mut out = Vec::new();
         // Entries another consumer left pending too long: reclaimed first. The reply is read as
         // raw values and decoded entry by entry (see `stream_entry`).
-        let reply: redis::Value = redis::cmd("XAUTOCLAIM")
+        // EVAL sends the script each time (about 600 bytes): no script cache to lose on a
+        // Redis restart, and no extra crate feature.
+        let reply: redis::Value = redis::cmd("EVAL")
+            .arg(BOUNDED_AUTOCLAIM)
+            .arg(1)
             .arg(&s.stream)
             .arg(&s.group)
             .arg(&s.consumer)
             .arg(s.claim_idle.as_millis() as u64)
             .arg(&self.claim_cursor)
-            .arg("COUNT")
             .arg(max)
+            .arg(s.max_read_bytes)
             .query_async(&mut c)
             .await?;
         let (cursor, claimed, _deleted) = autoclaim_reply(&reply);
@@ -600,21 +646,37 @@ impl RedisStreamSource {
         if !out.is_empty() {
             return Ok(out);
         }
-        let reply: redis::Value = redis::cmd("XREADGROUP")
-            .arg("GROUP")
+        // New entries, as many as fit in max_read_bytes (the script stops after the entry
+        // that crosses it); when there are none, one blocking read of a single entry waits for
+        // the next.
+        let bounded: redis::Value = redis::cmd("EVAL")
+            .arg(BOUNDED_READ)
+            .arg(1)
+            .arg(&s.stream)
             .arg(&s.group)
             .arg(&s.consumer)
-            .arg("COUNT")
             .arg(max)
-            .arg("BLOCK")
-            .arg(s.block.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(&s.stream)
-            .arg(">")
+            .arg(s.max_read_bytes)
             .query_async(&mut c)
             .await?;
-        self.take_all(&mut c, read_reply(&reply), |_| 1, &mut out)
-            .await;
+        let mut decoded = bounded_reply(&bounded);
+        if decoded.is_empty() {
+            let reply: redis::Value = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(&s.group)
+                .arg(&s.consumer)
+                .arg("COUNT")
+                .arg(1)
+                .arg("BLOCK")
+                .arg(s.block.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&s.stream)
+                .arg(">")
+                .query_async(&mut c)
+                .await?;
+            decoded = read_reply(&reply);
+        }
+        self.take_all(&mut c, decoded, |_| 1, &mut out).await;
         Ok(out)
     }
 }

@@ -132,6 +132,11 @@ pub(crate) fn read_reply(v: &Value) -> Vec<Decoded> {
         .collect()
 }
 
+/// The entries a bounded read script returned (a plain array of entries).
+pub(crate) fn bounded_reply(v: &Value) -> Vec<Decoded> {
+    items(v).iter().map(entry).collect()
+}
+
 /// An `XAUTOCLAIM` reply: the cursor to go on from, the claimed entries, and the ids of
 /// entries that were pending but no longer exist (Redis 7 removes them from the pending list).
 pub(crate) fn autoclaim_reply(v: &Value) -> (Option<String>, Vec<Decoded>, Vec<String>) {
