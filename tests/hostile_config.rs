@@ -114,13 +114,13 @@ fn a_run_in_which_an_actor_died_is_never_reported_clean() {
     ))
     .unwrap();
     assert!(gw.panic_an_actor_for_tests());
-    // The panic ends the gateway actor's task.
+    // The panic ends the gateway actor's task, and sometimes the whole actor thread: then
+    // emit() refuses (`ShutDown`, counted); either way the event is accounted for.
     std::thread::sleep(Duration::from_millis(200));
-    gw.emit(TelemetryEnvelope::new(
+    let _ = gw.emit(TelemetryEnvelope::new(
         TelemetryCase::AppCreated,
         TelemetryContext::tenant("acme"),
-    ))
-    .unwrap();
+    ));
     let report = gw.shutdown_blocking(Duration::from_secs(2));
     let s = &report.stats;
     assert_eq!(s.emitted, s.delivered + s.dropped_total(), "{s:?}");
