@@ -1751,10 +1751,18 @@ fn password_of(url: &str) -> Option<String> {
     if let Ok(u) = url::Url::parse(url) {
         return u.password().map(str::to_owned);
     }
-    let rest = &url[url.find("://")? + 3..];
+    let (start, at) = userinfo_span(url)?;
+    url[start..at].split_once(':').map(|(_, p)| p.to_owned())
+}
+
+/// Where the user info of text that looks like a URL lies: `(start, end)` byte offsets, between
+/// `://` and the last `@` before the path, query or fragment. For text that does not parse as a
+/// URL (the parser's own accessors cover the rest).
+fn userinfo_span(text: &str) -> Option<(usize, usize)> {
+    let start = text.find("://")? + 3;
+    let rest = &text[start..];
     let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    let userinfo = &authority[..authority.rfind('@')?];
-    userinfo.split_once(':').map(|(_, p)| p.to_owned())
+    Some((start, start + authority.rfind('@')?))
 }
 
 fn is_secret_key(key: &str) -> bool {
@@ -1764,21 +1772,14 @@ fn is_secret_key(key: &str) -> bool {
         .any(|s| k == *s || k.ends_with(&format!("_{s}")))
 }
 
-/// `scheme://user:password@rest` → `scheme://user:[REDACTED]@rest` for text that is not a URL;
-/// anything between `://` and the last `@` before the path counts as user info.
+/// `scheme://user:password@rest` → `scheme://user:[REDACTED]@rest` for text that is not a URL.
 fn hide_userinfo_unparsed(text: &str) -> String {
-    let Some(start) = text.find("://").map(|i| i + 3) else {
+    let Some((start, at)) = userinfo_span(text) else {
         return text.to_owned();
     };
-    let rest = &text[start..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        return text.to_owned();
-    };
-    let userinfo = &authority[..at];
+    let userinfo = &text[start..at];
     let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-    format!("{}{}:{HIDDEN}{}", &text[..start], user, &rest[at..])
+    format!("{}{user}:{HIDDEN}{}", &text[..start], &text[at..])
 }
 
 /// The credentials in `headers` and `endpoint` (header values; a URL's password), for the log
@@ -1794,10 +1795,7 @@ pub(crate) fn credentials<'a>(
             out.push(token.to_owned());
         }
     }
-    if let Some(p) = endpoint
-        .and_then(|e| url::Url::parse(e).ok())
-        .and_then(|u| u.password().map(str::to_owned))
-    {
+    if let Some(p) = endpoint.and_then(password_of).filter(|p| !p.is_empty()) {
         out.push(p);
     }
     out

@@ -288,7 +288,7 @@ impl GatewayBuilder {
                     counters: counters.clone(),
                     ledger: ledger.clone(),
                 };
-                let admit = worker_admission(&cfg);
+                let admit = worker_admission(table.clone());
                 let sources = (0..cfg.metric_pool.pool_size)
                     .map(|i| {
                         let settings =
@@ -551,8 +551,7 @@ where
 /// there. Anyone who can write to the stream could otherwise pick a case (and so metric label
 /// values) the table does not know, or turn a trace case into log records (issue 14).
 #[cfg(feature = "redis")]
-fn worker_admission(cfg: &GatewayConfig) -> crate::transport::redis_streams::Admission {
-    let table = RoutingTable::new(&cfg.cases);
+fn worker_admission(table: RoutingTable) -> crate::transport::redis_streams::Admission {
     crate::transport::redis_streams::Admission(Arc::new(move |env: &TelemetryEnvelope| {
         env.validate_cheap()
             .map_err(|e| format!("invalid_envelope: {e}"))?;

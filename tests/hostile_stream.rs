@@ -83,19 +83,7 @@ fn wait_up_to(limit: Duration, what: &str, cond: impl Fn() -> bool) {
 
 /// Entries pending in the group.
 fn pending(redis: &RedisServer) -> u64 {
-    let mut c = redis.connection();
-    let v: redis::Value = redis::cmd("XPENDING")
-        .arg(STREAM)
-        .arg(GROUP)
-        .query(&mut c)
-        .expect("XPENDING");
-    match v {
-        redis::Value::Array(v) => match v.first() {
-            Some(redis::Value::Int(n)) => *n as u64,
-            _ => 0,
-        },
-        _ => 0,
-    }
+    redis.pending(STREAM, GROUP)
 }
 
 /// Connections the server has accepted so far (`INFO stats`), this query's own included.

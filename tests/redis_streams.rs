@@ -65,19 +65,7 @@ async fn wait_appended(p: &RedisStreamProducer, n: u64) {
 }
 
 fn pending(redis: &RedisServer, consumer_group: &str) -> u64 {
-    let mut c = redis.connection();
-    let reply: redis::Value = redis::cmd("XPENDING")
-        .arg("tg:test")
-        .arg(consumer_group)
-        .query(&mut c)
-        .unwrap();
-    match reply {
-        redis::Value::Array(items) => match items.first() {
-            Some(redis::Value::Int(n)) => *n as u64,
-            other => panic!("unexpected XPENDING reply {other:?}"),
-        },
-        other => panic!("unexpected XPENDING reply {other:?}"),
-    }
+    redis.pending("tg:test", consumer_group)
 }
 
 #[test]

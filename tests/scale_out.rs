@@ -192,19 +192,7 @@ fn redis_count(redis: &RedisServer, args: &[&str]) -> u64 {
 
 /// Entries pending in the workers' group.
 fn pending(redis: &RedisServer) -> u64 {
-    let mut c = redis.connection();
-    let summary: redis::Value = redis::cmd("XPENDING")
-        .arg(STREAM)
-        .arg(telemetry_gateway::config::DEFAULT_TRANSPORT_GROUP)
-        .query(&mut c)
-        .expect("XPENDING");
-    match summary {
-        redis::Value::Array(v) => match v.first() {
-            Some(redis::Value::Int(n)) => *n as u64,
-            _ => 0,
-        },
-        _ => 0,
-    }
+    redis.pending(STREAM, telemetry_gateway::config::DEFAULT_TRANSPORT_GROUP)
 }
 
 fn balanced(who: &str, s: &StatsSnapshot) {

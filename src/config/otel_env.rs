@@ -100,26 +100,12 @@ fn parse_pairs(text: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Decodes `%XX` escapes; anything else (a lone `%`, bad hex, invalid UTF-8) is kept as written.
+/// Decodes `%XX` escapes; anything else (a lone `%`, bad hex) is kept as written, and text whose
+/// decoded bytes are not UTF-8 is kept whole.
 fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
-            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
-                let v = hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0);
-                out.push(v as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).unwrap_or_else(|_| text.to_owned())
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8()
+        .map_or_else(|_| text.to_owned(), std::borrow::Cow::into_owned)
 }
 
 fn string_map(m: BTreeMap<String, String>) -> Value {

@@ -65,25 +65,12 @@ fn json(status: StatusCode, v: &impl serde::Serialize) -> Response<Full<Bytes>> 
     respond(status, "application/json", body)
 }
 
-/// Percent-decodes a query or path component (ids are ASCII; anything odd is kept as is).
+/// Percent-decodes a query or path component, `+` as a space (ids are ASCII; anything odd, a
+/// lone `%` or bad hex, is kept as is; bytes that are not UTF-8 are replaced).
 fn decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            // Bytes, not a str slice: untrusted input may put a multi-byte char here.
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-            if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(&s.replace('+', " "))
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// The value of `name` in a query string, percent-decoded.
@@ -96,24 +83,24 @@ fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
         .map(decode)
 }
 
-fn health(probes: &Probes) -> Response<Full<Bytes>> {
+/// The answer to `/healthz` or `/readyz` (`None` for any other path): its status and JSON
+/// body, served by hyper and by the health lane alike.
+fn probe_answer(probes: &Probes, path: &str) -> Option<(StatusCode, String)> {
     let r = probes.readiness();
-    let status = if r.live {
+    let (ok, body) = match path {
+        "/healthz" => (
+            r.live,
+            serde_json::to_string_pretty(&serde_json::json!({ "live": r.live })),
+        ),
+        "/readyz" => (r.ready, serde_json::to_string_pretty(&r)),
+        _ => return None,
+    };
+    let status = if ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    json(status, &serde_json::json!({ "live": r.live }))
-}
-
-fn ready(probes: &Probes) -> Response<Full<Bytes>> {
-    let r = probes.readiness();
-    let status = if r.ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    json(status, &r)
+    Some((status, body.unwrap_or_else(|_| "{}".into())))
 }
 
 fn route(
@@ -135,8 +122,10 @@ fn route(
             "text/plain; version=0.0.4; charset=utf-8",
             super::prometheus::render(&probes.snapshot()),
         ),
-        "/healthz" => health(probes),
-        "/readyz" => ready(probes),
+        "/healthz" | "/readyz" => match probe_answer(probes, path) {
+            Some((status, body)) => respond(status, "application/json", body),
+            None => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+        },
         "/debug/events" => {
             let cid = query_param(req, "cid");
             match cid {
@@ -266,22 +255,14 @@ async fn answer_health_only(mut stream: tokio::net::TcpStream, probes: &Probes) 
     let line = String::from_utf8_lossy(&buf[..len]);
     let mut parts = line.split_whitespace();
     let (method, path) = (parts.next(), parts.next());
-    let resp = match (method, path) {
-        (Some("GET"), Some("/healthz")) => health(probes),
-        (Some("GET"), Some("/readyz")) => ready(probes),
-        _ => {
-            let _ = stream.write_all(BUSY).await;
-            let _ = stream.shutdown().await;
-            return;
-        }
+    let answer = match (method, path) {
+        (Some("GET"), Some(path)) => probe_answer(probes, path),
+        _ => None,
     };
-    let status = resp.status();
-    let body = {
-        use http_body_util::BodyExt;
-        match resp.into_body().collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(never) => match never {},
-        }
+    let Some((status, body)) = answer else {
+        let _ = stream.write_all(BUSY).await;
+        let _ = stream.shutdown().await;
+        return;
     };
     let head = format!(
         "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
@@ -290,7 +271,7 @@ async fn answer_health_only(mut stream: tokio::net::TcpStream, probes: &Probes) 
         body.len()
     );
     let _ = stream.write_all(head.as_bytes()).await;
-    let _ = stream.write_all(&body).await;
+    let _ = stream.write_all(body.as_bytes()).await;
     let _ = stream.shutdown().await;
 }
 

@@ -642,13 +642,16 @@ impl FlightRecorder {
                 found.push((id, cids.clone(), c.clone()));
             }
         }
+        let by_event_id = found.first().map(|(id, _, _)| *id);
         for shard in shards.iter() {
             let s = shard.lock();
             let Some(ids) = s.by_correlation.get(query) else {
                 continue;
             };
             for id in ids {
-                if found.iter().any(|(j, _, _)| j == id) {
+                // Only the event-id hit (at most one, first) can also be under this
+                // correlation id: one comparison, not a scan of everything found.
+                if by_event_id == Some(*id) {
                     continue;
                 }
                 if let Some((cids, c)) = s.journeys.get(id) {

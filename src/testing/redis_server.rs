@@ -138,6 +138,22 @@ impl RedisServer {
             .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
             .expect("connect to the test redis-server")
     }
+
+    /// Entries read and not yet acknowledged in `group` of `stream` (the `XPENDING` summary).
+    pub fn pending(&self, stream: &str, group: &str) -> u64 {
+        let reply: redis::Value = redis::cmd("XPENDING")
+            .arg(stream)
+            .arg(group)
+            .query(&mut self.connection())
+            .expect("XPENDING");
+        match reply {
+            redis::Value::Array(items) => match items.first() {
+                Some(redis::Value::Int(n)) => *n as u64,
+                other => panic!("unexpected XPENDING reply {other:?}"),
+            },
+            other => panic!("unexpected XPENDING reply {other:?}"),
+        }
+    }
 }
 
 impl Drop for RedisServer {
