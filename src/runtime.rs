@@ -39,8 +39,9 @@ use crate::config::SinkSection;
 use crate::config::TransportKind;
 use crate::config::{ConfigError, GatewayConfig};
 use crate::contracts::{EnvelopeError, TelemetryEnvelope};
+use crate::diagnostics::ledger::Holder;
 use crate::diagnostics::probes::{DiagnosticsSnapshot, Probes, QueueReader};
-use crate::diagnostics::recorder::{EventRef, Explanation, Stage};
+use crate::diagnostics::recorder::{EventRef, Explanation};
 use crate::diagnostics::striped::Striped;
 use crate::diagnostics::{Counters, ReasonCode, StatsSnapshot};
 use crate::export::registry::{SinkFactory, SinkInfo, SinkRegistryError};
@@ -782,18 +783,9 @@ impl GatewayHandle {
         // recording each one would evict every useful journey and slow down the very caller
         // the gateway is shedding load from (see `FlightRecorder::admit_refusal`).
         let refuse = |env: &TelemetryEnvelope, e: EmitError| {
-            c.dropped(e.reason(), 1);
-            // Unknown or invalid case names are counted under `other` (bounded cardinality).
-            c.case_slot(env.case.as_str(), 2);
             let flood = matches!(e, EmitError::QueueFull | EmitError::ShutDown);
-            if !flood || c.recorder().admit_refusal() {
-                c.recorder().record(
-                    &EventRef::of_untrusted(env),
-                    Stage::Refused,
-                    Some(e.reason()),
-                    Some(&e.to_string()),
-                );
-            }
+            let ev = EventRef::of_untrusted(env);
+            c.refuse(&ev, e.reason(), &e.to_string(), flood);
             Err(e)
         };
         if inner.shared.closed.load(Ordering::SeqCst) {
@@ -809,7 +801,7 @@ impl GatewayHandle {
             return refuse(&env, e);
         }
         let id = env.event_id;
-        c.gateway_pending.add(1, Ordering::SeqCst);
+        c.enter(Holder::Gateway);
         let item = GatewayItem {
             env,
             gateway_enabled: inner.shared.gateway_enabled.load(Ordering::SeqCst),
@@ -818,7 +810,7 @@ impl GatewayHandle {
         match inner.tx.try_send(item) {
             Ok(()) => Ok(id),
             Err(e) => {
-                c.gateway_pending.add(-1, Ordering::SeqCst);
+                c.leave(Holder::Gateway);
                 match e {
                     mpsc::error::TrySendError::Full(item) => {
                         refuse(&item.env, EmitError::QueueFull)
@@ -1049,7 +1041,7 @@ impl GatewayHandle {
         };
         let no_emits = || inner.active_emits.sum(Ordering::SeqCst) == 0;
         let mut settled = wait_until(&no_emits, &|| {});
-        settled &= wait_until(&|| c.pending().0 <= 0, &|| {});
+        settled &= wait_until(&|| c.pending().gateway <= 0, &|| {});
         // From here on the batcher flushes every event as it arrives. A control message, not
         // awaited: its effect is observed through the gauges below.
         let drain_sent = AtomicBool::new(lc.actors.batcher.try_send(Drain).is_ok());
@@ -1070,15 +1062,15 @@ impl GatewayHandle {
         };
         settled &= wait_until(
             &|| {
-                let (g, t, m, _) = c.pending();
-                g <= 0 && t <= 0 && m <= 0
+                let p = c.pending();
+                p.gateway <= 0 && p.trace <= 0 && p.metric_log <= 0
             },
             &nudge_logs,
         );
         // Companion log records carry no event, so the gauges above do not wait for them: flush
         // the log batcher until it holds none (or the deadline passes).
         let lb = handles.log_batcher.clone();
-        let flushed = wait_until(&|| c.pending().3 <= 0, &|| {
+        let flushed = wait_until(&|| c.pending().companion_logs <= 0, &|| {
             let lb = lb.clone();
             let _ = lc.export.rt.block_on(async move {
                 tokio::time::timeout(LOG_NUDGE_INTERVAL, lb.flush()).await
@@ -1126,24 +1118,8 @@ impl GatewayHandle {
             .shutdown_timeout(remaining.max(Duration::from_millis(10)));
         // Anything not settled now never will be: count it, so the ledger adds up.
         wait_until(&no_emits, &|| {});
-        let closed_cases = c.recorder().close_open_journeys(ReasonCode::Shutdown);
-        let lost_companions = c.pending().3;
-        if lost_companions > 0 {
-            Counters::add(&c.companion_logs_dropped, lost_companions as u64);
-            Counters::pending_sub(&c.companion_pending, lost_companions as u64);
-        }
-        let snap = c.snapshot();
-        let unsettled = snap.in_flight;
+        let unsettled = c.settle_remaining(ReasonCode::Shutdown);
         if unsettled > 0 {
-            c.dropped(ReasonCode::Shutdown, unsettled);
-            // Per case: the recorder knows the case of each journey it closed; events it no
-            // longer holds (evicted) are attributed to `other`.
-            for case in closed_cases.iter().take(unsettled as usize) {
-                c.case_slot(case, 2);
-            }
-            for _ in closed_cases.len() as u64..unsettled {
-                c.case_slot(crate::diagnostics::OTHER_CASE, 2);
-            }
             tracing::warn!(
                 events = unsettled,
                 "events unsettled at the shutdown deadline, counted as dropped"

@@ -25,6 +25,7 @@ use super::{GatewayItem, Shared, TraceItem};
 use crate::contracts::{
     JsonObject, Payload, PayloadFallback, SignalType, TelemetryEnvelope, MAX_FALLBACK_BYTES,
 };
+use crate::diagnostics::ledger::{Holder, Outcome};
 use crate::diagnostics::recorder::{Detail, EventRef, Stage};
 use crate::diagnostics::{Counters, ReasonCode};
 use crate::export::mapping::CONTENT_FIELDS;
@@ -78,16 +79,9 @@ impl GatewayActor {
     }
 
     /// The event leaves the gateway stage dropped.
-    fn drop_event(&self, ev: &EventRef, reason: ReasonCode) {
-        self.counters().drop_event(ev, reason, None);
-        self.leave_gateway();
-    }
-
-    /// An event dropped here (already counted) leaves the gateway stage.
-    fn leave_gateway(&self) {
-        self.counters()
-            .gateway_pending
-            .add(-1, std::sync::atomic::Ordering::SeqCst);
+    fn drop_event(&self, ev: &EventRef, outcome: Outcome<'_>) {
+        self.counters().step(ev, Stage::Received, None);
+        self.counters().settle(ev, Holder::Gateway, outcome);
     }
 
     /// Hands a routed event to its path. The downstream gauge goes up before the send and the
@@ -112,7 +106,7 @@ impl GatewayActor {
         };
         match signal {
             SignalType::Trace => {
-                Counters::pending_add(&c.trace_pending, 1);
+                c.enter(Holder::TracePath);
                 let detail = if to_main {
                     "trace: enterprise exporter and tenant sinks"
                 } else {
@@ -123,30 +117,34 @@ impl GatewayActor {
                 match self.trace_tx.try_send(item) {
                     Ok(()) => Counters::add(&c.routed_trace, 1),
                     Err(e) => {
-                        c.trace_pending_sub(1);
                         let (closed, item) = match e {
                             mpsc::error::TrySendError::Closed(i) => (true, i),
                             mpsc::error::TrySendError::Full(i) => (false, i),
                         };
-                        c.drop_event(&item.ev, send_reason(closed), Some("trace queue"));
+                        let outcome = Outcome::Dropped {
+                            reason: send_reason(closed),
+                            detail: Some("trace queue"),
+                        };
+                        c.settle(&item.ev, Holder::TracePath, outcome);
                     }
                 }
             }
             SignalType::MetricLog => {
-                Counters::pending_add(&c.metric_pending, 1);
+                c.enter(Holder::MetricLogPath);
                 routed("metric_log");
                 match self.transport.try_send(env) {
                     Ok(()) => Counters::add(&c.routed_metric_log, 1),
                     Err(e) => {
-                        c.metric_pending_sub(1);
-                        let reason = send_reason(e == TransportError::Closed);
-                        c.drop_event(&ev, reason, Some("metric/log queue"));
+                        let outcome = Outcome::Dropped {
+                            reason: send_reason(e == TransportError::Closed),
+                            detail: Some("metric/log queue"),
+                        };
+                        c.settle(&ev, Holder::MetricLogPath, outcome);
                     }
                 }
             }
         }
-        c.gateway_pending
-            .add(-1, std::sync::atomic::Ordering::SeqCst);
+        c.leave(Holder::Gateway);
     }
 
     fn route(&mut self, item: GatewayItem, ctx: &mut Context<Self>) {
@@ -157,30 +155,25 @@ impl GatewayActor {
         } = item;
         let mut ev = EventRef::of(&env);
         self.counters().recorder().attach(&mut ev);
-        self.counters().case_received(&ev.case);
+        self.counters().received(&ev.case);
         let signal = match self.shared.table.decide(&env.case, gw, ent) {
-            Decision::Drop(reason) => {
-                self.counters().step(&ev, Stage::Received, None);
-                return self.drop_event(&ev, reason);
-            }
+            Decision::Drop(reason) => return self.drop_event(&ev, Outcome::dropped(reason)),
             Decision::Trace => SignalType::Trace,
             Decision::MetricLog => SignalType::MetricLog,
         };
         let Some(route) = self.shared.table.route(&env.case) else {
-            self.counters().step(&ev, Stage::Received, None);
-            return self.drop_event(&ev, ReasonCode::UnknownCase);
+            return self.drop_event(&ev, Outcome::dropped(ReasonCode::UnknownCase));
         };
         env.signal = Some(signal);
         crate::correlation::resolve_with(&mut env, &route, &mut self.run_ids);
         // Per-case policy: a case turned off, or sampled (`[cases.<name>]`).
         if !route.enabled {
-            self.counters().step(&ev, Stage::Received, None);
-            self.counters().drop_event_text(
-                &ev,
-                ReasonCode::Filtered,
-                &format!("cases.{}.enabled = false", env.case),
-            );
-            return self.leave_gateway();
+            let detail = format!("cases.{}.enabled = false", env.case);
+            let outcome = Outcome::DroppedText {
+                reason: ReasonCode::Filtered,
+                detail: &detail,
+            };
+            return self.drop_event(&ev, outcome);
         }
         if route.sample_ppm < crate::routing::ALL_PPM {
             let key = match signal {
@@ -190,14 +183,13 @@ impl GatewayActor {
                 SignalType::MetricLog => *env.event_id.as_bytes(),
             };
             if !route.keeps(key) {
-                self.counters().step(&ev, Stage::Received, None);
                 let ratio = f64::from(route.sample_ppm) / f64::from(crate::routing::ALL_PPM);
-                self.counters().drop_event_text(
-                    &ev,
-                    ReasonCode::SampledOut,
-                    &format!("cases.{}.sample_ratio = {ratio}", env.case),
-                );
-                return self.leave_gateway();
+                let detail = format!("cases.{}.sample_ratio = {ratio}", env.case);
+                let outcome = Outcome::DroppedText {
+                    reason: ReasonCode::SampledOut,
+                    detail: &detail,
+                };
+                return self.drop_event(&ev, outcome);
             }
         }
 

@@ -31,6 +31,7 @@ use super::dedup::{CheckBatch, DedupActor, DedupKey, Verdict};
 use super::rehydrator::{RehydrateBatch, RehydrateItem, RehydratorActor};
 use super::{ExportHandles, Shared};
 use crate::contracts::{JsonObject, Payload, TelemetryEnvelope};
+use crate::diagnostics::ledger::{Holder, Outcome};
 use crate::diagnostics::recorder::{EventRef, Stage};
 use crate::diagnostics::{Counters, ReasonCode};
 use crate::export::logs::LogItem;
@@ -229,10 +230,11 @@ impl MetricHandlerActor {
                                 );
                             }
                             Verdict::Duplicate => {
-                                act.shared
-                                    .counters
-                                    .drop_event(&w.ev, ReasonCode::Duplicate, None);
-                                act.shared.counters.metric_pending_sub(1);
+                                act.shared.counters.settle(
+                                    &w.ev,
+                                    Holder::MetricLogPath,
+                                    Outcome::dropped(ReasonCode::Duplicate),
+                                );
                                 duplicates.push(w.ev.event_id);
                                 continue;
                             }
@@ -340,9 +342,11 @@ impl MetricHandlerActor {
                     self.send_records(records);
                     // Counted here, but not settled: a transport with acknowledgements delivers
                     // it again (up to its dead-letter limit).
-                    self.counters()
-                        .drop_event(&w.ev, ReasonCode::HandlerPanicked, None);
-                    self.counters().metric_pending_sub(1);
+                    self.counters().settle(
+                        &w.ev,
+                        Holder::MetricLogPath,
+                        Outcome::dropped(ReasonCode::HandlerPanicked),
+                    );
                     tracing::error!(
                         handler = self.index,
                         event_id = %w.env.event_id,
@@ -378,8 +382,8 @@ impl MetricHandlerActor {
         }
         for (_, ev) in self.export.log_batcher.try_send_many(records) {
             if let Some(ev) = ev {
-                self.counters().drop_event(&ev, ReasonCode::QueueFull, None);
-                self.counters().metric_pending_sub(1);
+                let outcome = Outcome::dropped(ReasonCode::QueueFull);
+                self.counters().settle(&ev, Holder::MetricLogPath, outcome);
             }
         }
     }

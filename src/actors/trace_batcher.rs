@@ -27,6 +27,7 @@ use opentelemetry_sdk::trace::SpanData;
 use super::dedup::{DedupKey, MemoryDedup, Verdict};
 use super::{ExportHandles, Shared, TraceItem};
 use crate::contracts::{JsonObject, Payload};
+use crate::diagnostics::ledger::{Holder, Outcome};
 use crate::diagnostics::recorder::{Detail, EventRef, Stage};
 use crate::diagnostics::{Counters, ReasonCode};
 use crate::export::mapping::ResolvedIds;
@@ -102,8 +103,11 @@ impl TraceBatcherActor {
                 event_id: env.event_id,
             };
             if self.dedup.check(key) == Verdict::Duplicate {
-                counters.drop_event(&ev, ReasonCode::Duplicate, None);
-                counters.trace_pending_sub(1);
+                counters.settle(
+                    &ev,
+                    Holder::TracePath,
+                    Outcome::dropped(ReasonCode::Duplicate),
+                );
                 continue;
             }
             let payload: Option<Cow<'_, JsonObject>> = match &env.payload {
@@ -125,8 +129,11 @@ impl TraceBatcherActor {
             }
             if !crate::export::trace_sampled(ResolvedIds::of(env).trace_id, ex.sampling_ratio) {
                 let detail = format!("otlp.sampling_ratio = {}", ex.sampling_ratio);
-                counters.drop_event_text(&ev, ReasonCode::SampledOut, &detail);
-                counters.trace_pending_sub(1);
+                let outcome = Outcome::DroppedText {
+                    reason: ReasonCode::SampledOut,
+                    detail: &detail,
+                };
+                counters.settle(&ev, Holder::TracePath, outcome);
                 continue;
             }
             let (sinks, open_failure) = if no_sinks {
@@ -151,18 +158,20 @@ impl TraceBatcherActor {
                     .clone()
             };
             if !item.to_main && sinks.is_empty() {
-                match open_failure {
+                let outcome = match &open_failure {
                     Some(why) => {
                         Counters::add(&counters.sink_spans_failed, 1);
-                        counters.drop_event_text(&ev, ReasonCode::ExportFailed, &why);
+                        Outcome::DroppedText {
+                            reason: ReasonCode::ExportFailed,
+                            detail: why,
+                        }
                     }
-                    None => counters.drop_event(
-                        &ev,
-                        ReasonCode::NoDestination,
-                        Some("enterprise exporter off and no sink for this tenant/app"),
-                    ),
-                }
-                counters.trace_pending_sub(1);
+                    None => Outcome::Dropped {
+                        reason: ReasonCode::NoDestination,
+                        detail: Some("enterprise exporter off and no sink for this tenant/app"),
+                    },
+                };
+                counters.settle(&ev, Holder::TracePath, outcome);
                 continue;
             }
 
@@ -186,11 +195,10 @@ impl TraceBatcherActor {
             group.1.push(ev);
         }
         // Companion logs go to the log batcher in one message per flush.
-        Counters::pending_add(&counters.companion_pending, companions.len() as u64);
+        counters.companions_queued(companions.len() as u64);
         let lost = ex.log_batcher.try_send_many(companions).len();
         if lost > 0 {
-            Counters::pending_sub(&counters.companion_pending, lost as u64);
-            Counters::add(&counters.companion_logs_dropped, lost as u64);
+            counters.companions_done(lost as u64, true);
         }
         if groups.is_empty() {
             return;

@@ -21,6 +21,7 @@
 pub mod exporters;
 pub mod histogram;
 pub(crate) mod http;
+pub(crate) mod ledger;
 pub mod otel;
 pub mod probes;
 pub mod prometheus;
@@ -30,114 +31,94 @@ pub mod striped;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
+pub use ledger::Pending;
+
 use serde::Serialize;
 
-/// Why an event was dropped or degraded. Stable snake_case names (see [`ReasonCode::as_str`]);
-/// new codes may be added, existing ones never renamed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum ReasonCode {
+/// Declares [`ReasonCode`] from one table: each code's variant, stable name, whether it is
+/// policy (`intentional`) and its doc line sit on one row, and `ALL`, `as_str` and `intentional`
+/// are generated from it. A new code is one new row; the counters, `/metrics`, the OTel
+/// instruments, the journeys and the ledger's tests pick it up from `ALL`.
+macro_rules! reason_codes {
+    ($( $(#[doc = $doc:literal])* $variant:ident = $name:literal, intentional: $intentional:literal; )*) => {
+        /// Why an event was dropped or degraded. Stable snake_case names (see
+        /// [`ReasonCode::as_str`]); new codes may be added, existing ones never renamed.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[non_exhaustive]
+        pub enum ReasonCode {
+            $( $(#[doc = $doc])* #[serde(rename = $name)] $variant, )*
+        }
+
+        impl ReasonCode {
+            /// Every reason code, for iteration and exhaustive tests.
+            pub const ALL: [ReasonCode; [$($name),*].len()] = [$(ReasonCode::$variant),*];
+
+            /// The stable snake_case name.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $( ReasonCode::$variant => $name, )*
+                }
+            }
+
+            /// Policy (the gateway did what it was configured to do) rather than a fault.
+            pub fn intentional(self) -> bool {
+                match self {
+                    $( ReasonCode::$variant => $intentional, )*
+                }
+            }
+        }
+    };
+}
+
+reason_codes! {
     /// An enterprise-only case while the enterprise exporter is off (policy).
-    EnterpriseDisabled,
+    EnterpriseDisabled = "enterprise_disabled", intentional: true;
     /// A metric/log case while `gateway.enabled = false` (legacy behaviour; policy).
-    GatewayDisabled,
+    GatewayDisabled = "gateway_disabled", intentional: true;
     /// A bounded queue was full.
-    QueueFull,
+    QueueFull = "queue_full", intentional: false;
     /// The envelope failed validation.
-    InvalidEnvelope,
+    InvalidEnvelope = "invalid_envelope", intentional: false;
     /// The case is neither built in nor configured.
-    UnknownCase,
+    UnknownCase = "unknown_case", intentional: false;
     /// The event id was already seen for this tenant within the dedup TTL (policy).
-    Duplicate,
+    Duplicate = "duplicate", intentional: true;
     /// The payload store write failed or timed out; the payload went inline (degraded).
-    PayloadOffloadFailed,
+    PayloadOffloadFailed = "payload_offload_failed", intentional: false;
     /// A payload ref pointed outside its tenant's prefix and was never read (degraded).
-    PayloadRefRefused,
+    PayloadRefRefused = "payload_ref_refused", intentional: false;
     /// Neither the payload store nor the fallback could supply the payload (degraded).
-    RehydrationFailed,
+    RehydrationFailed = "rehydration_failed", intentional: false;
     /// The dedup store was down or slow; the event was processed anyway (degraded, fail-open).
-    DedupStoreUnavailable,
+    DedupStoreUnavailable = "dedup_store_unavailable", intentional: false;
     /// An exporter failed after its retries.
-    ExportFailed,
+    ExportFailed = "export_failed", intentional: false;
     /// The backend refused the data as invalid (not retried).
-    ExportRejected,
+    ExportRejected = "export_rejected", intentional: false;
     /// The gateway shut down before the event was delivered.
-    Shutdown,
+    Shutdown = "shutdown", intentional: false;
     /// Dropped by trace sampling (policy).
-    SampledOut,
+    SampledOut = "sampled_out", intentional: true;
     /// A case handler panicked on this event; it is dead-lettered, never retried.
-    HandlerPanicked,
+    HandlerPanicked = "handler_panicked", intentional: false;
     /// A trace event with no destination: enterprise exporter off and no sink for its tenant.
-    NoDestination,
+    NoDestination = "no_destination", intentional: false;
     /// A worker moved the event's stream entry to the dead-letter stream: it was delivered more
     /// than `transport.max_deliveries` times without being handled, or did not decode.
-    DeadLettered,
+    DeadLettered = "dead_lettered", intentional: false;
     /// The case is turned off (`cases.<name>.enabled = false`). Policy.
-    Filtered,
+    Filtered = "filtered", intentional: true;
 }
 
 impl ReasonCode {
-    /// Every reason code, for iteration and exhaustive tests.
-    pub const ALL: [ReasonCode; 18] = [
-        ReasonCode::EnterpriseDisabled,
-        ReasonCode::GatewayDisabled,
-        ReasonCode::QueueFull,
-        ReasonCode::InvalidEnvelope,
-        ReasonCode::UnknownCase,
-        ReasonCode::Duplicate,
-        ReasonCode::PayloadOffloadFailed,
-        ReasonCode::PayloadRefRefused,
-        ReasonCode::RehydrationFailed,
-        ReasonCode::DedupStoreUnavailable,
-        ReasonCode::ExportFailed,
-        ReasonCode::ExportRejected,
-        ReasonCode::Shutdown,
-        ReasonCode::SampledOut,
-        ReasonCode::HandlerPanicked,
-        ReasonCode::NoDestination,
-        ReasonCode::DeadLettered,
-        ReasonCode::Filtered,
-    ];
-
-    /// The stable snake_case name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReasonCode::EnterpriseDisabled => "enterprise_disabled",
-            ReasonCode::GatewayDisabled => "gateway_disabled",
-            ReasonCode::QueueFull => "queue_full",
-            ReasonCode::InvalidEnvelope => "invalid_envelope",
-            ReasonCode::UnknownCase => "unknown_case",
-            ReasonCode::Duplicate => "duplicate",
-            ReasonCode::PayloadOffloadFailed => "payload_offload_failed",
-            ReasonCode::PayloadRefRefused => "payload_ref_refused",
-            ReasonCode::RehydrationFailed => "rehydration_failed",
-            ReasonCode::DedupStoreUnavailable => "dedup_store_unavailable",
-            ReasonCode::ExportFailed => "export_failed",
-            ReasonCode::ExportRejected => "export_rejected",
-            ReasonCode::Shutdown => "shutdown",
-            ReasonCode::SampledOut => "sampled_out",
-            ReasonCode::HandlerPanicked => "handler_panicked",
-            ReasonCode::NoDestination => "no_destination",
-            ReasonCode::DeadLettered => "dead_lettered",
-            ReasonCode::Filtered => "filtered",
-        }
-    }
-
-    /// Policy (the gateway did what it was configured to do) rather than a fault.
-    pub fn intentional(self) -> bool {
-        matches!(
-            self,
-            ReasonCode::Duplicate
-                | ReasonCode::EnterpriseDisabled
-                | ReasonCode::SampledOut
-                | ReasonCode::GatewayDisabled
-                | ReasonCode::Filtered
-        )
-    }
-
-    fn index(self) -> usize {
+    /// The position of this code in [`ReasonCode::ALL`] (its counter's index).
+    pub(crate) fn index(self) -> usize {
         self as usize
+    }
+
+    /// The code at `index` in [`ReasonCode::ALL`].
+    pub(crate) fn from_index(index: usize) -> Option<ReasonCode> {
+        ReasonCode::ALL.get(index).copied()
     }
 }
 
@@ -156,8 +137,8 @@ pub struct Counters {
     pub(crate) emitted: striped::Striped,
     pub(crate) routed_trace: AtomicU64,
     pub(crate) routed_metric_log: AtomicU64,
-    pub(crate) delivered_trace: AtomicU64,
-    pub(crate) delivered_metric_log: AtomicU64,
+    delivered_trace: AtomicU64,
+    delivered_metric_log: AtomicU64,
     dropped: [AtomicU64; N_REASONS],
     degraded: [AtomicU64; N_REASONS],
     pub(crate) offloaded: AtomicU64,
@@ -179,13 +160,13 @@ pub struct Counters {
     pub(crate) companion_logs_dropped: AtomicU64,
     /// Events accepted by `emit()` that the gateway actor has not yet routed or dropped.
     /// Striped: `emit()` adds on the caller's thread, the gateway actor subtracts on its own.
-    pub(crate) gateway_pending: striped::Striped,
+    gateway_pending: striped::Striped,
     /// Trace events handed to the batcher and not yet delivered or dropped.
-    pub(crate) trace_pending: AtomicI64,
+    trace_pending: AtomicI64,
     /// Metric/log events handed to the pool and not yet delivered or dropped.
-    pub(crate) metric_pending: AtomicI64,
+    metric_pending: AtomicI64,
     /// Companion log records queued for export and not yet exported or lost.
-    pub(crate) companion_pending: AtomicI64,
+    companion_pending: AtomicI64,
     /// The last events' journeys.
     pub(crate) recorder: recorder::FlightRecorder,
     /// Every exporter's counters.
@@ -200,7 +181,7 @@ pub struct Counters {
     pub(crate) metric_overflow: parking_lot::Mutex<std::collections::BTreeSet<String>>,
     /// Per case: received by the gateway actor, delivered, dropped. Keys are the routing table's
     /// cases (fixed at start) plus `other` for names the table does not know.
-    by_case: std::sync::OnceLock<std::collections::HashMap<String, [AtomicU64; 3]>>,
+    by_case: std::sync::OnceLock<std::collections::HashMap<String, ledger::CaseCells>>,
 }
 
 /// The per-case counter bucket of a case name the routing table does not know.
@@ -257,11 +238,6 @@ impl Default for Counters {
 }
 
 impl Counters {
-    /// Counts `n` events dropped for `reason`.
-    pub fn dropped(&self, reason: ReasonCode, n: u64) {
-        self.dropped[reason.index()].fetch_add(n, Relaxed);
-    }
-
     /// Counts `n` events degraded for `reason` (they still reach a final column).
     pub fn degraded(&self, reason: ReasonCode, n: u64) {
         self.degraded[reason.index()].fetch_add(n, Relaxed);
@@ -269,7 +245,7 @@ impl Counters {
 
     /// Sets the case names counted per case (once, at start).
     pub(crate) fn init_cases<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
-        let mut map: std::collections::HashMap<String, [AtomicU64; 3]> = names
+        let mut map: std::collections::HashMap<String, ledger::CaseCells> = names
             .into_iter()
             .map(|n| (n.to_owned(), Default::default()))
             .collect();
@@ -277,28 +253,8 @@ impl Counters {
         let _ = self.by_case.set(map);
     }
 
-    pub(crate) fn case_slot(&self, case: &str, slot: usize) {
-        if let Some(map) = self.by_case.get() {
-            if let Some(c) = map.get(case).or_else(|| map.get(OTHER_CASE)) {
-                c[slot].fetch_add(1, Relaxed);
-            }
-        }
-    }
-
-    pub(crate) fn case_received(&self, case: &str) {
-        self.case_slot(case, 0);
-    }
-
-    pub(crate) fn case_delivered(&self, case: &str) {
-        self.case_slot(case, 1);
-    }
-
     /// Records one event's emit-to-export latency in both views (hdrhistogram and OTel).
-    pub(crate) fn emit_to_export(
-        &self,
-        signal: crate::contracts::SignalType,
-        age: std::time::Duration,
-    ) {
+    fn emit_to_export(&self, signal: crate::contracts::SignalType, age: std::time::Duration) {
         match signal {
             crate::contracts::SignalType::Trace => self.emit_to_export_trace.record_duration(age),
             crate::contracts::SignalType::MetricLog => {
@@ -314,20 +270,7 @@ impl Counters {
     pub fn by_case(&self) -> BTreeMap<String, CaseCounts> {
         self.by_case
             .get()
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| {
-                        (
-                            k.clone(),
-                            CaseCounts {
-                                received: v[0].load(Relaxed),
-                                delivered: v[1].load(Relaxed),
-                                dropped: v[2].load(Relaxed),
-                            },
-                        )
-                    })
-                    .collect()
-            })
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.counts())).collect())
             .unwrap_or_default()
     }
 
@@ -345,32 +288,6 @@ impl Counters {
     /// The flight recorder.
     pub fn recorder(&self) -> &recorder::FlightRecorder {
         &self.recorder
-    }
-
-    /// Counts one event dropped for `reason` and ends its journey there. `detail` is a literal.
-    pub(crate) fn drop_event(
-        &self,
-        ev: &recorder::EventRef,
-        reason: ReasonCode,
-        detail: Option<&'static str>,
-    ) {
-        self.dropped(reason, 1);
-        self.case_slot(&ev.case, 2);
-        self.recorder
-            .record_static(ev, recorder::Stage::Dropped, Some(reason), detail);
-    }
-
-    /// [`Counters::drop_event`] with an untrusted detail (sanitized before it is kept).
-    pub(crate) fn drop_event_text(
-        &self,
-        ev: &recorder::EventRef,
-        reason: ReasonCode,
-        detail: &str,
-    ) {
-        self.dropped(reason, 1);
-        self.case_slot(&ev.case, 2);
-        self.recorder
-            .record(ev, recorder::Stage::Dropped, Some(reason), Some(detail));
     }
 
     /// Counts one event degraded for `reason` and notes it in its journey.
@@ -400,11 +317,6 @@ impl Counters {
         self.recorder.record(ev, stage, None, Some(detail));
     }
 
-    /// Events dropped for `reason` so far.
-    pub fn dropped_count(&self, reason: ReasonCode) -> u64 {
-        self.dropped[reason.index()].load(Relaxed)
-    }
-
     /// Events degraded for `reason` so far.
     pub fn degraded_count(&self, reason: ReasonCode) -> u64 {
         self.degraded[reason.index()].load(Relaxed)
@@ -412,35 +324,6 @@ impl Counters {
 
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);
-    }
-
-    pub(crate) fn pending_add(gauge: &AtomicI64, n: u64) {
-        gauge.fetch_add(n as i64, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    pub(crate) fn pending_sub(gauge: &AtomicI64, n: u64) {
-        gauge.fetch_sub(n as i64, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    pub(crate) fn trace_pending_sub(&self, n: u64) {
-        Self::pending_sub(&self.trace_pending, n);
-    }
-
-    pub(crate) fn metric_pending_sub(&self, n: u64) {
-        Self::pending_sub(&self.metric_pending, n);
-    }
-
-    /// Work in each stage: events in (gateway, trace path, metric/log path), and companion log
-    /// records waiting for export.
-    pub fn pending(&self) -> (i64, i64, i64, i64) {
-        let l = |g: &AtomicI64| g.load(std::sync::atomic::Ordering::SeqCst);
-        (
-            self.gateway_pending
-                .sum(std::sync::atomic::Ordering::SeqCst),
-            l(&self.trace_pending),
-            l(&self.metric_pending),
-            l(&self.companion_pending),
-        )
     }
 
     /// A consistent-enough copy of every counter (each read is atomic; the set is not a
@@ -614,17 +497,11 @@ mod tests {
     }
 
     #[test]
-    fn snapshot_adds_up() {
-        let c = Counters::default();
-        c.emitted.add(5, Relaxed);
-        Counters::add(&c.delivered_trace, 2);
-        c.dropped(ReasonCode::Duplicate, 1);
-        c.dropped(ReasonCode::QueueFull, 1);
-        let s = c.snapshot();
-        assert_eq!(s.in_flight, 1);
-        assert!(!s.is_settled());
-        assert_eq!(s.deduplicated, 1);
-        Counters::add(&c.delivered_metric_log, 1);
-        assert!(c.snapshot().is_settled());
+    fn serialized_name_is_the_stable_name() {
+        for r in ReasonCode::ALL {
+            let json = serde_json::to_string(&r).unwrap();
+            assert_eq!(json, format!("\"{}\"", r.as_str()));
+            assert_eq!(ReasonCode::from_index(r.index()), Some(r));
+        }
     }
 }

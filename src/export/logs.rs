@@ -20,7 +20,8 @@ use super::jsonl::JsonlLogExporter;
 use super::sink::classify_otlp_error;
 use crate::config::HoldPolicy;
 use crate::diagnostics::exporters::ExporterStats;
-use crate::diagnostics::recorder::{Detail, EventRef, Stage};
+use crate::diagnostics::ledger::{Holder, Outcome};
+use crate::diagnostics::recorder::{EventRef, Stage};
 use crate::diagnostics::{Counters, ReasonCode};
 
 /// The log exporter in use (the SDK trait is not object safe).
@@ -341,36 +342,29 @@ async fn export_batch(
             }
             Counters::add(&counters.exported_log_records, n);
             Counters::add(&counters.export_batches_ok, 1);
-            Counters::add(&counters.delivered_metric_log, events);
-            for ev in batch.iter().filter_map(|(_, e)| e.as_ref()) {
-                counters.case_delivered(&ev.case);
-                counters.emit_to_export(crate::contracts::SignalType::MetricLog, ev.age());
-            }
-            counters.recorder().record_batch(
+            counters.settle_all(
                 batch.iter().filter_map(|(_, e)| e.as_ref()),
-                &[
-                    (Stage::Exported, Some(Detail::Static("enterprise logs"))),
-                    (Stage::Delivered, None),
-                ],
+                Holder::MetricLogPath,
+                Outcome::delivered_to("enterprise logs"),
             );
+            counters.companions_done(companions, false);
         }
         Err((reason, error)) => {
             Counters::add(&counters.export_batches_failed, 1);
             let detail = format!("enterprise logs: {error}");
-            for ev in batch.iter().filter_map(|(_, e)| e.as_ref()) {
+            let failed = batch.iter().filter_map(|(_, e)| e.as_ref());
+            for ev in failed.clone() {
                 counters
                     .recorder()
                     .record(ev, Stage::ExportFailed, Some(reason), Some(&detail));
-                counters.drop_event(ev, reason, None);
             }
-            Counters::add(&counters.companion_logs_dropped, companions);
+            counters.settle_all(failed, Holder::MetricLogPath, Outcome::dropped(reason));
+            counters.companions_done(companions, true);
             crate::logging::warn_limited(
                 "log export failed",
                 || tracing::warn!(records = n, events, reason = %reason, "log export failed"),
             );
         }
     }
-    counters.metric_pending_sub(events);
-    Counters::pending_sub(&counters.companion_pending, companions);
     batch.clear();
 }

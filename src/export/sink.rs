@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 
 use crate::config::HoldPolicy;
 use crate::diagnostics::exporters::ExporterStats;
+use crate::diagnostics::ledger::{Holder, Outcome};
 use crate::diagnostics::recorder::{Detail, EventRef, Stage};
 use crate::diagnostics::{Counters, ReasonCode};
 
@@ -207,29 +208,19 @@ impl GroupTracker {
         let rec = self.counters.recorder();
         match result {
             Ok(()) => {
-                let exported = (Stage::Exported, Some(Detail::Shared(destination.clone())));
+                let destination = Detail::Shared(destination.clone());
                 if !self.settled.swap(true, Ordering::AcqRel) {
-                    let n = self.events.len() as u64;
-                    Counters::add(&self.counters.delivered_trace, n);
-                    for ev in &self.events {
-                        self.counters.case_delivered(&ev.case);
-                        self.counters
-                            .emit_to_export(crate::contracts::SignalType::Trace, ev.age());
-                    }
-                    rec.record_batch(&self.events, &[exported, (Stage::Delivered, None)]);
-                    self.counters.trace_pending_sub(n);
+                    let outcome = Outcome::Delivered { destination };
+                    self.counters
+                        .settle_all(&self.events, Holder::TracePath, outcome);
                 } else {
-                    rec.record_batch(&self.events, &[exported]);
+                    rec.record_batch(&self.events, &[(Stage::Exported, Some(destination))]);
                 }
             }
             Err((reason, error)) => {
-                let idx = ReasonCode::ALL
-                    .iter()
-                    .position(|r| *r == reason)
-                    .unwrap_or(0) as u8;
                 let _ = self.first_failure.compare_exchange(
                     NO_FAILURE,
-                    idx,
+                    reason.index() as u8,
                     Ordering::AcqRel,
                     Ordering::Acquire,
                 );
@@ -242,14 +233,9 @@ impl GroupTracker {
         let last = self.remaining.fetch_sub(1, Ordering::AcqRel) == 1;
         if last && !self.settled.swap(true, Ordering::AcqRel) {
             let idx = self.first_failure.load(Ordering::Acquire);
-            let reason = ReasonCode::ALL
-                .get(idx as usize)
-                .copied()
-                .unwrap_or(ReasonCode::ExportFailed);
-            for ev in &self.events {
-                self.counters.drop_event(ev, reason, None);
-            }
-            self.counters.trace_pending_sub(self.events.len() as u64);
+            let reason = ReasonCode::from_index(idx as usize).unwrap_or(ReasonCode::ExportFailed);
+            self.counters
+                .settle_all(&self.events, Holder::TracePath, Outcome::dropped(reason));
         }
     }
 }

@@ -34,7 +34,8 @@ use super::worker::{HeldEntry, WorkerLink};
 use super::{EnvelopeSource, MetricTransport, TransportError};
 use crate::config::TransportSection;
 use crate::contracts::TelemetryEnvelope;
-use crate::diagnostics::recorder::{Detail, EventRef, Stage};
+use crate::diagnostics::ledger::{Holder, Outcome};
+use crate::diagnostics::recorder::EventRef;
 use crate::diagnostics::{Counters, ReasonCode};
 
 /// The stream entry field that holds the envelope's JSON wire form.
@@ -204,12 +205,12 @@ impl RedisStreamProducer {
                         Ok(j) => j,
                         Err(e) => {
                             if let Some(c) = &counters {
-                                c.drop_event_text(
-                                    &EventRef::of(env),
-                                    ReasonCode::InvalidEnvelope,
-                                    &format!("not appended to the stream: {e}"),
-                                );
-                                c.metric_pending_sub(1);
+                                let detail = format!("not appended to the stream: {e}");
+                                let outcome = Outcome::DroppedText {
+                                    reason: ReasonCode::InvalidEnvelope,
+                                    detail: &detail,
+                                };
+                                c.settle(&EventRef::of(env), Holder::MetricLogPath, outcome);
                             }
                             continue;
                         }
@@ -280,20 +281,9 @@ impl RedisStreamProducer {
 
 /// The producer's ledger column: appended events are delivered (ADR 0003).
 fn settle_appended(c: &Counters, appended: &[&TelemetryEnvelope]) {
-    Counters::add(&c.delivered_metric_log, appended.len() as u64);
     let evs: Vec<EventRef> = appended.iter().map(|e| EventRef::of(e)).collect();
-    for (env, ev) in appended.iter().zip(&evs) {
-        c.case_delivered(env.case.as_str());
-        c.emit_to_export(crate::contracts::SignalType::MetricLog, ev.age());
-    }
-    c.recorder().record_batch(
-        &evs,
-        &[
-            (Stage::Exported, Some(Detail::Static("redis stream"))),
-            (Stage::Delivered, None),
-        ],
-    );
-    c.metric_pending_sub(appended.len() as u64);
+    let outcome = Outcome::delivered_to("redis stream");
+    c.settle_all(&evs, Holder::MetricLogPath, outcome);
 }
 
 impl MetricTransport for RedisStreamProducer {
@@ -387,7 +377,7 @@ impl RedisStreamSource {
             let c = &w.counters;
             c.emitted.add(1, Ordering::Relaxed);
             if let Some(env) = env {
-                c.case_received(env.case.as_str());
+                c.received(env.case.as_str());
             }
         }
     }
@@ -510,11 +500,14 @@ impl RedisStreamSource {
             self.count_read(env.as_ref());
             let c = &w.counters;
             match &env {
-                Some(env) => c.drop_event_text(&EventRef::of(env), ReasonCode::DeadLettered, why),
-                None => {
-                    c.dropped(ReasonCode::DeadLettered, 1);
-                    c.case_slot(crate::diagnostics::OTHER_CASE, 2);
+                Some(env) => {
+                    let outcome = Outcome::DroppedText {
+                        reason: ReasonCode::DeadLettered,
+                        detail: why,
+                    };
+                    c.settle(&EventRef::of(env), Holder::Intake, outcome);
                 }
+                None => c.settle_unnamed(Holder::Intake, ReasonCode::DeadLettered),
             }
         }
     }
@@ -546,7 +539,7 @@ impl RedisStreamSource {
         match &self.worker {
             Some(w) => {
                 self.count_read(Some(&env));
-                Counters::pending_add(&w.counters.metric_pending, 1);
+                w.counters.enter(Holder::MetricLogPath);
                 Counters::add(&w.counters.routed_metric_log, 1);
                 if deliveries > 1 {
                     Counters::add(&w.counters.redelivered, 1);
