@@ -42,7 +42,7 @@ fn routing(c: &mut Criterion) {
                 env.validate_cheap().expect("a valid event");
                 let decision = table.decide(&env.case, true, true);
                 let route = table.route(&env.case).expect("a built-in case");
-                telemetry_gateway::correlation::resolve(&mut env, &route);
+                telemetry_gateway::correlation::resolve(&mut env, route.root_span);
                 black_box((decision, env))
             })
         });

@@ -54,7 +54,7 @@ fn run(table: &RoutingTable) -> Vec<TelemetryEnvelope> {
     }
     for env in &mut events {
         let route = table.route(&env.case).expect("a built-in case");
-        telemetry_gateway::correlation::resolve(env, &route);
+        telemetry_gateway::correlation::resolve(env, route.root_span);
     }
     events
 }

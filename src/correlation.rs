@@ -13,7 +13,6 @@ use opentelemetry::trace::{SpanId, TraceId};
 use uuid::Uuid;
 
 use crate::contracts::TelemetryEnvelope;
-use crate::routing::Route;
 
 const TRACE_NS: Uuid = Uuid::from_u128(0x5f0c_1d2e_8a3b_4c5d_9e6f_7a8b_9c0d_1e2f);
 const ROOT_SPAN_NS: Uuid = Uuid::from_u128(0x6a1d_2e3f_9b4c_5d6e_af70_8b9c_0d1e_2f30);
@@ -78,9 +77,10 @@ pub fn derive_span_id(event_key: &str) -> SpanId {
 }
 
 /// Fills the envelope's missing trace id, span id, parent span id and correlation id, following
-/// the table on [`Correlation`](crate::contracts::Correlation).
-pub fn resolve(env: &mut TelemetryEnvelope, route: &Route) {
-    resolve_with(env, route, &mut RunIds::new(0));
+/// the table on [`Correlation`](crate::contracts::Correlation). `root_span`: the case is the
+/// root span of its run (the routing table's `root_span`).
+pub fn resolve(env: &mut TelemetryEnvelope, root_span: bool) {
+    resolve_with(env, root_span, &mut RunIds::new(0));
 }
 
 /// The derived ids of recent runs (trace id and root span id, as hex), so that the events of a
@@ -121,7 +121,7 @@ impl RunIds {
 }
 
 /// [`resolve`] with the ids of recent runs cached in `runs` (the gateway actor keeps one).
-pub fn resolve_with(env: &mut TelemetryEnvelope, route: &Route, runs: &mut RunIds) {
+pub fn resolve_with(env: &mut TelemetryEnvelope, root_span: bool, runs: &mut RunIds) {
     let event_key = env.event_id.to_string();
     let c = &mut env.correlation;
     let run_ids = c.run_id.as_deref().map(|run| runs.of(run));
@@ -131,20 +131,54 @@ pub fn resolve_with(env: &mut TelemetryEnvelope, route: &Route, runs: &mut RunId
             None => derive_trace_id(&event_key).to_string(),
         });
     }
-    let is_root = route.root_span && c.parent_span_id.is_none();
+    let is_root = root_span && c.parent_span_id.is_none();
     if c.span_id.is_none() {
         c.span_id = Some(match (&run_ids, is_root) {
             (Some((_, root)), true) => root.clone(),
             _ => derive_span_id(&event_key).to_string(),
         });
     }
-    if c.parent_span_id.is_none() && !route.root_span {
+    if c.parent_span_id.is_none() && !root_span {
         if let Some((_, root)) = run_ids {
             c.parent_span_id = Some(root);
         }
     }
     if c.correlation_id.is_none() {
         c.correlation_id = Some(c.run_id.clone().unwrap_or(event_key));
+    }
+}
+
+/// The trace ids of an event, parsed from its (gateway-resolved) correlation.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ResolvedIds {
+    pub(crate) trace_id: TraceId,
+    pub(crate) span_id: SpanId,
+    pub(crate) parent_span_id: SpanId,
+}
+
+impl ResolvedIds {
+    pub(crate) fn of(env: &TelemetryEnvelope) -> Self {
+        let c = &env.correlation;
+        let trace_id = c
+            .trace_id
+            .as_deref()
+            .and_then(|h| TraceId::from_hex(h).ok())
+            .unwrap_or_else(|| derive_trace_id(&env.event_id.to_string()));
+        let span_id = c
+            .span_id
+            .as_deref()
+            .and_then(|h| SpanId::from_hex(h).ok())
+            .unwrap_or_else(|| derive_span_id(&env.event_id.to_string()));
+        let parent_span_id = c
+            .parent_span_id
+            .as_deref()
+            .and_then(|h| SpanId::from_hex(h).ok())
+            .unwrap_or(SpanId::INVALID);
+        ResolvedIds {
+            trace_id,
+            span_id,
+            parent_span_id,
+        }
     }
 }
 
@@ -172,19 +206,7 @@ mod tests {
         let long = "a".repeat(MAX_ACCEPTED_CORRELATION_ID + 1);
         assert_ne!(accept_or_mint(Some(&long)), long);
     }
-    use crate::contracts::SignalType;
     use crate::contracts::{TelemetryCase, TelemetryContext};
-
-    fn route(root: bool) -> Route {
-        Route {
-            signal: SignalType::Trace,
-            enterprise_only: false,
-            root_span: root,
-            enabled: true,
-            sample_ppm: crate::routing::ALL_PPM,
-            slow_threshold_ms: None,
-        }
-    }
 
     #[test]
     fn a_run_and_its_nodes_share_one_trace() {
@@ -194,8 +216,8 @@ mod tests {
         let mut node =
             TelemetryEnvelope::new(TelemetryCase::NodeExecution, TelemetryContext::tenant("t"))
                 .with_run_id("run-42");
-        resolve(&mut run, &route(true));
-        resolve(&mut node, &route(false));
+        resolve(&mut run, true);
+        resolve(&mut node, false);
         assert_eq!(run.correlation.trace_id, node.correlation.trace_id);
         assert_eq!(node.correlation.parent_span_id, run.correlation.span_id);
         assert!(run.correlation.parent_span_id.is_none());
@@ -220,7 +242,7 @@ mod tests {
             TelemetryEnvelope::new(TelemetryCase::WorkflowRun, TelemetryContext::tenant("t"))
                 .with_run_id("run-1");
         e.correlation.trace_id = Some("0af7651916cd43dd8448eb211c80319c".into());
-        resolve(&mut e, &route(true));
+        resolve(&mut e, true);
         assert_eq!(
             e.correlation.trace_id.as_deref(),
             Some("0af7651916cd43dd8448eb211c80319c")

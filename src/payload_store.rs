@@ -22,66 +22,7 @@ use uuid::Uuid;
 use crate::config::{PayloadStoreKind, PayloadsSection};
 use crate::contracts::JsonObject;
 
-/// The longest payload ref accepted, in bytes.
-pub const MAX_REF_BYTES: usize = 512;
-
-/// Why a payload ref was refused without being read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RefError {
-    /// The ref is empty.
-    #[error("payload ref is empty")]
-    Empty,
-    /// Longer than [`MAX_REF_BYTES`].
-    #[error("payload ref is {0} bytes, at most {MAX_REF_BYTES} allowed")]
-    TooLong(usize),
-    /// Starts with `/` or a drive letter.
-    #[error("payload ref must be relative, not absolute")]
-    Absolute,
-    /// Contains `..`, `.`, an empty segment or a backslash.
-    #[error("payload ref contains a path traversal or empty segment")]
-    Traversal,
-    /// Does not start with the envelope's own tenant.
-    #[error("payload ref is outside the tenant's prefix")]
-    OtherTenant,
-    /// Contains a character outside `[A-Za-z0-9._-/]`.
-    #[error("payload ref contains a character outside [A-Za-z0-9._-/]")]
-    BadCharacter,
-    /// Resolves (through a symlink) to a file outside the local store's root.
-    #[error("payload ref resolves outside the payload store's root")]
-    OutsideRoot,
-}
-
-/// Checks that `r` is a key inside `tenant_id`'s prefix. Never touches the store.
-pub fn validate_ref(tenant_id: &str, r: &str) -> Result<(), RefError> {
-    if r.is_empty() {
-        return Err(RefError::Empty);
-    }
-    if r.len() > MAX_REF_BYTES {
-        return Err(RefError::TooLong(r.len()));
-    }
-    if r.starts_with('/') || r.as_bytes().get(1) == Some(&b':') {
-        return Err(RefError::Absolute);
-    }
-    if r.contains('\\') {
-        return Err(RefError::Traversal);
-    }
-    let mut segments = r.split('/');
-    for seg in r.split('/') {
-        if seg.is_empty() || seg == "." || seg == ".." {
-            return Err(RefError::Traversal);
-        }
-    }
-    if !r
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
-    {
-        return Err(RefError::BadCharacter);
-    }
-    if segments.next() != Some(tenant_id) || segments.next().is_none() {
-        return Err(RefError::OtherTenant);
-    }
-    Ok(())
-}
+pub use crate::contracts::{validate_ref, RefError, MAX_REF_BYTES};
 
 /// The key a payload is offloaded under.
 pub fn payload_key(tenant_id: &str, event_id: &Uuid) -> String {

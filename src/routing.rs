@@ -54,7 +54,7 @@ impl Route {
     /// `otlp.sampling_ratio`, so a trace kept here at ratio r is kept by every ratio above r.
     pub fn keeps(&self, key: [u8; 16]) -> bool {
         self.sample_ppm >= ALL_PPM
-            || crate::export::trace_sampled(
+            || trace_sampled(
                 opentelemetry::trace::TraceId::from_bytes(key),
                 f64::from(self.sample_ppm) / f64::from(ALL_PPM),
             )
@@ -184,10 +184,53 @@ impl RoutingTable {
     }
 }
 
+/// Whether a trace is kept at `ratio`: decided on the trace id alone, so every span of a trace
+/// gets the same answer in every process. All 128 bits are mixed (splitmix64 finalizer) before
+/// the comparison: derived trace ids are UUIDv5, whose version and variant bits would otherwise
+/// bias a decision read from raw bytes.
+pub(crate) fn trace_sampled(trace_id: opentelemetry::trace::TraceId, ratio: f64) -> bool {
+    if ratio >= 1.0 {
+        return true;
+    }
+    if ratio <= 0.0 {
+        return false;
+    }
+    let b = trace_id.to_bytes();
+    let hi = u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+    let lo = u64::from_be_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]);
+    let mut z = hi ^ lo.rotate_left(32);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    // Compare the top 53 bits as a fraction in [0, 1).
+    ((z >> 11) as f64 / (1u64 << 53) as f64) < ratio
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn sampling_is_deterministic_and_close_to_the_ratio() {
+        for ratio in [0.1, 0.5, 0.9] {
+            let kept = (0..10_000)
+                .filter(|i| {
+                    trace_sampled(
+                        crate::correlation::derive_trace_id(&format!("run-{i}")),
+                        ratio,
+                    )
+                })
+                .count() as f64
+                / 10_000.0;
+            assert!((kept - ratio).abs() < 0.03, "ratio {ratio}: kept {kept}");
+        }
+        let id =
+            opentelemetry::trace::TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap();
+        assert_eq!(trace_sampled(id, 0.5), trace_sampled(id, 0.5));
+        assert!(trace_sampled(id, 1.0));
+        assert!(!trace_sampled(id, 0.0));
+    }
 
     fn table() -> RoutingTable {
         RoutingTable::new(&BTreeMap::new())

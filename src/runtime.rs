@@ -33,7 +33,7 @@ use crate::actors::gateway::GatewayActor;
 use crate::actors::metric_handler::{CaseHandler, MetricHandlerActor};
 use crate::actors::rehydrator::RehydratorActor;
 use crate::actors::trace_batcher::{Drain, TraceBatcherActor};
-use crate::actors::{ExportHandles, GatewayItem, Shared, TraceItem};
+use crate::actors::{GatewayItem, Shared, TraceItem};
 use crate::config::SinkSection;
 #[cfg(feature = "redis")]
 use crate::config::TransportKind;
@@ -46,6 +46,7 @@ use crate::diagnostics::striped::Striped;
 use crate::diagnostics::{Counters, ReasonCode, StatsSnapshot};
 use crate::export::registry::{SinkFactory, SinkInfo, SinkRegistryError};
 use crate::export::sink::TraceSink;
+use crate::export::ExportHandles;
 use crate::export::{ExportBuildError, ExportPipeline};
 use crate::payload_store::{PayloadStore, StoreBuildError};
 use crate::routing::RoutingTable;

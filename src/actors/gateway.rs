@@ -165,7 +165,7 @@ impl GatewayActor {
             return self.drop_event(&ev, Outcome::dropped(ReasonCode::UnknownCase));
         };
         env.signal = Some(signal);
-        crate::correlation::resolve_with(&mut env, &route, &mut self.run_ids);
+        crate::correlation::resolve_with(&mut env, route.root_span, &mut self.run_ids);
         // Per-case policy: a case turned off, or sampled (`[cases.<name>]`).
         if !route.enabled {
             let detail = format!("cases.{}.enabled = false", env.case);

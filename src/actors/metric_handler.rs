@@ -29,12 +29,13 @@ use uuid::Uuid;
 
 use super::dedup::{CheckBatch, DedupActor, DedupKey, Verdict};
 use super::rehydrator::{RehydrateBatch, RehydrateItem, RehydratorActor};
-use super::{ExportHandles, Shared};
+use super::Shared;
 use crate::contracts::{JsonObject, Payload, TelemetryEnvelope};
 use crate::diagnostics::ledger::{Holder, Outcome};
 use crate::diagnostics::recorder::{EventRef, Stage};
 use crate::diagnostics::{Counters, ReasonCode};
 use crate::export::logs::LogItem;
+use crate::export::ExportHandles;
 use crate::transport::EnvelopeSource;
 use opentelemetry_sdk::logs::SdkLogRecord;
 

@@ -45,13 +45,8 @@ answers_ping!(trace_batcher::TraceBatcherActor);
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use opentelemetry_sdk::logs::SdkLogger;
-
 use crate::contracts::TelemetryEnvelope;
 use crate::diagnostics::Counters;
-use crate::export::logs::LogBatcher;
-use crate::export::mapping::Mapper;
-use crate::export::sink::SinkWorker;
 use crate::routing::RoutingTable;
 
 /// State every actor and the handle share.
@@ -65,18 +60,6 @@ pub(crate) struct Shared {
     /// Set in a worker process (Redis Streams transport): the ledger its handlers note handled
     /// events in, for the worker's commit (see `transport::worker`).
     pub(crate) worker: Option<Arc<crate::transport::worker::WorkerLedger>>,
-}
-
-/// What the actors need from the export pipeline.
-#[derive(Debug)]
-pub(crate) struct ExportHandles {
-    pub(crate) main_sink: SinkWorker,
-    /// Tenant sinks, opened on demand (see `export::registry`).
-    pub(crate) sinks: Arc<crate::export::registry::SinkRegistry>,
-    pub(crate) log_batcher: LogBatcher,
-    pub(crate) logger: SdkLogger,
-    pub(crate) mapper: Mapper,
-    pub(crate) sampling_ratio: f64,
 }
 
 /// An event on the gateway queue, with the runtime switches in force when `emit()` took it: the

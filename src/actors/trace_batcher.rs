@@ -25,13 +25,14 @@ use actix::prelude::*;
 use opentelemetry_sdk::trace::SpanData;
 
 use super::dedup::{DedupKey, MemoryDedup, Verdict};
-use super::{ExportHandles, Shared, TraceItem};
+use super::{Shared, TraceItem};
 use crate::contracts::{JsonObject, Payload};
 use crate::diagnostics::ledger::{Holder, Outcome};
 use crate::diagnostics::recorder::{Detail, EventRef, Stage};
 use crate::diagnostics::{Counters, ReasonCode};
 use crate::export::mapping::ResolvedIds;
 use crate::export::sink::{GroupTracker, SinkJob, SinkWorker};
+use crate::export::ExportHandles;
 
 /// Flush at once, and keep flushing every event at once from now on (shutdown).
 #[derive(Debug, Message)]
@@ -127,7 +128,7 @@ impl TraceBatcherActor {
             if item.to_main {
                 ex.mapper.record_metrics(env, payload, None);
             }
-            if !crate::export::trace_sampled(ResolvedIds::of(env).trace_id, ex.sampling_ratio) {
+            if !crate::routing::trace_sampled(ResolvedIds::of(env).trace_id, ex.sampling_ratio) {
                 let detail = format!("otlp.sampling_ratio = {}", ex.sampling_ratio);
                 let outcome = Outcome::DroppedText {
                     reason: ReasonCode::SampledOut,

@@ -27,14 +27,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+pub(crate) use crate::correlation::ResolvedIds;
 use crate::FastMap;
 use parking_lot::RwLock;
 
 use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, Severity};
 use opentelemetry::metrics::{Counter, Histogram, Meter};
-use opentelemetry::trace::{
-    SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
-};
+use opentelemetry::trace::{SpanContext, SpanKind, Status, TraceFlags, TraceState};
 use opentelemetry::{InstrumentationScope, Key, KeyValue, Value};
 use opentelemetry_sdk::logs::{SdkLogRecord, SdkLogger};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
@@ -733,38 +732,4 @@ fn tokens_of(p: Option<&JsonObject>) -> Option<u64> {
     p.get("total_tokens")
         .or_else(|| p.get("tokens"))
         .and_then(Json::as_u64)
-}
-
-/// The trace ids of an event, parsed from its (gateway-resolved) correlation.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ResolvedIds {
-    pub(crate) trace_id: TraceId,
-    pub(crate) span_id: SpanId,
-    pub(crate) parent_span_id: SpanId,
-}
-
-impl ResolvedIds {
-    pub(crate) fn of(env: &TelemetryEnvelope) -> Self {
-        let c = &env.correlation;
-        let trace_id = c
-            .trace_id
-            .as_deref()
-            .and_then(|h| TraceId::from_hex(h).ok())
-            .unwrap_or_else(|| crate::correlation::derive_trace_id(&env.event_id.to_string()));
-        let span_id = c
-            .span_id
-            .as_deref()
-            .and_then(|h| SpanId::from_hex(h).ok())
-            .unwrap_or_else(|| crate::correlation::derive_span_id(&env.event_id.to_string()));
-        let parent_span_id = c
-            .parent_span_id
-            .as_deref()
-            .and_then(|h| SpanId::from_hex(h).ok())
-            .unwrap_or(SpanId::INVALID);
-        ResolvedIds {
-            trace_id,
-            span_id,
-            parent_span_id,
-        }
-    }
 }

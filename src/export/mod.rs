@@ -39,7 +39,6 @@ use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::SpanExporter as _;
 use opentelemetry_sdk::Resource;
 
-use crate::actors::ExportHandles;
 use crate::config::{GatewayConfig, LocalOutput, OtlpProtocol, SinkKind, SinkSection};
 use crate::diagnostics::Counters;
 use crate::redaction::{RedactionError, Redactor};
@@ -50,6 +49,18 @@ use logs::{LogBackend, LogBatcher, LogBatcherSettings};
 use mapping::Mapper;
 use metrics::{CountingMetricExporter, MetricBackend};
 use sink::{DiscardSink, OtlpTraceSink, SinkWorker, TraceSink};
+
+/// What the actors need from the export pipeline.
+#[derive(Debug)]
+pub(crate) struct ExportHandles {
+    pub(crate) main_sink: SinkWorker,
+    /// Tenant sinks, opened on demand (see `export::registry`).
+    pub(crate) sinks: Arc<crate::export::registry::SinkRegistry>,
+    pub(crate) log_batcher: LogBatcher,
+    pub(crate) logger: opentelemetry_sdk::logs::SdkLogger,
+    pub(crate) mapper: Mapper,
+    pub(crate) sampling_ratio: f64,
+}
 
 /// Why the export pipeline could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -489,53 +500,5 @@ pub(crate) fn build_community_sink(
                 .with_resource(resource);
             Ok(Arc::new(JsonlTraceSink::new(s.name.clone(), w)))
         }
-    }
-}
-
-/// Whether a trace is kept at `ratio`: decided on the trace id alone, so every span of a trace
-/// gets the same answer in every process. All 128 bits are mixed (splitmix64 finalizer) before
-/// the comparison: derived trace ids are UUIDv5, whose version and variant bits would otherwise
-/// bias a decision read from raw bytes.
-pub(crate) fn trace_sampled(trace_id: opentelemetry::trace::TraceId, ratio: f64) -> bool {
-    if ratio >= 1.0 {
-        return true;
-    }
-    if ratio <= 0.0 {
-        return false;
-    }
-    let b = trace_id.to_bytes();
-    let hi = u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
-    let lo = u64::from_be_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]);
-    let mut z = hi ^ lo.rotate_left(32);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^= z >> 31;
-    // Compare the top 53 bits as a fraction in [0, 1).
-    ((z >> 11) as f64 / (1u64 << 53) as f64) < ratio
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use opentelemetry::trace::TraceId;
-
-    #[test]
-    fn sampling_is_deterministic_and_close_to_the_ratio() {
-        for ratio in [0.1, 0.5, 0.9] {
-            let kept = (0..10_000)
-                .filter(|i| {
-                    trace_sampled(
-                        crate::correlation::derive_trace_id(&format!("run-{i}")),
-                        ratio,
-                    )
-                })
-                .count() as f64
-                / 10_000.0;
-            assert!((kept - ratio).abs() < 0.03, "ratio {ratio}: kept {kept}");
-        }
-        let id = TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap();
-        assert_eq!(trace_sampled(id, 0.5), trace_sampled(id, 0.5));
-        assert!(trace_sampled(id, 1.0));
-        assert!(!trace_sampled(id, 0.0));
     }
 }
