@@ -24,7 +24,8 @@
 use std::collections::HashMap;
 
 use crate::config::CaseSection;
-use crate::contracts::{SignalType, TelemetryCase};
+use crate::contracts::{SignalType, TelemetryCase, TelemetryEnvelope};
+use crate::correlation::ResolvedIds;
 use crate::diagnostics::ReasonCode;
 
 /// One row of the routing table.
@@ -49,6 +50,20 @@ pub struct Route {
 pub const ALL_PPM: u32 = 1_000_000;
 
 impl Route {
+    /// The case's sampling decision (`cases.<name>.sample_ratio`) for an event whose ids the
+    /// gateway has resolved: keyed on its trace id for a trace case, so a trace is kept or
+    /// dropped whole, and on its event id for a metric/log case.
+    pub fn keeps_event(&self, env: &TelemetryEnvelope) -> bool {
+        if self.sample_ppm >= ALL_PPM {
+            return true;
+        }
+        let key = match self.signal {
+            SignalType::Trace => ResolvedIds::of(env).trace_id.to_bytes(),
+            SignalType::MetricLog => *env.event_id.as_bytes(),
+        };
+        self.keeps(key)
+    }
+
     /// Whether an event whose sampling key is `key` (its trace id for a trace case, its event
     /// id for a metric/log case) is kept under `sample_ppm`. The same mixing as
     /// `otlp.sampling_ratio`, so a trace kept here at ratio r is kept by every ratio above r.
@@ -83,20 +98,11 @@ pub struct RoutingTable {
 
 /// The built-in row for a built-in case.
 pub fn built_in_route(case: &TelemetryCase) -> Option<Route> {
-    use TelemetryCase::*;
-    let (signal, enterprise_only, root_span) = match case {
-        WorkflowRun | MessageRun => (SignalType::Trace, false, true),
-        NodeExecution | DraftNodeExecution | PromptGeneration => (SignalType::Trace, true, false),
-        ToolExecution | ModerationCheck | SuggestedQuestion | DatasetRetrieval | GenerateName
-        | AppCreated | AppUpdated | AppDeleted | FeedbackCreated => {
-            (SignalType::MetricLog, true, false)
-        }
-        Custom(_) => return None,
-    };
+    let facts = case.facts()?;
     Some(Route {
-        signal,
-        enterprise_only,
-        root_span,
+        signal: facts.signal,
+        enterprise_only: facts.enterprise_only,
+        root_span: facts.root_span,
         enabled: true,
         sample_ppm: ALL_PPM,
         slow_threshold_ms: None,
@@ -170,6 +176,7 @@ impl RoutingTable {
         };
         if !gateway_enabled {
             return match route.signal {
+                SignalType::Trace if !route.enabled => Decision::Drop(ReasonCode::Filtered),
                 SignalType::Trace => Decision::Trace,
                 SignalType::MetricLog => Decision::Drop(ReasonCode::GatewayDisabled),
             };
@@ -177,9 +184,26 @@ impl RoutingTable {
         if route.enterprise_only && !enterprise_enabled {
             return Decision::Drop(ReasonCode::EnterpriseDisabled);
         }
+        if !route.enabled {
+            return Decision::Drop(ReasonCode::Filtered);
+        }
         match route.signal {
             SignalType::Trace => Decision::Trace,
             SignalType::MetricLog => Decision::MetricLog,
+        }
+    }
+
+    /// The configuration rule behind a per-case policy drop (`filtered`, `sampled_out`), for
+    /// the event's journey; `None` for other reasons.
+    pub fn rule(&self, case: &TelemetryCase, reason: ReasonCode) -> Option<String> {
+        let route = self.route(case)?;
+        match reason {
+            ReasonCode::Filtered => Some(format!("cases.{case}.enabled = false")),
+            ReasonCode::SampledOut => {
+                let ratio = f64::from(route.sample_ppm) / f64::from(ALL_PPM);
+                Some(format!("cases.{case}.sample_ratio = {ratio}"))
+            }
+            _ => None,
         }
     }
 }
@@ -317,6 +341,28 @@ mod tests {
         assert_eq!(node.sample_ppm, 250_000);
         assert_eq!(node.slow_threshold_ms, Some(500));
         assert!(!t.route(&TelemetryCase::AppCreated).unwrap().enabled);
+        // A case turned off is dropped by the decision itself, under either switch setting,
+        // after the eligibility rules, and the journey gets the rule's text.
+        for (gw, ent, expected) in [
+            (true, true, ReasonCode::Filtered),
+            (false, true, ReasonCode::GatewayDisabled),
+            (true, false, ReasonCode::EnterpriseDisabled),
+        ] {
+            assert_eq!(
+                t.decide(&TelemetryCase::AppCreated, gw, ent),
+                Decision::Drop(expected)
+            );
+        }
+        assert_eq!(
+            t.rule(&TelemetryCase::AppCreated, ReasonCode::Filtered)
+                .as_deref(),
+            Some("cases.app_created.enabled = false")
+        );
+        assert_eq!(
+            t.rule(&TelemetryCase::NodeExecution, ReasonCode::SampledOut)
+                .as_deref(),
+            Some("cases.node_execution.sample_ratio = 0.25")
+        );
         let run = t.route(&TelemetryCase::WorkflowRun).unwrap();
         assert_eq!((run.enabled, run.sample_ppm), (true, ALL_PPM));
         // A key kept at 0.25 is kept at every higher ratio (nested sampling).

@@ -225,3 +225,85 @@ fn a_rejecting_http_collector_is_accounted_as_rejected() {
         telemetry_gateway::config::OtlpProtocol::HttpProtobuf,
     );
 }
+
+/// Every built-in case records its row's metric (`contracts::CaseFacts::metric`): one event of
+/// each case, and each instrument arrives at a real receiver with the right count and, for the
+/// counters by a payload field, that field's value (or its default) as an attribute. Cases that
+/// share an instrument (node and draft node executions) share its series.
+#[test]
+fn every_built_in_case_records_its_metric() {
+    use telemetry_gateway::contracts::{CaseMetric, FieldValue};
+    let rx = OtlpReceiver::start();
+    let (mut cfg, _dir) = support::config();
+    cfg.otlp.endpoint = Some(rx.endpoint());
+    let gw = start(cfg).unwrap();
+    let ctx = TelemetryContext::tenant("acme").app("a");
+    for case in TelemetryCase::BUILT_IN.iter() {
+        let payload = match case {
+            TelemetryCase::FeedbackCreated => json!({"rating": "like", "duration_ms": 10}),
+            TelemetryCase::ModerationCheck => json!({"flagged": true}),
+            _ => json!({"duration_ms": 250}),
+        };
+        gw.emit(
+            TelemetryEnvelope::new(case.clone(), ctx.clone())
+                .with_run_id("r1")
+                .with_payload(payload),
+        )
+        .unwrap();
+    }
+    let s = gw.shutdown_blocking(support::DEADLINE).stats;
+    assert!(s.is_settled() && s.dropped_total() == 0, "{s:?}");
+    let r = rx.received();
+    /// Per instrument: events expected, and the attribute (field, value) of a count by field.
+    type Expected<'a> = HashMap<String, (u64, Option<(&'a str, PValue)>)>;
+    let mut expected: Expected = HashMap::new();
+    for case in TelemetryCase::BUILT_IN.iter() {
+        let facts = case.facts().unwrap();
+        let name = format!("app.{}", facts.metric.instrument());
+        let attr = match facts.metric {
+            CaseMetric::CountBy {
+                field,
+                value: FieldValue::Text { .. },
+                ..
+            } => Some((field, PValue::StringValue("like".into()))),
+            CaseMetric::CountBy {
+                field,
+                value: FieldValue::Flag,
+                ..
+            } => Some((field, PValue::BoolValue(true))),
+            _ => None,
+        };
+        expected.entry(name).or_insert((0, attr)).0 += 1;
+    }
+    assert_eq!(expected["app.node.duration"].0, 2, "two cases share it");
+    for (name, (count, by_field)) in &expected {
+        let metric = r
+            .metrics
+            .iter()
+            .rev()
+            .find(|m| &m.name == name)
+            .unwrap_or_else(|| panic!("{name} arrived"));
+        let (got, attrs) = match &metric.data {
+            Some(Data::Histogram(h)) => (
+                h.data_points.iter().map(|p| p.count).sum::<u64>(),
+                h.data_points.first().map(|p| p.attributes.clone()),
+            ),
+            Some(Data::Sum(sum)) => (
+                sum.data_points
+                    .iter()
+                    .map(|p| match p.value {
+                        Some(NValue::AsInt(i)) => i as u64,
+                        _ => 0,
+                    })
+                    .sum(),
+                sum.data_points.first().map(|p| p.attributes.clone()),
+            ),
+            other => panic!("{name}: unexpected data {other:?}"),
+        };
+        assert_eq!(got, *count, "{name}");
+        if let Some((field, value)) = by_field {
+            let attrs = attrs.unwrap_or_default();
+            assert_eq!(attr(&attrs, field), Some(value), "{name} by {field}");
+        }
+    }
+}

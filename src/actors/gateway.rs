@@ -2,8 +2,10 @@
 //!
 //! Takes envelopes from the gateway queue (filled by `emit()`), and for each one:
 //! 1. **eligibility and data type** from the routing table, under the runtime switches that were
-//!    in force when `emit()` took the event (a drop is counted with its reason);
-//! 2. resolves correlation and trace ids ([`crate::correlation::resolve`]);
+//!    in force when `emit()` took the event, with the case's own policy (`cases.<name>.enabled`);
+//!    a drop is counted with its reason, and the rule behind it (`RoutingTable::decide`, `rule`);
+//! 2. resolves correlation and trace ids ([`crate::correlation::resolve`]), then the case's
+//!    sampling (`Route::keeps_event`, keyed on the resolved trace id);
 //! 3. **offloads** a payload above `payloads.inline_threshold_bytes` (serialized JSON) to the
 //!    payload store at `{tenant_id}/{event_id}.json`, keeping a fallback of its scalar fields; if
 //!    the store fails, times out or is saturated, the payload goes inline and that is counted;
@@ -78,9 +80,15 @@ impl GatewayActor {
         &self.shared.counters
     }
 
-    /// The event leaves the gateway stage dropped.
-    fn drop_event(&self, ev: &EventRef, outcome: Outcome<'_>) {
+    /// The routing table dropped the event for `reason`: it leaves the gateway stage, its
+    /// journey naming the configuration rule behind a per-case policy.
+    fn refuse_by_policy(&self, ev: &EventRef, env: &TelemetryEnvelope, reason: ReasonCode) {
         self.counters().step(ev, Stage::Received, None);
+        let rule = self.shared.table.rule(&env.case, reason);
+        let outcome = match &rule {
+            Some(detail) => Outcome::DroppedText { reason, detail },
+            None => Outcome::dropped(reason),
+        };
         self.counters().settle(ev, Holder::Gateway, outcome);
     }
 
@@ -156,41 +164,20 @@ impl GatewayActor {
         let mut ev = EventRef::of(&env);
         self.counters().recorder().attach(&mut ev);
         self.counters().received(&ev.case);
-        let signal = match self.shared.table.decide(&env.case, gw, ent) {
-            Decision::Drop(reason) => return self.drop_event(&ev, Outcome::dropped(reason)),
+        // Where the event goes, and why not: the routing table's decisions (`routing.rs`).
+        let table = &self.shared.table;
+        let signal = match table.decide(&env.case, gw, ent) {
+            Decision::Drop(reason) => return self.refuse_by_policy(&ev, &env, reason),
             Decision::Trace => SignalType::Trace,
             Decision::MetricLog => SignalType::MetricLog,
         };
-        let Some(route) = self.shared.table.route(&env.case) else {
-            return self.drop_event(&ev, Outcome::dropped(ReasonCode::UnknownCase));
+        let Some(route) = table.route(&env.case) else {
+            return self.refuse_by_policy(&ev, &env, ReasonCode::UnknownCase);
         };
         env.signal = Some(signal);
         crate::correlation::resolve_with(&mut env, route.root_span, &mut self.run_ids);
-        // Per-case policy: a case turned off, or sampled (`[cases.<name>]`).
-        if !route.enabled {
-            let detail = format!("cases.{}.enabled = false", env.case);
-            let outcome = Outcome::DroppedText {
-                reason: ReasonCode::Filtered,
-                detail: &detail,
-            };
-            return self.drop_event(&ev, outcome);
-        }
-        if route.sample_ppm < crate::routing::ALL_PPM {
-            let key = match signal {
-                SignalType::Trace => crate::export::mapping::ResolvedIds::of(&env)
-                    .trace_id
-                    .to_bytes(),
-                SignalType::MetricLog => *env.event_id.as_bytes(),
-            };
-            if !route.keeps(key) {
-                let ratio = f64::from(route.sample_ppm) / f64::from(crate::routing::ALL_PPM);
-                let detail = format!("cases.{}.sample_ratio = {ratio}", env.case);
-                let outcome = Outcome::DroppedText {
-                    reason: ReasonCode::SampledOut,
-                    detail: &detail,
-                };
-                return self.drop_event(&ev, outcome);
-            }
+        if !route.keeps_event(&env) {
+            return self.refuse_by_policy(&ev, &env, ReasonCode::SampledOut);
         }
 
         let oversize = match &env.payload {

@@ -39,7 +39,9 @@ use opentelemetry_sdk::logs::{SdkLogRecord, SdkLogger};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 use serde_json::Value as Json;
 
-use crate::contracts::{JsonObject, Payload, TelemetryCase, TelemetryEnvelope};
+use crate::contracts::{
+    CaseMetric, FieldValue, JsonObject, Payload, TelemetryCase, TelemetryEnvelope,
+};
 use crate::diagnostics::ReasonCode;
 use crate::redaction::Redactor;
 use crate::routing::RoutingTable;
@@ -75,118 +77,108 @@ pub(crate) fn scope() -> InstrumentationScope {
 pub(crate) struct Instruments {
     requests: Counter<u64>,
     tokens: Counter<u64>,
-    workflow_duration: Histogram<f64>,
-    node_duration: Histogram<f64>,
-    message_duration: Histogram<f64>,
-    tool_duration: Histogram<f64>,
-    prompt_generation_duration: Histogram<f64>,
-    app_created: Counter<u64>,
-    app_updated: Counter<u64>,
-    app_deleted: Counter<u64>,
-    feedback: Counter<u64>,
-    dataset_retrievals: Counter<u64>,
-    moderation_checks: Counter<u64>,
-    suggested_questions: Counter<u64>,
-    names_generated: Counter<u64>,
     degraded: Counter<u64>,
     slow_operations: Counter<u64>,
+    /// The metric of each built-in case, by [`TelemetryCase::built_in_index`] (from the case
+    /// table: `contracts::CaseFacts::metric`). Cases that share an instrument share it here.
+    by_case: Vec<CaseInstrument>,
 }
+
+/// A built-in case's instrument.
+#[derive(Debug, Clone)]
+enum CaseInstrument {
+    Duration(Histogram<f64>),
+    Count(Counter<u64>, Option<(&'static str, FieldValue)>),
+}
+
+/// The instruments every event may update, whatever its case: (name, description, unit).
+const COMMON_INSTRUMENTS: [(&str, &str, &str); 4] = [
+    (
+        "requests.total",
+        "Telemetry events handled, by case and status",
+        "{event}",
+    ),
+    ("tokens.total", "Model tokens used", "{token}"),
+    (
+        "events.degraded.total",
+        "Metric/log events handled without their payload, by reason (rehydration_failed, payload_ref_refused)",
+        "{event}",
+    ),
+    (
+        "slow_operations.total",
+        "Trace events slower than their case's slow_threshold_ms, by case",
+        "{event}",
+    ),
+];
 
 /// Every instrument name the mapping creates, for the catalogue test.
 pub fn instrument_names(ns: &str) -> Vec<String> {
-    [
-        "requests.total",
-        "tokens.total",
-        "workflow.duration",
-        "node.duration",
-        "message.duration",
-        "tool.duration",
-        "prompt_generation.duration",
-        "app.created.total",
-        "app.updated.total",
-        "app.deleted.total",
-        "feedback.total",
-        "dataset.retrievals.total",
-        "moderation.checks.total",
-        "suggested_questions.total",
-        "names_generated.total",
-        "events.degraded.total",
-        "slow_operations.total",
-    ]
-    .iter()
-    .map(|s| format!("{ns}.{s}"))
-    .collect()
+    let mut names: Vec<&str> = COMMON_INSTRUMENTS.iter().map(|(n, _, _)| *n).collect();
+    for case in TelemetryCase::BUILT_IN.iter() {
+        if let Some(facts) = case.facts() {
+            let name = facts.metric.instrument();
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    names.iter().map(|s| format!("{ns}.{s}")).collect()
 }
 
 impl Instruments {
     pub(crate) fn new(meter: &Meter, ns: &str) -> Self {
-        let c = |name: &str, desc: &'static str, unit: &'static str| {
+        let counter = |(name, desc, unit): (&str, &'static str, &'static str)| {
             meter
                 .u64_counter(format!("{ns}.{name}"))
                 .with_description(desc)
                 .with_unit(unit)
                 .build()
         };
-        let h = |name: &str, desc: &'static str| {
-            meter
-                .f64_histogram(format!("{ns}.{name}"))
-                .with_description(desc)
-                .with_unit("s")
-                .build()
-        };
+        let mut built: HashMap<&'static str, CaseInstrument> = HashMap::new();
+        let by_case = TelemetryCase::BUILT_IN
+            .iter()
+            .filter_map(|case| case.facts())
+            .map(|facts| {
+                let metric = facts.metric;
+                built
+                    .entry(metric.instrument())
+                    .or_insert_with(|| match metric {
+                        CaseMetric::Duration {
+                            instrument,
+                            description,
+                        } => CaseInstrument::Duration(
+                            meter
+                                .f64_histogram(format!("{ns}.{instrument}"))
+                                .with_description(description)
+                                .with_unit("s")
+                                .build(),
+                        ),
+                        CaseMetric::Count {
+                            instrument,
+                            description,
+                            unit,
+                        } => CaseInstrument::Count(counter((instrument, description, unit)), None),
+                        CaseMetric::CountBy {
+                            instrument,
+                            description,
+                            unit,
+                            field,
+                            value,
+                        } => CaseInstrument::Count(
+                            counter((instrument, description, unit)),
+                            Some((field, value)),
+                        ),
+                    })
+                    .clone()
+            })
+            .collect();
+        let [requests, tokens, degraded, slow_operations] = COMMON_INSTRUMENTS.map(counter);
         Instruments {
-            requests: c(
-                "requests.total",
-                "Telemetry events handled, by case and status",
-                "{event}",
-            ),
-            tokens: c("tokens.total", "Model tokens used", "{token}"),
-            workflow_duration: h("workflow.duration", "Workflow run duration"),
-            node_duration: h("node.duration", "Node execution duration"),
-            message_duration: h("message.duration", "Message run duration"),
-            tool_duration: h("tool.duration", "Tool execution duration"),
-            prompt_generation_duration: h(
-                "prompt_generation.duration",
-                "Prompt generation duration",
-            ),
-            app_created: c("app.created.total", "Apps created", "{app}"),
-            app_updated: c("app.updated.total", "Apps updated", "{app}"),
-            app_deleted: c("app.deleted.total", "Apps deleted", "{app}"),
-            feedback: c(
-                "feedback.total",
-                "Feedback created, by rating",
-                "{feedback}",
-            ),
-            dataset_retrievals: c(
-                "dataset.retrievals.total",
-                "Dataset retrievals",
-                "{retrieval}",
-            ),
-            moderation_checks: c(
-                "moderation.checks.total",
-                "Moderation checks, by flagged",
-                "{check}",
-            ),
-            suggested_questions: c(
-                "suggested_questions.total",
-                "Suggested question generations",
-                "{generation}",
-            ),
-            names_generated: c(
-                "names_generated.total",
-                "Conversation names generated",
-                "{generation}",
-            ),
-            degraded: c(
-                "events.degraded.total",
-                "Metric/log events handled without their payload, by reason (rehydration_failed, payload_ref_refused)",
-                "{event}",
-            ),
-            slow_operations: c(
-                "slow_operations.total",
-                "Trace events slower than their case's slow_threshold_ms, by case",
-                "{event}",
-            ),
+            requests,
+            tokens,
+            degraded,
+            slow_operations,
+            by_case,
         }
     }
 }
@@ -234,15 +226,9 @@ pub struct Mapper {
     keys: Arc<RwLock<FastMap<Box<str>, KeyInfo>>>,
 }
 
-fn span_suffix(case: &TelemetryCase) -> String {
-    match case {
-        TelemetryCase::WorkflowRun => "workflow.run".into(),
-        TelemetryCase::NodeExecution => "node.execution".into(),
-        TelemetryCase::DraftNodeExecution => "node.execution.draft".into(),
-        TelemetryCase::MessageRun => "message.run".into(),
-        TelemetryCase::PromptGeneration => "prompt.generation".into(),
-        other => other.as_str().to_owned(),
-    }
+/// A case's span name below the namespace: its row's `span_name`, or a custom case's name.
+fn span_suffix(case: &TelemetryCase) -> &str {
+    case.facts().map_or(case.as_str(), |f| f.span_name)
 }
 
 /// Leaks a name once. Log event names must be `&'static str` in the OTel API; the names are
@@ -629,50 +615,31 @@ impl Mapper {
         if let Some(t) = tokens_of(payload) {
             i.tokens.add(t, &base);
         }
-        let secs = duration_of(payload).map(|d| d.as_secs_f64());
-        use TelemetryCase::*;
-        match &env.case {
-            WorkflowRun => secs
-                .into_iter()
-                .for_each(|s| i.workflow_duration.record(s, &with_status)),
-            NodeExecution | DraftNodeExecution => secs
-                .into_iter()
-                .for_each(|s| i.node_duration.record(s, &with_status)),
-            MessageRun => secs
-                .into_iter()
-                .for_each(|s| i.message_duration.record(s, &with_status)),
-            ToolExecution => secs
-                .into_iter()
-                .for_each(|s| i.tool_duration.record(s, &with_status)),
-            PromptGeneration => secs
-                .into_iter()
-                .for_each(|s| i.prompt_generation_duration.record(s, &with_status)),
-            AppCreated => i.app_created.add(1, &base),
-            AppUpdated => i.app_updated.add(1, &base),
-            AppDeleted => i.app_deleted.add(1, &base),
-            FeedbackCreated => {
-                let rating = payload
-                    .and_then(|p| p.get("rating"))
-                    .and_then(Json::as_str)
-                    .unwrap_or("unknown")
-                    .to_owned();
-                let mut attrs = base;
-                attrs.push(KeyValue::new("rating", rating));
-                i.feedback.add(1, &attrs);
+        let Some(instrument) = env.case.built_in_index().and_then(|row| i.by_case.get(row)) else {
+            return;
+        };
+        match instrument {
+            CaseInstrument::Duration(h) => {
+                if let Some(d) = duration_of(payload) {
+                    h.record(d.as_secs_f64(), &with_status);
+                }
             }
-            DatasetRetrieval => i.dataset_retrievals.add(1, &base),
-            ModerationCheck => {
-                let flagged = payload
-                    .and_then(|p| p.get("flagged"))
-                    .and_then(Json::as_bool)
-                    .unwrap_or(false);
+            CaseInstrument::Count(c, None) => c.add(1, &base),
+            CaseInstrument::Count(c, Some((field, value))) => {
+                let v = payload.and_then(|p| p.get(*field));
+                let attr = match value {
+                    FieldValue::Text { default } => KeyValue::new(
+                        *field,
+                        v.and_then(Json::as_str).unwrap_or(default).to_owned(),
+                    ),
+                    FieldValue::Flag => {
+                        KeyValue::new(*field, v.and_then(Json::as_bool).unwrap_or(false))
+                    }
+                };
                 let mut attrs = base;
-                attrs.push(KeyValue::new("flagged", flagged));
-                i.moderation_checks.add(1, &attrs);
+                attrs.push(attr);
+                c.add(1, &attrs);
             }
-            SuggestedQuestion => i.suggested_questions.add(1, &base),
-            GenerateName => i.names_generated.add(1, &base),
-            Custom(_) => {}
         }
     }
 }

@@ -17,9 +17,12 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
+
+mod case;
+pub use case::{CaseFacts, CaseMetric, FieldValue, SignalType, TelemetryCase};
 
 /// The envelope schema version this build writes and accepts.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -106,175 +109,6 @@ pub fn validate_ref(tenant_id: &str, r: &str) -> Result<(), RefError> {
         return Err(RefError::OtherTenant);
     }
     Ok(())
-}
-
-/// Which telemetry case an event is.
-///
-/// The 14 built-in cases come from the AI-app platform this design descends from. A host adds its
-/// own cases by name in the `[cases.<name>]` section of the configuration; an event whose case is
-/// neither built in nor configured is refused with [`EnvelopeError::UnknownCase`].
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub enum TelemetryCase {
-    /// A whole workflow run (trace; community edition).
-    WorkflowRun,
-    /// One node of a workflow run (trace; enterprise only).
-    NodeExecution,
-    /// A node executed from the editor's draft (trace; enterprise only).
-    DraftNodeExecution,
-    /// A chat message run (trace; community edition).
-    MessageRun,
-    /// A tool call (metric/log; enterprise only).
-    ToolExecution,
-    /// A moderation check (metric/log; enterprise only).
-    ModerationCheck,
-    /// Suggested follow-up questions (metric/log; enterprise only).
-    SuggestedQuestion,
-    /// A dataset retrieval (metric/log; enterprise only).
-    DatasetRetrieval,
-    /// A conversation name generation (metric/log; enterprise only).
-    GenerateName,
-    /// A prompt generation (trace; enterprise only).
-    PromptGeneration,
-    /// An app was created (metric/log; enterprise only).
-    AppCreated,
-    /// An app was updated (metric/log; enterprise only).
-    AppUpdated,
-    /// An app was deleted (metric/log; enterprise only).
-    AppDeleted,
-    /// End-user feedback was created (metric/log; enterprise only).
-    FeedbackCreated,
-    /// A case the host declared in configuration.
-    Custom(Arc<str>),
-}
-
-impl TelemetryCase {
-    /// The 14 built-in cases, in the order of the routing table documentation.
-    pub const BUILT_IN: [TelemetryCase; 14] = [
-        TelemetryCase::WorkflowRun,
-        TelemetryCase::NodeExecution,
-        TelemetryCase::DraftNodeExecution,
-        TelemetryCase::MessageRun,
-        TelemetryCase::ToolExecution,
-        TelemetryCase::ModerationCheck,
-        TelemetryCase::SuggestedQuestion,
-        TelemetryCase::DatasetRetrieval,
-        TelemetryCase::GenerateName,
-        TelemetryCase::PromptGeneration,
-        TelemetryCase::AppCreated,
-        TelemetryCase::AppUpdated,
-        TelemetryCase::AppDeleted,
-        TelemetryCase::FeedbackCreated,
-    ];
-
-    /// The case's stable snake_case name, as used in configuration and on the wire.
-    pub fn as_str(&self) -> &str {
-        match self {
-            TelemetryCase::Custom(name) => name,
-            built_in => built_in.static_name().unwrap_or_default(),
-        }
-    }
-
-    /// The position of a built-in case in [`TelemetryCase::BUILT_IN`] (none for a custom case).
-    pub fn built_in_index(&self) -> Option<usize> {
-        Some(match self {
-            TelemetryCase::WorkflowRun => 0,
-            TelemetryCase::NodeExecution => 1,
-            TelemetryCase::DraftNodeExecution => 2,
-            TelemetryCase::MessageRun => 3,
-            TelemetryCase::ToolExecution => 4,
-            TelemetryCase::ModerationCheck => 5,
-            TelemetryCase::SuggestedQuestion => 6,
-            TelemetryCase::DatasetRetrieval => 7,
-            TelemetryCase::GenerateName => 8,
-            TelemetryCase::PromptGeneration => 9,
-            TelemetryCase::AppCreated => 10,
-            TelemetryCase::AppUpdated => 11,
-            TelemetryCase::AppDeleted => 12,
-            TelemetryCase::FeedbackCreated => 13,
-            TelemetryCase::Custom(_) => return None,
-        })
-    }
-
-    /// The name of a built-in case as a `'static` string (none for a custom case).
-    pub fn static_name(&self) -> Option<&'static str> {
-        Some(match self {
-            TelemetryCase::WorkflowRun => "workflow_run",
-            TelemetryCase::NodeExecution => "node_execution",
-            TelemetryCase::DraftNodeExecution => "draft_node_execution",
-            TelemetryCase::MessageRun => "message_run",
-            TelemetryCase::ToolExecution => "tool_execution",
-            TelemetryCase::ModerationCheck => "moderation_check",
-            TelemetryCase::SuggestedQuestion => "suggested_question",
-            TelemetryCase::DatasetRetrieval => "dataset_retrieval",
-            TelemetryCase::GenerateName => "generate_name",
-            TelemetryCase::PromptGeneration => "prompt_generation",
-            TelemetryCase::AppCreated => "app_created",
-            TelemetryCase::AppUpdated => "app_updated",
-            TelemetryCase::AppDeleted => "app_deleted",
-            TelemetryCase::FeedbackCreated => "feedback_created",
-            TelemetryCase::Custom(_) => return None,
-        })
-    }
-
-    /// Parses a case name: a built-in name gives the built-in case, anything else a
-    /// [`TelemetryCase::Custom`] (which the routing table must know for the event to be accepted).
-    pub fn from_name(name: &str) -> TelemetryCase {
-        TelemetryCase::BUILT_IN
-            .iter()
-            .find(|c| c.as_str() == name)
-            .cloned()
-            .unwrap_or_else(|| TelemetryCase::Custom(Arc::from(name)))
-    }
-
-    /// A host-declared case by name.
-    pub fn custom(name: &str) -> TelemetryCase {
-        TelemetryCase::from_name(name)
-    }
-}
-
-impl fmt::Debug for TelemetryCase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl fmt::Display for TelemetryCase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for TelemetryCase {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for TelemetryCase {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let name = String::deserialize(d)?;
-        Ok(TelemetryCase::from_name(&name))
-    }
-}
-
-/// The two kinds of data an event can be, which decide where the gateway sends it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SignalType {
-    /// Trace-shaped: becomes a span (plus companion logs and metrics) in the trace batcher.
-    Trace,
-    /// Metric/log only: handled by the metric handler pool.
-    MetricLog,
-}
-
-impl SignalType {
-    /// The stable snake_case name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SignalType::Trace => "trace",
-            SignalType::MetricLog => "metric_log",
-        }
-    }
 }
 
 /// Who an event belongs to.
