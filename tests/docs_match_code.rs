@@ -89,9 +89,7 @@ fn every_self_metric_is_in_operations() {
             "docs/operations.md lacks `{f}`"
         );
     }
-    let otel = telemetry_gateway::diagnostics::otel::INSTRUMENT_NAMES;
-    let hist = telemetry_gateway::diagnostics::otel::HISTOGRAM_NAMES;
-    for n in otel.iter().chain(hist.iter()) {
+    for n in telemetry_gateway::diagnostics::catalogue::otel_names() {
         assert!(
             text.contains(&format!("`{n}`")),
             "docs/operations.md lacks `{n}`"

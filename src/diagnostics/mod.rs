@@ -18,6 +18,7 @@
 //! short lock per step and allocates its journeys (bounded by `diagnostics.recorder_events`);
 //! nothing on `emit()`'s accepting path touches it.
 
+pub mod catalogue;
 pub mod exporters;
 pub mod histogram;
 pub(crate) mod http;

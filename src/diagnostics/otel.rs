@@ -11,8 +11,8 @@ use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 
+use super::catalogue::{self, MetricKind, Read, SelfMetric};
 use super::probes::Probes;
-use super::ReasonCode;
 
 /// The OTel histograms of the self-metrics, recorded where the hdrhistograms are.
 #[derive(Debug, Clone)]
@@ -48,187 +48,62 @@ impl SelfHistograms {
     }
 }
 
-/// The self-metric histogram names.
-pub const HISTOGRAM_NAMES: [&str; 3] = [
-    "telemetry_gateway.export.duration",
-    "telemetry_gateway.export.batch_size",
-    "telemetry_gateway.emit_to_export.duration",
-];
-
-/// Every self-metric instrument name, for the docs test.
-pub const INSTRUMENT_NAMES: [&str; 10] = [
-    "telemetry_gateway.events.emitted",
-    "telemetry_gateway.events.delivered",
-    "telemetry_gateway.events.dropped",
-    "telemetry_gateway.events.degraded",
-    "telemetry_gateway.events.in_flight",
-    "telemetry_gateway.queue.depth",
-    "telemetry_gateway.queue.capacity",
-    "telemetry_gateway.export.items",
-    "telemetry_gateway.ready",
-    "telemetry_gateway.events.by_case",
-];
-
-/// Registers the observable instruments on `provider`'s `telemetry-gateway.self` meter.
+/// Registers the self-metrics on `provider`'s `telemetry-gateway.self` meter: the histograms of
+/// the catalogue's histogram rows (recorded where the hdrhistograms are), and one observable
+/// instrument per counter and gauge row with an OTel name, reading the same snapshot as
+/// `/metrics` at each collection.
 pub(crate) fn register(provider: &SdkMeterProvider, probes: Arc<Probes>) {
     let meter = provider.meter("telemetry-gateway.self");
+    let f64_histogram = |m: &SelfMetric| {
+        meter
+            .f64_histogram(m.otel.unwrap_or(m.prometheus))
+            .with_description(m.help)
+            .with_unit(m.unit)
+            .build()
+    };
     let hist = SelfHistograms {
-        export_duration: meter
-            .f64_histogram(HISTOGRAM_NAMES[0])
-            .with_description("Duration of export calls, retries included")
-            .with_unit("s")
-            .build(),
+        export_duration: f64_histogram(&catalogue::EXPORT_DURATION),
         export_batch_size: meter
-            .u64_histogram(HISTOGRAM_NAMES[1])
-            .with_description("Items per export call")
-            .with_unit("{item}")
+            .u64_histogram(catalogue::EXPORT_BATCH_SIZE.otel.unwrap_or_default())
+            .with_description(catalogue::EXPORT_BATCH_SIZE.help)
+            .with_unit(catalogue::EXPORT_BATCH_SIZE.unit)
             .build(),
-        emit_to_export: meter
-            .f64_histogram(HISTOGRAM_NAMES[2])
-            .with_description("From an event's created_at to an exporter accepting its output")
-            .with_unit("s")
-            .build(),
+        emit_to_export: f64_histogram(&catalogue::EMIT_TO_EXPORT),
     };
     // One instance, shared by every exporter's stats and the emit-to-export recording.
     let _ = probes.counters.exporters.otel.set(hist);
-    let p = probes.clone();
-    let _ = meter
-        .u64_observable_counter(INSTRUMENT_NAMES[0])
-        .with_description("Events passed to emit()")
-        .with_unit("{event}")
-        .with_callback(move |o| o.observe(p.counters.snapshot().emitted, &[]))
-        .build();
-    let p = probes.clone();
-    let _ = meter
-        .u64_observable_counter(INSTRUMENT_NAMES[1])
-        .with_description("Events whose output an exporter accepted, by signal")
-        .with_unit("{event}")
-        .with_callback(move |o| {
-            let s = p.counters.snapshot();
-            o.observe(
-                s.delivered_by_signal.trace,
-                &[KeyValue::new("signal", "trace")],
-            );
-            o.observe(
-                s.delivered_by_signal.metric_log,
-                &[KeyValue::new("signal", "metric_log")],
-            );
-        })
-        .build();
-    let p = probes.clone();
-    let _ = meter
-        .u64_observable_counter(INSTRUMENT_NAMES[9])
-        .with_description(
-            "Events per case: received by the gateway actor, delivered, dropped (any reason)",
-        )
-        .with_unit("{event}")
-        .with_callback(move |o| {
-            for (case, n) in p.counters.by_case() {
-                for (outcome, v) in [
-                    ("received", n.received),
-                    ("delivered", n.delivered),
-                    ("dropped", n.dropped),
-                ] {
-                    o.observe(
-                        v,
-                        &[
-                            KeyValue::new("case", case.clone()),
-                            KeyValue::new("outcome", outcome),
-                        ],
-                    );
-                }
+    for metric in catalogue::CATALOGUE {
+        let (Some(name), Read::Points(read)) = (metric.otel, metric.read) else {
+            continue;
+        };
+        let p = probes.clone();
+        let observe = move |o: &dyn opentelemetry::metrics::AsyncInstrument<u64>| {
+            for point in read(&p.snapshot()) {
+                let attrs: Vec<KeyValue> = point
+                    .labels
+                    .into_iter()
+                    .map(|(k, v)| KeyValue::new(k, v))
+                    .collect();
+                o.observe(point.value as u64, &attrs);
             }
-        })
-        .build();
-    let p = probes.clone();
-    let _ = meter
-        .u64_observable_counter(INSTRUMENT_NAMES[2])
-        .with_description("Events dropped, by reason code")
-        .with_unit("{event}")
-        .with_callback(move |o| {
-            for r in ReasonCode::ALL {
-                o.observe(
-                    p.counters.dropped_count(r),
-                    &[
-                        KeyValue::new("reason", r.as_str()),
-                        KeyValue::new("intentional", r.intentional()),
-                    ],
-                );
+        };
+        match metric.kind {
+            MetricKind::Counter => {
+                let _ = meter
+                    .u64_observable_counter(name)
+                    .with_description(metric.help)
+                    .with_unit(metric.unit)
+                    .with_callback(observe)
+                    .build();
             }
-        })
-        .build();
-    let p = probes.clone();
-    let _ = meter
-        .u64_observable_counter(INSTRUMENT_NAMES[3])
-        .with_description("Events degraded, by reason code")
-        .with_unit("{event}")
-        .with_callback(move |o| {
-            for r in ReasonCode::ALL {
-                o.observe(
-                    p.counters.degraded_count(r),
-                    &[KeyValue::new("reason", r.as_str())],
-                );
+            MetricKind::Gauge | MetricKind::Histogram => {
+                let _ = meter
+                    .u64_observable_gauge(name)
+                    .with_description(metric.help)
+                    .with_unit(metric.unit)
+                    .with_callback(observe)
+                    .build();
             }
-        })
-        .build();
-    let p = probes.clone();
-    let _ = meter
-        .u64_observable_gauge(INSTRUMENT_NAMES[4])
-        .with_description("Events emitted and not yet delivered or dropped")
-        .with_unit("{event}")
-        .with_callback(move |o| o.observe(p.counters.snapshot().in_flight, &[]))
-        .build();
-    let p = probes.clone();
-    let _ = meter
-        .u64_observable_gauge(INSTRUMENT_NAMES[5])
-        .with_description("Items waiting in each bounded queue")
-        .with_unit("{item}")
-        .with_callback(move |o| {
-            for q in p.queues() {
-                o.observe(q.depth as u64, &[KeyValue::new("queue", q.name)]);
-            }
-        })
-        .build();
-    let p = probes.clone();
-    let _ = meter
-        .u64_observable_gauge(INSTRUMENT_NAMES[6])
-        .with_description("The bound of each queue")
-        .with_unit("{item}")
-        .with_callback(move |o| {
-            for q in p.queues() {
-                o.observe(q.capacity as u64, &[KeyValue::new("queue", q.name)]);
-            }
-        })
-        .build();
-    let p = probes.clone();
-    let _ = meter
-        .u64_observable_counter(INSTRUMENT_NAMES[7])
-        .with_description("Items per exporter, by outcome")
-        .with_unit("{item}")
-        .with_callback(move |o| {
-            for e in p.counters.exporters.snapshot() {
-                for (outcome, n) in [
-                    ("ok", e.items_ok),
-                    ("failed", e.items_failed),
-                    ("queue_full", e.items_queue_full),
-                ] {
-                    o.observe(
-                        n,
-                        &[
-                            KeyValue::new("exporter", e.name.clone()),
-                            KeyValue::new("signal", e.signal),
-                            KeyValue::new("outcome", outcome),
-                        ],
-                    );
-                }
-            }
-        })
-        .build();
-    let p = probes;
-    let _ = meter
-        .u64_observable_gauge(INSTRUMENT_NAMES[8])
-        .with_description("1 when the gateway is ready")
-        .with_unit("1")
-        .with_callback(move |o| o.observe(u64::from(p.readiness().ready), &[]))
-        .build();
+        }
+    }
 }
