@@ -52,7 +52,9 @@ pub const MAX_WARN_KEYS: usize = 64;
 /// - A value longer than [`MAX_LOG_VALUE_BYTES`] is cut at the last char boundary within that
 ///   many bytes, and [`TRUNCATION_MARKER`] is appended.
 ///
-/// A clean, short value is returned borrowed: the common case does not allocate.
+/// A clean, short value is returned borrowed: the common case does not allocate. Inside a
+/// gateway, [`LogScope::sanitize`] also replaces that gateway's credentials and redacted
+/// secrets.
 ///
 /// ```
 /// use telemetry_gateway::logging::sanitize;
@@ -60,32 +62,7 @@ pub const MAX_WARN_KEYS: usize = 64;
 /// assert_eq!(sanitize("bad\r\nINFO forged line"), "bad  INFO forged line");
 /// ```
 pub fn sanitize(value: &str) -> Cow<'_, str> {
-    // Known credentials first (sink headers: see `add_secret`), then the redactor's secrets
-    // (bearer tokens, API keys, e-mail addresses...), then the line-safety rules. Allocates only
-    // when a secret was found (or the value needs cleaning).
-    if HAS_SECRETS.load(std::sync::atomic::Ordering::Acquire) {
-        let secrets = SECRETS.read();
-        if secrets.iter().any(|s| value.contains(s.as_ref())) {
-            let mut out = value.to_owned();
-            for s in secrets.iter() {
-                out = out.replace(s.as_ref(), SECRET_REPLACEMENT);
-            }
-            drop(secrets);
-            return Cow::Owned(sanitize(&out).into_owned());
-        }
-    }
-    if let Some(r) = REDACTOR.read().as_ref() {
-        if let Cow::Owned(redacted) = r.redact_str("", value) {
-            return Cow::Owned(make_line_safe(&redacted).into_owned());
-        }
-    }
     make_line_safe(value)
-}
-
-/// Installs the redactor `sanitize` applies (the gateway does it at start, from `[redaction]`).
-/// Process-wide: with several gateways in one process, the last one started wins.
-pub fn set_redactor(redactor: crate::redaction::Redactor) {
-    *REDACTOR.write() = Some(redactor);
 }
 
 /// What a known credential is replaced with.
@@ -96,38 +73,118 @@ const MAX_SECRETS: usize = 4096;
 /// Credentials shorter than this are not treated as literals (they would redact common words).
 const MIN_SECRET_LEN: usize = 6;
 
-static SECRETS: LazyLock<parking_lot::RwLock<Vec<Arc<str>>>> =
-    LazyLock::new(|| parking_lot::RwLock::new(Vec::new()));
-static HAS_SECRETS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Makes `sanitize` (log values, flight recorder details, errors the gateway reports) replace
-/// `secret` wherever it appears: the gateway calls it for every credential it is given (a
-/// sink's header values, the password of an endpoint URL).
-pub(crate) fn add_secret(secret: &str) {
-    if secret.len() < MIN_SECRET_LEN {
-        return;
-    }
-    let mut all = SECRETS.write();
-    if all.iter().any(|s| s.as_ref() == secret) {
-        return;
-    }
-    if all.len() >= MAX_SECRETS {
-        all.remove(0);
-    }
-    all.push(Arc::from(secret));
-    HAS_SECRETS.store(true, std::sync::atomic::Ordering::Release);
+/// One gateway's log hygiene: its redactor (`[redaction]`), the credentials it was given (sink
+/// headers, endpoint passwords) and its warning limiter (`logging.warn_summary_interval_secs`).
+///
+/// Each gateway has its own, so two gateways in one process with different redaction settings
+/// each apply their own, and one's credentials or warning windows never reach the other. Every
+/// component of a gateway reaches it through the gateway's counters
+/// (`diagnostics::Counters::log`); code outside any gateway uses the free functions
+/// ([`sanitize`]: line safety only, [`warn_limited`]: a process-wide limiter).
+#[derive(Debug)]
+pub struct LogScope {
+    redactor: std::sync::OnceLock<crate::redaction::Redactor>,
+    secrets: parking_lot::RwLock<Vec<Arc<str>>>,
+    has_secrets: std::sync::atomic::AtomicBool,
+    limiter: WarnLimiter,
 }
 
-/// Forgets a credential (its sink was removed). Another sink may still use the same value, so
-/// callers only forget what no live registration holds.
-pub(crate) fn forget_secret(secret: &str) {
-    let mut all = SECRETS.write();
-    all.retain(|s| s.as_ref() != secret);
-    HAS_SECRETS.store(!all.is_empty(), std::sync::atomic::Ordering::Release);
+impl Default for LogScope {
+    fn default() -> Self {
+        LogScope::new(Duration::from_secs(DEFAULT_WARN_SUMMARY_INTERVAL_SECS))
+    }
 }
 
-static REDACTOR: LazyLock<parking_lot::RwLock<Option<crate::redaction::Redactor>>> =
-    LazyLock::new(|| parking_lot::RwLock::new(None));
+impl LogScope {
+    /// A scope with no redactor and no credentials, whose warning windows last `warn_interval`.
+    pub fn new(warn_interval: Duration) -> Self {
+        LogScope {
+            redactor: std::sync::OnceLock::new(),
+            secrets: parking_lot::RwLock::new(Vec::new()),
+            has_secrets: std::sync::atomic::AtomicBool::new(false),
+            limiter: WarnLimiter::new(warn_interval),
+        }
+    }
+
+    /// Installs the redactor this scope's [`LogScope::sanitize`] applies (once, at start; a
+    /// second call changes nothing).
+    pub fn set_redactor(&self, redactor: crate::redaction::Redactor) {
+        let _ = self.redactor.set(redactor);
+    }
+
+    /// Changes the window of this scope's warning limiter.
+    pub fn set_warn_summary_interval(&self, interval: Duration) {
+        self.limiter.set_interval(interval);
+    }
+
+    /// Makes an untrusted value safe for one log line (or a journey step, or an error the
+    /// gateway reports): this gateway's known credentials are replaced, then its redactor's
+    /// secrets (bearer tokens, API keys, e-mail addresses...), then the rules of [`sanitize`].
+    /// Allocates only when something was found.
+    pub fn sanitize<'a>(&self, value: &'a str) -> Cow<'a, str> {
+        if self.has_secrets.load(std::sync::atomic::Ordering::Acquire) {
+            let secrets = self.secrets.read();
+            if secrets.iter().any(|s| value.contains(s.as_ref())) {
+                let mut out = value.to_owned();
+                for s in secrets.iter() {
+                    out = out.replace(s.as_ref(), SECRET_REPLACEMENT);
+                }
+                drop(secrets);
+                return Cow::Owned(self.sanitize(&out).into_owned());
+            }
+        }
+        if let Some(r) = self.redactor.get() {
+            if let Cow::Owned(redacted) = r.redact_str("", value) {
+                return Cow::Owned(make_line_safe(&redacted).into_owned());
+            }
+        }
+        make_line_safe(value)
+    }
+
+    /// Makes [`LogScope::sanitize`] replace `secret` wherever it appears: the gateway calls it
+    /// for every credential it is given (a sink's header values, the password of an endpoint
+    /// URL).
+    pub(crate) fn add_secret(&self, secret: &str) {
+        if secret.len() < MIN_SECRET_LEN {
+            return;
+        }
+        let mut all = self.secrets.write();
+        if all.iter().any(|s| s.as_ref() == secret) {
+            return;
+        }
+        if all.len() >= MAX_SECRETS {
+            all.remove(0);
+        }
+        all.push(Arc::from(secret));
+        self.has_secrets
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Forgets a credential (its sink was removed). Another sink may still use the same value,
+    /// so callers only forget what no live registration holds.
+    pub(crate) fn forget_secret(&self, secret: &str) {
+        let mut all = self.secrets.write();
+        all.retain(|s| s.as_ref() != secret);
+        self.has_secrets
+            .store(!all.is_empty(), std::sync::atomic::Ordering::Release);
+    }
+
+    /// Records one occurrence of a repeatable warning on this gateway's limiter; `emit` runs
+    /// (and should log the warning) only when this occurrence is to be logged.
+    pub fn warn_limited(&self, key: &'static str, emit: impl FnOnce()) -> bool {
+        self.limiter.warn(key, emit)
+    }
+
+    /// The window of this scope's warning limiter.
+    pub fn warn_summary_interval(&self) -> Duration {
+        self.limiter.interval()
+    }
+
+    /// Logs this gateway's pending warning summaries (at its shutdown).
+    pub fn flush_summaries(&self) -> usize {
+        self.limiter.flush_summaries()
+    }
+}
 
 fn make_line_safe(value: &str) -> Cow<'_, str> {
     let too_long = value.len() > MAX_LOG_VALUE_BYTES;
@@ -310,13 +367,14 @@ impl WarnLimiter {
     }
 }
 
-/// The process-wide limiter the gateway's call sites use. Process-wide rather than per gateway
-/// so that no constructor needs a new parameter; every gateway of a process shares its windows.
+/// The limiter of code outside any gateway (a host's own helpers). A gateway's components use
+/// their gateway's [`LogScope`] instead, so gateways never share warning windows.
 static WARN_LIMITER: LazyLock<WarnLimiter> =
     LazyLock::new(|| WarnLimiter::new(Duration::from_secs(DEFAULT_WARN_SUMMARY_INTERVAL_SECS)));
 
-/// Records one occurrence of a repeatable warning on the process-wide [`WarnLimiter`]; `emit`
-/// runs (and should log the warning) only when this occurrence is to be logged.
+/// Records one occurrence of a repeatable warning on the process-wide [`WarnLimiter`] of code
+/// outside any gateway (windows of [`DEFAULT_WARN_SUMMARY_INTERVAL_SECS`]); `emit` runs (and
+/// should log the warning) only when this occurrence is to be logged.
 ///
 /// By convention `key` is the warning's message, so the summary names it:
 ///
@@ -329,14 +387,8 @@ pub fn warn_limited(key: &'static str, emit: impl FnOnce()) -> bool {
     WARN_LIMITER.warn(key, emit)
 }
 
-/// Sets the window of the process-wide limiter (`logging.warn_summary_interval_secs`; the
-/// default is [`DEFAULT_WARN_SUMMARY_INTERVAL_SECS`]).
-pub fn set_warn_summary_interval(interval: Duration) {
-    WARN_LIMITER.set_interval(interval);
-}
-
-/// Logs the pending summaries of the process-wide limiter and restarts its windows (see
-/// [`WarnLimiter::flush_summaries`]). Meant for shutdown, so no count is left unreported.
+/// Logs the pending summaries of the process-wide limiter of [`warn_limited`] and restarts its
+/// windows (see [`WarnLimiter::flush_summaries`]). A gateway flushes its own at shutdown.
 pub fn flush_summaries() -> usize {
     WARN_LIMITER.flush_summaries()
 }

@@ -101,6 +101,8 @@ pub struct PayloadStore {
     max_read_bytes: usize,
     /// For the in-memory store: its byte budget (`payloads.memory_max_bytes`).
     budget: Option<Arc<Budget>>,
+    /// The log hygiene of the gateway using the store (set at its start).
+    log: Arc<crate::logging::LogScope>,
 }
 
 /// The retention of a store that keeps its payloads itself (the in-memory store, the local
@@ -221,7 +223,14 @@ impl PayloadStore {
             read_timeout: Duration::from_millis(cfg.read_timeout_ms),
             max_read_bytes: cfg.max_read_bytes,
             budget: None,
+            log: Arc::default(),
         }
+    }
+
+    /// The store as used by one gateway: its warnings go through that gateway's `log` scope.
+    pub(crate) fn with_log(mut self, log: Arc<crate::logging::LogScope>) -> Self {
+        self.log = log;
+        self
     }
 
     /// The in-process store, holding at most `payloads.memory_max_bytes` of payloads (the
@@ -334,7 +343,7 @@ impl PayloadStore {
                 if let Some(b) = &self.budget {
                     let victims = b.admit(path, size, std::time::SystemTime::now());
                     if !victims.is_empty() {
-                        crate::logging::warn_limited(
+                        self.log.warn_limited(
                             "payload store full or expired; oldest payloads deleted",
                             || {
                                 tracing::warn!(

@@ -252,6 +252,9 @@ impl GatewayBuilder {
         let table = RoutingTable::new(&cfg.cases);
         check_case_handlers(&table, self.case_handlers.keys())?;
         let counters = Arc::new(Counters::default());
+        counters
+            .log
+            .set_warn_summary_interval(Duration::from_secs(cfg.logging.warn_summary_interval_secs));
         counters.init_cases(table.rows().iter().map(|(name, _)| name.as_str()));
         counters.recorder().configure(
             cfg.diagnostics.recorder_events,
@@ -260,7 +263,8 @@ impl GatewayBuilder {
         let store = match self.payload_store {
             Some(s) => s,
             None => PayloadStore::from_config(&cfg.payloads)?,
-        };
+        }
+        .with_log(counters.log.clone());
         #[cfg(feature = "redis")]
         let stream_client = || {
             redis::Client::open(cfg.transport.redis_url.as_str()).map_err(|e| {
@@ -354,10 +358,6 @@ impl GatewayBuilder {
                 counters.clone(),
             )),
         };
-        crate::logging::set_redactor(export.redactor.clone());
-        crate::logging::set_warn_summary_interval(Duration::from_secs(
-            cfg.logging.warn_summary_interval_secs,
-        ));
         let shared = Arc::new(Shared {
             counters: counters.clone(),
             table,
@@ -785,7 +785,7 @@ impl GatewayHandle {
         // the gateway is shedding load from (see `FlightRecorder::admit_refusal`).
         let refuse = |env: &TelemetryEnvelope, e: EmitError| {
             let flood = matches!(e, EmitError::QueueFull | EmitError::ShutDown);
-            let ev = EventRef::of_untrusted(env);
+            let ev = EventRef::of_untrusted(env, &c.log);
             c.refuse(&ev, e.reason(), &e.to_string(), flood);
             Err(e)
         };
@@ -822,6 +822,13 @@ impl GatewayHandle {
                 }
             }
         }
+    }
+
+    /// This gateway's log hygiene: [`LogScope::sanitize`](crate::logging::LogScope::sanitize)
+    /// makes a value safe to log the way the gateway's own lines are (its `[redaction]` rules
+    /// and the credentials it was given), for a host logging an error the gateway returned.
+    pub fn log_scope(&self) -> &crate::logging::LogScope {
+        &self.inner.shared.counters.log
     }
 
     /// What happened to an event: the journey of `id` if it is an event id, and the journeys of
@@ -1135,7 +1142,7 @@ impl GatewayHandle {
         };
         *inner.final_report.lock() = Some(report.clone());
         // Repeated warnings still being counted get their summary line now, not never.
-        crate::logging::flush_summaries();
+        c.log.flush_summaries();
         report
     }
 }

@@ -138,11 +138,64 @@ fn a_bad_custom_pattern_fails_start_naming_its_key() {
 fn log_lines_and_recorder_details_are_redacted_after_start() {
     let (cfg, _d) = support::config();
     let gw = telemetry_gateway::start(cfg).unwrap();
-    let line = telemetry_gateway::logging::sanitize(
+    let line = gw.log_scope().sanitize(
         "export failed: auth Bearer abcdefghijklmnop rejected for ops@example.com\r\nforged",
     );
     assert!(!line.contains("abcdefghijklmnop"), "{line}");
     assert!(!line.contains("ops@example.com"), "{line}");
     assert!(!line.contains('\n') && !line.contains('\r'), "{line}");
     gw.shutdown_blocking(support::DEADLINE);
+}
+
+/// Two gateways in one process, with different redaction settings and warning intervals: each
+/// applies its own to its log values and journey details, and a credential one was given never
+/// changes what the other writes. (Before, the last gateway started set them for the process.)
+#[test]
+fn two_gateways_in_one_process_each_apply_their_own_redaction() {
+    let (mut strict_cfg, _d1) = support::config();
+    strict_cfg.redaction.patterns = vec![r"order-\d{6}".into()];
+    strict_cfg.logging.warn_summary_interval_secs = 7;
+    let (mut plain_cfg, _d2) = support::config();
+    plain_cfg.redaction.builtin_patterns = false;
+    plain_cfg.logging.warn_summary_interval_secs = 90;
+    let strict = telemetry_gateway::start(strict_cfg).unwrap();
+    // Started second: it used to win for both.
+    let plain = telemetry_gateway::start(plain_cfg).unwrap();
+
+    let text = "failed for order-123456, auth Bearer abcdefghijklmnop";
+    let by_strict = strict.log_scope().sanitize(text).into_owned();
+    let by_plain = plain.log_scope().sanitize(text).into_owned();
+    assert!(!by_strict.contains("order-123456"), "{by_strict}");
+    assert!(!by_strict.contains("abcdefghijklmnop"), "{by_strict}");
+    assert_eq!(
+        by_plain, text,
+        "the second gateway redacts nothing by pattern"
+    );
+
+    // Journey details follow the gateway that recorded them: a refusal's message carries the
+    // tenant id it refused.
+    let refused = |gw: &telemetry_gateway::GatewayHandle| {
+        let env = TelemetryEnvelope::new(
+            TelemetryCase::WorkflowRun,
+            TelemetryContext::tenant("tenant order-654321 ".repeat(20).as_str()),
+        );
+        let id = env.event_id.to_string();
+        assert!(gw.emit(env).is_err());
+        gw.explain(&id).to_json()
+    };
+    let strict_journey = refused(&strict);
+    let plain_journey = refused(&plain);
+    assert!(!strict_journey.contains("order-654321"), "{strict_journey}");
+    assert!(plain_journey.contains("order-654321"), "{plain_journey}");
+
+    assert_eq!(
+        strict.log_scope().warn_summary_interval(),
+        std::time::Duration::from_secs(7)
+    );
+    assert_eq!(
+        plain.log_scope().warn_summary_interval(),
+        std::time::Duration::from_secs(90)
+    );
+    strict.shutdown_blocking(support::DEADLINE);
+    plain.shutdown_blocking(support::DEADLINE);
 }

@@ -199,10 +199,10 @@ impl GatewayActor {
                 ReasonCode::PayloadOffloadFailed,
                 Some("offloads saturated; payload kept inline"),
             );
-            crate::logging::warn_limited("payload offload saturated; payload kept inline", || {
+            self.counters().log.warn_limited("payload offload saturated; payload kept inline", || {
                 tracing::warn!(
                     event_id = %env.event_id,
-                    correlation_id = %crate::logging::sanitize(&env.effective_correlation_id()),
+                    correlation_id = %self.counters().log.sanitize(&env.effective_correlation_id()),
                     "payload offload saturated; payload kept inline"
                 )
             });
@@ -237,11 +237,11 @@ impl GatewayActor {
                         ReasonCode::PayloadOffloadFailed,
                         Some(&e.to_string()),
                     );
-                    crate::logging::warn_limited("payload offload failed; payload kept inline", || {
+                    act.shared.counters.log.warn_limited("payload offload failed; payload kept inline", || {
                         tracing::warn!(
                             event_id = %env.event_id,
-                            correlation_id = %crate::logging::sanitize(&env.effective_correlation_id()),
-                            error = %crate::logging::sanitize(&e.to_string()),
+                            correlation_id = %act.shared.counters.log.sanitize(&env.effective_correlation_id()),
+                            error = %act.shared.counters.log.sanitize(&e.to_string()),
                             "payload offload failed; payload kept inline"
                         )
                     });

@@ -351,7 +351,7 @@ impl MetricHandlerActor {
                     tracing::error!(
                         handler = self.index,
                         event_id = %w.env.event_id,
-                        correlation_id = %crate::logging::sanitize(&w.env.effective_correlation_id()),
+                        correlation_id = %self.counters().log.sanitize(&w.env.effective_correlation_id()),
                         case = %w.env.case,
                         "case handler panicked; event dead-lettered, handler restarting"
                     );

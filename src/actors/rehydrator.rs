@@ -80,21 +80,23 @@ async fn one(store: PayloadStore, counters: Arc<Counters>, item: RehydrateItem) 
         }
         Err(ReadError::Refused(e)) => {
             counters.degraded(ReasonCode::PayloadRefRefused, 1);
-            crate::logging::warn_limited("payload ref refused, not read", || {
-                tracing::warn!(
-                    tenant_id = %crate::logging::sanitize(&item.tenant_id),
-                    payload_ref = %crate::logging::sanitize(&item.payload_ref),
-                    error = %crate::logging::sanitize(&e.to_string()),
-                    "payload ref refused, not read"
-                )
-            });
+            counters
+                .log
+                .warn_limited("payload ref refused, not read", || {
+                    tracing::warn!(
+                        tenant_id = %counters.log.sanitize(&item.tenant_id),
+                        payload_ref = %counters.log.sanitize(&item.payload_ref),
+                        error = %counters.log.sanitize(&e.to_string()),
+                        "payload ref refused, not read"
+                    )
+                });
             Some(e.to_string())
         }
         Err(e) => {
             tracing::debug!(
-                tenant_id = %crate::logging::sanitize(&item.tenant_id),
-                payload_ref = %crate::logging::sanitize(&item.payload_ref),
-                error = %crate::logging::sanitize(&e.to_string()),
+                tenant_id = %counters.log.sanitize(&item.tenant_id),
+                payload_ref = %counters.log.sanitize(&item.payload_ref),
+                error = %counters.log.sanitize(&e.to_string()),
                 "payload store read failed"
             );
             None

@@ -257,13 +257,15 @@ fn send_job(
         // so the sink's loss is counted on its own.
         Counters::add(&counters.sink_spans_failed, n);
         worker.stats.record_queue_full(n);
-        crate::logging::warn_limited("sink queue full; batch dropped for this sink", || {
-            tracing::warn!(
-                sink = %crate::logging::sanitize(&worker.name),
-                spans = n,
-                "sink queue full; batch dropped for this sink"
-            )
-        });
+        counters
+            .log
+            .warn_limited("sink queue full; batch dropped for this sink", || {
+                tracing::warn!(
+                    sink = %counters.log.sanitize(&worker.name),
+                    spans = n,
+                    "sink queue full; batch dropped for this sink"
+                )
+            });
         for g in groups {
             g.report(
                 &worker.name,

@@ -407,7 +407,7 @@ mod tests {
         let env = TelemetryEnvelope::new(TelemetryCase::WorkflowRun, TelemetryContext::tenant(""));
         c.emitted.add(1, Relaxed);
         c.refuse(
-            &EventRef::of_untrusted(&env),
+            &EventRef::of_untrusted(&env, &c.log),
             ReasonCode::InvalidEnvelope,
             "bad",
             false,

@@ -31,6 +31,7 @@ pub mod striped;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 
 pub use ledger::Pending;
 
@@ -168,6 +169,9 @@ pub struct Counters {
     metric_pending: AtomicI64,
     /// Companion log records queued for export and not yet exported or lost.
     companion_pending: AtomicI64,
+    /// This gateway's log hygiene: its redactor, credentials and warning limiter. Every
+    /// component reaches it here, so nothing about logging is shared between gateways.
+    pub(crate) log: Arc<crate::logging::LogScope>,
     /// The last events' journeys.
     pub(crate) recorder: recorder::FlightRecorder,
     /// Every exporter's counters.
@@ -201,6 +205,7 @@ pub struct CaseCounts {
 
 impl Default for Counters {
     fn default() -> Self {
+        let log = Arc::new(crate::logging::LogScope::default());
         Counters {
             emitted: striped::Striped::default(),
             routed_trace: AtomicU64::new(0),
@@ -227,7 +232,8 @@ impl Default for Counters {
             trace_pending: AtomicI64::new(0),
             metric_pending: AtomicI64::new(0),
             companion_pending: AtomicI64::new(0),
-            recorder: recorder::FlightRecorder::default(),
+            recorder: recorder::FlightRecorder::default().with_log(log.clone()),
+            log,
             exporters: exporters::ExporterRegistry::default(),
             emit_to_export_trace: histogram::Hist::new(histogram::Unit::Seconds),
             emit_to_export_metric_log: histogram::Hist::new(histogram::Unit::Seconds),

@@ -213,8 +213,11 @@ impl EventRef {
 
     /// The reference of an envelope that failed validation: its ids are untrusted, so they are
     /// sanitized and bounded like log values before they reach the recorder.
-    pub fn of_untrusted(env: &crate::contracts::TelemetryEnvelope) -> Self {
-        let clean = |s: &str| Arc::from(crate::logging::sanitize(s).as_ref());
+    pub fn of_untrusted(
+        env: &crate::contracts::TelemetryEnvelope,
+        log: &crate::logging::LogScope,
+    ) -> Self {
+        let clean = |s: &str| Arc::from(log.sanitize(s).as_ref());
         EventRef {
             event_id: env.event_id,
             correlation_id: clean(&env.effective_correlation_id()),
@@ -432,6 +435,8 @@ pub struct FlightRecorder {
     epoch: Instant,
     last_refusal_nanos: AtomicU64,
     refusals_not_recorded: AtomicU64,
+    /// The gateway's sanitizer for untrusted details.
+    log: Arc<crate::logging::LogScope>,
 }
 
 impl Default for FlightRecorder {
@@ -443,10 +448,10 @@ impl Default for FlightRecorder {
     }
 }
 
-/// Details go through the same sanitizer as log lines: secrets redacted, line breaks and control
-/// characters removed, length bounded.
-fn clip(detail: &str) -> Detail {
-    Detail::Owned(crate::logging::sanitize(detail).into())
+/// Details go through the gateway's sanitizer for log lines: secrets redacted, line breaks and
+/// control characters removed, length bounded.
+fn clip(log: &crate::logging::LogScope, detail: &str) -> Detail {
+    Detail::Owned(log.sanitize(detail).into())
 }
 
 fn shards_for(max_events: usize) -> Vec<Mutex<Shard>> {
@@ -477,7 +482,14 @@ impl FlightRecorder {
             epoch: Instant::now(),
             last_refusal_nanos: AtomicU64::new(0),
             refusals_not_recorded: AtomicU64::new(0),
+            log: Arc::default(),
         }
+    }
+
+    /// This recorder sanitizes details with `log` (its gateway's scope).
+    pub(crate) fn with_log(mut self, log: Arc<crate::logging::LogScope>) -> Self {
+        self.log = log;
+        self
     }
 
     /// Changes the bounds (at start, before any event).
@@ -539,7 +551,7 @@ impl FlightRecorder {
             at: SystemTime::now(),
             stage,
             reason,
-            detail: detail.map(clip),
+            detail: detail.map(|d| clip(&self.log, d)),
         };
         self.put(ev, step);
     }

@@ -317,14 +317,16 @@ async fn export_batch(
                         }
                     }
                 }
-                crate::logging::warn_limited("log export failed; batch held", || {
-                    tracing::warn!(
-                        records = n,
-                        error = %crate::logging::sanitize(error),
-                        retry_in_ms = wait.as_millis() as u64,
-                        "log export failed; batch held"
-                    )
-                });
+                counters
+                    .log
+                    .warn_limited("log export failed; batch held", || {
+                        tracing::warn!(
+                            records = n,
+                            error = %counters.log.sanitize(error),
+                            retry_in_ms = wait.as_millis() as u64,
+                            "log export failed; batch held"
+                        )
+                    });
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(hold.max);
             }
@@ -360,7 +362,7 @@ async fn export_batch(
             }
             counters.settle_all(failed, Holder::MetricLogPath, Outcome::dropped(reason));
             counters.companions_done(companions, true);
-            crate::logging::warn_limited(
+            counters.log.warn_limited(
                 "log export failed",
                 || tracing::warn!(records = n, events, reason = %reason, "log export failed"),
             );

@@ -168,10 +168,10 @@ impl PushMetricExporter for CountingMetricExporter {
             }
             Err(e) => {
                 Counters::add(&self.counters.export_batches_failed, 1);
-                crate::logging::warn_limited("metric export failed", || {
+                self.counters.log.warn_limited("metric export failed", || {
                     tracing::warn!(
                         points = n,
-                        error = %crate::logging::sanitize(&e.to_string()),
+                        error = %self.counters.log.sanitize(&e.to_string()),
                         "metric export failed"
                     )
                 });

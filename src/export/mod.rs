@@ -116,8 +116,6 @@ pub(crate) struct ExportPipeline {
     /// `[sinks.sqlite]`'s writer, flushed at shutdown.
     #[cfg(feature = "analytics")]
     pub(crate) sqlite: Option<sqlite::SqliteStore>,
-    /// Applied by the log sanitizer and the flight recorder too.
-    pub(crate) redactor: Redactor,
 }
 
 fn with_signal_path(endpoint: &str, path: &str) -> String {
@@ -246,6 +244,8 @@ impl ExportPipeline {
                 key: error.key().to_owned(),
                 error,
             })?;
+        // The gateway's log lines, journey details and reported errors are redacted from here on.
+        counters.log.set_redactor(redactor.clone());
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("telemetry-gateway-export")
@@ -442,7 +442,6 @@ impl ExportPipeline {
             rt,
             meter_provider,
             logger_provider,
-            redactor,
             handles: Arc::new(ExportHandles {
                 main_sink,
                 sinks,

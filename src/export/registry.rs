@@ -234,7 +234,7 @@ impl SinkRegistry {
         credentials: Vec<String>,
     ) -> Result<(), SinkRegistryError> {
         for c in &credentials {
-            crate::logging::add_secret(c);
+            self.params.counters.log.add_secret(c);
         }
         let mut inner = self.inner.lock();
         if inner.closed {
@@ -242,7 +242,7 @@ impl SinkRegistry {
         }
         inner.next_id += 1;
         let id = inner.next_id;
-        let clean = crate::logging::sanitize(&name).into_owned();
+        let clean = self.params.counters.log.sanitize(&name).into_owned();
         let stats = self
             .params
             .counters
@@ -292,7 +292,7 @@ impl SinkRegistry {
             .collect();
         for c in &old.credentials {
             if !still_used.contains(&c) {
-                crate::logging::forget_secret(c);
+                self.params.counters.log.forget_secret(c);
             }
         }
         drop(inner);

@@ -288,15 +288,17 @@ impl WorkerState {
                             g.note_held(&self.name, &error);
                         }
                     }
-                    crate::logging::warn_limited("trace sink export failed; batch held", || {
-                        tracing::warn!(
-                            sink = %crate::logging::sanitize(&self.name),
-                            spans = n,
-                            error = %crate::logging::sanitize(&e.to_string()),
-                            retry_in_ms = wait.as_millis() as u64,
-                            "trace sink export failed; batch held"
-                        )
-                    });
+                    self.counters
+                        .log
+                        .warn_limited("trace sink export failed; batch held", || {
+                            tracing::warn!(
+                                sink = %self.counters.log.sanitize(&self.name),
+                                spans = n,
+                                error = %self.counters.log.sanitize(&e.to_string()),
+                                retry_in_ms = wait.as_millis() as u64,
+                                "trace sink export failed; batch held"
+                            )
+                        });
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(self.hold.max);
                 }
@@ -310,14 +312,16 @@ impl WorkerState {
             Err(e) => {
                 Counters::add(&self.counters.export_batches_failed, 1);
                 Counters::add(&self.counters.sink_spans_failed, n);
-                crate::logging::warn_limited("trace sink export failed", || {
-                    tracing::warn!(
-                        sink = %crate::logging::sanitize(&self.name),
-                        spans = n,
-                        error = %crate::logging::sanitize(&e.to_string()),
-                        "trace sink export failed"
-                    )
-                });
+                self.counters
+                    .log
+                    .warn_limited("trace sink export failed", || {
+                        tracing::warn!(
+                            sink = %self.counters.log.sanitize(&self.name),
+                            spans = n,
+                            error = %self.counters.log.sanitize(&e.to_string()),
+                            "trace sink export failed"
+                        )
+                    });
             }
         }
         let error = result
@@ -354,7 +358,7 @@ impl SinkWorker {
         counters: Arc<Counters>,
         rt: &tokio::runtime::Handle,
     ) -> Self {
-        let name = crate::logging::sanitize(sink.name()).into_owned();
+        let name = counters.log.sanitize(sink.name()).into_owned();
         let stats = counters.exporters.register(&name, "traces");
         Self::spawn_with_stats(
             sink,
@@ -383,7 +387,7 @@ impl SinkWorker {
     ) -> Self {
         let (tx, rx) = mpsc::channel::<SinkJob>(queue_batches);
         // Sanitized once here: every journey step names its destination with this string.
-        let name: Arc<str> = Arc::from(crate::logging::sanitize(sink.name()).as_ref());
+        let name: Arc<str> = Arc::from(counters.log.sanitize(sink.name()).as_ref());
         let worker = WorkerState {
             name: name.clone(),
             sink,

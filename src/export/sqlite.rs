@@ -259,6 +259,7 @@ enum Msg {
 pub(crate) struct SqliteStore {
     tx: SyncSender<Msg>,
     stats: Arc<[Arc<ExporterStats>; 3]>,
+    log: Arc<crate::logging::LogScope>,
 }
 
 impl std::fmt::Debug for Raw {
@@ -288,6 +289,7 @@ impl SqliteStore {
             max_age: cfg.retention_max_age_secs.map(Duration::from_secs),
             max_rows: cfg.retention_max_rows,
             stats: stats.clone(),
+            log: counters.log.clone(),
         };
         std::thread::Builder::new()
             .name("telemetry-gateway-sqlite".into())
@@ -296,7 +298,11 @@ impl SqliteStore {
                 path: cfg.path.display().to_string(),
                 error: e.to_string(),
             })?;
-        Ok(SqliteStore { tx, stats })
+        Ok(SqliteStore {
+            tx,
+            stats,
+            log: counters.log.clone(),
+        })
     }
 
     /// Queues `rows` for the writer without waiting: the exporter that exported them never
@@ -310,9 +316,10 @@ impl SqliteStore {
         let table = rows.table();
         if self.tx.try_send(Msg::Rows(rows)).is_err() {
             self.stats[table as usize].record_queue_full(n);
-            crate::logging::warn_limited("sqlite queue full; rows not stored", || {
-                tracing::warn!(rows = n, "sqlite queue full; rows not stored (counted)")
-            });
+            self.log
+                .warn_limited("sqlite queue full; rows not stored", || {
+                    tracing::warn!(rows = n, "sqlite queue full; rows not stored (counted)")
+                });
         }
     }
 
@@ -339,6 +346,8 @@ impl SqliteStore {
 
 struct Writer {
     conn: Connection,
+    /// The gateway's log hygiene (its redactor and warning limiter).
+    log: Arc<crate::logging::LogScope>,
     path: PathBuf,
     batch_size: usize,
     interval: Duration,
@@ -390,9 +399,9 @@ impl Writer {
             .collect();
         let result = self.write(&jobs).map_err(|e| {
             let msg = format!("{}: {e}", self.path.display());
-            crate::logging::warn_limited(
+            self.log.warn_limited(
                 "sqlite write failed",
-                || tracing::warn!(error = %crate::logging::sanitize(&msg), "sqlite write failed"),
+                || tracing::warn!(error = %self.log.sanitize(&msg), "sqlite write failed"),
             );
             msg
         });
@@ -402,7 +411,7 @@ impl Writer {
         }
         if result.is_ok() && (self.max_age.is_some() || self.max_rows.is_some()) {
             if let Err(e) = self.retain() {
-                crate::logging::warn_limited(
+                self.log.warn_limited(
                     "sqlite retention failed",
                     || tracing::warn!(error = %e, "sqlite retention failed"),
                 );

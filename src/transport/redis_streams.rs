@@ -336,6 +336,9 @@ pub struct RedisStreamSource {
     /// Set in a worker: entries are counted as read into its ledger and acknowledged by its
     /// commit, not by `settle`.
     worker: Option<WorkerLink>,
+    /// The log hygiene of the worker this consumer reads for (a consumer outside any worker,
+    /// as in tests, has a scope of its own).
+    log: Arc<crate::logging::LogScope>,
     /// Whether the end of reading was reported to the worker's ledger.
     closed: bool,
 }
@@ -354,6 +357,7 @@ impl RedisStreamSource {
             dead_lettered: Arc::new(AtomicU64::new(0)),
             claim_cursor: "0-0".into(),
             worker: None,
+            log: Arc::default(),
             closed: false,
         }
     }
@@ -367,6 +371,7 @@ impl RedisStreamSource {
     /// Links this consumer to a worker's ledger (see `super::worker`).
     pub(crate) fn with_worker(mut self, link: WorkerLink) -> Self {
         link.ledger.source_opened();
+        self.log = link.counters.log.clone();
         self.worker = Some(link);
         self
     }
@@ -418,11 +423,11 @@ impl RedisStreamSource {
             Counters::add(&w.counters.stream_errors, 1);
         }
         let (stream, consumer) = (&self.settings.stream, &self.settings.consumer);
-        crate::logging::warn_limited(what, || {
+        self.log.warn_limited(what, || {
             tracing::warn!(
-                stream = %crate::logging::sanitize(stream),
-                consumer = %crate::logging::sanitize(consumer),
-                error = %crate::logging::sanitize(&error.to_string()),
+                stream = %self.log.sanitize(stream),
+                consumer = %self.log.sanitize(consumer),
+                error = %self.log.sanitize(&error.to_string()),
                 "redis stream: {what}"
             );
         });
@@ -454,7 +459,7 @@ impl RedisStreamSource {
             .arg("deliveries")
             .arg(deliveries)
             .arg("error")
-            .arg(crate::logging::sanitize(why).as_ref());
+            .arg(self.log.sanitize(why).as_ref());
         // Every other field, byte for byte, under `orig:<name>`: what an operator needs to see
         // what was written, or to replay it.
         for (name, value) in entry
@@ -486,10 +491,10 @@ impl RedisStreamSource {
         }
         self.dead_lettered.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
-            stream = %crate::logging::sanitize(&self.settings.stream),
-            entry_id = %crate::logging::sanitize(&entry.id),
+            stream = %self.log.sanitize(&self.settings.stream),
+            entry_id = %self.log.sanitize(&entry.id),
             deliveries,
-            why = %crate::logging::sanitize(why),
+            why = %self.log.sanitize(why),
             "redis stream: entry dead-lettered"
         );
         if let Some(w) = &self.worker {

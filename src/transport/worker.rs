@@ -243,44 +243,48 @@ impl Commit<'_> {
                 *conn = settings.open(client).await.ok();
             }
         });
-        let handled = {
-            let _closed = ledger.gate.write();
-            let handled = std::mem::take(&mut *ledger.handled.lock());
-            if !handled.is_empty() {
-                // Their log records were queued before they were noted handled: export them
-                // before their metrics, so that a crash after the metric export leaves only the
-                // `XACK` undone.
-                let lb = parts.log_batcher.clone();
-                let flushed = parts.rt.block_on(async move {
-                    tokio::time::timeout(log_flush_bound, lb.flush()).await
-                });
-                if flushed.is_err() {
-                    crate::logging::warn_limited("worker commit: log export slow", || {
-                        tracing::warn!(
-                            bound_ms = log_flush_bound.as_millis() as u64,
-                            "worker commit: log records not exported within the bound; \
+        let handled =
+            {
+                let _closed = ledger.gate.write();
+                let handled = std::mem::take(&mut *ledger.handled.lock());
+                if !handled.is_empty() {
+                    // Their log records were queued before they were noted handled: export them
+                    // before their metrics, so that a crash after the metric export leaves only the
+                    // `XACK` undone.
+                    let lb = parts.log_batcher.clone();
+                    let flushed = parts.rt.block_on(async move {
+                        tokio::time::timeout(log_flush_bound, lb.flush()).await
+                    });
+                    if flushed.is_err() {
+                        parts
+                            .counters
+                            .log
+                            .warn_limited("worker commit: log export slow", || {
+                                tracing::warn!(
+                                    bound_ms = log_flush_bound.as_millis() as u64,
+                                    "worker commit: log records not exported within the bound; \
                              committing anyway (the records stay held and are counted when \
                              they settle)"
-                        )
-                    });
+                                )
+                            });
+                    }
                 }
-            }
-            if !handled.is_empty() || last_export.elapsed() >= parts.metric_interval {
-                *last_export = Instant::now();
-                // A failed export leaves the counts in the SDK's cumulative state: the next
-                // successful export carries them, so the entries are still acknowledged.
-                if let Err(e) = parts.meter_provider.force_flush() {
-                    crate::logging::warn_limited("worker commit: metric export failed", || {
+                if !handled.is_empty() || last_export.elapsed() >= parts.metric_interval {
+                    *last_export = Instant::now();
+                    // A failed export leaves the counts in the SDK's cumulative state: the next
+                    // successful export carries them, so the entries are still acknowledged.
+                    if let Err(e) = parts.meter_provider.force_flush() {
+                        parts.counters.log.warn_limited("worker commit: metric export failed", || {
                         tracing::warn!(
                             error = %e,
                             "worker commit: metric export failed; the counts are kept for the \
                              next export"
                         )
                     });
+                    }
                 }
-            }
-            handled
-        };
+                handled
+            };
         let ids = ledger.take_entry_ids(handled);
         if ids.is_empty() {
             return;
@@ -306,12 +310,15 @@ impl Commit<'_> {
         });
         if !acked {
             *conn = None;
-            crate::logging::warn_limited("worker commit: acknowledgement failed", || {
-                tracing::warn!(
+            parts
+                .counters
+                .log
+                .warn_limited("worker commit: acknowledgement failed", || {
+                    tracing::warn!(
                     entries = ids.len(),
                     "worker commit: XACK failed; the entries are acknowledged at the next commit"
                 )
-            });
+                });
             Counters::add(&parts.counters.stream_errors, 1);
             ledger.unacked.lock().extend(ids);
         }
