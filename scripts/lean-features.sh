@@ -11,19 +11,16 @@ cd "$(dirname "$0")/.."
 cargo clippy --all-targets -- -D warnings
 
 # Every target was compiled (checked) just above. Run what the default set changes: the unit
-# tests, and the integration tests of what a lean host meets (its refusals of absent parts, the
-# quickstart, the embedding API, configuration and docs, export, shutdown). The rest of the
+# tests, and the integration tests of what a lean host meets: its refusals of absent parts, the
+# behaviour of the embedding API (tests/behaviour/: the quickstart, export, shutdown, payloads,
+# redaction, routing...), configuration and docs. The rest of the
 # suite exercises no feature-dependent code and runs in scripts/test.sh; running all of it
 # twice would put CI past its 15-minute budget.
 cargo test --lib \
   --test first_hour \
-  --test quickstart \
+  --test behaviour \
   --test hostile_config \
   --test docs_match_code \
-  --test fuzz_properties \
-  --test otlp_export \
-  --test batching_and_shutdown \
-  --test payloads \
   "$@"
 
 tree="$(cargo tree -p telemetry-gateway -e normal,build --prefix none)"

@@ -33,6 +33,7 @@ use crate::contracts::SignalType;
 pub(crate) enum Holder {
     /// Counted in (a worker's read of a stream entry) but not handed to any stage yet: no
     /// gauge counts it.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     Intake,
     /// Taken by `emit()`, not yet routed by the gateway actor.
     Gateway,
@@ -240,6 +241,7 @@ impl Counters {
 
     /// An event that never had an [`EventRef`] (a stream entry that did not decode) is dropped
     /// for `reason`, counted under the `other` case. It was held by `holder`.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn settle_unnamed(&self, holder: Holder, reason: ReasonCode) {
         self.count_drop(OTHER_CASE, reason);
         self.gauge_add(holder, -1);

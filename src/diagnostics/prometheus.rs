@@ -4,7 +4,7 @@
 //! counters. Every reason code and every fixed label set is always present (zero included), so
 //! dashboards and alerts never see those series appear from nowhere; the per-exporter, per-queue
 //! and per-case series exist from start; `telemetry_gateway_metric_cardinality_overflow` has a
-//! series only for a metric that has overflowed. `tests/diagnostics_http.rs` validates the output with
+//! series only for a metric that has overflowed. `tests/behaviour/diagnostics_http.rs` validates the output with
 //! `promtool check metrics`. The families, their help and their values come from the one catalogue
 //! of self-metrics (`diagnostics::catalogue`), which the OTel instruments read too. The full list
 //! is in `docs/operations.md`.

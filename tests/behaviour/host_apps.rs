@@ -6,7 +6,7 @@
 //! Runs the example binaries that `cargo test --all-targets` builds beside the tests (built here
 //! when missing, for example when this file is run alone).
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Read, Write};

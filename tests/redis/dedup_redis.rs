@@ -1,6 +1,6 @@
 //! Dedup against a real `redis-server` that each test starts on a free port.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

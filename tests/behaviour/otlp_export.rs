@@ -1,6 +1,6 @@
 //! The export path against a real OTLP gRPC receiver: what arrives, not just that something did.
 
-mod support;
+use crate::support;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;

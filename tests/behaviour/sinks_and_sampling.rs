@@ -1,6 +1,6 @@
 //! Per-tenant sinks are isolated from each other; sampling keeps or drops whole traces.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

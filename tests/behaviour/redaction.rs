@@ -1,7 +1,7 @@
 //! Redaction end to end: deny-listed keys and secret-looking values never reach the exported
 //! spans or log records, and token counts are left alone.
 
-mod support;
+use crate::support;
 
 use serde_json::{json, Value};
 use telemetry_gateway::{TelemetryCase, TelemetryContext, TelemetryEnvelope};

@@ -2,7 +2,7 @@
 //! `diagnostics.metric_cardinality_limit` attribute sets; the rest is aggregated in one overflow
 //! series, and the overflow is reported.
 
-mod support;
+use crate::support;
 
 use opentelemetry_proto::tonic::common::v1::any_value::Value as PValue;
 use telemetry_gateway::testing::OtlpReceiver;

@@ -1,7 +1,7 @@
 //! The diagnostics endpoint, scraped for real: `/metrics` (validated with `promtool`),
 //! `/healthz`, `/readyz`, `/debug/events`; and the self-metrics through the OTel pipeline.
 
-mod support;
+use crate::support;
 
 use std::io::Write;
 use std::net::TcpStream;

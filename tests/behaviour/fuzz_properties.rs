@@ -25,7 +25,7 @@ use telemetry_gateway::{GatewayConfig, TelemetryCase, TelemetryContext, Telemetr
 use uuid::Uuid;
 
 /// The shipped configuration: every key, so mutating one line reaches every section.
-const GATEWAY_TOML: &str = include_str!("../config/gateway.toml");
+const GATEWAY_TOML: &str = include_str!("../../config/gateway.toml");
 
 /// Finding F1 (docs/fuzzing.md): a float survives `to_json` / `from_json` bit for bit, now that
 /// `serde_json`'s `float_roundtrip` feature is on.

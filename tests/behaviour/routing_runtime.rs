@@ -1,6 +1,6 @@
 //! The two decisions, end to end through the running gateway, including runtime flips.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 

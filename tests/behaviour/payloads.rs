@@ -1,6 +1,6 @@
 //! Offload and rehydration: ref, then fallback, then a counted degraded event; traversal refused.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 

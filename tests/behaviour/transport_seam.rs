@@ -1,7 +1,7 @@
 //! The seam between the gateway and the handler pool: a host-supplied transport carries the
 //! whole metric/log path without any change to the handlers.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! failures, start from an event id (or the action's correlation id) and find the reason using
 //! only the diagnostics endpoint, as an operator with `curl` would.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::Duration;

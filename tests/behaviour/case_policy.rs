@@ -4,7 +4,7 @@
 //! `{ns}.slow_operation` log event and a counter for slow trace events. Checked at a real OTLP
 //! receiver, with exact accounting.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 

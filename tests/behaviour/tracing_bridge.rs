@@ -3,7 +3,7 @@
 //! from the enclosing request span; what is exported reaches a real OTLP receiver. Bad ones are
 //! refused and counted, never lost silently; everything else is ignored.
 
-mod support;
+use crate::support;
 
 use telemetry_gateway::testing::OtlpReceiver;
 use telemetry_gateway::tracing_bridge::GatewayLayer;

@@ -2,7 +2,7 @@
 //! happen for real, then the test finds the reason from the counters and from the flight
 //! recorder's journey of one affected event, as an operator would.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

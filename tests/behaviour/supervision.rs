@@ -1,6 +1,6 @@
 //! A handler that panics mid-stream is restarted; the events behind the poison are processed.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

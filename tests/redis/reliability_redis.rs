@@ -4,7 +4,7 @@
 //! stalls or is lost (fail-open, counted), and dedup works again within 5 attempts of Redis
 //! returning.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,6 @@
 //! Batch by size or time, bounded queues, and shutdown that leaves nothing behind.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
