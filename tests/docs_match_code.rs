@@ -213,3 +213,160 @@ fn every_otel_variable_read_is_documented() {
         });
     }
 }
+
+/// The keys docs/configuration.md's validation table lists in the row whose problem text is
+/// `problem`.
+fn validation_row(text: &str, problem: &str) -> std::collections::BTreeSet<String> {
+    let end = format!("| `{problem}` |");
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("| ") && l.ends_with(&end))
+        .unwrap_or_else(|| panic!("docs/configuration.md has no row for `{problem}`"));
+    let keys = row.split(" | ").nth(1).expect("a keys cell");
+    keys.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every numeric key of `value`, dotted (arrays left out).
+fn numeric_keys(prefix: &str, value: &figment::value::Value, out: &mut Vec<String>) {
+    use figment::value::Value;
+    match value {
+        Value::Dict(_, d) => {
+            for (k, v) in d {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                numeric_keys(&key, v, out);
+            }
+        }
+        Value::Num(..) => out.push(prefix.to_owned()),
+        _ => {}
+    }
+}
+
+/// Each numeric key of a full configuration is set to 0 on its own: the keys the code then
+/// refuses with "must be at least 1" and "must be greater than 0" are exactly the table's rows of
+/// those texts, and every other key it refuses is named in the table.
+#[test]
+fn the_validation_table_is_the_codes() {
+    use figment::providers::Serialized;
+    use telemetry_gateway::config::ConfigError;
+    let text = doc("configuration.md");
+    let mut base = GatewayConfig::default();
+    if cfg!(feature = "analytics") {
+        base.sinks.sqlite = Some(telemetry_gateway::config::SqliteSection::at("x.db"));
+    }
+    base.validate().expect("the base configuration is valid");
+    let mut keys = Vec::new();
+    numeric_keys(
+        "",
+        &figment::value::Value::serialize(&base).unwrap(),
+        &mut keys,
+    );
+    assert!(keys.len() > 40, "{keys:?}");
+    let mut by_problem: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    for key in &keys {
+        let zeroed =
+            figment::Figment::from(Serialized::defaults(&base)).merge(Serialized::default(key, 0));
+        match GatewayConfig::from_figment(zeroed) {
+            Err(ConfigError::Invalid {
+                key: named,
+                problem,
+            }) if &named == key => {
+                by_problem.entry(problem).or_default().insert(named);
+            }
+            Err(e) => panic!("{key} = 0: an error about another key: {e}"),
+            Ok(_) => {}
+        }
+    }
+    for problem in ["must be at least 1", "must be greater than 0"] {
+        let mut code = by_problem.remove(problem).unwrap_or_default();
+        let mut documented = validation_row(&text, problem);
+        // `[sinks.sqlite]` exists only in a build with the `analytics` feature.
+        if !cfg!(feature = "analytics") {
+            documented.retain(|k| !k.starts_with("sinks.sqlite."));
+            code.retain(|k| !k.starts_with("sinks.sqlite."));
+        }
+        assert_eq!(
+            code, documented,
+            "the `{problem}` row of the validation table"
+        );
+    }
+    for (problem, keys) in by_problem {
+        for key in keys {
+            assert!(
+                text.contains(&format!("`{key}`")),
+                "docs/configuration.md's validation table lacks `{key}` ({problem})"
+            );
+        }
+    }
+}
+
+/// Every thread the gateway names is in docs/architecture.md's threads table, and the control
+/// messages are described as they are sent.
+#[test]
+fn the_threads_and_control_messages_of_architecture_are_the_codes() {
+    let text = doc("architecture.md");
+    let threads = &text[text.find("## Threads").expect("a Threads section")..];
+    let threads = &threads[..threads[3..].find("\n## ").map_or(threads.len(), |i| i + 3)];
+    let mut files = Vec::new();
+    let mut dirs = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    let mut named = std::collections::BTreeSet::new();
+    let mut drain_by_try_send = false;
+    for file in &files {
+        let code = std::fs::read_to_string(file).unwrap();
+        drain_by_try_send |= code.contains("try_send(Drain)");
+        assert!(
+            !code.contains(".send(Drain)"),
+            "{}: Drain is awaited now; docs/architecture.md says it is not",
+            file.display()
+        );
+        for line in code.lines() {
+            if !(line.contains(".name(")
+                || line.contains("run_on_thread(")
+                || line.contains("thread_name("))
+            {
+                continue;
+            }
+            if let Some(start) = line.find("\"telemetry-gateway-") {
+                let name: String = line[start + 1..]
+                    .chars()
+                    .take_while(|c| *c != '"')
+                    .collect();
+                named.insert(name);
+            }
+        }
+    }
+    assert!(named.len() >= 7, "{named:?}");
+    for name in &named {
+        assert!(
+            threads.contains(&format!("`{name}`")),
+            "docs/architecture.md's threads table lacks `{name}`"
+        );
+    }
+    assert!(drain_by_try_send, "the code sends Drain with try_send");
+    let control = &text[text
+        .find("**Control** messages")
+        .expect("the control paragraph")..];
+    let control = &control[..control.find("\n\n").unwrap_or(control.len())];
+    assert!(
+        control.contains("`Drain`") && control.contains("`try_send`"),
+        "docs/architecture.md must say Drain is sent with try_send: {control}"
+    );
+}
