@@ -370,3 +370,36 @@ fn the_threads_and_control_messages_of_architecture_are_the_codes() {
         "docs/architecture.md must say Drain is sent with try_send: {control}"
     );
 }
+
+/// docs/architecture.md's start and shutdown sequences name the functions that do each step,
+/// and every one of them exists in the file the section names.
+#[test]
+fn the_start_and_shutdown_steps_are_functions_of_the_runtime() {
+    let text = doc("architecture.md");
+    for (section, file) in [
+        ("## Start sequence", "src/runtime/start.rs"),
+        ("## Shutdown sequence", "src/runtime/shutdown.rs"),
+    ] {
+        let body = &text[text.find(section).expect(section)..];
+        let body = &body[..body[3..].find("\n## ").map_or(body.len(), |i| i + 3)];
+        let code = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file))
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        let named: Vec<&str> = body
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|w| {
+                w.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    && w.contains('_')
+                    && body.contains(&format!("(`{w}`"))
+            })
+            .collect();
+        assert!(named.len() >= 5, "{section}: {named:?}");
+        for name in named {
+            assert!(
+                code.contains(&format!("fn {name}(")) || code.contains(&format!("fn {name}<")),
+                "{section} names `{name}`, which {file} does not define"
+            );
+        }
+    }
+}

@@ -100,7 +100,7 @@ impl GatewayActor {
         env: TelemetryEnvelope,
         ev: EventRef,
         signal: SignalType,
-        to_main: bool,
+        to_enterprise: bool,
         received: bool,
     ) {
         let c = self.shared.counters.clone();
@@ -115,13 +115,17 @@ impl GatewayActor {
         match signal {
             SignalType::Trace => {
                 c.enter(Holder::TracePath);
-                let detail = if to_main {
+                let detail = if to_enterprise {
                     "trace: enterprise exporter and tenant sinks"
                 } else {
                     "trace: tenant sinks only (enterprise off)"
                 };
                 routed(detail);
-                let item = TraceItem { env, to_main, ev };
+                let item = TraceItem {
+                    env,
+                    to_enterprise,
+                    ev,
+                };
                 match self.trace_tx.try_send(item) {
                     Ok(()) => Counters::add(&c.routed_trace, 1),
                     Err(e) => {

@@ -89,18 +89,38 @@ impl Debug for MetricHandlerActor {
     }
 }
 
+/// What a metric handler is built from.
+pub(crate) struct HandlerParts {
+    /// Its position in the pool (log lines, liveness names).
+    pub(crate) index: usize,
+    /// Where its events come from.
+    pub(crate) source: Box<dyn EnvelopeSource>,
+    /// Events taken per turn (`metric_pool.batch_size`).
+    pub(crate) batch_size: usize,
+    /// Its own dedup actor.
+    pub(crate) dedup: Addr<DedupActor>,
+    /// Its own rehydrator actor.
+    pub(crate) rehydrator: Addr<RehydratorActor>,
+    /// The gateway's shared state.
+    pub(crate) shared: Arc<Shared>,
+    /// The export pipeline's handles.
+    pub(crate) export: Arc<ExportHandles>,
+    /// The host's case handlers, by case name.
+    pub(crate) case_handlers: Arc<HashMap<String, Arc<dyn CaseHandler>>>,
+}
+
 impl MetricHandlerActor {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        index: usize,
-        source: Box<dyn EnvelopeSource>,
-        batch_size: usize,
-        dedup: Addr<DedupActor>,
-        rehydrator: Addr<RehydratorActor>,
-        shared: Arc<Shared>,
-        export: Arc<ExportHandles>,
-        case_handlers: Arc<HashMap<String, Arc<dyn CaseHandler>>>,
-    ) -> Self {
+    pub(crate) fn new(parts: HandlerParts) -> Self {
+        let HandlerParts {
+            index,
+            source,
+            batch_size,
+            dedup,
+            rehydrator,
+            shared,
+            export,
+            case_handlers,
+        } = parts;
         let wants_settle = source.wants_settle();
         MetricHandlerActor {
             index,

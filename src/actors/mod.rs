@@ -76,7 +76,7 @@ pub(crate) struct GatewayItem {
 pub(crate) struct TraceItem {
     pub(crate) env: TelemetryEnvelope,
     /// Whether the enterprise exporter takes it (decided at routing time).
-    pub(crate) to_main: bool,
+    pub(crate) to_enterprise: bool,
     /// The event's reference, made once at the gateway.
     pub(crate) ev: crate::diagnostics::recorder::EventRef,
 }

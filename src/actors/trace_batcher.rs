@@ -125,7 +125,7 @@ impl TraceBatcherActor {
             // Metrics go to the enterprise metric pipeline, so only for events routed there.
             // They are recorded before sampling on purpose: trace sampling thins traces, never
             // the counts and durations dashboards are built on.
-            if item.to_main {
+            if item.to_enterprise {
                 ex.mapper.record_metrics(env, payload, None);
             }
             if !crate::routing::trace_sampled(ResolvedIds::of(env).trace_id, ex.sampling_ratio) {
@@ -158,7 +158,7 @@ impl TraceBatcherActor {
                     })
                     .clone()
             };
-            if !item.to_main && sinks.is_empty() {
+            if !item.to_enterprise && sinks.is_empty() {
                 let outcome = match &open_failure {
                     Some(why) => {
                         Counters::add(&counters.sink_spans_failed, 1);
@@ -191,7 +191,7 @@ impl TraceBatcherActor {
                     companions.push((slow, None));
                 }
             }
-            let group = groups.entry((item.to_main, sinks)).or_default();
+            let group = groups.entry((item.to_enterprise, sinks)).or_default();
             group.0.push(span);
             group.1.push(ev);
         }
@@ -205,10 +205,10 @@ impl TraceBatcherActor {
             return;
         }
         // One job per destination, carrying every group that goes there.
-        let mut main_job: (Vec<SpanData>, Vec<Arc<GroupTracker>>) = (Vec::new(), Vec::new());
+        let mut enterprise_job: (Vec<SpanData>, Vec<Arc<GroupTracker>>) = (Vec::new(), Vec::new());
         let mut sink_jobs: BTreeMap<u64, (Vec<SpanData>, Vec<Arc<GroupTracker>>)> = BTreeMap::new();
-        for ((to_main, sinks), (spans, events)) in groups {
-            let destinations = sinks.len() + usize::from(to_main);
+        for ((to_enterprise, sinks), (spans, events)) in groups {
+            let destinations = sinks.len() + usize::from(to_enterprise);
             let detail = match destinations {
                 1 => Detail::Static("1 destination"),
                 2 => Detail::Static("2 destinations"),
@@ -223,13 +223,18 @@ impl TraceBatcherActor {
                 job.0.extend(spans.iter().cloned());
                 job.1.push(tracker.clone());
             }
-            if to_main {
-                main_job.0.extend(spans);
-                main_job.1.push(tracker);
+            if to_enterprise {
+                enterprise_job.0.extend(spans);
+                enterprise_job.1.push(tracker);
             }
         }
-        if !main_job.0.is_empty() {
-            send_job(&ex.main_sink, main_job.0, main_job.1, &counters);
+        if !enterprise_job.0.is_empty() {
+            send_job(
+                &ex.enterprise_sink,
+                enterprise_job.0,
+                enterprise_job.1,
+                &counters,
+            );
         }
         for (i, (spans, trackers)) in sink_jobs {
             if let Some(w) = workers.get(&i) {

@@ -122,6 +122,12 @@ impl Pending {
     pub fn events(&self) -> i64 {
         self.gateway + self.trace + self.metric_log
     }
+
+    /// No stage holds an event. (Each gauge on its own: a sum could hide one stage's transient
+    /// negative reading behind another's event.)
+    pub fn no_event_held(&self) -> bool {
+        self.gateway <= 0 && self.trace <= 0 && self.metric_log <= 0
+    }
 }
 
 impl Counters {

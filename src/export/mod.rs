@@ -53,7 +53,7 @@ use sink::{DiscardSink, OtlpTraceSink, SinkWorker, TraceSink};
 /// What the actors need from the export pipeline.
 #[derive(Debug)]
 pub(crate) struct ExportHandles {
-    pub(crate) main_sink: SinkWorker,
+    pub(crate) enterprise_sink: SinkWorker,
     /// Tenant sinks, opened on demand (see `export::registry`).
     pub(crate) sinks: Arc<crate::export::registry::SinkRegistry>,
     pub(crate) log_batcher: LogBatcher,
@@ -276,7 +276,7 @@ impl ExportPipeline {
         let queue_batches = cfg.trace_batcher.sink_queue_batches;
         let concurrency = cfg.trace_batcher.sink_concurrency;
 
-        let (main_sink, mut log_backend, metric_backend): (Arc<dyn TraceSink>, _, _) =
+        let (enterprise_sink, mut log_backend, metric_backend): (Arc<dyn TraceSink>, _, _) =
             match &cfg.otlp.endpoint {
                 Some(endpoint) => {
                     let mut headers = cfg.otlp.headers.clone();
@@ -334,12 +334,12 @@ impl ExportPipeline {
             None => None,
         };
         #[cfg(feature = "analytics")]
-        let main_sink: Arc<dyn TraceSink> = match &sqlite {
+        let enterprise_sink: Arc<dyn TraceSink> = match &sqlite {
             Some(store) => Arc::new(sqlite::TeeTraceSink {
-                primary: main_sink,
+                enterprise: enterprise_sink,
                 store: store.clone(),
             }),
-            None => main_sink,
+            None => enterprise_sink,
         };
         let hold = cfg.retry.hold_policy();
         let spawn_worker = |sink: Arc<dyn TraceSink>| {
@@ -353,7 +353,7 @@ impl ExportPipeline {
                 &handle,
             )
         };
-        let main_sink = spawn_worker(main_sink);
+        let enterprise_sink = spawn_worker(enterprise_sink);
         let sinks = Arc::new(registry::SinkRegistry::new(
             cfg.trace_batcher.max_live_sinks,
             registry::WorkerParams {
@@ -443,7 +443,7 @@ impl ExportPipeline {
             meter_provider,
             logger_provider,
             handles: Arc::new(ExportHandles {
-                main_sink,
+                enterprise_sink,
                 sinks,
                 log_batcher,
                 logger,

@@ -557,13 +557,13 @@ pub(crate) fn metric_rows(
 /// The enterprise trace sink with its exported spans also stored in SQLite.
 #[derive(Debug)]
 pub(crate) struct TeeTraceSink {
-    pub(crate) primary: Arc<dyn super::sink::TraceSink>,
+    pub(crate) enterprise: Arc<dyn super::sink::TraceSink>,
     pub(crate) store: SqliteStore,
 }
 
 impl super::sink::TraceSink for TeeTraceSink {
     fn name(&self) -> &str {
-        self.primary.name()
+        self.enterprise.name()
     }
 
     fn export<'a>(
@@ -571,9 +571,9 @@ impl super::sink::TraceSink for TeeTraceSink {
         batch: &'a [opentelemetry_sdk::trace::SpanData],
     ) -> futures::future::BoxFuture<'a, Result<(), super::sink::SinkError>> {
         Box::pin(async move {
-            let result = self.primary.export(batch).await;
+            let result = self.enterprise.export(batch).await;
             // Stored once, when exported: a held batch's failed tries store nothing. A failed
-            // store is counted (exporter `sqlite`) and does not change the primary's outcome.
+            // store is counted (exporter `sqlite`) and does not change the enterprise's outcome.
             if result.is_ok() {
                 self.store.enqueue(Raw::Spans(batch.to_vec()));
             }
@@ -582,6 +582,6 @@ impl super::sink::TraceSink for TeeTraceSink {
     }
 
     fn shutdown(&self) -> Result<(), super::sink::SinkError> {
-        self.primary.shutdown()
+        self.enterprise.shutdown()
     }
 }
