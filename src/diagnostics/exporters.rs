@@ -105,6 +105,12 @@ impl ExporterStats {
 
     /// A copy of the counters.
     pub fn snapshot(&self) -> ExporterSnapshot {
+        self.snapshot_if(true)
+    }
+
+    /// A copy of the counters, with its histograms only when `with_histograms` (computing their
+    /// buckets is the costly part).
+    pub fn snapshot_if(&self, with_histograms: bool) -> ExporterSnapshot {
         ExporterSnapshot {
             name: self.name.to_string(),
             signal: self.signal,
@@ -114,8 +120,8 @@ impl ExporterStats {
             items_failed: self.items_failed.load(Relaxed),
             items_queue_full: self.items_queue_full.load(Relaxed),
             failing_for_secs: self.failing_for().map(|d| d.as_secs_f64()),
-            latency: self.latency.snapshot(),
-            batch_size: self.batch_size.snapshot(),
+            latency: self.latency.snapshot_if(with_histograms),
+            batch_size: self.batch_size.snapshot_if(with_histograms),
         }
     }
 }
@@ -170,7 +176,16 @@ impl ExporterRegistry {
 
     /// Every exporter's counters.
     pub fn snapshot(&self) -> Vec<ExporterSnapshot> {
-        self.exporters.lock().iter().map(|e| e.snapshot()).collect()
+        self.snapshot_if(true)
+    }
+
+    /// Every exporter's counters, with histograms only when `with_histograms`.
+    pub fn snapshot_if(&self, with_histograms: bool) -> Vec<ExporterSnapshot> {
+        self.exporters
+            .lock()
+            .iter()
+            .map(|e| e.snapshot_if(with_histograms))
+            .collect()
     }
 
     /// Exporters whose every call has failed for at least `window`.

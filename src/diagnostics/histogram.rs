@@ -62,7 +62,37 @@ pub struct HistSnapshot {
     pub max: f64,
 }
 
+impl HistSnapshot {
+    /// A snapshot with nothing in it: what a counts-only view carries in place of a histogram.
+    pub fn empty(unit: Unit) -> Self {
+        HistSnapshot {
+            unit,
+            count: 0,
+            sum: 0.0,
+            buckets: Vec::new(),
+            p50: 0.0,
+            p99: 0.0,
+            max: 0.0,
+        }
+    }
+}
+
 impl Hist {
+    /// The unit of its values.
+    pub fn unit(&self) -> Unit {
+        self.unit
+    }
+
+    /// [`Hist::snapshot`], or an empty snapshot when `with_histogram` is false (the cheap
+    /// counts-only view: no bucket is computed).
+    pub fn snapshot_if(&self, with_histogram: bool) -> HistSnapshot {
+        if with_histogram {
+            self.snapshot()
+        } else {
+            HistSnapshot::empty(self.unit)
+        }
+    }
+
     /// A histogram of `unit`.
     pub fn new(unit: Unit) -> Self {
         // 1 µs .. 1 h for latencies, 1 .. 1M for sizes; 3 significant digits.

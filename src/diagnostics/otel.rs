@@ -78,7 +78,7 @@ pub(crate) fn register(provider: &SdkMeterProvider, probes: Arc<Probes>) {
         };
         let p = probes.clone();
         let observe = move |o: &dyn opentelemetry::metrics::AsyncInstrument<u64>| {
-            for point in read(&p.snapshot()) {
+            for point in read(&p.snapshot_if(false)) {
                 let attrs: Vec<KeyValue> = point
                     .labels
                     .into_iter()

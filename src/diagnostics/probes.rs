@@ -144,18 +144,25 @@ impl Probes {
 
     /// The whole snapshot.
     pub(crate) fn snapshot(&self) -> DiagnosticsSnapshot {
+        self.snapshot_if(true)
+    }
+
+    /// The snapshot without its histograms (empty in it) unless `with_histograms`: what the
+    /// OTel self-metrics' callbacks read, once per instrument at every collection (a worker
+    /// collects at every commit), so they never compute a bucket.
+    pub(crate) fn snapshot_if(&self, with_histograms: bool) -> DiagnosticsSnapshot {
         let c = &self.counters;
         let (recorder_journeys, recorder_evicted) = c.recorder.usage();
         DiagnosticsSnapshot {
             stats: c.snapshot(),
             by_case: c.by_case(),
             queues: self.queues(),
-            exporters: c.exporters.snapshot(),
+            exporters: c.exporters.snapshot_if(with_histograms),
             emit_to_export: EmitToExport {
-                trace: c.emit_to_export_trace.snapshot(),
-                metric_log: c.emit_to_export_metric_log.snapshot(),
+                trace: c.emit_to_export_trace.snapshot_if(with_histograms),
+                metric_log: c.emit_to_export_metric_log.snapshot_if(with_histograms),
             },
-            dedup_call: c.dedup_call.snapshot(),
+            dedup_call: c.dedup_call.snapshot_if(with_histograms),
             recorder_journeys,
             recorder_evicted,
             recorder_refusals_not_recorded: c.recorder.refusals_not_recorded(),

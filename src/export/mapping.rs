@@ -183,6 +183,19 @@ impl Instruments {
     }
 }
 
+/// What one log record is built from: the parts a span shares with its companion record are
+/// worked out once, by the caller.
+struct RecordParts<'a> {
+    env: &'a TelemetryEnvelope,
+    payload: Option<&'a JsonObject>,
+    /// Set when the record is built without its payload.
+    degraded: Option<ReasonCode>,
+    attrs: &'a [KeyValue],
+    ids: &'a ResolvedIds,
+    /// The payload's failure message, redacted.
+    failed: Option<&'a str>,
+}
+
 /// Span and log names for one case, computed once at start.
 #[derive(Debug, Clone)]
 struct CaseNames {
@@ -459,7 +472,17 @@ impl Mapper {
         let ids = ResolvedIds::of(env);
         let failed = self.error_of(payload);
         let attrs = self.attributes(env, payload);
-        let log = self.log_from(logger, env, payload, None, &attrs, &ids, failed.as_deref());
+        let log = self.log_from(
+            logger,
+            RecordParts {
+                env,
+                payload,
+                degraded: None,
+                attrs: &attrs,
+                ids: &ids,
+                failed: failed.as_deref(),
+            },
+        );
         let span = self.span_from(env, payload, attrs, &ids, failed);
         (span, log)
     }
@@ -517,26 +540,26 @@ impl Mapper {
         let attrs = self.attributes(env, payload);
         self.log_from(
             logger,
-            env,
-            payload,
-            degraded,
-            &attrs,
-            &ids,
-            failed.as_deref(),
+            RecordParts {
+                env,
+                payload,
+                degraded,
+                attrs: &attrs,
+                ids: &ids,
+                failed: failed.as_deref(),
+            },
         )
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn log_from(
-        &self,
-        logger: &SdkLogger,
-        env: &TelemetryEnvelope,
-        payload: Option<&JsonObject>,
-        degraded: Option<ReasonCode>,
-        attrs: &[KeyValue],
-        ids: &ResolvedIds,
-        failed: Option<&str>,
-    ) -> SdkLogRecord {
+    fn log_from(&self, logger: &SdkLogger, parts: RecordParts<'_>) -> SdkLogRecord {
+        let RecordParts {
+            env,
+            payload,
+            degraded,
+            attrs,
+            ids,
+            failed,
+        } = parts;
         let mut r = logger.create_log_record();
         r.set_event_name(if degraded.is_some() {
             self.degraded_event

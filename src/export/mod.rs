@@ -48,7 +48,7 @@ use logs::{LogBackend, LogBatcher, LogBatcherSettings};
 
 use mapping::Mapper;
 use metrics::{CountingMetricExporter, MetricBackend};
-use sink::{DiscardSink, OtlpTraceSink, SinkWorker, TraceSink};
+use sink::{DiscardSink, OtlpTraceSink, SinkWorker, SinkWorkerParams, TraceSink};
 
 /// What the actors need from the export pipeline.
 #[derive(Debug)]
@@ -162,24 +162,36 @@ impl OtlpSettings<'_> {
         }
     }
 
+    /// The settings every signal's gRPC builder gets: one chain for spans, logs and metrics.
+    fn grpc<B>(&self, builder: B) -> B
+    where
+        B: WithExportConfig + WithTonicConfig,
+    {
+        builder
+            .with_endpoint(self.endpoint)
+            .with_timeout(self.timeout)
+            .with_metadata(self.metadata())
+            .with_retry_policy(self.retry.clone())
+    }
+
+    /// The settings every signal's HTTP builder gets; `path` is the signal's (`/v1/traces`).
+    fn http<B>(&self, builder: B, path: &str) -> B
+    where
+        B: WithExportConfig + WithHttpConfig,
+    {
+        builder
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .with_endpoint(with_signal_path(self.endpoint, path))
+            .with_timeout(self.timeout)
+            .with_headers(self.http_headers())
+            .with_retry_policy(self.retry.clone())
+    }
+
     fn spans(&self) -> Result<opentelemetry_otlp::SpanExporter, ExportBuildError> {
         let b = opentelemetry_otlp::SpanExporter::builder();
         match self.protocol {
-            OtlpProtocol::Grpc => b
-                .with_tonic()
-                .with_endpoint(self.endpoint)
-                .with_timeout(self.timeout)
-                .with_metadata(self.metadata())
-                .with_retry_policy(self.retry.clone())
-                .build(),
-            OtlpProtocol::HttpProtobuf => b
-                .with_http()
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_endpoint(with_signal_path(self.endpoint, "/v1/traces"))
-                .with_timeout(self.timeout)
-                .with_headers(self.http_headers())
-                .with_retry_policy(self.retry.clone())
-                .build(),
+            OtlpProtocol::Grpc => self.grpc(b.with_tonic()).build(),
+            OtlpProtocol::HttpProtobuf => self.http(b.with_http(), "/v1/traces").build(),
         }
         .map_err(|e| self.err("traces", e))
     }
@@ -187,21 +199,8 @@ impl OtlpSettings<'_> {
     fn logs(&self) -> Result<opentelemetry_otlp::LogExporter, ExportBuildError> {
         let b = opentelemetry_otlp::LogExporter::builder();
         match self.protocol {
-            OtlpProtocol::Grpc => b
-                .with_tonic()
-                .with_endpoint(self.endpoint)
-                .with_timeout(self.timeout)
-                .with_metadata(self.metadata())
-                .with_retry_policy(self.retry.clone())
-                .build(),
-            OtlpProtocol::HttpProtobuf => b
-                .with_http()
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_endpoint(with_signal_path(self.endpoint, "/v1/logs"))
-                .with_timeout(self.timeout)
-                .with_headers(self.http_headers())
-                .with_retry_policy(self.retry.clone())
-                .build(),
+            OtlpProtocol::Grpc => self.grpc(b.with_tonic()).build(),
+            OtlpProtocol::HttpProtobuf => self.http(b.with_http(), "/v1/logs").build(),
         }
         .map_err(|e| self.err("logs", e))
     }
@@ -209,192 +208,67 @@ impl OtlpSettings<'_> {
     fn metrics(&self) -> Result<opentelemetry_otlp::MetricExporter, ExportBuildError> {
         let b = opentelemetry_otlp::MetricExporter::builder();
         match self.protocol {
-            OtlpProtocol::Grpc => b
-                .with_tonic()
-                .with_endpoint(self.endpoint)
-                .with_timeout(self.timeout)
-                .with_metadata(self.metadata())
-                .with_retry_policy(self.retry.clone())
-                .build(),
-            OtlpProtocol::HttpProtobuf => b
-                .with_http()
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_endpoint(with_signal_path(self.endpoint, "/v1/metrics"))
-                .with_timeout(self.timeout)
-                .with_headers(self.http_headers())
-                .with_retry_policy(self.retry.clone())
-                .build(),
+            OtlpProtocol::Grpc => self.grpc(b.with_tonic()).build(),
+            OtlpProtocol::HttpProtobuf => self.http(b.with_http(), "/v1/metrics").build(),
         }
         .map_err(|e| self.err("metrics", e))
     }
 }
 
 impl ExportPipeline {
-    /// Builds the runtime, exporters, workers and providers from `cfg`. `extra_sinks` are
-    /// community sinks the host registered in code, keyed by (tenant, app).
+    /// Builds the runtime, exporters, workers and providers from `cfg`, in the order below:
+    /// whatever can fail because of the configuration (the redactor, the enterprise exporter,
+    /// the SQLite file, a tenant sink) fails here, naming its key. `extra_sinks` are community
+    /// sinks the host registered in code, keyed by (tenant, app).
     pub(crate) fn build(
         cfg: &GatewayConfig,
         table: &RoutingTable,
         counters: Arc<Counters>,
         extra_sinks: Vec<(String, Option<String>, Arc<dyn TraceSink>)>,
     ) -> Result<Self, ExportBuildError> {
-        // Compiled before anything starts, so a bad pattern fails the build cheaply.
-        let redactor =
-            Redactor::from_config(&cfg.redaction).map_err(|error| ExportBuildError::Redaction {
-                key: error.key().to_owned(),
-                error,
-            })?;
-        // The gateway's log lines, journey details and reported errors are redacted from here on.
+        // 1. The redactor: the gateway's log lines, journey details and reported errors are
+        //    redacted from here on.
+        let redactor = build_redactor(cfg)?;
         counters.log.set_redactor(redactor.clone());
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("telemetry-gateway-export")
-            .enable_all()
-            .build()
-            .map_err(|e| ExportBuildError::Runtime(e.to_string()))?;
+        // 2. The export runtime, and the resource every signal carries.
+        let rt = export_runtime()?;
         let handle = rt.handle().clone();
         let _entered = rt.enter();
-
-        // `service.instance.id` tells this process's cumulative metric series from those of
-        // other processes with the same service name (workers of one stream, replicas).
-        // `export.resource_attributes` first, so `service.name` and `service.instance.id` are
-        // always the gateway's own.
-        let resource = Resource::builder()
-            .with_attributes(
-                cfg.export
-                    .resource_attributes
-                    .iter()
-                    .map(|(k, v)| opentelemetry::KeyValue::new(k.clone(), v.clone())),
-            )
-            .with_service_name(cfg.export.service_name.clone())
-            .with_attribute(opentelemetry::KeyValue::new(
-                "service.instance.id",
-                uuid::Uuid::new_v4().to_string(),
-            ))
-            .build();
-        let export_timeout = Duration::from_millis(cfg.otlp.timeout_ms);
-        let queue_batches = cfg.trace_batcher.sink_queue_batches;
-        let concurrency = cfg.trace_batcher.sink_concurrency;
-
-        let (enterprise_sink, mut log_backend, metric_backend): (Arc<dyn TraceSink>, _, _) =
-            match &cfg.otlp.endpoint {
-                Some(endpoint) => {
-                    let mut headers = cfg.otlp.headers.clone();
-                    if let Some(key) = &cfg.otlp.api_key {
-                        headers.insert("authorization".into(), format!("Bearer {key}"));
-                    }
-                    let s = OtlpSettings {
-                        key: "otlp.endpoint".into(),
-                        endpoint,
-                        protocol: cfg.otlp.protocol,
-                        headers,
-                        timeout: export_timeout,
-                        retry: retry_policy(&cfg.retry),
-                    };
-                    let mut spans = s.spans()?;
-                    spans.set_resource(&resource);
-                    (
-                        Arc::new(OtlpTraceSink::new("enterprise", spans)),
-                        LogBackend::Otlp(s.logs()?),
-                        MetricBackend::Otlp(s.metrics()?),
-                    )
-                }
-                None if cfg.export.local_output == LocalOutput::Discard => (
-                    Arc::new(DiscardSink::new("discard")),
-                    LogBackend::Discard,
-                    MetricBackend::Discard,
-                ),
-                None => {
-                    let path = &cfg.export.file_path;
-                    let w = JsonlWriter::open(path)
-                        .map_err(|e| ExportBuildError::File {
-                            key: "export.file_path".into(),
-                            path: path.display().to_string(),
-                            error: e.to_string(),
-                        })?
-                        .with_resource(&resource);
-                    (
-                        Arc::new(JsonlTraceSink::new("enterprise", w.clone())),
-                        LogBackend::Jsonl(JsonlLogExporter::new(w.clone())),
-                        MetricBackend::Jsonl(JsonlMetricExporter::new(w)),
-                    )
-                }
-            };
-        log_backend.set_resource(&resource);
-        // `[sinks.sqlite]`: what the enterprise exporter exports is also stored locally.
+        let resource = resource_of(cfg);
+        // 3. The enterprise destination's three backends (OTLP, the local file, or nothing),
+        //    with `[sinks.sqlite]` storing a copy of what it exports.
+        let backends = enterprise_backends(cfg, &resource)?;
         #[cfg(feature = "analytics")]
-        let sqlite = match &cfg.sinks.sqlite {
-            Some(sq) => Some(sqlite::SqliteStore::start(sq, &counters).map_err(|e| {
-                ExportBuildError::File {
-                    key: "sinks.sqlite.path".into(),
-                    path: sq.path.display().to_string(),
-                    error: e.to_string(),
-                }
-            })?),
-            None => None,
-        };
+        let sqlite = sqlite_store(cfg, &counters)?;
         #[cfg(feature = "analytics")]
         let enterprise_sink: Arc<dyn TraceSink> = match &sqlite {
             Some(store) => Arc::new(sqlite::TeeTraceSink {
-                enterprise: enterprise_sink,
+                enterprise: backends.spans,
                 store: store.clone(),
             }),
-            None => enterprise_sink,
+            None => backends.spans,
         };
-        let hold = cfg.retry.hold_policy();
-        let spawn_worker = |sink: Arc<dyn TraceSink>| {
-            SinkWorker::spawn(
-                sink,
-                queue_batches,
-                concurrency,
-                export_timeout,
-                hold,
-                counters.clone(),
-                &handle,
-            )
+        #[cfg(not(feature = "analytics"))]
+        let enterprise_sink = backends.spans;
+        // 4. The sink workers: the enterprise sink's, and the registry of tenant sinks.
+        let workers = SinkWorkerParams {
+            queue_batches: cfg.trace_batcher.sink_queue_batches,
+            concurrency: cfg.trace_batcher.sink_concurrency,
+            timeout: Duration::from_millis(cfg.otlp.timeout_ms),
+            hold: cfg.retry.hold_policy(),
+            counters: counters.clone(),
+            rt: handle.clone(),
         };
-        let enterprise_sink = spawn_worker(enterprise_sink);
-        let sinks = Arc::new(registry::SinkRegistry::new(
-            cfg.trace_batcher.max_live_sinks,
-            registry::WorkerParams {
-                queue_batches,
-                concurrency,
-                timeout: export_timeout,
-                hold,
-                retry: cfg.retry.clone(),
-                resource: resource.clone(),
-                counters: counters.clone(),
-                rt: handle.clone(),
-            },
-        ));
-        for (i, s) in cfg.sinks.tenants.iter().enumerate() {
-            // Built now so that a bad entry fails start naming its key; the registry opens it
-            // (with this very sink the first time) when its tenant's traces need it.
-            let label = format!("sinks[{i}]");
-            let built = build_community_sink(&label, s, export_timeout, &cfg.retry, &resource)?;
-            sinks
-                .register_built_section(s.clone(), built)
-                .map_err(|e| ExportBuildError::Sink {
-                    key: label,
-                    error: e.to_string(),
-                })?;
-        }
-        for (tenant_id, app_id, sink) in extra_sinks {
-            sinks
-                .register_instance(&tenant_id, app_id.as_deref(), sink)
-                .map_err(|e| ExportBuildError::Sink {
-                    key: format!("trace_sink({tenant_id})"),
-                    error: e.to_string(),
-                })?;
-        }
-
+        let enterprise_sink = SinkWorker::spawn(enterprise_sink, &workers);
+        let sinks = tenant_sinks(cfg, extra_sinks, workers, &resource)?;
+        // 5. The log batcher.
         let log_batcher = LogBatcher::spawn(
-            log_backend,
+            backends.logs,
             LogBatcherSettings {
                 capacity: cfg.export.log_queue_capacity,
                 max_batch: cfg.export.log_max_batch_size,
                 interval: Duration::from_millis(cfg.export.log_flush_interval_ms),
-                timeout: export_timeout,
+                timeout: Duration::from_millis(cfg.otlp.timeout_ms),
                 hold: cfg.retry.hold_policy(),
                 concurrency: cfg.export.log_concurrency,
             },
@@ -403,37 +277,21 @@ impl ExportPipeline {
             #[cfg(feature = "analytics")]
             sqlite.clone(),
         );
-
+        // 6. The meter provider behind the counting exporter, and the logger provider.
         let metric_exporter =
-            CountingMetricExporter::new(metric_backend, counters.clone(), handle.clone());
+            CountingMetricExporter::new(backends.metrics, counters.clone(), handle.clone());
         #[cfg(feature = "analytics")]
         let metric_exporter = metric_exporter.with_sqlite(sqlite.clone());
-        let reader = PeriodicReader::builder(metric_exporter)
-            .with_interval(Duration::from_millis(cfg.otlp.metric_interval_ms))
-            .build();
-        // Every instrument keeps at most `diagnostics.metric_cardinality_limit` attribute sets;
-        // the SDK folds the rest into one `otel.metric.overflow = true` series, which the
-        // counting exporter detects and reports (telemetry_gateway_metric_cardinality_overflow).
-        let limit = cfg.diagnostics.metric_cardinality_limit;
-        let meter_provider = SdkMeterProvider::builder()
-            .with_reader(reader)
-            .with_resource(resource.clone())
-            .with_view(move |_: &opentelemetry_sdk::metrics::Instrument| {
-                opentelemetry_sdk::metrics::Stream::builder()
-                    .with_cardinality_limit(limit)
-                    .build()
-                    .ok()
-            })
-            .build();
-        let meter = meter_provider.meter("telemetry-gateway");
+        let meter_provider = meter_provider(cfg, metric_exporter, &resource);
+        let logger_provider = SdkLoggerProvider::builder().with_resource(resource).build();
+        // 7. The mapping from cases to spans, log records and metrics.
         let mapper = Mapper::new(
             &cfg.export.namespace,
             cfg.export.include_content,
             table,
-            &meter,
-            redactor.clone(),
+            &meter_provider.meter("telemetry-gateway"),
+            redactor,
         );
-        let logger_provider = SdkLoggerProvider::builder().with_resource(resource).build();
         let logger = logger_provider.logger("telemetry-gateway");
         drop(_entered);
         Ok(ExportPipeline {
@@ -452,6 +310,186 @@ impl ExportPipeline {
             }),
         })
     }
+}
+
+/// The enterprise destination's backends, one per signal.
+struct EnterpriseBackends {
+    spans: Arc<dyn TraceSink>,
+    logs: LogBackend,
+    metrics: MetricBackend,
+}
+
+/// Step 1: the redactor, compiled before anything starts so a bad pattern fails cheaply.
+fn build_redactor(cfg: &GatewayConfig) -> Result<Redactor, ExportBuildError> {
+    Redactor::from_config(&cfg.redaction).map_err(|error| ExportBuildError::Redaction {
+        key: error.key().to_owned(),
+        error,
+    })
+}
+
+/// Step 2: the export runtime: one worker thread for every exporter's I/O.
+fn export_runtime() -> Result<tokio::runtime::Runtime, ExportBuildError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("telemetry-gateway-export")
+        .enable_all()
+        .build()
+        .map_err(|e| ExportBuildError::Runtime(e.to_string()))
+}
+
+/// Step 2: the resource. `service.instance.id` tells this process's cumulative metric series
+/// from those of other processes with the same service name (workers of one stream, replicas).
+/// `export.resource_attributes` first, so `service.name` and `service.instance.id` are always the
+/// gateway's own.
+fn resource_of(cfg: &GatewayConfig) -> Resource {
+    Resource::builder()
+        .with_attributes(
+            cfg.export
+                .resource_attributes
+                .iter()
+                .map(|(k, v)| opentelemetry::KeyValue::new(k.clone(), v.clone())),
+        )
+        .with_service_name(cfg.export.service_name.clone())
+        .with_attribute(opentelemetry::KeyValue::new(
+            "service.instance.id",
+            uuid::Uuid::new_v4().to_string(),
+        ))
+        .build()
+}
+
+/// Step 3: OTLP exporters when `otlp.endpoint` is set, else the local JSON lines file (or
+/// nothing, with `export.local_output = "discard"`).
+fn enterprise_backends(
+    cfg: &GatewayConfig,
+    resource: &Resource,
+) -> Result<EnterpriseBackends, ExportBuildError> {
+    let mut backends = match &cfg.otlp.endpoint {
+        Some(endpoint) => {
+            let mut headers = cfg.otlp.headers.clone();
+            if let Some(key) = &cfg.otlp.api_key {
+                headers.insert("authorization".into(), format!("Bearer {key}"));
+            }
+            let settings = OtlpSettings {
+                key: "otlp.endpoint".into(),
+                endpoint,
+                protocol: cfg.otlp.protocol,
+                headers,
+                timeout: Duration::from_millis(cfg.otlp.timeout_ms),
+                retry: retry_policy(&cfg.retry),
+            };
+            let mut spans = settings.spans()?;
+            spans.set_resource(resource);
+            EnterpriseBackends {
+                spans: Arc::new(OtlpTraceSink::new("enterprise", spans)),
+                logs: LogBackend::Otlp(settings.logs()?),
+                metrics: MetricBackend::Otlp(settings.metrics()?),
+            }
+        }
+        None if cfg.export.local_output == LocalOutput::Discard => EnterpriseBackends {
+            spans: Arc::new(DiscardSink::new("discard")),
+            logs: LogBackend::Discard,
+            metrics: MetricBackend::Discard,
+        },
+        None => {
+            let path = &cfg.export.file_path;
+            let writer = JsonlWriter::open(path)
+                .map_err(|e| ExportBuildError::File {
+                    key: "export.file_path".into(),
+                    path: path.display().to_string(),
+                    error: e.to_string(),
+                })?
+                .with_resource(resource);
+            EnterpriseBackends {
+                spans: Arc::new(JsonlTraceSink::new("enterprise", writer.clone())),
+                logs: LogBackend::Jsonl(JsonlLogExporter::new(writer.clone())),
+                metrics: MetricBackend::Jsonl(JsonlMetricExporter::new(writer)),
+            }
+        }
+    };
+    backends.logs.set_resource(resource);
+    Ok(backends)
+}
+
+/// Step 3: `[sinks.sqlite]`: what the enterprise exporter exports is also stored locally.
+#[cfg(feature = "analytics")]
+fn sqlite_store(
+    cfg: &GatewayConfig,
+    counters: &Counters,
+) -> Result<Option<sqlite::SqliteStore>, ExportBuildError> {
+    let Some(sq) = &cfg.sinks.sqlite else {
+        return Ok(None);
+    };
+    sqlite::SqliteStore::start(sq, counters)
+        .map(Some)
+        .map_err(|e| ExportBuildError::File {
+            key: "sinks.sqlite.path".into(),
+            path: sq.path.display().to_string(),
+            error: e.to_string(),
+        })
+}
+
+/// Step 4: the registry of tenant sinks, with `[[sinks]]` built now (so that a bad entry fails
+/// start naming its key; the registry opens it, with this very sink the first time, when its
+/// tenant's traces need it) and the host's sink instances.
+fn tenant_sinks(
+    cfg: &GatewayConfig,
+    extra_sinks: Vec<(String, Option<String>, Arc<dyn TraceSink>)>,
+    workers: SinkWorkerParams,
+    resource: &Resource,
+) -> Result<Arc<registry::SinkRegistry>, ExportBuildError> {
+    let timeout = workers.timeout;
+    let sinks = Arc::new(registry::SinkRegistry::new(
+        cfg.trace_batcher.max_live_sinks,
+        registry::WorkerParams {
+            worker: workers,
+            retry: cfg.retry.clone(),
+            resource: resource.clone(),
+        },
+    ));
+    for (i, s) in cfg.sinks.tenants.iter().enumerate() {
+        let label = format!("sinks[{i}]");
+        let built = build_community_sink(&label, s, timeout, &cfg.retry, resource)?;
+        sinks
+            .register_built_section(s.clone(), built)
+            .map_err(|e| ExportBuildError::Sink {
+                key: label,
+                error: e.to_string(),
+            })?;
+    }
+    for (tenant_id, app_id, sink) in extra_sinks {
+        sinks
+            .register_instance(&tenant_id, app_id.as_deref(), sink)
+            .map_err(|e| ExportBuildError::Sink {
+                key: format!("trace_sink({tenant_id})"),
+                error: e.to_string(),
+            })?;
+    }
+    Ok(sinks)
+}
+
+/// Step 6: the meter provider, reading every `otlp.metric_interval_ms` into the counting
+/// exporter. Every instrument keeps at most `diagnostics.metric_cardinality_limit` attribute
+/// sets; the SDK folds the rest into one `otel.metric.overflow = true` series, which the counting
+/// exporter detects and reports (`telemetry_gateway_metric_cardinality_overflow`).
+fn meter_provider(
+    cfg: &GatewayConfig,
+    exporter: CountingMetricExporter,
+    resource: &Resource,
+) -> SdkMeterProvider {
+    let reader = PeriodicReader::builder(exporter)
+        .with_interval(Duration::from_millis(cfg.otlp.metric_interval_ms))
+        .build();
+    let limit = cfg.diagnostics.metric_cardinality_limit;
+    SdkMeterProvider::builder()
+        .with_reader(reader)
+        .with_resource(resource.clone())
+        .with_view(move |_: &opentelemetry_sdk::metrics::Instrument| {
+            opentelemetry_sdk::metrics::Stream::builder()
+                .with_cardinality_limit(limit)
+                .build()
+                .ok()
+        })
+        .build()
 }
 
 /// The OTLP exporter's own retry policy, from `[retry]`.

@@ -24,16 +24,14 @@
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::Arc;
-use std::time::Duration;
 
 use opentelemetry_sdk::Resource;
 use parking_lot::Mutex;
 use serde::Serialize;
 
 use super::sink::{SinkError, SinkWorker, TraceSink};
-use crate::config::{HoldPolicy, RetrySection, SinkSection};
+use crate::config::{RetrySection, SinkSection};
 use crate::diagnostics::exporters::ExporterStats;
-use crate::diagnostics::Counters;
 
 /// Builds a tenant's sink: at its first trace, and again whenever it was closed for being the
 /// least recently used. Called on the gateway's batcher thread: connect lazily (the OTLP
@@ -122,14 +120,12 @@ struct Inner {
 /// How the registry opens a sink's worker.
 #[derive(Debug, Clone)]
 pub(crate) struct WorkerParams {
-    pub(crate) queue_batches: usize,
-    pub(crate) concurrency: usize,
-    pub(crate) timeout: Duration,
-    pub(crate) hold: HoldPolicy,
+    /// How each tenant sink's worker runs.
+    pub(crate) worker: super::sink::SinkWorkerParams,
+    /// Retries inside a tenant OTLP sink's export calls.
     pub(crate) retry: RetrySection,
+    /// The resource of the spans a tenant sink exports.
     pub(crate) resource: Resource,
-    pub(crate) counters: Arc<Counters>,
-    pub(crate) rt: tokio::runtime::Handle,
 }
 
 /// The registry (see the module docs).
@@ -234,7 +230,7 @@ impl SinkRegistry {
         credentials: Vec<String>,
     ) -> Result<(), SinkRegistryError> {
         for c in &credentials {
-            self.params.counters.log.add_secret(c);
+            self.params.worker.counters.log.add_secret(c);
         }
         let mut inner = self.inner.lock();
         if inner.closed {
@@ -242,9 +238,10 @@ impl SinkRegistry {
         }
         inner.next_id += 1;
         let id = inner.next_id;
-        let clean = self.params.counters.log.sanitize(&name).into_owned();
+        let clean = self.params.worker.counters.log.sanitize(&name).into_owned();
         let stats = self
             .params
+            .worker
             .counters
             .exporters
             .register_tenant_sink(&clean, "traces");
@@ -292,12 +289,12 @@ impl SinkRegistry {
             .collect();
         for c in &old.credentials {
             if !still_used.contains(&c) {
-                self.params.counters.log.forget_secret(c);
+                self.params.worker.counters.log.forget_secret(c);
             }
         }
         drop(inner);
         if !name_in_use {
-            self.params.counters.exporters.unregister(&old.stats);
+            self.params.worker.counters.exporters.unregister(&old.stats);
         }
         drop(old.worker);
     }
@@ -425,25 +422,20 @@ impl SinkRegistry {
 
     fn open(&self, e: &mut Entry) -> Result<SinkWorker, SinkError> {
         let p = &self.params;
-        let _rt = p.rt.enter();
+        let _rt = p.worker.rt.enter();
         let prebuilt = e.prebuilt.take();
         let sink: Arc<dyn TraceSink> = match (prebuilt, &e.spec) {
             (Some(s), _) => s,
             (None, Spec::Instance(s)) => s.clone(),
             (None, Spec::Factory(f)) => f.build()?,
             (None, Spec::Section(s)) => {
-                super::build_community_sink(&e.name, s, p.timeout, &p.retry, &p.resource)
+                super::build_community_sink(&e.name, s, p.worker.timeout, &p.retry, &p.resource)
                     .map_err(|err| SinkError::Failed(err.to_string()))?
             }
         };
         Ok(SinkWorker::spawn_with_stats(
             sink,
-            p.queue_batches,
-            p.concurrency,
-            p.timeout,
-            p.hold,
-            p.counters.clone(),
-            &p.rt,
+            &p.worker,
             e.stats.clone(),
         ))
     }

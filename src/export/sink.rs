@@ -347,44 +347,46 @@ pub(crate) struct SinkWorker {
     pub(crate) stats: Arc<ExporterStats>,
 }
 
+/// How every sink worker of a gateway runs (`[trace_batcher]`, `[otlp]`, `[retry]`).
+#[derive(Debug, Clone)]
+pub(crate) struct SinkWorkerParams {
+    /// Batches its queue holds (`trace_batcher.sink_queue_batches`).
+    pub(crate) queue_batches: usize,
+    /// Batches exported (or held) at once (`trace_batcher.sink_concurrency`).
+    pub(crate) concurrency: usize,
+    /// One export call's limit (`otlp.timeout_ms`).
+    pub(crate) timeout: Duration,
+    /// How a failing batch is held and retried (`[retry]`).
+    pub(crate) hold: HoldPolicy,
+    /// The gateway's ledger.
+    pub(crate) counters: Arc<Counters>,
+    /// The export runtime the worker runs on.
+    pub(crate) rt: tokio::runtime::Handle,
+}
+
 impl SinkWorker {
-    /// Starts the worker for `sink` on `rt`.
-    pub(crate) fn spawn(
+    /// Starts the worker for `sink`.
+    pub(crate) fn spawn(sink: Arc<dyn TraceSink>, params: &SinkWorkerParams) -> Self {
+        let name = params.counters.log.sanitize(sink.name()).into_owned();
+        let stats = params.counters.exporters.register(&name, "traces");
+        Self::spawn_with_stats(sink, params, stats)
+    }
+
+    /// [`spawn`](Self::spawn) with counters the caller registered (a tenant sink keeps its
+    /// counters across closing and reopening).
+    pub(crate) fn spawn_with_stats(
         sink: Arc<dyn TraceSink>,
-        queue_batches: usize,
-        concurrency: usize,
-        timeout: Duration,
-        hold: HoldPolicy,
-        counters: Arc<Counters>,
-        rt: &tokio::runtime::Handle,
+        params: &SinkWorkerParams,
+        stats: Arc<ExporterStats>,
     ) -> Self {
-        let name = counters.log.sanitize(sink.name()).into_owned();
-        let stats = counters.exporters.register(&name, "traces");
-        Self::spawn_with_stats(
-            sink,
+        let SinkWorkerParams {
             queue_batches,
             concurrency,
             timeout,
             hold,
             counters,
             rt,
-            stats,
-        )
-    }
-
-    /// [`spawn`](Self::spawn) with counters the caller registered (a tenant sink keeps its
-    /// counters across closing and reopening).
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn spawn_with_stats(
-        sink: Arc<dyn TraceSink>,
-        queue_batches: usize,
-        concurrency: usize,
-        timeout: Duration,
-        hold: HoldPolicy,
-        counters: Arc<Counters>,
-        rt: &tokio::runtime::Handle,
-        stats: Arc<ExporterStats>,
-    ) -> Self {
+        } = params.clone();
         let (tx, rx) = mpsc::channel::<SinkJob>(queue_batches);
         // Sanitized once here: every journey step names its destination with this string.
         let name: Arc<str> = Arc::from(counters.log.sanitize(sink.name()).as_ref());

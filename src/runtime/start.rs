@@ -539,7 +539,6 @@ pub(super) fn weak_reader<T: Send + 'static>(tx: &mpsc::Sender<T>) -> QueueReade
     })
 }
 
-#[allow(clippy::too_many_arguments)]
 /// Everything the actors are built from.
 pub(super) struct ActorParts {
     pub(super) cfg: GatewayConfig,
