@@ -20,8 +20,10 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use telemetry_gateway::actors::dedup::{CheckBatch, DedupActor, DedupKey, MemoryDedup, Verdict};
 use telemetry_gateway::config::{DedupBackendKind, DedupSection};
+use telemetry_gateway::testing::internals::{
+    CheckBatch, DedupActor, DedupKey, MemoryDedup, Verdict,
+};
 use uuid::Uuid;
 
 const BATCH: usize = 64;

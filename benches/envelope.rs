@@ -19,7 +19,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::json;
 use telemetry_gateway::config::CaseSection;
-use telemetry_gateway::routing::RoutingTable;
+use telemetry_gateway::testing::internals::RoutingTable;
 use telemetry_gateway::{TelemetryCase, TelemetryContext, TelemetryEnvelope};
 
 fn envelope(case: &TelemetryCase) -> TelemetryEnvelope {

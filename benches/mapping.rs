@@ -27,7 +27,7 @@ use serde_json::json;
 use telemetry_gateway::config::{CaseSection, RedactionSection};
 use telemetry_gateway::export::mapping::Mapper;
 use telemetry_gateway::redaction::Redactor;
-use telemetry_gateway::routing::RoutingTable;
+use telemetry_gateway::testing::internals::RoutingTable;
 use telemetry_gateway::{Payload, TelemetryCase, TelemetryContext, TelemetryEnvelope};
 
 /// A workflow run and its 10 node executions, ids resolved as the gateway resolves them.

@@ -25,10 +25,11 @@
 //! # Layout
 //! - [`contracts`]: the typed messages (case, context, correlation, envelope) and validation.
 //! - [`config`]: figment configuration, one struct per TOML section, defaults as constants.
-//! - [`routing`]: the routing table and its two decisions.
+//! - `routing` (private): the routing table and its decisions.
 //! - [`correlation`]: trace and span ids derived from run and event ids.
-//! - [`runtime`]: `start`, the handle, `emit`, `shutdown` and its report.
-//! - [`actors`]: `GatewayActor`, `TraceBatcherActor`, `MetricHandlerActor`, `DedupActor`,
+//! - `runtime` (private; its types are re-exported here): [`start`], [`GatewayHandle`] and
+//!   `emit`, shutdown and its [`ShutdownReport`].
+//! - `actors` (private): `GatewayActor`, `TraceBatcherActor`, `MetricHandlerActor`, `DedupActor`,
 //!   `RehydratorActor`.
 //! - [`transport`]: the seam between the gateway and the handler pool.
 //! - [`payload_store`]: offload and read-back of large payloads, with ref validation.
@@ -54,7 +55,11 @@
 
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
-pub mod actors;
+// The actor shape, the routing table and the composition root are how the
+// gateway works, not what a host calls: private. `testing::internals` (feature `testing`,
+// hidden from the docs) re-exports the few parts property tests and benchmarks drive directly.
+#[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
+mod actors;
 pub mod config;
 pub mod contracts;
 pub mod correlation;
@@ -63,8 +68,9 @@ pub mod export;
 pub mod logging;
 pub mod payload_store;
 pub mod redaction;
-pub mod routing;
-pub mod runtime;
+#[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
+mod routing;
+mod runtime;
 #[cfg(feature = "analytics")]
 pub mod slo;
 pub mod tracing_bridge;
@@ -95,6 +101,8 @@ pub use contracts::{
 pub use diagnostics::{ReasonCode, StatsSnapshot};
 pub use export::registry::{SinkFactory, SinkInfo, SinkRegistryError};
 pub use export::sink::{DiscardSink, SinkError, TraceSink};
+#[cfg(feature = "testing")]
+pub use runtime::IntakeFreeze;
 #[cfg(feature = "redis")]
 pub use runtime::WorkerHandle;
 pub use runtime::{start, EmitError, GatewayBuilder, GatewayHandle, ShutdownReport, StartError};

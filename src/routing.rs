@@ -47,7 +47,7 @@ pub struct Route {
 }
 
 /// Every event kept: `sample_ppm` of a case without `sample_ratio`.
-pub const ALL_PPM: u32 = 1_000_000;
+pub(crate) const ALL_PPM: u32 = 1_000_000;
 
 impl Route {
     /// The case's sampling decision (`cases.<name>.sample_ratio`) for an event whose ids the
@@ -97,7 +97,7 @@ pub struct RoutingTable {
 }
 
 /// The built-in row for a built-in case.
-pub fn built_in_route(case: &TelemetryCase) -> Option<Route> {
+pub(crate) fn built_in_route(case: &TelemetryCase) -> Option<Route> {
     let facts = case.facts()?;
     Some(Route {
         signal: facts.signal,

@@ -10,10 +10,10 @@ use bytes::Bytes;
 use object_store::memory::InMemory;
 use object_store::throttle::{ThrottleConfig, ThrottledStore};
 use serde_json::json;
-use telemetry_gateway::actors::rehydrator::{RehydrateBatch, RehydrateItem, RehydratorActor};
 use telemetry_gateway::config::PayloadsSection;
 use telemetry_gateway::diagnostics::Counters;
 use telemetry_gateway::payload_store::PayloadStore;
+use telemetry_gateway::testing::internals::{RehydrateBatch, RehydrateItem, RehydratorActor};
 use telemetry_gateway::{
     GatewayBuilder, Payload, PayloadFallback, ReasonCode, TelemetryCase, TelemetryContext,
     TelemetryEnvelope,

@@ -36,15 +36,15 @@ use crate::routing::Decision;
 use crate::transport::{MetricTransport, TransportError};
 
 /// The longest string field copied into an automatic fallback, in bytes.
-pub const FALLBACK_MAX_STRING_BYTES: usize = 1024;
+pub(crate) const FALLBACK_MAX_STRING_BYTES: usize = 1024;
 
 /// Runs whose derived ids the gateway actor keeps (about 100 bytes each): the events of a run
 /// after its first one skip the hashing.
-pub const RUN_ID_CACHE_RUNS: usize = 4096;
+pub(crate) const RUN_ID_CACHE_RUNS: usize = 4096;
 
 /// The gateway actor.
 #[derive(Debug)]
-pub struct GatewayActor {
+pub(crate) struct GatewayActor {
     shared: Arc<Shared>,
     trace_tx: mpsc::Sender<TraceItem>,
     transport: Arc<dyn MetricTransport>,

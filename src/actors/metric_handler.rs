@@ -63,7 +63,7 @@ struct Work {
 }
 
 /// The metric/log handler of one partition.
-pub struct MetricHandlerActor {
+pub(crate) struct MetricHandlerActor {
     index: usize,
     source: Option<Box<dyn EnvelopeSource>>,
     in_hand: VecDeque<Work>,

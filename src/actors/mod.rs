@@ -12,11 +12,11 @@
 //! is a counted drop); control (drain, flush) moves on the actors' mailboxes with explicit
 //! replies. Nothing on the data path uses `do_send`.
 
-pub mod dedup;
-pub mod gateway;
-pub mod metric_handler;
-pub mod rehydrator;
-pub mod trace_batcher;
+pub(crate) mod dedup;
+pub(crate) mod gateway;
+pub(crate) mod metric_handler;
+pub(crate) mod rehydrator;
+pub(crate) mod trace_batcher;
 
 /// Control: "are you running?". Every actor answers at once; one that does not answer within
 /// the shutdown's liveness wait has died or hangs (a panic inside it), and the shutdown report

@@ -37,11 +37,11 @@ use crate::export::ExportHandles;
 /// Flush at once, and keep flushing every event at once from now on (shutdown).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct Drain;
+pub(crate) struct Drain;
 
 /// The trace batcher.
 #[derive(Debug)]
-pub struct TraceBatcherActor {
+pub(crate) struct TraceBatcherActor {
     shared: Arc<Shared>,
     export: Arc<ExportHandles>,
     buffer: Vec<TraceItem>,

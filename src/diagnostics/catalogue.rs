@@ -3,7 +3,7 @@
 //! Each [`SelfMetric`] row gives a metric's Prometheus name, its OpenTelemetry name (when it is
 //! exported over OTLP too), its kind, unit and help text, and the reader that takes its values
 //! from a [`DiagnosticsSnapshot`]. `/metrics` ([`super::prometheus`]) renders every row in order;
-//! the OTel instruments ([`super::otel`]) are registered from the rows with an OTel name. So the
+//! the OTel instruments (`diagnostics::otel`) are registered from the rows with an OTel name. So the
 //! two views cannot disagree on a name, a help text or a value, and a new self-metric is one row.
 
 use opentelemetry::Value;

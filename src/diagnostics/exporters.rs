@@ -12,7 +12,7 @@ use super::histogram::{Hist, HistSnapshot, Unit};
 
 /// Counters of one exporter (the enterprise exporter of one signal, or one tenant sink).
 #[derive(Debug)]
-pub struct ExporterStats {
+pub(crate) struct ExporterStats {
     name: Arc<str>,
     signal: &'static str,
     batches_ok: AtomicU64,
@@ -76,7 +76,7 @@ impl ExporterStats {
     }
 
     /// One export call of `items` that took `elapsed`.
-    pub fn record_call(&self, items: u64, ok: bool, elapsed: Duration) {
+    pub(crate) fn record_call(&self, items: u64, ok: bool, elapsed: Duration) {
         self.latency.record_duration(elapsed);
         self.batch_size.record_count(items);
         if let Some(h) = self.otel.get() {
@@ -94,23 +94,18 @@ impl ExporterStats {
     }
 
     /// `items` lost because this exporter's queue was full.
-    pub fn record_queue_full(&self, items: u64) {
+    pub(crate) fn record_queue_full(&self, items: u64) {
         self.items_queue_full.fetch_add(items, Relaxed);
     }
 
     /// How long every call has been failing, if the last one failed.
-    pub fn failing_for(&self) -> Option<Duration> {
+    pub(crate) fn failing_for(&self) -> Option<Duration> {
         self.failing_since.lock().map(|t| t.elapsed())
-    }
-
-    /// A copy of the counters.
-    pub fn snapshot(&self) -> ExporterSnapshot {
-        self.snapshot_if(true)
     }
 
     /// A copy of the counters, with its histograms only when `with_histograms` (computing their
     /// buckets is the costly part).
-    pub fn snapshot_if(&self, with_histograms: bool) -> ExporterSnapshot {
+    pub(crate) fn snapshot_if(&self, with_histograms: bool) -> ExporterSnapshot {
         ExporterSnapshot {
             name: self.name.to_string(),
             signal: self.signal,
@@ -129,7 +124,7 @@ impl ExporterStats {
 /// Every exporter of the gateway. Registration happens at start (and, later, when a sink is
 /// added at runtime); reads take a short lock.
 #[derive(Debug, Default)]
-pub struct ExporterRegistry {
+pub(crate) struct ExporterRegistry {
     exporters: Mutex<Vec<Arc<ExporterStats>>>,
     /// The OTel histograms, shared with every exporter registered and used by
     /// `Counters::emit_to_export`; set once the meter provider exists.
@@ -138,7 +133,7 @@ pub struct ExporterRegistry {
 
 impl ExporterRegistry {
     /// Registers an exporter and returns its counters.
-    pub fn register(&self, name: &str, signal: &'static str) -> Arc<ExporterStats> {
+    pub(crate) fn register(&self, name: &str, signal: &'static str) -> Arc<ExporterStats> {
         let s = Arc::new(ExporterStats::new(name, signal, self.otel.clone()));
         self.exporters.lock().push(s.clone());
         s
@@ -174,13 +169,8 @@ impl ExporterRegistry {
         self.exporters.lock().retain(|e| !Arc::ptr_eq(e, stats));
     }
 
-    /// Every exporter's counters.
-    pub fn snapshot(&self) -> Vec<ExporterSnapshot> {
-        self.snapshot_if(true)
-    }
-
     /// Every exporter's counters, with histograms only when `with_histograms`.
-    pub fn snapshot_if(&self, with_histograms: bool) -> Vec<ExporterSnapshot> {
+    pub(crate) fn snapshot_if(&self, with_histograms: bool) -> Vec<ExporterSnapshot> {
         self.exporters
             .lock()
             .iter()
@@ -189,7 +179,10 @@ impl ExporterRegistry {
     }
 
     /// Exporters whose every call has failed for at least `window`.
-    pub fn failing_longer_than(&self, window: Duration) -> Vec<(String, &'static str, Duration)> {
+    pub(crate) fn failing_longer_than(
+        &self,
+        window: Duration,
+    ) -> Vec<(String, &'static str, Duration)> {
         self.exporters
             .lock()
             .iter()

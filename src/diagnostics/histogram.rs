@@ -12,13 +12,13 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 /// Bucket bounds, in seconds, for latency histograms exposed to Prometheus.
-pub const LATENCY_BUCKETS_SECS: [f64; 16] = [
+pub(crate) const LATENCY_BUCKETS_SECS: [f64; 16] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     60.0,
 ];
 
 /// Bucket bounds for batch-size histograms.
-pub const SIZE_BUCKETS: [f64; 10] = [
+pub(crate) const SIZE_BUCKETS: [f64; 10] = [
     1.0, 8.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0, 16384.0,
 ];
 
@@ -34,7 +34,7 @@ pub enum Unit {
 
 /// A bounded histogram with an exact sum.
 #[derive(Debug)]
-pub struct Hist {
+pub(crate) struct Hist {
     unit: Unit,
     /// `None` only if hdrhistogram refused the bounds, which fixed valid bounds never cause;
     /// the count and sum are then still kept.
@@ -78,14 +78,9 @@ impl HistSnapshot {
 }
 
 impl Hist {
-    /// The unit of its values.
-    pub fn unit(&self) -> Unit {
-        self.unit
-    }
-
     /// [`Hist::snapshot`], or an empty snapshot when `with_histogram` is false (the cheap
     /// counts-only view: no bucket is computed).
-    pub fn snapshot_if(&self, with_histogram: bool) -> HistSnapshot {
+    pub(crate) fn snapshot_if(&self, with_histogram: bool) -> HistSnapshot {
         if with_histogram {
             self.snapshot()
         } else {
@@ -94,7 +89,7 @@ impl Hist {
     }
 
     /// A histogram of `unit`.
-    pub fn new(unit: Unit) -> Self {
+    pub(crate) fn new(unit: Unit) -> Self {
         // 1 µs .. 1 h for latencies, 1 .. 1M for sizes; 3 significant digits.
         let high = match unit {
             Unit::Seconds => 3_600_000_000,
@@ -109,13 +104,13 @@ impl Hist {
     }
 
     /// Records a duration (a `Seconds` histogram).
-    pub fn record_duration(&self, d: Duration) {
+    pub(crate) fn record_duration(&self, d: Duration) {
         let us = d.as_micros().min(u64::MAX as u128) as u64;
         self.record_raw(us.max(1));
     }
 
     /// Records a count (a `Count` histogram).
-    pub fn record_count(&self, n: u64) {
+    pub(crate) fn record_count(&self, n: u64) {
         self.record_raw(n.max(1));
     }
 
@@ -136,7 +131,7 @@ impl Hist {
     }
 
     /// A copy with cumulative buckets at `bounds` (in `unit`).
-    pub fn snapshot(&self) -> HistSnapshot {
+    pub(crate) fn snapshot(&self) -> HistSnapshot {
         let bounds: &[f64] = match self.unit {
             Unit::Seconds => &LATENCY_BUCKETS_SECS,
             Unit::Count => &SIZE_BUCKETS,

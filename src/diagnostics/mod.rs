@@ -19,15 +19,20 @@
 //! nothing on `emit()`'s accepting path touches it.
 
 pub mod catalogue;
-pub mod exporters;
-pub mod histogram;
+pub(crate) mod exporters;
+pub(crate) mod histogram;
 pub(crate) mod http;
 pub(crate) mod ledger;
-pub mod otel;
-pub mod probes;
+pub(crate) mod otel;
+pub(crate) mod probes;
 pub mod prometheus;
 pub mod recorder;
-pub mod striped;
+pub(crate) mod striped;
+
+pub use exporters::ExporterSnapshot;
+
+pub use histogram::{HistSnapshot, Unit};
+pub use probes::{DiagnosticsSnapshot, EmitToExport, QueueSnapshot, Readiness};
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};

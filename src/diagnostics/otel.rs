@@ -16,7 +16,7 @@ use super::probes::Probes;
 
 /// The OTel histograms of the self-metrics, recorded where the hdrhistograms are.
 #[derive(Debug, Clone)]
-pub struct SelfHistograms {
+pub(crate) struct SelfHistograms {
     export_duration: opentelemetry::metrics::Histogram<f64>,
     export_batch_size: opentelemetry::metrics::Histogram<u64>,
     emit_to_export: opentelemetry::metrics::Histogram<f64>,

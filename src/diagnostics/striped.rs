@@ -21,7 +21,7 @@ struct Slot(AtomicI64);
 
 /// A striped signed counter.
 #[derive(Debug)]
-pub struct Striped {
+pub(crate) struct Striped {
     slots: Box<[Slot]>,
 }
 
@@ -46,12 +46,12 @@ fn my_slot() -> usize {
 
 impl Striped {
     /// Adds `n` (which may be negative) on this thread's slot.
-    pub fn add(&self, n: i64, order: Ordering) {
+    pub(crate) fn add(&self, n: i64, order: Ordering) {
         self.slots[my_slot()].0.fetch_add(n, order);
     }
 
     /// The sum of every slot.
-    pub fn sum(&self, order: Ordering) -> i64 {
+    pub(crate) fn sum(&self, order: Ordering) -> i64 {
         self.slots.iter().map(|s| s.0.load(order)).sum()
     }
 }

@@ -29,7 +29,7 @@ use super::sink::{SinkError, TraceSink};
 
 /// A shared, append-only JSON lines file.
 #[derive(Debug, Clone)]
-pub struct JsonlWriter {
+pub(crate) struct JsonlWriter {
     path: PathBuf,
     file: Arc<Mutex<BufWriter<File>>>,
     /// `,"resource":{...}}`: the tail of every line, serialized once.
@@ -38,7 +38,7 @@ pub struct JsonlWriter {
 
 impl JsonlWriter {
     /// Opens (creating, appending) `path`; creates its parent directory when missing.
-    pub fn open(path: &Path) -> std::io::Result<Self> {
+    pub(crate) fn open(path: &Path) -> std::io::Result<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
@@ -51,7 +51,7 @@ impl JsonlWriter {
     }
 
     /// Adds `resource`'s attributes to every line as a `"resource"` object.
-    pub fn with_resource(mut self, resource: &opentelemetry_sdk::Resource) -> Self {
+    pub(crate) fn with_resource(mut self, resource: &opentelemetry_sdk::Resource) -> Self {
         let attrs: Map<String, Json> = resource
             .iter()
             .map(|(k, v)| (k.as_str().to_owned(), value_to_json(v)))
@@ -66,12 +66,12 @@ impl JsonlWriter {
     }
 
     /// The file's path.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// Appends `lines` and flushes.
-    pub fn write_lines(&self, lines: impl IntoIterator<Item = Json>) -> std::io::Result<()> {
+    pub(crate) fn write_lines(&self, lines: impl IntoIterator<Item = Json>) -> std::io::Result<()> {
         let mut f = self.file.lock();
         let mut buf = Vec::with_capacity(512);
         for line in lines {
@@ -131,7 +131,7 @@ fn attrs_to_json<'a>(kvs: impl IntoIterator<Item = &'a KeyValue>) -> Json {
 }
 
 /// One span as a JSON line.
-pub fn span_to_json(s: &SpanData) -> Json {
+pub(crate) fn span_to_json(s: &SpanData) -> Json {
     let parent = (s.parent_span_id != opentelemetry::trace::SpanId::INVALID)
         .then(|| s.parent_span_id.to_string());
     let status = match &s.status {
@@ -156,14 +156,14 @@ pub fn span_to_json(s: &SpanData) -> Json {
 
 /// The `jsonl` trace sink: spans appended to a file.
 #[derive(Debug, Clone)]
-pub struct JsonlTraceSink {
+pub(crate) struct JsonlTraceSink {
     name: String,
     writer: JsonlWriter,
 }
 
 impl JsonlTraceSink {
     /// A sink named `name` writing to `writer`.
-    pub fn new(name: impl Into<String>, writer: JsonlWriter) -> Self {
+    pub(crate) fn new(name: impl Into<String>, writer: JsonlWriter) -> Self {
         JsonlTraceSink {
             name: name.into(),
             writer,
@@ -187,13 +187,13 @@ impl TraceSink for JsonlTraceSink {
 
 /// Log records as JSON lines.
 #[derive(Debug, Clone)]
-pub struct JsonlLogExporter {
+pub(crate) struct JsonlLogExporter {
     writer: JsonlWriter,
 }
 
 impl JsonlLogExporter {
     /// A log exporter writing to `writer`.
-    pub fn new(writer: JsonlWriter) -> Self {
+    pub(crate) fn new(writer: JsonlWriter) -> Self {
         JsonlLogExporter { writer }
     }
 }
@@ -240,13 +240,13 @@ impl LogExporter for JsonlLogExporter {
 
 /// Metric data points as JSON lines (cumulative temporality).
 #[derive(Debug, Clone)]
-pub struct JsonlMetricExporter {
+pub(crate) struct JsonlMetricExporter {
     writer: JsonlWriter,
 }
 
 impl JsonlMetricExporter {
     /// A metric exporter writing to `writer`.
-    pub fn new(writer: JsonlWriter) -> Self {
+    pub(crate) fn new(writer: JsonlWriter) -> Self {
         JsonlMetricExporter { writer }
     }
 }

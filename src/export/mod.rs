@@ -16,7 +16,7 @@
 //! With no `otlp.endpoint` the enterprise exporter writes spans, logs and metrics as JSON lines to
 //! `export.file_path`, so the embedded default shows output without a collector.
 
-pub mod jsonl;
+pub(crate) mod jsonl;
 pub(crate) mod logs;
 pub mod mapping;
 pub(crate) mod metrics;

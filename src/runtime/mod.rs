@@ -92,7 +92,7 @@ mod worker;
 type WorkerParts = std::convert::Infallible;
 
 /// How long `start()` waits for the actor threads to come up.
-pub const START_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Starts the gateway from configuration alone.
 pub fn start(config: GatewayConfig) -> Result<GatewayHandle, StartError> {

@@ -10,5 +10,14 @@ mod otlp_receiver;
 mod redis_server;
 
 pub use otlp_receiver::{OtlpReceiver, Received, Signal};
+
+/// Parts of the gateway's inside that property tests and benchmarks drive directly: the dedup
+/// and rehydrator actors with their messages, and the routing table. Not part of the API.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::actors::dedup::{CheckBatch, DedupActor, DedupKey, MemoryDedup, Verdict};
+    pub use crate::actors::rehydrator::{RehydrateBatch, RehydrateItem, RehydratorActor};
+    pub use crate::routing::{Decision, Route, RoutingTable};
+}
 #[cfg(feature = "redis")]
 pub use redis_server::RedisServer;

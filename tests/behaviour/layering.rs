@@ -157,7 +157,7 @@ fn no_module_imports_from_a_layer_above_its_own() {
 /// The checker itself finds an upward import (so the test above cannot pass vacuously).
 #[test]
 fn the_checker_sees_imports() {
-    let text = "use crate::export::sink::X;\nuse crate::{config::A, routing::B};\nlet t = telemetry_gateway::runtime::start;\n// crate::actors in a comment\n#[cfg(test)]\nmod tests {\n    use crate::runtime::X;\n    fn f() {}\n}\nuse crate::actors::Y;\n";
+    let text = "use crate::export::sink::X;\nuse crate::{config::A, routing::B};\nlet t = telemetry_gateway::start;\n// crate::actors in a comment\n#[cfg(test)]\nmod tests {\n    use crate::runtime::X;\n    fn f() {}\n}\nuse crate::actors::Y;\n";
     let found: Vec<String> = crate_paths(text).into_iter().map(|(m, _)| m).collect();
     assert_eq!(found, ["export", "config", "routing", "actors"]);
 }

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use actix::Actor;
 use object_store::memory::InMemory;
 use serde_json::json;
-use telemetry_gateway::actors::rehydrator::{RehydrateBatch, RehydrateItem, RehydratorActor};
 use telemetry_gateway::diagnostics::Counters;
 use telemetry_gateway::payload_store::PayloadStore;
+use telemetry_gateway::testing::internals::{RehydrateBatch, RehydrateItem, RehydratorActor};
 use telemetry_gateway::{
     GatewayBuilder, Payload, PayloadFallback, ReasonCode, TelemetryCase, TelemetryContext,
     TelemetryEnvelope,

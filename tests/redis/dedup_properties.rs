@@ -16,8 +16,10 @@ use std::time::Duration;
 use actix::prelude::*;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
-use telemetry_gateway::actors::dedup::{CheckBatch, DedupActor, DedupKey, MemoryDedup, Verdict};
 use telemetry_gateway::config::{DedupBackendKind, DedupSection};
+use telemetry_gateway::testing::internals::{
+    CheckBatch, DedupActor, DedupKey, MemoryDedup, Verdict,
+};
 use telemetry_gateway::testing::RedisServer;
 use uuid::Uuid;
 
