@@ -11,6 +11,10 @@
 
 use std::path::{Path, PathBuf};
 
+#[path = "support/source.rs"]
+mod source;
+use source::without_unit_tests;
+
 const SNAPSHOT: &str = "tests/public-api.txt";
 
 /// The file of module `name` declared in `dir` (the directory its parent's children live in).
@@ -21,27 +25,6 @@ fn module_file(dir: &Path, name: &str) -> Option<(PathBuf, PathBuf)> {
     }
     let nested = dir.join(name).join("mod.rs");
     nested.exists().then(|| (nested, dir.join(name)))
-}
-
-/// `text` without its `#[cfg(test)] mod tests { ... }` block.
-fn without_unit_tests(text: &str) -> String {
-    let Some(start) = text.find("#[cfg(test)]\nmod tests") else {
-        return text.to_owned();
-    };
-    let mut depth = 0usize;
-    for (i, c) in text[start..].char_indices() {
-        match c {
-            '{' => depth += 1,
-            '}' => {
-                depth = depth.saturating_sub(1);
-                if depth == 0 {
-                    return format!("{}{}", &text[..start], &text[start + i + 1..]);
-                }
-            }
-            _ => {}
-        }
-    }
-    text[..start].to_owned()
 }
 
 /// A declaration's first line, without its body or trailing punctuation.

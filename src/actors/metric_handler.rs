@@ -234,6 +234,7 @@ impl MetricHandlerActor {
                     let mut kept = VecDeque::with_capacity(act.in_hand.len());
                     let mut checked: Vec<EventRef> = Vec::with_capacity(act.in_hand.len());
                     let mut duplicates: Vec<Uuid> = Vec::new();
+                    let mut deferred = 0u64;
                     for mut w in act.in_hand.drain(..) {
                         if w.deduped {
                             kept.push_back(w);
@@ -259,6 +260,25 @@ impl MetricHandlerActor {
                                 duplicates.push(w.ev.event_id);
                                 continue;
                             }
+                            // A worker does not fail open: its stream delivers the entry again
+                            // (after `transport.claim_idle_ms`), when the store can be asked.
+                            // Handled unchecked, a copy the producer re-appended (its XADD
+                            // applied, the reply lost) would count twice.
+                            Verdict::Unavailable if act.shared.worker.is_some() => {
+                                act.shared.counters.settle(
+                                    &w.ev,
+                                    Holder::MetricLogPath,
+                                    Outcome::Dropped {
+                                        reason: ReasonCode::DedupDeferred,
+                                        detail: Some(
+                                            "dedup store unavailable: the entry stays pending \
+                                             and is read again",
+                                        ),
+                                    },
+                                );
+                                deferred += 1;
+                                continue;
+                            }
                             Verdict::Unavailable => {
                                 act.shared.counters.degrade_event(
                                     &w.ev,
@@ -277,6 +297,19 @@ impl MetricHandlerActor {
                     act.in_hand = kept;
                     for id in duplicates {
                         act.note_settled(id);
+                    }
+                    if deferred > 0 {
+                        act.shared.counters.log.warn_limited(
+                            "dedup store unavailable; worker entries left pending",
+                            || {
+                                tracing::warn!(
+                                    handler = act.index,
+                                    entries = deferred,
+                                    "dedup store unavailable; worker entries left pending to be \
+                                     read again"
+                                )
+                            },
+                        );
                     }
                     act.pump(ctx);
                 }),

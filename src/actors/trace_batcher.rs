@@ -85,7 +85,7 @@ impl TraceBatcherActor {
 
     fn export_items(&mut self, items: Vec<TraceItem>) {
         let counters = self.shared.counters.clone();
-        let ex = self.export.clone();
+        let export = self.export.clone();
         // Group events by destination set: (enterprise?, tenant sink registration ids).
         type Group = (Vec<SpanData>, Vec<EventRef>);
         let mut groups: BTreeMap<(bool, Vec<u64>), Group> = BTreeMap::new();
@@ -94,7 +94,7 @@ impl TraceBatcherActor {
         type TenantApp = (String, Option<String>);
         let mut resolved: HashMap<TenantApp, (Vec<u64>, Option<String>)> = HashMap::new();
         let mut workers: HashMap<u64, crate::export::sink::SinkWorker> = HashMap::new();
-        let no_sinks = ex.sinks.is_empty();
+        let no_sinks = export.sinks.is_empty();
         let mut companions = Vec::with_capacity(items.len());
         for item in items {
             let env = &item.env;
@@ -126,10 +126,11 @@ impl TraceBatcherActor {
             // They are recorded before sampling on purpose: trace sampling thins traces, never
             // the counts and durations dashboards are built on.
             if item.to_enterprise {
-                ex.mapper.record_metrics(env, payload, None);
+                export.mapper.record_metrics(env, payload, None);
             }
-            if !crate::routing::trace_sampled(ResolvedIds::of(env).trace_id, ex.sampling_ratio) {
-                let detail = format!("otlp.sampling_ratio = {}", ex.sampling_ratio);
+            if !crate::routing::trace_sampled(ResolvedIds::of(env).trace_id, export.sampling_ratio)
+            {
+                let detail = format!("otlp.sampling_ratio = {}", export.sampling_ratio);
                 let outcome = Outcome::DroppedText {
                     reason: ReasonCode::SampledOut,
                     detail: &detail,
@@ -144,7 +145,7 @@ impl TraceBatcherActor {
                 resolved
                     .entry(key)
                     .or_insert_with(|| {
-                        let (open, failed) = ex
+                        let (open, failed) = export
                             .sinks
                             .resolve(&env.context.tenant_id, env.context.app_id.as_deref());
                         let ids = open.iter().map(|r| r.id).collect();
@@ -176,7 +177,9 @@ impl TraceBatcherActor {
                 continue;
             }
 
-            let (span, companion) = ex.mapper.span_and_companion(&ex.logger, env, payload);
+            let (span, companion) = export
+                .mapper
+                .span_and_companion(&export.logger, env, payload);
             companions.push((companion, None));
             // A slow operation also gets a log event of its own (`cases.<name>.slow_threshold_ms`).
             if let Some(threshold) = self
@@ -186,8 +189,10 @@ impl TraceBatcherActor {
                 .and_then(|r| r.slow_threshold_ms)
                 .map(Duration::from_millis)
             {
-                if let Some(took) = ex.mapper.slower_than(payload, threshold) {
-                    let slow = ex.mapper.slow_operation(&ex.logger, env, took, threshold);
+                if let Some(took) = export.mapper.slower_than(payload, threshold) {
+                    let slow = export
+                        .mapper
+                        .slow_operation(&export.logger, env, took, threshold);
                     companions.push((slow, None));
                 }
             }
@@ -197,7 +202,7 @@ impl TraceBatcherActor {
         }
         // Companion logs go to the log batcher in one message per flush.
         counters.companions_queued(companions.len() as u64);
-        let lost = ex.log_batcher.try_send_many(companions).len();
+        let lost = export.log_batcher.try_send_many(companions).len();
         if lost > 0 {
             counters.companions_done(lost as u64, true);
         }
@@ -230,7 +235,7 @@ impl TraceBatcherActor {
         }
         if !enterprise_job.0.is_empty() {
             send_job(
-                &ex.enterprise_sink,
+                &export.enterprise_sink,
                 enterprise_job.0,
                 enterprise_job.1,
                 &counters,

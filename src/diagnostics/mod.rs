@@ -115,6 +115,10 @@ reason_codes! {
     DeadLettered = "dead_lettered", intentional: false;
     /// The case is turned off (`cases.<name>.enabled = false`). Policy.
     Filtered = "filtered", intentional: true;
+    /// Worker only: the dedup store could not be asked about the event (unreachable, slow or
+    /// erroring), so the worker left its stream entry pending to be read again (`redelivered`)
+    /// rather than handle it unchecked: a copy the producer re-appended would count twice.
+    DedupDeferred = "dedup_deferred", intentional: false;
 }
 
 impl ReasonCode {

@@ -265,7 +265,7 @@ impl OtlpReceiver {
         let state = Arc::new(State::default());
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let st = state.clone();
+        let shared_state = state.clone();
         let thread = std::thread::Builder::new()
             .name("otlp-receiver".into())
             .spawn(move || {
@@ -283,11 +283,11 @@ impl OtlpReceiver {
                     };
                     let _ = addr_tx.send(listener.local_addr().ok());
                     if http {
-                        super::otlp_http::serve(listener, st, stop_rx).await;
+                        super::otlp_http::serve(listener, shared_state, stop_rx).await;
                         return;
                     }
                     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-                    let svc = Svc(st);
+                    let svc = Svc(shared_state);
                     let _ = tonic::transport::Server::builder()
                         .add_service(TraceServiceServer::new(svc.clone()))
                         .add_service(LogsServiceServer::new(svc.clone()))

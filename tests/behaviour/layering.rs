@@ -23,7 +23,7 @@ fn module_of(rel: &Path) -> Option<String> {
 
 /// Every `crate::<module>` a file names outside its unit tests, with the line it is on.
 fn crate_paths(text: &str) -> Vec<(String, usize)> {
-    let library = without_unit_tests(text);
+    let library = crate::support::source::without_unit_tests(text);
     let mut found = Vec::new();
     for (n, line) in library.lines().enumerate() {
         let code = line.split("//").next().unwrap_or("");
@@ -53,32 +53,6 @@ fn crate_paths(text: &str) -> Vec<(String, usize)> {
         }
     }
     found
-}
-
-/// `text` without its `#[cfg(test)] mod tests { ... }` block (braces counted; the block's own
-/// imports may reach any layer).
-fn without_unit_tests(text: &str) -> String {
-    let Some(start) = text.find("#[cfg(test)]\nmod tests") else {
-        return text.to_owned();
-    };
-    let mut depth = 0usize;
-    let mut end = text.len();
-    for (i, c) in text[start..].char_indices() {
-        match c {
-            '{' => depth += 1,
-            '}' => {
-                depth = depth.saturating_sub(1);
-                if depth == 0 {
-                    end = start + i + 1;
-                    break;
-                }
-            }
-            _ => {}
-        }
-    }
-    // The block's lines stay as empty lines, so line numbers after it still match the file.
-    let blank = "\n".repeat(text[start..end].matches('\n').count());
-    format!("{}{blank}{}", &text[..start], &text[end..])
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {

@@ -66,6 +66,43 @@ impl Explainer {
     }
 }
 
+/// `dedup_deferred`: a worker whose dedup store cannot be reached (the stream's Redis can) leaves
+/// the entry pending instead of handling it unchecked.
+fn dedup_deferred() -> (StatsSnapshot, Explainer, String) {
+    let redis = RedisServer::start();
+    let base = |c: &mut GatewayConfig| {
+        c.transport.kind = TransportKind::RedisStreams;
+        c.transport.redis_url = redis.url();
+        // Read once in this test: the redelivery comes long after its shutdown.
+        c.transport.claim_idle_ms = 60_000;
+        c.transport.commit_interval_ms = 100;
+        c.transport.block_ms = 100;
+        c.dedup.backend = DedupBackendKind::Redis;
+        c.dedup.redis_url = redis.url();
+        c.export.local_output = LocalOutput::Discard;
+    };
+    let (mut pc, _pd) = cfg();
+    base(&mut pc);
+    let producer = telemetry_gateway::start(pc).unwrap();
+    let e = ev(TelemetryCase::AppCreated, "t");
+    let id = e.event_id.to_string();
+    producer.emit(e).unwrap();
+    producer.shutdown_blocking(support::DEADLINE);
+    let (mut wc, _wd) = cfg();
+    base(&mut wc);
+    wc.dedup.redis_url = "redis://127.0.0.1:9/".into(); // nothing listens on port 9
+    let worker = GatewayBuilder::new(wc).start_worker().unwrap();
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    while worker.stats().dropped_for(ReasonCode::DedupDeferred) == 0
+        && std::time::Instant::now() < end
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let s = worker.shutdown_blocking(support::DEADLINE).stats;
+    assert_eq!(s.delivered, 0, "nothing handled unchecked: {s:?}");
+    (s, Explainer::Worker(worker, redis), id)
+}
+
 /// `dead_lettered`: a worker whose case handler panics on every delivery of an entry moves it
 /// to the dead-letter stream after `transport.max_deliveries`.
 fn dead_lettered() -> (StatsSnapshot, Explainer, String) {
@@ -108,6 +145,9 @@ fn dead_lettered() -> (StatsSnapshot, Explainer, String) {
 fn scenario(reason: ReasonCode) -> (StatsSnapshot, Explainer, String) {
     if reason == ReasonCode::DeadLettered {
         return dead_lettered();
+    }
+    if reason == ReasonCode::DedupDeferred {
+        return dedup_deferred();
     }
     let (mut c, dir) = cfg();
     let leak = |d: tempfile::TempDir| std::mem::forget(d); // keep output dirs for the run
