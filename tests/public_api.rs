@@ -41,13 +41,16 @@ fn head(line: &str) -> String {
 
 /// The name a declaration line declares (`pub struct Name<T>` -> `Name`).
 fn declared_name(decl: &str) -> Option<&str> {
-    let mut words = decl.split_whitespace().skip(1);
-    let mut word = words.next()?;
-    while matches!(word, "unsafe" | "async" | "const" | "extern") {
-        word = words.next()?;
-    }
-    let name = words.next()?;
-    let _ = word;
+    // `pub [unsafe|async|const|extern]* <kind> <name>`: the name is the first word that is
+    // not a keyword (`pub const fn f`, `pub const C: u8`, `pub struct S<T>`).
+    const KEYWORDS: [&str; 13] = [
+        "unsafe", "async", "const", "extern", "fn", "struct", "enum", "trait", "type", "static",
+        "mod", "use", "union",
+    ];
+    let name = decl
+        .split_whitespace()
+        .skip(1)
+        .find(|w| !KEYWORDS.contains(w))?;
     name.split(|c: char| !(c.is_alphanumeric() || c == '_'))
         .next()
         .filter(|n| !n.is_empty())

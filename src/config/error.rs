@@ -85,18 +85,20 @@ impl ConfigError {
     }
 }
 
-/// Each key must be at least 1.
-pub(crate) fn at_least_one(keys: &[(&str, u64)]) -> Result<(), ConfigError> {
+/// The first of `keys` that is 0, refused with `problem`.
+fn first_zero(keys: &[(&str, u64)], problem: &str) -> Result<(), ConfigError> {
     match keys.iter().find(|(_, v)| *v == 0) {
-        Some((key, _)) => Err(ConfigError::invalid(key, "must be at least 1")),
+        Some((key, _)) => Err(ConfigError::invalid(key, problem)),
         None => Ok(()),
     }
 }
 
+/// Each key must be at least 1.
+pub(crate) fn at_least_one(keys: &[(&str, u64)]) -> Result<(), ConfigError> {
+    first_zero(keys, "must be at least 1")
+}
+
 /// Each key (a duration or a count of tries) must be greater than 0.
 pub(crate) fn greater_than_zero(keys: &[(&str, u64)]) -> Result<(), ConfigError> {
-    match keys.iter().find(|(_, v)| *v == 0) {
-        Some((key, _)) => Err(ConfigError::invalid(key, "must be greater than 0")),
-        None => Ok(()),
-    }
+    first_zero(keys, "must be greater than 0")
 }

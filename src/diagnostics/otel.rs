@@ -54,19 +54,22 @@ impl SelfHistograms {
 /// `/metrics` at each collection.
 pub(crate) fn register(provider: &SdkMeterProvider, probes: Arc<Probes>) {
     let meter = provider.meter("telemetry-gateway.self");
+    let described = |m: &SelfMetric| (m.otel.unwrap_or(m.prometheus), m.help, m.unit);
     let f64_histogram = |m: &SelfMetric| {
+        let (name, help, unit) = described(m);
         meter
-            .f64_histogram(m.otel.unwrap_or(m.prometheus))
-            .with_description(m.help)
-            .with_unit(m.unit)
+            .f64_histogram(name)
+            .with_description(help)
+            .with_unit(unit)
             .build()
     };
+    let (name, help, unit) = described(&catalogue::EXPORT_BATCH_SIZE);
     let hist = SelfHistograms {
         export_duration: f64_histogram(&catalogue::EXPORT_DURATION),
         export_batch_size: meter
-            .u64_histogram(catalogue::EXPORT_BATCH_SIZE.otel.unwrap_or_default())
-            .with_description(catalogue::EXPORT_BATCH_SIZE.help)
-            .with_unit(catalogue::EXPORT_BATCH_SIZE.unit)
+            .u64_histogram(name)
+            .with_description(help)
+            .with_unit(unit)
             .build(),
         emit_to_export: f64_histogram(&catalogue::EMIT_TO_EXPORT),
     };

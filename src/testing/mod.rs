@@ -17,7 +17,7 @@ pub use otlp_receiver::{OtlpReceiver, Received, Signal};
 pub mod internals {
     pub use crate::actors::dedup::{CheckBatch, DedupActor, DedupKey, MemoryDedup, Verdict};
     pub use crate::actors::rehydrator::{RehydrateBatch, RehydrateItem, RehydratorActor};
-    pub use crate::routing::{Decision, Route, RoutingTable};
+    pub use crate::routing::RoutingTable;
 }
 #[cfg(feature = "redis")]
 pub use redis_server::RedisServer;

@@ -66,52 +66,21 @@ impl Explainer {
     }
 }
 
-/// `dedup_deferred`: a worker whose dedup store cannot be reached (the stream's Redis can) leaves
-/// the entry pending instead of handling it unchecked.
-fn dedup_deferred() -> (StatsSnapshot, Explainer, String) {
-    let redis = RedisServer::start();
-    let base = |c: &mut GatewayConfig| {
-        c.transport.kind = TransportKind::RedisStreams;
-        c.transport.redis_url = redis.url();
-        // Read once in this test: the redelivery comes long after its shutdown.
-        c.transport.claim_idle_ms = 60_000;
-        c.transport.commit_interval_ms = 100;
-        c.transport.block_ms = 100;
-        c.dedup.backend = DedupBackendKind::Redis;
-        c.dedup.redis_url = redis.url();
-        c.export.local_output = LocalOutput::Discard;
-    };
-    let (mut pc, _pd) = cfg();
-    base(&mut pc);
-    let producer = telemetry_gateway::start(pc).unwrap();
-    let e = ev(TelemetryCase::AppCreated, "t");
-    let id = e.event_id.to_string();
-    producer.emit(e).unwrap();
-    producer.shutdown_blocking(support::DEADLINE);
-    let (mut wc, _wd) = cfg();
-    base(&mut wc);
-    wc.dedup.redis_url = "redis://127.0.0.1:9/".into(); // nothing listens on port 9
-    let worker = GatewayBuilder::new(wc).start_worker().unwrap();
-    let end = std::time::Instant::now() + Duration::from_secs(20);
-    while worker.stats().dropped_for(ReasonCode::DedupDeferred) == 0
-        && std::time::Instant::now() < end
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let s = worker.shutdown_blocking(support::DEADLINE).stats;
-    assert_eq!(s.delivered, 0, "nothing handled unchecked: {s:?}");
-    (s, Explainer::Worker(worker, redis), id)
-}
-
-/// `dead_lettered`: a worker whose case handler panics on every delivery of an entry moves it
-/// to the dead-letter stream after `transport.max_deliveries`.
-fn dead_lettered() -> (StatsSnapshot, Explainer, String) {
+/// A producer appends one `app_created` event to a fresh stream; a worker configured by
+/// `worker` (on top of the shared stream settings, `claim_idle_ms` given) and built by `build`
+/// reads it until `reason` is counted, then shuts down.
+fn worker_scenario(
+    reason: ReasonCode,
+    claim_idle_ms: u64,
+    worker: impl FnOnce(&mut GatewayConfig),
+    build: impl FnOnce(GatewayBuilder) -> GatewayBuilder,
+) -> (StatsSnapshot, Explainer, String) {
     let redis = RedisServer::start();
     let base = |c: &mut GatewayConfig| {
         c.transport.kind = TransportKind::RedisStreams;
         c.transport.redis_url = redis.url();
         c.transport.max_deliveries = 1;
-        c.transport.claim_idle_ms = 300;
+        c.transport.claim_idle_ms = claim_idle_ms;
         c.transport.commit_interval_ms = 100;
         c.transport.block_ms = 100;
         c.dedup.backend = DedupBackendKind::Redis;
@@ -127,18 +96,40 @@ fn dead_lettered() -> (StatsSnapshot, Explainer, String) {
     producer.shutdown_blocking(support::DEADLINE);
     let (mut wc, _wd) = cfg();
     base(&mut wc);
-    let worker = GatewayBuilder::new(wc)
-        .case_handler("app_created", Arc::new(Panics))
-        .start_worker()
-        .unwrap();
+    worker(&mut wc);
+    let worker = build(GatewayBuilder::new(wc)).start_worker().unwrap();
     let end = std::time::Instant::now() + Duration::from_secs(20);
-    while worker.stats().dropped_for(ReasonCode::DeadLettered) == 0
-        && std::time::Instant::now() < end
-    {
+    while worker.stats().dropped_for(reason) == 0 && std::time::Instant::now() < end {
         std::thread::sleep(Duration::from_millis(20));
     }
     let s = worker.shutdown_blocking(support::DEADLINE).stats;
     (s, Explainer::Worker(worker, redis), id)
+}
+
+/// `dedup_deferred`: a worker whose dedup store cannot be reached (the stream's Redis can) leaves
+/// the entry pending instead of handling it unchecked. Read once in this test: the redelivery
+/// comes long after its shutdown.
+fn dedup_deferred() -> (StatsSnapshot, Explainer, String) {
+    let (s, explainer, id) = worker_scenario(
+        ReasonCode::DedupDeferred,
+        60_000,
+        // Nothing listens on port 9.
+        |c| c.dedup.redis_url = "redis://127.0.0.1:9/".into(),
+        |b| b,
+    );
+    assert_eq!(s.delivered, 0, "nothing handled unchecked: {s:?}");
+    (s, explainer, id)
+}
+
+/// `dead_lettered`: a worker whose case handler panics on every delivery of an entry moves it
+/// to the dead-letter stream after `transport.max_deliveries`.
+fn dead_lettered() -> (StatsSnapshot, Explainer, String) {
+    worker_scenario(
+        ReasonCode::DeadLettered,
+        300,
+        |_| {},
+        |b| b.case_handler("app_created", Arc::new(Panics)),
+    )
 }
 
 /// Makes `reason` happen; returns the stats and the id of one affected event.
