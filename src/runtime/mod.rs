@@ -82,7 +82,7 @@ pub use handle::{GatewayHandle, IntakeFreeze};
 pub use shutdown::ShutdownReport;
 #[cfg(feature = "redis")]
 use shutdown::{run_on_thread, SETTLE_POLL};
-use start::{Actors, Lifecycle, LIVENESS_WAIT, MIN_LIVENESS_WAIT};
+use start::{Actors, Lifecycle};
 
 #[cfg(feature = "redis")]
 mod worker;

@@ -203,6 +203,13 @@ impl Deadline {
     }
 }
 
+/// How long shutdown waits for every actor's answer to a ping (at most a quarter of its
+/// deadline): an actor that is running answers at once.
+const LIVENESS_WAIT: Duration = Duration::from_secs(1);
+
+/// Below this wait the pings are skipped: a live actor may not answer that fast.
+const MIN_LIVENESS_WAIT: Duration = Duration::from_millis(20);
+
 /// Step 1: the actors that do not answer a ping (they died or hang: a panic inside one), and the
 /// actor system's thread if it ended. A deadline too short to wait for answers skips the pings
 /// (nothing is claimed then).

@@ -515,13 +515,6 @@ where
     })
 }
 
-/// How long shutdown waits for every actor's answer to a ping (at most a quarter of its
-/// deadline): an actor that is running answers at once.
-pub(super) const LIVENESS_WAIT: Duration = Duration::from_secs(1);
-
-/// Below this wait the pings are skipped: a live actor may not answer that fast.
-pub(super) const MIN_LIVENESS_WAIT: Duration = Duration::from_millis(20);
-
 pub(super) struct Lifecycle {
     pub(super) system: actix::System,
     pub(super) thread: JoinHandle<()>,
