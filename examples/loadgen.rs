@@ -5,7 +5,7 @@
 //! cargo run --release --example loadgen --features testing,redis -- --mode trace|metric|mixed --events N [--rate R]
 //!     [--dedup memory|redis --redis-url URL] [--exporter noop|otlp --endpoint URL]
 //!     [--producers P] [--baseline otel-bsp|redis-pipeline|mpsc|none] [--duration-secs S]
-//!     [--config PATH] [--json]
+//!     [--config PATH] [--outage FROM,TO] [--json]
 //! cargo run --release --example loadgen --features testing,redis -- --mode idle [--duration-secs 10] [--json]
 //! cargo run --release --example loadgen --features testing,redis -- --mode queued --events N [--json]
 //! cargo run --release --example loadgen --features testing,redis -- --mode stream --events N [--workers 1,2,4]
@@ -24,6 +24,10 @@
 //! * `--exporter noop` (default) sets `export.local_output = "discard"`; `otlp` exports over
 //!   OTLP gRPC to `--endpoint`, or to an in-process receiver that decodes and discards when no
 //!   endpoint is given.
+//! * `--outage FROM,TO` (with `--exporter otlp` and no `--endpoint`): the in-process receiver
+//!   answers every request `Unavailable` from second FROM to second TO of the gateway's run (a
+//!   collector restart); use `--baseline none`, the baseline run has no outage. The output
+//!   gains `outage_secs`; `refused_at_emit` and `dropped` say what the outage cost.
 //! * `--payload-bytes B` adds a `B`-byte `outputs` string to every event's payload (payloads
 //!   above `payloads.inline_threshold_bytes` are offloaded to the payload store).
 //! * `--dedup redis` without `--redis-url` starts a private `redis-server` (it must be on PATH).
@@ -98,6 +102,7 @@ struct Args {
     config: Option<PathBuf>,
     json: bool,
     workers: Vec<usize>,
+    outage: Option<(f64, f64)>,
 }
 
 fn parse_args() -> Result<Args, BoxError> {
@@ -117,6 +122,7 @@ fn parse_args() -> Result<Args, BoxError> {
         config: None,
         json: false,
         workers: vec![1],
+        outage: None,
     };
     let mut it = std::env::args().skip(1);
     let value = |name: &str, it: &mut dyn Iterator<Item = String>| {
@@ -166,6 +172,17 @@ fn parse_args() -> Result<Args, BoxError> {
             "--payload-bytes" => a.payload_bytes = value("--payload-bytes", &mut it)?.parse()?,
             "--config" => a.config = Some(PathBuf::from(value("--config", &mut it)?)),
             "--json" => a.json = true,
+            "--outage" => {
+                let v = value("--outage", &mut it)?;
+                let (from, to) = v
+                    .split_once(',')
+                    .ok_or("--outage: FROM,TO in seconds, for example 10,40")?;
+                let (from, to): (f64, f64) = (from.trim().parse()?, to.trim().parse()?);
+                if !(from >= 0.0 && to > from) {
+                    return Err("--outage: FROM,TO with 0 <= FROM < TO".into());
+                }
+                a.outage = Some((from, to));
+            }
             "--workers" => {
                 a.workers = value("--workers", &mut it)?
                     .split(',')
@@ -188,6 +205,22 @@ fn parse_args() -> Result<Args, BoxError> {
         }
     }
     Ok(a)
+}
+
+/// The in-process receiver and the `--outage` window, for the gateway's run.
+static OUTAGE: std::sync::OnceLock<(Arc<OtlpReceiver>, f64, f64)> = std::sync::OnceLock::new();
+
+/// Starts the `--outage` window (if any) now: the receiver fails every request from FROM to TO.
+fn start_outage(start: Instant) {
+    if let Some((rx, from, to)) = OUTAGE.get() {
+        let (rx, from, to) = (rx.clone(), *from, *to);
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs_f64(from).saturating_sub(start.elapsed()));
+            rx.fail_with(Some(tonic::Code::Unavailable));
+            std::thread::sleep(Duration::from_secs_f64(to).saturating_sub(start.elapsed()));
+            rx.fail_with(None);
+        });
+    }
 }
 
 /// Extra payload text (`--payload-bytes`), added to every event as its `outputs` field.
@@ -358,6 +391,7 @@ fn run_gateway(args: &Args, cfg: GatewayConfig) -> Result<GatewayRun, BoxError> 
     let extra = args.events % args.producers as u64;
     let stop_at = args.duration.map(|d| Instant::now() + d);
     let start = Instant::now();
+    start_outage(start);
     let mut threads = Vec::new();
     for p in 0..args.producers {
         let gateway = gateway.clone();
@@ -833,16 +867,22 @@ fn throughput(args: &Args) -> Result<Value, BoxError> {
     let endpoint = match (&args.endpoint, args.otlp) {
         (Some(e), true) => Some(e.clone()),
         (None, true) => {
-            let r = OtlpReceiver::start();
+            let r = Arc::new(OtlpReceiver::start());
             for s in [Signal::Traces, Signal::Logs, Signal::Metrics] {
                 r.discard(s);
             }
             let e = r.endpoint();
+            if let Some((from, to)) = args.outage {
+                let _ = OUTAGE.set((r.clone(), from, to));
+            }
             _receiver = Some(r);
             Some(e)
         }
         (_, false) => None,
     };
+    if args.outage.is_some() && OUTAGE.get().is_none() {
+        return Err("--outage needs --exporter otlp without --endpoint".into());
+    }
     let cfg = configure(args, redis_url.as_deref(), endpoint.as_deref())?;
     let baseline_name = args.baseline.clone().unwrap_or_else(|| {
         match (args.mode, args.dedup) {
@@ -896,6 +936,7 @@ fn throughput(args: &Args) -> Result<Value, BoxError> {
         "refused_at_emit": ours.refused_at_emit,
         "exporter_queue_full": ours.exporter_queue_full,
         "max_in_flight": args.max_in_flight,
+        "outage_secs": args.outage.map(|(from, to)| json!([from, to])),
         "accounted": ours.emitted == ours.delivered + dropped_total,
         "elapsed_secs": ours.elapsed.as_secs_f64(),
         "exported": {"spans": ours.exported_spans, "log_records": ours.exported_logs},

@@ -1,6 +1,11 @@
-//! Reliability suite, scenario 5: the backend is away for 15 s, then back. In its own test
-//! binary so that the RSS it measures is this gateway's alone (tests in one binary run in
-//! parallel threads of one process).
+//! Reliability suite, scenario 5: the collector is away, then back. In its own test binary so
+//! that the RSS it measures is this gateway's alone (tests in one binary run in parallel threads
+//! of one process).
+//!
+//! The memory mode uses the memory it has: while the exporter is held, events wait in the bounded
+//! queues in front of it (each actor waits for room rather than dropping), and once every queue
+//! is full `emit()` refuses with `QueueFull`: the caller sees each refusal, nothing is dropped
+//! inside.
 
 mod support;
 
@@ -9,7 +14,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use telemetry_gateway::testing::{OtlpReceiver, Received};
-use telemetry_gateway::{start, ReasonCode, TelemetryCase, TelemetryContext, TelemetryEnvelope};
+use telemetry_gateway::{
+    start, EmitError, GatewayConfig, GatewayHandle, ReasonCode, TelemetryCase, TelemetryContext,
+    TelemetryEnvelope,
+};
 
 fn seqs(r: &Received) -> HashSet<i64> {
     support::span_seqs(r).0
@@ -21,20 +29,147 @@ fn trace_event(seq: u64) -> TelemetryEnvelope {
         .with_payload(json!({"seq": seq}))
 }
 
+fn metric_event(seq: u64) -> TelemetryEnvelope {
+    TelemetryEnvelope::new(TelemetryCase::AppCreated, TelemetryContext::tenant("t"))
+        .with_payload(json!({"seq": seq}))
+}
+
 use support::rss_bytes;
 
-/// Scenario 5: the receiver is down for 15 s, then back: memory stays within the configured bounds, what
-/// did not fit is counted, what fitted arrives.
-#[test]
-fn backend_outage_keeps_what_fits_and_counts_the_rest() {
-    let rx = OtlpReceiver::start();
-    let (mut c, _d) = support::config();
+/// The tests of this binary run one at a time, so the RSS one measures is its gateway's alone.
+static ONE_AT_A_TIME: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+
+/// A gateway exporting to `rx` with short retries, so a test's outage ends in seconds.
+fn outage_config(rx: &OtlpReceiver) -> (GatewayConfig, tempfile::TempDir) {
+    let (mut c, d) = support::config();
     c.otlp.endpoint = Some(rx.endpoint());
     c.otlp.timeout_ms = 2_000;
     c.retry.outage_backoff_max_ms = 500;
+    (c, d)
+}
+
+/// What one outage run saw from the host's side.
+#[derive(Debug, Default)]
+struct Emitted {
+    accepted_traces: u64,
+    accepted_metrics: u64,
+    refused: u64,
+    max_depth: BTreeMap<String, (usize, usize)>,
+    rss_max: u64,
+}
+
+/// Emits `per_tick` trace events and as many metric/log events every 10 ms for `outage`, with
+/// the receiver failing every request; then lets the receiver accept again.
+fn emit_through_outage(
+    gw: &GatewayHandle,
+    rx: &OtlpReceiver,
+    outage: Duration,
+    per_tick: u64,
+) -> Emitted {
+    let mut seen = Emitted {
+        rss_max: rss_bytes(),
+        ..Emitted::default()
+    };
+    rx.fail_with(Some(tonic::Code::Unavailable));
+    let started = Instant::now();
+    let mut seq = 0u64;
+    let mut tick = 0u32;
+    while started.elapsed() < outage {
+        for _ in 0..per_tick {
+            match gw.emit(trace_event(seq)) {
+                Ok(_) => seen.accepted_traces += 1,
+                Err(EmitError::QueueFull) => seen.refused += 1,
+                Err(e) => panic!("emit failed otherwise: {e}"),
+            }
+            match gw.emit(metric_event(seq)) {
+                Ok(_) => seen.accepted_metrics += 1,
+                Err(EmitError::QueueFull) => seen.refused += 1,
+                Err(e) => panic!("emit failed otherwise: {e}"),
+            }
+            seq += 1;
+        }
+        tick += 1;
+        if tick.is_multiple_of(10) {
+            for q in gw.diagnostics().queues {
+                let e = seen.max_depth.entry(q.name).or_insert((0, q.capacity));
+                e.0 = e.0.max(q.depth);
+            }
+            seen.rss_max = seen.rss_max.max(rss_bytes());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    rx.fail_with(None);
+    seen
+}
+
+/// Every queue stayed within its capacity.
+fn assert_bounded(seen: &Emitted) {
+    for (name, (depth, cap)) in &seen.max_depth {
+        assert!(depth <= cap, "queue {name} held {depth} > {cap}");
+    }
+}
+
+/// An outage shorter than the queues' capacity over the event rate loses nothing, even when the
+/// queues inside are small: each full one makes the actor before it wait, and the gateway
+/// queue holds the rest. Every span and every log record (companions and metric/log events)
+/// arrives once the collector is back.
+#[test]
+fn an_outage_that_fits_in_the_queues_loses_nothing() {
+    let _one = ONE_AT_A_TIME.lock();
+    let rx = OtlpReceiver::start();
+    let (mut c, _d) = outage_config(&rx);
+    // Small queues inside, so every wait for room is exercised; the gateway queue holds all.
+    c.trace_batcher.queue_capacity = 300;
+    c.trace_batcher.max_batch_size = 50;
+    c.trace_batcher.sink_queue_batches = 2;
+    c.export.log_queue_capacity = 400;
+    c.export.log_max_batch_size = 100;
+    c.metric_pool.queue_capacity = 50;
+    c.gateway.queue_capacity = 20_000;
+    let gw = start(c).unwrap();
+    let seen = emit_through_outage(&gw, &rx, Duration::from_secs(6), 10);
+    assert_eq!(seen.refused, 0, "everything fitted: {seen:?}");
+    assert_bounded(&seen);
+    let events = seen.accepted_traces + seen.accepted_metrics;
+    let end = Instant::now() + Duration::from_secs(60);
+    while gw.stats().in_flight > 0 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let report = gw.shutdown_blocking(support::DEADLINE);
+    let s = &report.stats;
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(s.emitted, events, "{s:?}");
+    assert_eq!(s.delivered, events, "nothing dropped: {s:?}");
+    assert_eq!(s.dropped_total(), 0, "{s:?}");
+    assert_eq!(s.companion_logs_dropped, 0, "{s:?}");
+    let r = rx.received();
+    assert_eq!(
+        seqs(&r).len() as u64,
+        seen.accepted_traces,
+        "every span arrived"
+    );
+    // One companion record per span and one record per metric/log event.
+    assert_eq!(r.log_count, events, "every log record arrived");
+    eprintln!(
+        "outage that fits: {events} events, max depths {:?}",
+        seen.max_depth
+    );
+}
+
+/// An outage longer than the queues hold: once every queue in front of the held exporter is
+/// full, `emit()` refuses (`QueueFull`, counted), nothing is dropped inside, memory stays within
+/// the bounds, and everything accepted arrives after the outage.
+#[test]
+fn an_outage_longer_than_the_queues_refuses_at_emit_and_drops_nothing_inside() {
+    let _one = ONE_AT_A_TIME.lock();
+    let rx = OtlpReceiver::start();
+    let (mut c, _d) = outage_config(&rx);
+    c.trace_batcher.queue_capacity = 500;
     c.trace_batcher.max_batch_size = 50;
     c.trace_batcher.sink_queue_batches = 4;
     c.export.log_queue_capacity = 2_000;
+    c.metric_pool.queue_capacity = 100;
+    c.gateway.queue_capacity = 1_000;
     let gw = start(c).unwrap();
     // Warm up so the baseline RSS includes the connections and runtimes.
     for seq in 0..100 {
@@ -42,63 +177,86 @@ fn backend_outage_keeps_what_fits_and_counts_the_rest() {
     }
     std::thread::sleep(Duration::from_millis(500));
     let rss_before = rss_bytes();
-
-    rx.fail_with(Some(tonic::Code::Unavailable));
-    let outage = Instant::now();
-    let mut seq = 0u64;
-    let mut max_depth: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-    let mut rss_max = rss_before;
-    while outage.elapsed() < Duration::from_secs(15) {
-        for _ in 0..20 {
-            gw.emit(trace_event(seq)).unwrap();
-            seq += 1;
-        }
-        for q in gw.diagnostics().queues {
-            let e = max_depth.entry(q.name).or_insert((0, q.capacity));
-            e.0 = e.0.max(q.depth);
-        }
-        rss_max = rss_max.max(rss_bytes());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    rx.fail_with(None);
-    let sent = seq + 100;
-
-    // Bounded: no queue ever held more than its capacity.
-    for (name, (depth, cap)) in &max_depth {
-        assert!(depth <= cap, "queue {name} held {depth} > {cap}");
-    }
-    let end = Instant::now() + Duration::from_secs(30);
+    let seen = emit_through_outage(&gw, &rx, Duration::from_secs(8), 5);
+    assert_bounded(&seen);
+    assert!(
+        seen.refused > 0,
+        "an outage this long must fill every queue: {seen:?}"
+    );
+    let end = Instant::now() + Duration::from_secs(60);
     while gw.stats().in_flight > 0 && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let s = gw.shutdown_blocking(support::DEADLINE).stats;
-    let arrived = seqs(&rx.received());
-    let queue_full = s.dropped_for(ReasonCode::QueueFull);
-    assert!(
-        queue_full > 0,
-        "an outage this long must overflow the bounded buffer: {s:?}"
-    );
+    let report = gw.shutdown_blocking(support::DEADLINE);
+    let s = &report.stats;
+    assert!(report.is_clean(), "{report:?}");
+    let accepted = seen.accepted_traces + seen.accepted_metrics + 100;
     assert_eq!(
-        s.dropped_for(ReasonCode::ExportFailed),
-        0,
-        "held, not failed: {s:?}"
+        s.dropped_for(ReasonCode::QueueFull),
+        seen.refused,
+        "the refusals at emit() are the only drops: {s:?}"
     );
-    assert_eq!(
-        s.delivered + queue_full,
-        sent,
-        "what did not fit is counted: {s:?}"
-    );
-    assert_eq!(arrived.len() as u64, s.delivered, "what fitted arrives");
-    assert!(s.is_settled());
-    let growth = rss_max.saturating_sub(rss_before);
+    assert_eq!(s.dropped_total(), seen.refused, "{s:?}");
+    assert_eq!(s.delivered, accepted, "everything accepted arrives: {s:?}");
+    assert_eq!(s.companion_logs_dropped, 0, "{s:?}");
+    let r = rx.received();
+    assert_eq!(seqs(&r).len() as u64, seen.accepted_traces + 100);
+    assert_eq!(r.log_count, accepted);
+    let growth = seen.rss_max.saturating_sub(rss_before);
     eprintln!(
-        "outage: sent {sent}, delivered {}, queue_full {queue_full}, RSS growth {} KiB, max depths {max_depth:?}",
-        s.delivered,
-        growth / 1024
+        "outage: accepted {accepted}, refused {}, RSS growth {} KiB, max depths {:?}",
+        seen.refused,
+        growth / 1024,
+        seen.max_depth
     );
-    // The buffer is a few hundred spans; 64 MiB leaves room for allocator noise, not a leak.
+    // The queues hold a few thousand events; 64 MiB leaves room for allocator noise, not a leak.
     assert!(
         growth < 64 * 1024 * 1024,
         "RSS grew by {growth} bytes during the outage"
     );
+}
+
+/// Shutdown while the collector is still away and every queue is full: it returns within its
+/// deadline, calls no actor lost (the actors waiting for room are alive), and counts the backlog
+/// as `shutdown`, so the ledger balances.
+#[test]
+fn shutdown_during_an_outage_with_full_queues_is_bounded_and_balanced() {
+    let _one = ONE_AT_A_TIME.lock();
+    let rx = OtlpReceiver::start();
+    let (mut c, _d) = outage_config(&rx);
+    c.trace_batcher.queue_capacity = 200;
+    c.trace_batcher.max_batch_size = 50;
+    c.trace_batcher.sink_queue_batches = 2;
+    c.export.log_queue_capacity = 200;
+    c.metric_pool.queue_capacity = 50;
+    c.gateway.queue_capacity = 500;
+    let gw = start(c).unwrap();
+    rx.fail_with(Some(tonic::Code::Unavailable));
+    let mut refused = 0u64;
+    let mut seq = 0u64;
+    while refused < 100 {
+        for env in [trace_event(seq), metric_event(seq)] {
+            if let Err(EmitError::QueueFull) = gw.emit(env) {
+                refused += 1;
+            }
+        }
+        seq += 1;
+        if seq.is_multiple_of(100) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let deadline = Duration::from_secs(2);
+    let began = Instant::now();
+    let report = gw.shutdown_blocking(deadline);
+    let took = began.elapsed();
+    let s = &report.stats;
+    assert!(
+        took < deadline + Duration::from_secs(2),
+        "shutdown took {took:?}"
+    );
+    assert!(report.actors_lost.is_empty(), "{report:?}");
+    assert!(s.is_settled(), "{s:?}");
+    assert_eq!(s.emitted, s.delivered + s.dropped_total(), "{s:?}");
+    assert_eq!(s.dropped_for(ReasonCode::QueueFull), refused, "{s:?}");
+    assert!(s.dropped_for(ReasonCode::Shutdown) > 0, "{s:?}");
 }

@@ -9,8 +9,9 @@
 //! 3. **offloads** a payload above `payloads.inline_threshold_bytes` (serialized JSON) to the
 //!    payload store at `{tenant_id}/{event_id}.json`, keeping a fallback of its scalar fields; if
 //!    the store fails, times out or is saturated, the payload goes inline and that is counted;
-//! 4. hands it to the trace batcher or the metric transport with `try_send`: a full queue is a
-//!    counted drop, never a wait.
+//! 4. hands it to the trace batcher or the metric transport. A full queue there is waited on
+//!    (`ctx.wait`: the actor takes nothing else meanwhile, so the gateway queue fills and
+//!    `emit()` refuses with `QueueFull`); only a closed one is a counted drop (`shutdown`).
 //!
 //! The actor never blocks on I/O: offloads run as spawned futures, at most
 //! `gateway.max_offloads_in_flight` at once.
@@ -23,7 +24,7 @@ use bytes::Bytes;
 use serde_json::Value as Json;
 use tokio::sync::mpsc;
 
-use super::{GatewayItem, Shared, TraceItem};
+use super::{Backpressure, GatewayItem, Shared, TraceItem};
 use crate::contracts::{
     JsonObject, Payload, PayloadFallback, SignalType, TelemetryEnvelope, MAX_FALLBACK_BYTES,
 };
@@ -53,6 +54,8 @@ pub(crate) struct GatewayActor {
     offloads_in_flight: usize,
     max_offloads: usize,
     run_ids: crate::correlation::RunIds,
+    /// Set while the actor waits for room in the trace or metric/log queue.
+    backpressure: Backpressure,
 }
 
 impl GatewayActor {
@@ -63,6 +66,7 @@ impl GatewayActor {
         store: PayloadStore,
         inline_threshold: usize,
         max_offloads: usize,
+        backpressure: Backpressure,
     ) -> Self {
         GatewayActor {
             shared,
@@ -73,6 +77,7 @@ impl GatewayActor {
             offloads_in_flight: 0,
             max_offloads,
             run_ids: crate::correlation::RunIds::new(RUN_ID_CACHE_RUNS),
+            backpressure,
         }
     }
 
@@ -102,6 +107,7 @@ impl GatewayActor {
         signal: SignalType,
         to_enterprise: bool,
         received: bool,
+        ctx: &mut Context<Self>,
     ) {
         let c = self.shared.counters.clone();
         let routed = |detail: &'static str| {
@@ -128,35 +134,83 @@ impl GatewayActor {
                 };
                 match self.trace_tx.try_send(item) {
                     Ok(()) => Counters::add(&c.routed_trace, 1),
-                    Err(e) => {
-                        let (closed, item) = match e {
-                            mpsc::error::TrySendError::Closed(i) => (true, i),
-                            mpsc::error::TrySendError::Full(i) => (false, i),
-                        };
-                        let outcome = Outcome::Dropped {
-                            reason: send_reason(closed),
-                            detail: Some("trace queue"),
-                        };
-                        c.settle(&item.ev, Holder::TracePath, outcome);
+                    Err(mpsc::error::TrySendError::Full(item)) => {
+                        self.wait_for_trace_room(item, ctx)
+                    }
+                    Err(mpsc::error::TrySendError::Closed(item)) => {
+                        c.settle(&item.ev, Holder::TracePath, closed_outcome("trace queue"));
                     }
                 }
             }
             SignalType::MetricLog => {
                 c.enter(Holder::MetricLogPath);
                 routed("metric_log");
-                match self.transport.try_send(env) {
-                    Ok(()) => Counters::add(&c.routed_metric_log, 1),
-                    Err(e) => {
-                        let outcome = Outcome::Dropped {
-                            reason: send_reason(e == TransportError::Closed),
-                            detail: Some("metric/log queue"),
-                        };
-                        c.settle(&ev, Holder::MetricLogPath, outcome);
-                    }
+                // A full partition is waited on before the envelope is handed over (only this
+                // actor sends, so the room it waited for is still there).
+                if let Some(room) = self.transport.room_for(&env) {
+                    return self.wait_for_metric_room(room, env, ev, ctx);
                 }
+                self.send_metric(env, &ev);
             }
         }
         c.leave(Holder::Gateway);
+    }
+
+    /// The trace queue is full: waits for room, taking nothing else meanwhile (see the module
+    /// docs). The event stays counted on the trace path while it waits.
+    fn wait_for_trace_room(&mut self, item: TraceItem, ctx: &mut Context<Self>) {
+        let tx = self.trace_tx.clone();
+        let waiting = self.backpressure.begin();
+        let send = async move {
+            let sent = tx.send(item).await;
+            drop(waiting);
+            sent
+        };
+        ctx.wait(send.into_actor(self).map(|sent, act, _ctx| {
+            let c = &act.shared.counters;
+            match sent {
+                Ok(()) => Counters::add(&c.routed_trace, 1),
+                Err(mpsc::error::SendError(item)) => {
+                    c.settle(&item.ev, Holder::TracePath, closed_outcome("trace queue"));
+                }
+            }
+        }));
+    }
+
+    /// Queues a metric/log event; a full or closed transport drops it, counted.
+    fn send_metric(&self, env: TelemetryEnvelope, ev: &EventRef) {
+        let c = &self.shared.counters;
+        let outcome = match self.transport.try_send(env) {
+            Ok(()) => return Counters::add(&c.routed_metric_log, 1),
+            Err(TransportError::Full) => Outcome::Dropped {
+                reason: ReasonCode::QueueFull,
+                detail: Some("metric/log queue"),
+            },
+            Err(TransportError::Closed) => closed_outcome("metric/log queue"),
+        };
+        c.settle(ev, Holder::MetricLogPath, outcome);
+    }
+
+    /// The event's metric/log partition is full: waits for room (taking nothing else
+    /// meanwhile), then queues the event. The gateway stage is left now; the event stays
+    /// counted on the metric/log path while it waits.
+    fn wait_for_metric_room(
+        &mut self,
+        room: futures::future::BoxFuture<'static, ()>,
+        env: TelemetryEnvelope,
+        ev: EventRef,
+        ctx: &mut Context<Self>,
+    ) {
+        self.shared.counters.leave(Holder::Gateway);
+        let waiting = self.backpressure.begin();
+        let wait = async move {
+            room.await;
+            drop(waiting);
+        };
+        ctx.wait(
+            wait.into_actor(self)
+                .map(move |(), act, _ctx| act.send_metric(env, &ev)),
+        );
     }
 
     fn route(&mut self, item: GatewayItem, ctx: &mut Context<Self>) {
@@ -194,7 +248,7 @@ impl GatewayActor {
             Payload::Ref(_) => false,
         };
         if !oversize {
-            return self.forward(env, ev, signal, ent, true);
+            return self.forward(env, ev, signal, ent, true, ctx);
         }
         self.counters().step(&ev, Stage::Received, None);
         if self.offloads_in_flight >= self.max_offloads {
@@ -210,14 +264,14 @@ impl GatewayActor {
                     "payload offload saturated; payload kept inline"
                 )
             });
-            return self.forward(env, ev, signal, ent, false);
+            return self.forward(env, ev, signal, ent, false, ctx);
         }
         let Payload::Inline(obj) = &env.payload else {
-            return self.forward(env, ev, signal, ent, false);
+            return self.forward(env, ev, signal, ent, false, ctx);
         };
         let bytes = match serde_json::to_vec(obj) {
             Ok(b) => Bytes::from(b),
-            Err(_) => return self.forward(env, ev, signal, ent, false),
+            Err(_) => return self.forward(env, ev, signal, ent, false, ctx),
         };
         if env.payload_fallback.is_none() {
             env.payload_fallback = auto_fallback(obj);
@@ -227,7 +281,7 @@ impl GatewayActor {
         let tenant = env.context.tenant_id.clone();
         let id = env.event_id;
         let fut = async move { store.put(&tenant, &id, bytes).await };
-        ctx.spawn(fut.into_actor(self).map(move |res, act, _ctx| {
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
             act.offloads_in_flight -= 1;
             match res {
                 Ok(r) => {
@@ -251,16 +305,16 @@ impl GatewayActor {
                     });
                 }
             }
-            act.forward(env, ev, signal, ent, false);
+            act.forward(env, ev, signal, ent, false, ctx);
         }));
     }
 }
 
-fn send_reason(closed: bool) -> ReasonCode {
-    if closed {
-        ReasonCode::Shutdown
-    } else {
-        ReasonCode::QueueFull
+/// A queue closed under the event: the gateway is shutting down.
+fn closed_outcome(queue: &'static str) -> Outcome<'static> {
+    Outcome::Dropped {
+        reason: ReasonCode::Shutdown,
+        detail: Some(queue),
     }
 }
 

@@ -29,7 +29,7 @@ use uuid::Uuid;
 
 use super::dedup::{CheckBatch, DedupActor, DedupKey, Verdict};
 use super::rehydrator::{RehydrateBatch, RehydrateItem, RehydratorActor};
-use super::Shared;
+use super::{Backpressure, Shared};
 use crate::contracts::{JsonObject, Payload, TelemetryEnvelope};
 use crate::diagnostics::ledger::{Holder, Outcome};
 use crate::diagnostics::recorder::{EventRef, Stage};
@@ -78,6 +78,8 @@ pub(crate) struct MetricHandlerActor {
     /// only when the source wants it).
     settled: Vec<Uuid>,
     wants_settle: bool,
+    /// Set while the handler waits for room in the log queue.
+    backpressure: Backpressure,
 }
 
 impl Debug for MetricHandlerActor {
@@ -107,6 +109,8 @@ pub(crate) struct HandlerParts {
     pub(crate) export: Arc<ExportHandles>,
     /// The host's case handlers, by case name.
     pub(crate) case_handlers: Arc<HashMap<String, Arc<dyn CaseHandler>>>,
+    /// Its waits for room in the log queue (for the shutdown's liveness check).
+    pub(crate) backpressure: Backpressure,
 }
 
 impl MetricHandlerActor {
@@ -120,6 +124,7 @@ impl MetricHandlerActor {
             shared,
             export,
             case_handlers,
+            backpressure,
         } = parts;
         let wants_settle = source.wants_settle();
         MetricHandlerActor {
@@ -135,6 +140,7 @@ impl MetricHandlerActor {
             export,
             case_handlers,
             source_closed: false,
+            backpressure,
         }
     }
 
@@ -393,7 +399,14 @@ impl MetricHandlerActor {
             match outcome {
                 Ok(record) => records.push((record, Some(w.ev))),
                 Err(_) => {
-                    self.send_records(records);
+                    // The actor stops next, so it cannot wait for room: what the log queue
+                    // has no room for now is dropped, counted.
+                    for (_, ev) in self.queue_records(records) {
+                        if let Some(ev) = ev {
+                            let outcome = Outcome::dropped(ReasonCode::QueueFull);
+                            self.counters().settle(&ev, Holder::MetricLogPath, outcome);
+                        }
+                    }
                     // Counted here, but not settled: a transport with acknowledgements delivers
                     // it again (up to its dead-letter limit).
                     self.counters().settle(
@@ -414,13 +427,40 @@ impl MetricHandlerActor {
                 }
             }
         }
-        self.send_records(records);
+        let rest = self.queue_records(records);
+        if !rest.is_empty() {
+            self.wait_for_room(rest, ctx);
+        }
         self.pump(ctx);
     }
 
-    /// Queues handled events' records for export; those the log queue has no room for are
-    /// dropped (`queue_full`).
-    fn send_records(&mut self, records: Vec<LogItem>) {
+    /// The log queue is full: waits for room, taking no more events meanwhile (the next `pump`
+    /// runs after the wait), so events wait in this handler's queue instead of being dropped.
+    /// Records a closed queue refuses (shutdown) are dropped, counted.
+    fn wait_for_room(&mut self, records: Vec<LogItem>, ctx: &mut Context<Self>) {
+        let log_batcher = self.export.log_batcher.clone();
+        let waiting = self.backpressure.begin();
+        let send = async move {
+            let refused = log_batcher.send_many(records).await;
+            drop(waiting);
+            refused
+        };
+        ctx.wait(send.into_actor(self).map(|refused, act, _ctx| {
+            for (_, ev) in refused {
+                if let Some(ev) = ev {
+                    let outcome = Outcome::Dropped {
+                        reason: ReasonCode::Shutdown,
+                        detail: Some("log queue closed"),
+                    };
+                    act.counters().settle(&ev, Holder::MetricLogPath, outcome);
+                }
+            }
+        }));
+    }
+
+    /// Queues handled events' records for export as far as the log queue has room now, and
+    /// returns the rest (the caller waits for room, or drops them).
+    fn queue_records(&mut self, records: Vec<LogItem>) -> Vec<LogItem> {
         self.counters().recorder().record_batch(
             records.iter().filter_map(|(_, ev)| ev.as_ref()),
             &[(Stage::Handled, None)],
@@ -428,18 +468,13 @@ impl MetricHandlerActor {
         let ids = records
             .iter()
             .filter_map(|(_, ev)| ev.as_ref().map(|e| e.event_id));
-        // Queued for export, or dropped just below: either way settled here.
+        // Queued for export (now or after a wait), or dropped: either way settled here.
         if let Some(w) = &self.shared.worker {
             w.note_handled(ids);
         } else if self.wants_settle {
             self.settled.extend(ids);
         }
-        for (_, ev) in self.export.log_batcher.try_send_many(records) {
-            if let Some(ev) = ev {
-                let outcome = Outcome::dropped(ReasonCode::QueueFull);
-                self.counters().settle(&ev, Holder::MetricLogPath, outcome);
-            }
-        }
+        self.export.log_batcher.try_send_many(records)
     }
 
     /// Handles one event: its metrics, its case handler, and its log record.

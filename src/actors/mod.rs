@@ -8,9 +8,18 @@
 //!                                                                      tenant+event id)   └─ RehydratorActor
 //! ```
 //!
-//! Data moves on bounded `tokio::sync::mpsc` channels (exact capacity, `try_send`, a full queue
-//! is a counted drop); control (drain, flush) moves on the actors' mailboxes with explicit
-//! replies. Nothing on the data path uses `do_send`.
+//! Data moves on bounded `tokio::sync::mpsc` channels (exact capacity); control (drain, flush)
+//! moves on the actors' mailboxes with explicit replies. Nothing on the data path uses
+//! `do_send`.
+//!
+//! **Backpressure, not drops, inside.** `emit()` never waits: a full gateway queue refuses the
+//! event (`QueueFull`, the caller sees it). Behind it, an actor that meets a full queue on the
+//! way to the enterprise exporter (the trace queue, the metric/log queues, the log queue, the
+//! enterprise sink's batch queue) *waits* for room (`ctx.wait`, see [`Backpressure`]) rather
+//! than dropping: while the collector is away, events fill the bounded queues in front of the
+//! held exporter, and once those are full the gateway queue fills and `emit()` refuses. A
+//! tenant sink's queue is the one exception: a full one drops that sink's copy (counted), so
+//! one stuck tenant never holds back the enterprise destination or the other tenants.
 
 pub(crate) mod dedup;
 pub(crate) mod gateway;
@@ -42,7 +51,7 @@ answers_ping!(metric_handler::MetricHandlerActor);
 answers_ping!(rehydrator::RehydratorActor);
 answers_ping!(trace_batcher::TraceBatcherActor);
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::contracts::TelemetryEnvelope;
@@ -79,4 +88,35 @@ pub(crate) struct TraceItem {
     pub(crate) to_enterprise: bool,
     /// The event's reference, made once at the gateway.
     pub(crate) ev: crate::diagnostics::recorder::EventRef,
+}
+
+/// An actor's waits for room downstream. While an actor waits (`ctx.wait`) it answers no
+/// message, by design: that is what holds the queue in front of it. The shutdown's liveness
+/// check asks [`Backpressure::waiting`] before calling a silent actor lost. The guard lives
+/// inside the waiting future, so the count drops when the wait ends or when the future is
+/// dropped with a dead actor.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Backpressure(Arc<AtomicUsize>);
+
+/// One wait in progress (see [`Backpressure`]).
+#[derive(Debug)]
+pub(crate) struct Waiting(Arc<AtomicUsize>);
+
+impl Backpressure {
+    /// Marks a wait as begun; it ends when the returned guard is dropped.
+    pub(crate) fn begin(&self) -> Waiting {
+        self.0.fetch_add(1, Ordering::AcqRel);
+        Waiting(self.0.clone())
+    }
+
+    /// Whether the actor is waiting for room now.
+    pub(crate) fn waiting(&self) -> bool {
+        self.0.load(Ordering::Acquire) > 0
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }

@@ -15,6 +15,11 @@
 //! tenant/app), then the span, one companion log record and the metric updates. Each destination
 //! gets one job on its own bounded queue; see [`crate::export::sink`] for how the events of a
 //! batch are accounted.
+//!
+//! Backpressure: when the enterprise sink's queue or the log queue (companion records) is full,
+//! the batcher waits for room (`ctx.wait`) and takes no more events meanwhile, so events wait in
+//! the trace queue instead of being dropped behind it. A full tenant sink queue drops that
+//! sink's copy instead (counted), so one stuck tenant holds back no one.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -25,11 +30,12 @@ use actix::prelude::*;
 use opentelemetry_sdk::trace::SpanData;
 
 use super::dedup::{DedupKey, MemoryDedup, Verdict};
-use super::{Shared, TraceItem};
+use super::{Backpressure, Shared, TraceItem};
 use crate::contracts::{JsonObject, Payload};
 use crate::diagnostics::ledger::{Holder, Outcome};
 use crate::diagnostics::recorder::{Detail, EventRef, Stage};
 use crate::diagnostics::{Counters, ReasonCode};
+use crate::export::logs::LogItem;
 use crate::export::mapping::ResolvedIds;
 use crate::export::sink::{GroupTracker, SinkJob, SinkWorker};
 use crate::export::ExportHandles;
@@ -50,6 +56,16 @@ pub(crate) struct TraceBatcherActor {
     timer: Option<SpawnHandle>,
     draining: bool,
     dedup: MemoryDedup,
+    /// Set while the batcher waits for room in the enterprise sink's or the log queue.
+    backpressure: Backpressure,
+}
+
+/// What a flush could not hand over without waiting: companion records the log queue had no
+/// room for, and the enterprise job its full queue refused.
+#[derive(Debug, Default)]
+struct Leftover {
+    companions: Vec<LogItem>,
+    enterprise: Option<SinkJob>,
 }
 
 impl TraceBatcherActor {
@@ -59,6 +75,7 @@ impl TraceBatcherActor {
         max_batch: usize,
         flush_interval: Duration,
         dedup: MemoryDedup,
+        backpressure: Backpressure,
     ) -> Self {
         TraceBatcherActor {
             shared,
@@ -69,6 +86,7 @@ impl TraceBatcherActor {
             timer: None,
             draining: false,
             dedup,
+            backpressure,
         }
     }
 
@@ -80,10 +98,45 @@ impl TraceBatcherActor {
             return;
         }
         let items = std::mem::replace(&mut self.buffer, Vec::with_capacity(self.max_batch));
-        self.export_items(items);
+        let leftover = self.export_items(items);
+        if !leftover.companions.is_empty() || leftover.enterprise.is_some() {
+            self.wait_for_room(leftover, ctx);
+        }
     }
 
-    fn export_items(&mut self, items: Vec<TraceItem>) {
+    /// Hands over what a flush could not without waiting, taking no more events until it is
+    /// done (see the module docs). A queue closed meanwhile (shutdown) loses what it refused,
+    /// counted.
+    fn wait_for_room(&mut self, leftover: Leftover, ctx: &mut Context<Self>) {
+        let export = self.export.clone();
+        let counters = self.shared.counters.clone();
+        let waiting = self.backpressure.begin();
+        let send = async move {
+            let Leftover {
+                companions,
+                enterprise,
+            } = leftover;
+            if !companions.is_empty() {
+                let refused = export.log_batcher.send_many(companions).await.len();
+                if refused > 0 {
+                    counters.companions_done(refused as u64, true);
+                }
+            }
+            if let Some(job) = enterprise {
+                let worker = &export.enterprise_sink;
+                if let Err(SinkJob::Export { groups, .. }) = worker.send(job).await {
+                    for g in groups {
+                        g.report(&worker.name, Err((ReasonCode::Shutdown, "sink closed")));
+                    }
+                }
+            }
+            drop(waiting);
+        };
+        ctx.wait(send.into_actor(self));
+    }
+
+    fn export_items(&mut self, items: Vec<TraceItem>) -> Leftover {
+        let mut leftover = Leftover::default();
         let counters = self.shared.counters.clone();
         let export = self.export.clone();
         // Group events by destination set: (enterprise?, tenant sink registration ids).
@@ -202,12 +255,9 @@ impl TraceBatcherActor {
         }
         // Companion logs go to the log batcher in one message per flush.
         counters.companions_queued(companions.len() as u64);
-        let lost = export.log_batcher.try_send_many(companions).len();
-        if lost > 0 {
-            counters.companions_done(lost as u64, true);
-        }
+        leftover.companions = export.log_batcher.try_send_many(companions);
         if groups.is_empty() {
-            return;
+            return leftover;
         }
         // One job per destination, carrying every group that goes there.
         let mut enterprise_job: (Vec<SpanData>, Vec<Arc<GroupTracker>>) = (Vec::new(), Vec::new());
@@ -234,12 +284,12 @@ impl TraceBatcherActor {
             }
         }
         if !enterprise_job.0.is_empty() {
-            send_job(
-                &export.enterprise_sink,
-                enterprise_job.0,
-                enterprise_job.1,
-                &counters,
-            );
+            let job = SinkJob::Export {
+                spans: enterprise_job.0,
+                groups: enterprise_job.1,
+            };
+            // A full enterprise queue is waited on (`wait_for_room`), never dropped.
+            leftover.enterprise = export.enterprise_sink.try_send(job).err();
         }
         for (i, (spans, trackers)) in sink_jobs {
             if let Some(w) = workers.get(&i) {
@@ -251,9 +301,11 @@ impl TraceBatcherActor {
                 }
             }
         }
+        leftover
     }
 }
 
+/// Queues a tenant sink's job; a full queue drops this sink's copy, counted.
 fn send_job(
     worker: &SinkWorker,
     spans: Vec<SpanData>,

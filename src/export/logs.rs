@@ -6,7 +6,6 @@
 //! **dropped** (`export_failed`). Companion logs of spans carry no accounting (their event is
 //! accounted by its span).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -73,12 +72,13 @@ pub(crate) enum LogJob {
 }
 
 /// The sending side of the log batcher. The bound (`export.log_queue_capacity`) counts records,
-/// not messages: `queued` is reserved before a batch is sent and released when the batcher
-/// takes it.
+/// not messages: `room` holds one permit per free record slot; a sender takes permits before it
+/// sends a batch (at once with [`LogBatcher::try_send_many`], waiting with
+/// [`LogBatcher::send_many`]) and the batcher gives them back when it takes the batch.
 #[derive(Debug, Clone)]
 pub(crate) struct LogBatcher {
     tx: mpsc::Sender<LogJob>,
-    queued: Arc<AtomicUsize>,
+    room: Arc<tokio::sync::Semaphore>,
     capacity: usize,
     stats: Arc<ExporterStats>,
 }
@@ -95,6 +95,10 @@ pub(crate) struct LogBatcherSettings {
     pub(crate) concurrency: usize,
 }
 
+/// The most records the log queue holds, whatever the configuration says (a semaphore takes
+/// permits in `u32`).
+const MAX_LOG_QUEUE_PERMITS: usize = u32::MAX as usize;
+
 /// The most log export calls in flight at once, whatever the configuration says (a semaphore
 /// counts in `u32`).
 const MAX_LOG_CONCURRENCY: usize = 1024;
@@ -109,12 +113,13 @@ impl LogBatcher {
     ) -> Self {
         // Each message holds at least one record, so `capacity` messages never fill before
         // `capacity` records are reserved.
-        let (tx, mut rx) = mpsc::channel::<LogJob>(settings.capacity.max(1));
-        let queued = Arc::new(AtomicUsize::new(0));
+        let capacity = settings.capacity.clamp(1, MAX_LOG_QUEUE_PERMITS);
+        let (tx, mut rx) = mpsc::channel::<LogJob>(capacity);
+        let room = Arc::new(tokio::sync::Semaphore::new(capacity));
         let scope: InstrumentationScope = super::mapping::scope();
         let stats = counters.exporters.register("enterprise", "logs");
         let queue_stats = stats.clone();
-        let taken = queued.clone();
+        let taken = room.clone();
         let backend = Arc::new(Destination {
             backend,
             #[cfg(feature = "analytics")]
@@ -129,7 +134,7 @@ impl LogBatcher {
             let mut flush_waiters: Vec<oneshot::Sender<()>> = Vec::new();
             let take = |job: LogJob, batch: &mut Vec<LogItem>, waiters: &mut Vec<_>| match job {
                 LogJob::Records(items) => {
-                    taken.fetch_sub(items.len(), Ordering::AcqRel);
+                    taken.add_permits(items.len());
                     batch.extend(items);
                 }
                 LogJob::Flush(done) => waiters.push(done),
@@ -195,39 +200,40 @@ impl LogBatcher {
         });
         LogBatcher {
             tx,
-            queued,
-            capacity: settings.capacity,
+            room,
+            capacity,
             stats: queue_stats,
         }
     }
 
     /// Queues as many of `items` as the bound leaves room for, in order, without waiting.
-    /// Returns the ones that did not fit (queue full, or closed): the caller accounts for them.
+    /// Returns the ones that did not fit (queue full, or closed): the caller accounts for them,
+    /// or waits for room with [`LogBatcher::send_many`].
     pub(crate) fn try_send_many(&self, mut items: Vec<LogItem>) -> Vec<LogItem> {
         let n = items.len();
         if n == 0 {
             return items;
         }
-        let mut current = self.queued.load(Ordering::Acquire);
         let fit = loop {
-            let fit = self.capacity.saturating_sub(current).min(n);
+            let fit = self.room.available_permits().min(n);
             if fit == 0 {
                 break 0;
             }
-            match self.queued.compare_exchange_weak(
-                current,
-                current + fit,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => break fit,
-                Err(now) => current = now,
+            // `fit` <= the capacity, which is at most MAX_LOG_QUEUE_PERMITS (a u32).
+            match self.room.try_acquire_many(fit as u32) {
+                Ok(permits) => {
+                    permits.forget();
+                    break fit;
+                }
+                // Another sender took some meanwhile: look again.
+                Err(tokio::sync::TryAcquireError::NoPermits) => continue,
+                Err(tokio::sync::TryAcquireError::Closed) => break 0,
             }
         };
         let mut rest = items.split_off(fit);
         if fit > 0 {
             if let Err(e) = self.tx.try_send(LogJob::Records(items)) {
-                self.queued.fetch_sub(fit, Ordering::AcqRel);
+                self.room.add_permits(fit);
                 if let LogJob::Records(mut back) = e.into_inner() {
                     back.append(&mut rest);
                     rest = back;
@@ -240,14 +246,37 @@ impl LogBatcher {
         rest
     }
 
+    /// Queues `items`, waiting for room as long as it takes (backpressure: the caller is an
+    /// actor that takes nothing else meanwhile). Returns the ones the closed batcher refused.
+    pub(crate) async fn send_many(&self, mut items: Vec<LogItem>) -> Vec<LogItem> {
+        while !items.is_empty() {
+            let take = items.len().min(self.capacity);
+            let Ok(permits) = self.room.acquire_many(take as u32).await else {
+                return items;
+            };
+            permits.forget();
+            let rest = items.split_off(take);
+            if let Err(e) = self.tx.send(LogJob::Records(items)).await {
+                self.room.add_permits(take);
+                let LogJob::Records(mut back) = e.0 else {
+                    return rest;
+                };
+                back.extend(rest);
+                return back;
+            }
+            items = rest;
+        }
+        items
+    }
+
     /// A reader of (records waiting, capacity) that does not keep the queue open.
     pub(crate) fn depth_reader(&self) -> crate::diagnostics::probes::QueueReader {
         let weak = self.tx.downgrade();
-        let queued = self.queued.clone();
+        let room = self.room.clone();
         let capacity = self.capacity;
         Box::new(move || {
             weak.upgrade()
-                .map(|_| (queued.load(Ordering::Relaxed), capacity))
+                .map(|_| (capacity.saturating_sub(room.available_permits()), capacity))
         })
     }
 

@@ -2,9 +2,10 @@
 //!
 //! The enterprise exporter and every community sink implement [`TraceSink`]. The batcher never
 //! calls a sink directly: each sink has a `SinkWorker` (a task on the export runtime) with a
-//! bounded queue of batches (`trace_batcher.sink_queue_batches`). A slow or failing sink fills
-//! only its own queue; when it is full that sink's copy is dropped and counted, and the other
-//! sinks carry on.
+//! bounded queue of batches (`trace_batcher.sink_queue_batches`). When the enterprise sink's
+//! queue is full the batcher waits for room (backpressure: the trace queue fills behind it, then
+//! the gateway queue, then `emit()` refuses). A tenant sink fills only its own queue; when it is
+//! full that sink's copy is dropped and counted, and the other sinks carry on.
 //!
 //! Event accounting: the events of one batch are split into *groups* that share a destination
 //! set. Each group has a `GroupTracker`; every sink that receives the group reports to it once.
@@ -436,6 +437,12 @@ impl SinkWorker {
             weak.upgrade()
                 .map(|tx| (tx.max_capacity() - tx.capacity(), tx.max_capacity()))
         })
+    }
+
+    /// Queues a job, waiting for room as long as it takes (the enterprise destination:
+    /// backpressure). A closed queue gives the job back.
+    pub(crate) async fn send(&self, job: SinkJob) -> Result<(), SinkJob> {
+        self.tx.send(job).await.map_err(|e| e.0)
     }
 
     /// Queues a job without waiting; a full queue gives the job back.

@@ -30,7 +30,7 @@ use crate::actors::gateway::GatewayActor;
 use crate::actors::metric_handler::{CaseHandler, HandlerParts, MetricHandlerActor};
 use crate::actors::rehydrator::RehydratorActor;
 use crate::actors::trace_batcher::{Drain, TraceBatcherActor};
-use crate::actors::{GatewayItem, Shared, TraceItem};
+use crate::actors::{Backpressure, GatewayItem, Shared, TraceItem};
 use crate::config::SinkSection;
 #[cfg(feature = "redis")]
 use crate::config::TransportKind;

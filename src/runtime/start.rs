@@ -508,10 +508,23 @@ where
     A: Actor + Handler<crate::actors::Ping>,
     A::Context: actix::dev::ToEnvelope<A, crate::actors::Ping>,
 {
+    alive_or_waiting(addr, Backpressure::default())
+}
+
+/// [`alive`] for an actor that may be waiting for room downstream: such an actor answers no
+/// message until the wait ends, and is alive all the same.
+pub(super) fn alive_or_waiting<A>(addr: &Addr<A>, backpressure: Backpressure) -> AliveFn
+where
+    A: Actor + Handler<crate::actors::Ping>,
+    A::Context: actix::dev::ToEnvelope<A, crate::actors::Ping>,
+{
     let addr = addr.clone();
     Box::new(move |wait| {
         let ping = addr.send(crate::actors::Ping);
-        Box::pin(async move { matches!(tokio::time::timeout(wait, ping).await, Ok(Ok(()))) })
+        let backpressure = backpressure.clone();
+        Box::pin(async move {
+            matches!(tokio::time::timeout(wait, ping).await, Ok(Ok(()))) || backpressure.waiting()
+        })
     })
 }
 
@@ -571,6 +584,8 @@ pub(super) fn start_actors(parts: ActorParts) -> Actors {
     let (batcher_shared, batcher_export) = (shared.clone(), export.clone());
     let max_batch = cfg.trace_batcher.max_batch_size;
     let interval = Duration::from_millis(cfg.trace_batcher.flush_interval_ms);
+    let batcher_waits = Backpressure::default();
+    let waits = batcher_waits.clone();
     let batcher = TraceBatcherActor::create(move |ctx| {
         ctx.add_stream(tokio_stream::wrappers::ReceiverStream::new(trace_rx));
         TraceBatcherActor::new(
@@ -579,12 +594,16 @@ pub(super) fn start_actors(parts: ActorParts) -> Actors {
             max_batch,
             interval,
             batcher_dedup,
+            waits,
         )
     });
 
     let mut arbiters = Vec::new();
     let mut handlers = Vec::new();
-    let mut liveness = vec![("trace_batcher".to_owned(), alive(&batcher))];
+    let mut liveness = vec![(
+        "trace_batcher".to_owned(),
+        alive_or_waiting(&batcher, batcher_waits),
+    )];
     for (index, (source, dedup)) in sources.into_iter().zip(dedups).enumerate() {
         let arbiter = Arbiter::new();
         let h = arbiter.handle();
@@ -604,23 +623,41 @@ pub(super) fn start_actors(parts: ActorParts) -> Actors {
             shared: shared.clone(),
             export: export.clone(),
             case_handlers: case_handlers.clone(),
+            backpressure: Backpressure::default(),
         };
+        let waits = handler_parts.backpressure.clone();
         let handler =
             Supervisor::start_in_arbiter(&h, move |_| MetricHandlerActor::new(handler_parts));
-        liveness.push((format!("metric_handler[{index}]"), alive(&handler)));
+        liveness.push((
+            format!("metric_handler[{index}]"),
+            alive_or_waiting(&handler, waits),
+        ));
         handlers.push(handler);
         arbiters.push(arbiter);
     }
 
     let threshold = cfg.payloads.inline_threshold_bytes;
     let max_offloads = cfg.gateway.max_offloads_in_flight;
+    let gateway_waits = Backpressure::default();
+    let waits = gateway_waits.clone();
     let gateway = GatewayActor::create(move |ctx| {
         ctx.add_stream(tokio_stream::wrappers::ReceiverStream::new(gw_rx));
         // The gateway owns the only sender of the trace queue: when it stops, the batcher's
         // stream ends and the batcher flushes.
-        GatewayActor::new(shared, trace_tx, transport, store, threshold, max_offloads)
+        GatewayActor::new(
+            shared,
+            trace_tx,
+            transport,
+            store,
+            threshold,
+            max_offloads,
+            waits,
+        )
     });
-    liveness.push(("gateway".to_owned(), alive(&gateway)));
+    liveness.push((
+        "gateway".to_owned(),
+        alive_or_waiting(&gateway, gateway_waits),
+    ));
     Actors {
         gateway,
         batcher,

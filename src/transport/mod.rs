@@ -35,10 +35,20 @@ pub enum TransportError {
     Closed,
 }
 
-/// The producer side: never waits.
+/// The producer side: `try_send` never waits; a caller that would rather wait than drop asks
+/// [`MetricTransport::room_for`] first.
 pub trait MetricTransport: Send + Sync + Debug + 'static {
     /// Queues `env` or says why not.
     fn try_send(&self, env: TelemetryEnvelope) -> Result<(), TransportError>;
+
+    /// `None` when `env` can be queued now (or the transport has no way to wait: `try_send`
+    /// then says `Full`); otherwise a future that resolves when the queue `env` goes to has
+    /// room, or is closed. The gateway actor, the only sender, waits on it instead of dropping
+    /// (backpressure: its own queue fills and `emit()` refuses). The default never waits.
+    fn room_for(&self, env: &TelemetryEnvelope) -> Option<BoxFuture<'static, ()>> {
+        let _ = env;
+        None
+    }
     /// Envelopes waiting, summed over partitions.
     fn queued(&self) -> usize;
     /// Total capacity, summed over partitions.
@@ -109,6 +119,19 @@ impl MetricTransport for InProcessTransport {
             mpsc::error::TrySendError::Full(_) => TransportError::Full,
             mpsc::error::TrySendError::Closed(_) => TransportError::Closed,
         })
+    }
+
+    fn room_for(&self, env: &TelemetryEnvelope) -> Option<BoxFuture<'static, ()>> {
+        let tx = &self.partitions[self.partition_of(env)];
+        if tx.capacity() > 0 || tx.is_closed() {
+            return None;
+        }
+        let tx = tx.clone();
+        // The permit is given back at once: the caller sends right after, and nothing else
+        // sends in between.
+        Some(Box::pin(async move {
+            let _ = tx.reserve_owned().await;
+        }))
     }
 
     fn queued(&self) -> usize {
