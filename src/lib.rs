@@ -33,6 +33,7 @@
 //!   `RehydratorActor`.
 //! - [`transport`]: the seam between the gateway and the handler pool.
 //! - [`payload_store`]: offload and read-back of large payloads, with ref validation.
+//! - `spool` (private): the disk spool, a durable bounded queue of encoded export requests.
 //! - [`export`]: OTLP and JSON lines exporters, trace sinks, the case mapping.
 //! - [`redaction`]: the `Redactor`: deny-listed keys and secret-looking values never leave the
 //!   process.
@@ -73,6 +74,10 @@ mod routing;
 mod runtime;
 #[cfg(feature = "analytics")]
 pub mod slo;
+// The disk spool; wired into the exporters by issue 16's next step, reachable from tests
+// through `testing::internals` meanwhile.
+#[cfg_attr(not(feature = "testing"), allow(dead_code))]
+mod spool;
 pub mod tracing_bridge;
 
 /// docs/integration.md: actix-web, axum, plain tokio, the tracing bridge, per-tenant sinks at

@@ -31,8 +31,8 @@ pub const DEFAULT_MAX_BATCH_AGE_SECS: u64 = 300;
 /// `Retry-After` / `RetryInfo`, and never retries permanent ones (gRPC `INVALID_ARGUMENT`,
 /// HTTP 400). Around the calls, a batch that still failed is **held** and tried again with
 /// backoff while the backend is away; new batches wait in the bounded queues behind it
-/// (`trace_batcher.sink_queue_batches`, `export.log_queue_capacity`), and what does not fit is
-/// dropped as `queue_full` and counted.
+/// (`trace_batcher.sink_queue_batches`, `export.log_queue_capacity`), the actors before those
+/// wait for room, and once every queue is full `emit()` refuses (`queue_full`, counted).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetrySection {

@@ -27,13 +27,15 @@ pub const DEFAULT_MAX_LIVE_SINKS: usize = 64;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TraceBatcherSection {
-    /// Trace events waiting for the batcher; beyond it they are dropped (`queue_full`).
+    /// Trace events waiting for the batcher; when it is full the gateway actor waits for room
+    /// (the gateway queue fills, then `emit()` refuses).
     pub queue_capacity: usize,
     /// A batch is flushed when this many events wait.
     pub max_batch_size: usize,
     /// ...or when the oldest waiting event has waited this long.
     pub flush_interval_ms: u64,
-    /// Batches waiting for each sink; beyond it that sink's copy is dropped (`queue_full`).
+    /// Batches waiting for each sink. When the enterprise sink's is full the batcher waits for
+    /// room; beyond it for a tenant sink, that sink's copy is dropped (`queue_full`).
     pub sink_queue_batches: usize,
     /// Export calls in flight at once per sink (each batch is still held and retried on its
     /// own). More than 1 lets a sink overlap encoding, the network and the collector's work.

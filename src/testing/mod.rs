@@ -18,6 +18,8 @@ pub mod internals {
     pub use crate::actors::dedup::{CheckBatch, DedupActor, DedupKey, MemoryDedup, Verdict};
     pub use crate::actors::rehydrator::{RehydrateBatch, RehydrateItem, RehydratorActor};
     pub use crate::routing::RoutingTable;
+    pub use crate::spool::{Appended, DiskSpool, Record, Recovery, SpoolError};
+    pub use crate::spool::{SpoolOptions, SpoolStatus, SyncPolicy, WhenFull};
 }
 #[cfg(feature = "redis")]
 pub use redis_server::RedisServer;

@@ -19,6 +19,8 @@ mod quickstart;
 mod redaction;
 mod routing_runtime;
 mod sinks_and_sampling;
+mod spool_crash;
+mod spool_model;
 mod supervision;
 mod tracing_bridge;
 mod transport_seam;
