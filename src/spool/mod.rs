@@ -24,8 +24,12 @@
 //! record is accepted only with a good header and checksum; a torn tail (the last bytes of a
 //! segment, shorter than their header says) is cut off; a damaged region is skipped by searching
 //! for the next good record. Records lost to damage are counted exactly by the gap in record ids
-//! (`corrupt_records`); their events are counted when their header survived. Open takes time
-//! proportional to the bytes on disk, at most `max_bytes`.
+//! (`corrupt_records`; a damaged record at the very end of the newest segment, which no later id
+//! reveals, is counted when its header is still readable); their events are counted when their
+//! header survived. A segment with damage is rewritten (to a temporary file, synced, renamed)
+//! with a lost-range marker in place of what was lost, so the next open does not count it again
+//! and the watermark can step over the lost ids. Open takes time proportional to the bytes on
+//! disk, at most `max_bytes`, and holds one segment in memory at a time.
 //!
 //! **Budget.** The bytes of the segments and the `acked` file together never exceed
 //! `max_bytes`. When an append does not fit, [`WhenFull::DropNewest`] refuses it and
@@ -445,6 +449,7 @@ impl DiskSpool {
         // Ranges of ids lost to damage: the watermark moves over them.
         let mut lost: Vec<(u64, u64)> = Vec::new();
         let count = names.len();
+        let oldest_first_id = names.first().map_or(1, |(id, _)| *id);
         for (i, (first_id, path)) in names.into_iter().enumerate() {
             let data = std::fs::read(&path).map_err(|e| SpoolError::io("read", &path, e))?;
             let (found, skipped, tail) = scan_segment(&data, max_payload);
@@ -467,11 +472,14 @@ impl DiskSpool {
             let mut kept: Vec<u8> = Vec::with_capacity(data.len());
             let mut rewrite = skipped > 0;
             let mut expected_end = 0u64;
+            // The last id this segment accounts for (a record or a marker's range).
+            let mut seg_last: Option<u64> = None;
             for f in &found {
                 let h = f.header;
                 let bytes = &data[f.offset as usize..(f.offset + h.record_bytes()) as usize];
-                // Before the first good record, the segment's name says which id comes first.
-                if let Some(prev) = last_good.or(first_id.checked_sub(1)) {
+                // Before the first good record, the oldest segment's name says which id came
+                // first (a segment with no good record left says nothing of its own).
+                if let Some(prev) = last_good.or(oldest_first_id.checked_sub(1)) {
                     let missing_from = (prev + 1).max(acked + 1);
                     if h.id > missing_from {
                         let missing = h.id - missing_from;
@@ -489,6 +497,11 @@ impl DiskSpool {
                         rewrite = true;
                     }
                 }
+                seg_last = Some(if h.kind == format::Kind::Lost {
+                    h.appended_ms
+                } else {
+                    h.id
+                });
                 if h.kind == format::Kind::Lost {
                     // Counted by the open that wrote it.
                     lost.push((h.id, h.appended_ms));
@@ -523,12 +536,11 @@ impl DiskSpool {
                 .filter(|_| last)
                 .and_then(|at| header_at(&data, at, max_payload))
                 .filter(|h| h.kind == format::Kind::Data);
-            if let Some(h) = tail_header {
-                let id = last_good
-                    .unwrap_or(0)
-                    .max(acked)
-                    .max(first_id.saturating_sub(1))
-                    + 1;
+            // Its true id follows the segment's last good record (or is the segment's first);
+            // at or below the watermark it had been acknowledged, and nothing is lost.
+            let tail_id = seg_last.map_or(first_id, |g| g + 1);
+            if let Some(h) = tail_header.filter(|_| tail_id > acked) {
+                let id = tail_id;
                 let events = if h.id == id { h.events } else { 0 };
                 recovery.corrupt_records += 1;
                 recovery.corrupt_events += u64::from(events);
@@ -541,7 +553,9 @@ impl DiskSpool {
                 replace_file(dir, &path, &kept)?;
             }
             seg.bytes = kept.len() as u64;
-            if seg.unacked_records == 0 && !last {
+            // Deleted only when the watermark covers it: a segment whose records were all lost
+            // keeps its lost-range markers until the watermark passes them.
+            if seg.unacked_records == 0 && seg.last_id <= acked && !last {
                 std::fs::remove_file(&path)
                     .map_err(|e| SpoolError::io("delete acknowledged segment", &path, e))?;
                 recovery.stale_segments += 1;
