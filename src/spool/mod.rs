@@ -270,6 +270,8 @@ pub struct DiskSpool {
 }
 
 const ACK_FILE: &str = "acked";
+/// How long `open` waits for a lock held by someone else before it says `Locked`.
+const LOCK_PATIENCE: Duration = Duration::from_millis(200);
 const LOCK_FILE: &str = "lock";
 const ACK_SLOT_BYTES: u64 = 16;
 const ACK_FILE_BYTES: u64 = 2 * ACK_SLOT_BYTES;
@@ -385,15 +387,24 @@ impl DiskSpool {
             .write(true)
             .open(&lock_path)
             .map_err(|e| SpoolError::io("open lock file", &lock_path, e))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(SpoolError::Locked {
-                    path: dir.to_owned(),
-                })
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(SpoolError::io("lock", &lock_path, e))
+        // A lock held only briefly is waited for: a process that forks copies its open files
+        // into the child until the child's `exec` closes them, so a spool dropped and opened
+        // again at that moment meets its own lock for a few milliseconds.
+        let began = Instant::now();
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if began.elapsed() < LOCK_PATIENCE => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(SpoolError::Locked {
+                        path: dir.to_owned(),
+                    })
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(SpoolError::io("lock", &lock_path, e))
+                }
             }
         }
         let ack_path = dir.join(ACK_FILE);

@@ -9,7 +9,9 @@
 //! - nothing acknowledged comes back, except the one record whose acknowledgement the kill
 //!   interrupted (at least once), and nothing is recovered that was never appended, except the
 //!   one append the kill interrupted before it was reported;
-//! - no record is damaged (a kill does not tear a write), and opening takes bounded time;
+//! - no reported record is damaged; the one record a kill may tear (Linux ends a write early at
+//!   a page boundary when a fatal signal is pending) was never reported, and recovery cuts it
+//!   off and counts it; opening takes bounded time;
 //! - while the child holds the spool, a second opener is refused with `Locked`.
 
 use std::collections::BTreeMap;
@@ -86,6 +88,7 @@ fn a_spool_killed_at_random_moments_loses_nothing_it_wrote() {
         rng
     };
     let mut twice = 0u64;
+    let mut torn = 0u64;
     for round in 0..24 {
         let up = round % 2 == 0;
         let mut cmd = Command::new(&exe);
@@ -151,8 +154,16 @@ fn a_spool_killed_at_random_moments_loses_nothing_it_wrote() {
             open_took < Duration::from_secs(5),
             "round {round}: open took {open_took:?}"
         );
-        assert_eq!(rec.corrupt_records, 0, "round {round}: {rec:?}");
-        assert_eq!(rec.skipped_bytes, 0, "round {round}: {rec:?}");
+        // A kill can tear the record being written (Linux ends a write early at a page
+        // boundary when a fatal signal is pending): that append never returned, so the record
+        // was never reported; recovery cuts it off and counts it. Nothing else may be damaged.
+        assert!(rec.corrupt_records <= 1, "round {round}: {rec:?}");
+        assert_eq!(
+            rec.skipped_bytes > 0,
+            rec.corrupt_records == 1,
+            "round {round}: {rec:?}"
+        );
+        torn += rec.corrupt_records;
         let mut found = Vec::new();
         while let Some(r) = spool.read_next().unwrap() {
             found.push((r.id, r.payload));
@@ -192,9 +203,17 @@ fn a_spool_killed_at_random_moments_loses_nothing_it_wrote() {
             .filter(|id| Some(*id) != interrupted_ack)
             .collect();
         assert!(lost.is_empty(), "round {round}: lost {lost:?} ({rec:?})");
-        // What the next child finds: everything recovered (the interrupted append included).
+        // Every fourth round the parent delivers what it recovered (acknowledges it all); else
+        // the next child finds everything recovered (the interrupted append included).
+        if round % 4 == 3 {
+            for (id, _) in &found {
+                spool.ack(*id).unwrap();
+            }
+            live.clear();
+        } else {
+            live = found.into_iter().collect();
+        }
         drop(spool);
-        live = found.into_iter().collect();
         eprintln!(
             "round {round} ({}): {} lines, {} recovered, open {:?}",
             if up { "up" } else { "down" },
@@ -203,5 +222,8 @@ fn a_spool_killed_at_random_moments_loses_nothing_it_wrote() {
             open_took
         );
     }
-    eprintln!("acknowledged records delivered again after a kill: {twice}");
+    eprintln!(
+        "acknowledged records delivered again after a kill: {twice}; records torn by a kill \
+         (their append never returned): {torn}"
+    );
 }
