@@ -227,3 +227,101 @@ fn a_spool_killed_at_random_moments_loses_nothing_it_wrote() {
          (their append never returned): {torn}"
     );
 }
+
+const FAULT_DIR: &str = "TELEMETRY_GATEWAY_SPOOL_FAULT_DIR";
+
+/// The child of the disk-fault test: its files may not grow past 64 KiB (`RLIMIT_FSIZE`, with
+/// `SIGXFSZ` ignored, so a write past it fails with `EFBIG` as a full disk would). Appends until
+/// the limit answers, then prints what it saw.
+#[test]
+fn child_appends_until_the_disk_refuses() {
+    let Some(dir) = std::env::var_os(FAULT_DIR) else {
+        return;
+    };
+    // SAFETY: plain libc calls on this single-threaded child before any file is written.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+        let lim = libc::rlimit {
+            rlim_cur: 64 * 1024,
+            rlim_max: 64 * 1024,
+        };
+        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lim), 0);
+    }
+    let opts = SpoolOptions {
+        segment_bytes: 1 << 20,
+        ..options()
+    };
+    let (mut spool, _) = DiskSpool::open(Path::new(&dir), opts).expect("open");
+    let mut out = std::io::stdout().lock();
+    let mut appended = 0u64;
+    let mut failures = Vec::new();
+    for n in 0..400u64 {
+        match spool.append(1, &payload(1, n)) {
+            // A smaller record may still fit after a failure: it must read back too.
+            Ok(a) => {
+                appended += 1;
+                writeln!(out, "\na {}", a.id).unwrap();
+            }
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    // Every record written before the fault reads back whole.
+    let mut read = 0;
+    while let Some(r) = spool.read_next().expect("read after a fault") {
+        assert_eq!(r.payload, payload(1, r.id - 1));
+        read += 1;
+    }
+    writeln!(
+        out,
+        "\nappended {appended} read {read} failures {} first {}",
+        failures.len(),
+        failures.first().cloned().unwrap_or_default()
+    )
+    .unwrap();
+    out.flush().unwrap();
+}
+
+/// Disk faults (the file size limit standing in for a full disk): an append that cannot be
+/// written returns an error naming the file, never panics; the partial record is cut off, so
+/// the records before it read back whole, in this process and after a reopen without the limit.
+#[test]
+fn a_full_disk_fails_appends_cleanly_and_corrupts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "spool_crash::child_appends_until_the_disk_refuses",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(FAULT_DIR, dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "child failed: {text}");
+    let summary = text
+        .lines()
+        .find(|l| l.starts_with("appended "))
+        .unwrap_or_else(|| panic!("no summary: {text}"));
+    let f: Vec<&str> = summary.split(' ').collect();
+    let appended: u64 = f[1].parse().unwrap();
+    let read: u64 = f[3].parse().unwrap();
+    let failures: u64 = f[5].parse().unwrap();
+    eprintln!("disk fault: {summary}");
+    assert!(appended > 10 && failures > 0, "{summary}");
+    assert_eq!(read, appended, "{summary}");
+    assert!(
+        summary.contains("File too large") && summary.contains(".seg"),
+        "the error says what and where: {summary}"
+    );
+    let (mut spool, rec) = DiskSpool::open(dir.path(), options()).unwrap();
+    assert_eq!(rec.records, appended, "{rec:?}");
+    assert_eq!(rec.corrupt_records, 0, "{rec:?}");
+    assert_eq!(rec.skipped_bytes, 0, "{rec:?}");
+    let mut n = 0;
+    while let Some(r) = spool.read_next().unwrap() {
+        assert_eq!(r.payload, payload(1, r.id - 1));
+        n += 1;
+    }
+    assert_eq!(n, appended);
+}
