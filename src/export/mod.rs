@@ -26,6 +26,10 @@ pub mod registry;
 pub mod sink;
 #[cfg(feature = "analytics")]
 pub mod sqlite;
+// Encoded requests sent as bytes; the spooled sink worker (ADR 0004) will be its first user,
+// tests reach it through `testing::internals` meanwhile.
+#[cfg_attr(not(feature = "testing"), allow(dead_code))]
+pub(crate) mod wire;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

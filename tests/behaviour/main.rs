@@ -24,3 +24,4 @@ mod spool_model;
 mod supervision;
 mod tracing_bridge;
 mod transport_seam;
+mod wire;

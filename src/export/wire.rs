@@ -1,0 +1,168 @@
+//! OTLP export requests as bytes: encoded once, sent unchanged.
+//!
+//! The disk spool (issue 16) stores an export request as the bytes an exporter would send, so a
+//! replay after a restart sends exactly what would have been sent; the encode-once work (issue
+//! 17) sends those bytes without building the request again. This module is that seam:
+//! [`encode_spans`] builds the `ExportTraceServiceRequest` bytes, and [`WireSender`] sends any
+//! encoded request over gRPC, through a pass-through codec on the signal's service method, so
+//! the bytes on the wire are the bytes given.
+//!
+//! Errors keep the SDK exporter's classification (`SinkError`): a malformed-data answer (gRPC
+//! `INVALID_ARGUMENT`) is a rejection, never retried; anything else is a failure the caller may
+//! hold and retry.
+//!
+//! Not yet on the data path: the spooled sink worker (ADR 0004, "Next") will be its first user.
+
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
+use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
+use opentelemetry_sdk::trace::SpanData;
+use opentelemetry_sdk::Resource;
+use prost::Message;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+use super::sink::SinkError;
+
+/// Which OTLP service an encoded request is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireSignal {
+    /// `ExportTraceServiceRequest`.
+    Traces,
+    /// `ExportLogsServiceRequest`.
+    Logs,
+}
+
+impl WireSignal {
+    /// The gRPC method the request is sent to.
+    pub fn grpc_path(self) -> &'static str {
+        match self {
+            WireSignal::Traces => "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            WireSignal::Logs => "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+        }
+    }
+}
+
+/// The `ExportTraceServiceRequest` for `spans` under `resource`, encoded (OTLP protobuf): the
+/// same message the SDK's OTLP exporter builds for them.
+pub fn encode_spans(spans: &[SpanData], resource: &Resource) -> Vec<u8> {
+    let resource = ResourceAttributesWithSchema::from(resource);
+    let request = ExportTraceServiceRequest {
+        resource_spans: group_spans_by_resource_and_scope(spans.to_vec(), &resource),
+    };
+    request.encode_to_vec()
+}
+
+/// A codec that sends the given bytes as the message and returns the answer's bytes as they
+/// came: the request is already encoded, and only the status of the answer matters.
+#[derive(Debug, Clone, Copy, Default)]
+struct PassThrough;
+
+impl Codec for PassThrough {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = PassThrough;
+    type Decoder = PassThrough;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        PassThrough
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        PassThrough
+    }
+}
+
+impl Encoder for PassThrough {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for PassThrough {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, tonic::Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+/// Sends encoded export requests to one OTLP gRPC endpoint.
+#[derive(Debug, Clone)]
+pub struct WireSender {
+    channel: tonic::transport::Channel,
+    metadata: tonic::metadata::MetadataMap,
+    timeout: Duration,
+}
+
+/// Why a [`WireSender`] could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("OTLP endpoint {endpoint:?} cannot be used: {error}")]
+pub struct WireBuildError {
+    /// The endpoint, as configured.
+    pub endpoint: String,
+    /// What is wrong with it.
+    pub error: String,
+}
+
+impl WireSender {
+    /// A sender to `endpoint` (`http://host:port`) with these gRPC metadata (headers) and a time
+    /// limit per request. Connects lazily: building it never waits for the network. Must be
+    /// built inside the tokio runtime it will send from (a tonic channel binds to it); outside
+    /// any runtime it is an error, not a panic.
+    pub fn grpc(
+        endpoint: &str,
+        metadata: tonic::metadata::MetadataMap,
+        timeout: Duration,
+    ) -> Result<Self, WireBuildError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(WireBuildError {
+                endpoint: endpoint.to_owned(),
+                error: "a gRPC sender must be built inside a tokio runtime".into(),
+            });
+        }
+        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
+            .map_err(|e| WireBuildError {
+                endpoint: endpoint.to_owned(),
+                error: e.to_string(),
+            })?
+            .timeout(timeout)
+            .connect_lazy();
+        Ok(WireSender {
+            channel,
+            metadata,
+            timeout,
+        })
+    }
+
+    /// Sends one encoded request of `signal` and waits for the answer (within the timeout).
+    pub async fn send(&self, signal: WireSignal, body: Bytes) -> Result<(), SinkError> {
+        let call = async {
+            let mut grpc = tonic::client::Grpc::new(self.channel.clone());
+            grpc.ready()
+                .await
+                .map_err(|e| SinkError::Failed(format!("connection not ready: {e}")))?;
+            let mut request = tonic::Request::new(body);
+            *request.metadata_mut() = self.metadata.clone();
+            let path = http::uri::PathAndQuery::from_static(signal.grpc_path());
+            grpc.unary(request, path, PassThrough)
+                .await
+                .map(|_| ())
+                .map_err(|status| match status.code() {
+                    tonic::Code::InvalidArgument => SinkError::Rejected(status.to_string()),
+                    _ => SinkError::Failed(status.to_string()),
+                })
+        };
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(SinkError::Timeout(self.timeout)),
+        }
+    }
+}

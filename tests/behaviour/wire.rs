@@ -1,0 +1,154 @@
+//! Encoded export requests sent as bytes (`export::wire`, the seam the disk spool and the
+//! encode-once work stand on): what arrives at a real gRPC receiver is what the SDK's own OTLP
+//! exporter delivers for the same spans, field for field; the receiver's answers are classified
+//! as the SDK exporter's are.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use opentelemetry::logs::LoggerProvider as _;
+use opentelemetry::metrics::MeterProvider as _;
+use opentelemetry_sdk::logs::SdkLoggerProvider;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use opentelemetry_sdk::trace::{SpanData, SpanExporter as _};
+use opentelemetry_sdk::Resource;
+use prost::Message;
+use serde_json::json;
+use telemetry_gateway::config::{CaseSection, RedactionSection};
+use telemetry_gateway::export::mapping::Mapper;
+use telemetry_gateway::redaction::Redactor;
+use telemetry_gateway::testing::internals::{encode_spans, RoutingTable, WireSender, WireSignal};
+use telemetry_gateway::testing::OtlpReceiver;
+use telemetry_gateway::{SinkError, TelemetryCase, TelemetryContext, TelemetryEnvelope};
+
+/// Gateway spans for a workflow run of `n` nodes, as the batcher would export them.
+fn spans(n: usize) -> Vec<SpanData> {
+    let table = RoutingTable::new(&BTreeMap::<String, CaseSection>::new());
+    let meter_provider = SdkMeterProvider::builder().build();
+    let meter = meter_provider.meter("wire");
+    let _logs = SdkLoggerProvider::builder().build().logger("wire");
+    let redactor = Redactor::from_config(&RedactionSection::default()).unwrap();
+    let mapper = Mapper::new("app", true, &table, &meter, redactor);
+    let mut out = Vec::new();
+    for i in 0..n {
+        let case = if i == 0 {
+            TelemetryCase::WorkflowRun
+        } else {
+            TelemetryCase::NodeExecution
+        };
+        let mut env = TelemetryEnvelope::new(case, TelemetryContext::tenant("t"))
+            .with_run_id("run-wire")
+            .with_payload(json!({"seq": i, "status": "succeeded", "tokens": 7 * i}));
+        let route = table.route(&env.case).unwrap();
+        telemetry_gateway::correlation::resolve(&mut env, route.root_span);
+        let payload = match &env.payload {
+            telemetry_gateway::Payload::Inline(p) => Some(p.clone()),
+            _ => None,
+        };
+        out.push(mapper.span(&env, payload.as_ref()));
+    }
+    out
+}
+
+fn resource() -> Resource {
+    Resource::builder_empty()
+        .with_service_name("wire-test")
+        .build()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn bytes_sent_as_they_are_arrive_as_the_sdk_exporter_sends_them() {
+    let spans = spans(11);
+    let rt = runtime();
+    // The SDK's own exporter, to one receiver.
+    let by_sdk = OtlpReceiver::start();
+    rt.block_on(async {
+        use opentelemetry_otlp::WithExportConfig;
+        let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(by_sdk.endpoint())
+            .build()
+            .unwrap();
+        exporter.set_resource(&resource());
+        exporter.export(spans.clone()).await.unwrap();
+    });
+    // The encoded request as bytes, to another.
+    let by_wire = OtlpReceiver::start();
+    let body = encode_spans(&spans, &resource());
+    let _in_runtime = rt.enter();
+    let sender = WireSender::grpc(
+        &by_wire.endpoint(),
+        Default::default(),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    rt.block_on(sender.send(WireSignal::Traces, Bytes::from(body.clone())))
+        .unwrap();
+
+    let (a, b) = (by_sdk.received(), by_wire.received());
+    assert_eq!(a.spans.len(), 11);
+    assert_eq!(a.spans, b.spans, "the same spans, field for field");
+    // And the bytes decode to exactly those spans.
+    let decoded =
+        opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(
+            body.as_slice(),
+        )
+        .unwrap();
+    let sent: Vec<_> = decoded
+        .resource_spans
+        .iter()
+        .flat_map(|r| r.scope_spans.iter())
+        .flat_map(|s| s.spans.iter().cloned())
+        .collect();
+    assert_eq!(sent, b.spans);
+}
+
+#[test]
+fn the_receivers_answers_are_classified_as_the_sdk_exporter_does() {
+    let rt = runtime();
+    let rx = OtlpReceiver::start();
+    let body = Bytes::from(encode_spans(&spans(2), &resource()));
+    // Outside a runtime: an error, not a panic.
+    let outside = WireSender::grpc(&rx.endpoint(), Default::default(), Duration::from_secs(1));
+    assert!(
+        outside.is_err_and(|e| e.to_string().contains("tokio runtime")),
+        "built outside a runtime"
+    );
+    let _in_runtime = rt.enter();
+    let sender =
+        WireSender::grpc(&rx.endpoint(), Default::default(), Duration::from_secs(5)).unwrap();
+    rx.fail_with(Some(tonic::Code::InvalidArgument));
+    let r = rt.block_on(sender.send(WireSignal::Traces, body.clone()));
+    assert!(matches!(r, Err(SinkError::Rejected(_))), "{r:?}");
+    rx.fail_with(Some(tonic::Code::Unavailable));
+    let r = rt.block_on(sender.send(WireSignal::Traces, body.clone()));
+    assert!(matches!(r, Err(SinkError::Failed(_))), "{r:?}");
+    rx.fail_with(None);
+    rt.block_on(sender.send(WireSignal::Traces, body)).unwrap();
+    assert_eq!(rx.received().spans.len(), 2);
+    // Nobody listening: a failure (held and retried by the caller), within the time limit.
+    let dead = WireSender::grpc(
+        "http://127.0.0.1:9",
+        Default::default(),
+        Duration::from_millis(500),
+    )
+    .unwrap();
+    let r = rt.block_on(dead.send(WireSignal::Traces, Bytes::from_static(b"")));
+    assert!(
+        matches!(r, Err(SinkError::Failed(_) | SinkError::Timeout(_))),
+        "{r:?}"
+    );
+    // An endpoint that is not a URI is refused when the sender is built, naming it.
+    let err =
+        WireSender::grpc("not a uri", Default::default(), Duration::from_secs(1)).unwrap_err();
+    assert!(err.to_string().contains("not a uri"), "{err}");
+}
