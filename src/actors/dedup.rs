@@ -43,6 +43,22 @@ pub enum Verdict {
     Duplicate,
     /// The store could not answer: process it (fail-open) and count.
     Unavailable,
+    /// Seen before, and the mark is this same owner's (see [`CheckOwned`]): an earlier delivery
+    /// of the same stream entry set it and never committed, so the entry is handled.
+    Own,
+}
+
+/// [`CheckBatch`] with an owner per key (a stream entry id, in a worker): the Redis backend
+/// stores the owner as the mark's value (the memory backend a hash of it) and answers
+/// [`Verdict::Own`] when a key's mark is that owner's, so a redelivered entry is told from a
+/// re-appended copy of its event.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<Verdict>")]
+pub struct CheckOwned {
+    /// The keys.
+    pub keys: Vec<DedupKey>,
+    /// One owner per key (`None`: no owner, as [`CheckBatch`]).
+    pub owners: Vec<Option<String>>,
 }
 
 /// Check a batch of keys; the reply has one verdict per key, in order.
@@ -53,8 +69,19 @@ pub struct CheckBatch(pub Vec<DedupKey>);
 /// The in-memory backend: bounded, with TTL.
 #[derive(Debug)]
 pub struct MemoryDedup {
-    seen: LruCache<DedupKey, Instant, foldhash::fast::RandomState>,
+    /// Each key's expiry and its owner's hash (0: no owner).
+    seen: LruCache<DedupKey, (Instant, u64), foldhash::fast::RandomState>,
     ttl: Duration,
+}
+
+/// A nonzero hash of an owner (0 stands for "no owner").
+fn owner_hash(owner: Option<&str>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    owner.map_or(0, |o| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        o.hash(&mut h);
+        h.finish().max(1)
+    })
 }
 
 impl MemoryDedup {
@@ -69,16 +96,29 @@ impl MemoryDedup {
 
     /// Marks `key` as seen and says whether it was new.
     pub fn check(&mut self, key: DedupKey) -> Verdict {
+        self.check_owned(key, None)
+    }
+
+    /// [`check`](Self::check) with an owner: a mark set by the same owner answers
+    /// [`Verdict::Own`].
+    pub fn check_owned(&mut self, key: DedupKey, owner: Option<&str>) -> Verdict {
         let now = Instant::now();
+        let mine = owner_hash(owner);
         match self.seen.get_mut(&key) {
-            Some(expires) if *expires > now => Verdict::Duplicate,
-            Some(expires) => {
+            Some((expires, by)) if *expires > now => {
+                if mine != 0 && *by == mine {
+                    Verdict::Own
+                } else {
+                    Verdict::Duplicate
+                }
+            }
+            Some(mark) => {
                 // Seen, but longer ago than the TTL: new again, remembered afresh.
-                *expires = now + self.ttl;
+                *mark = (now + self.ttl, mine);
                 Verdict::New
             }
             None => {
-                self.seen.put(key, now + self.ttl);
+                self.seen.put(key, (now + self.ttl, mine));
                 Verdict::New
             }
         }
@@ -206,10 +246,35 @@ enum RedisOutcome {
 impl Handler<CheckBatch> for DedupActor {
     type Result = ResponseActFuture<Self, Vec<Verdict>>;
 
-    fn handle(&mut self, msg: CheckBatch, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: CheckBatch, ctx: &mut Self::Context) -> Self::Result {
+        let owners = vec![None; msg.0.len()];
+        self.handle(
+            CheckOwned {
+                keys: msg.0,
+                owners,
+            },
+            ctx,
+        )
+    }
+}
+
+impl Handler<CheckOwned> for DedupActor {
+    type Result = ResponseActFuture<Self, Vec<Verdict>>;
+
+    fn handle(&mut self, msg: CheckOwned, _ctx: &mut Self::Context) -> Self::Result {
         match &mut self.backend {
             Backend::Memory(m) => {
-                let v = msg.0.into_iter().map(|k| m.check(k)).collect();
+                let v = msg
+                    .keys
+                    .into_iter()
+                    .zip(
+                        msg.owners
+                            .iter()
+                            .map(Option::as_deref)
+                            .chain(std::iter::repeat(None)),
+                    )
+                    .map(|(k, o)| m.check_owned(k, o))
+                    .collect();
                 Box::pin(actix::fut::ready(v))
             }
             #[cfg(feature = "redis")]
@@ -220,10 +285,12 @@ impl Handler<CheckBatch> for DedupActor {
 
 #[cfg(feature = "redis")]
 impl DedupActor {
-    /// One pipelined `SET NX EX` round trip for the batch, failing open.
-    fn check_redis(&mut self, msg: CheckBatch) -> ResponseActFuture<Self, Vec<Verdict>> {
-        let n = msg.0.len();
-        let keys: Vec<String> = msg.0.iter().map(|k| self.redis_key(k)).collect();
+    /// One pipelined `SET NX EX` round trip for the batch (with a `GET` after each owned key, to
+    /// tell an owner's own mark), failing open.
+    fn check_redis(&mut self, msg: CheckOwned) -> ResponseActFuture<Self, Vec<Verdict>> {
+        let n = msg.keys.len();
+        let keys: Vec<String> = msg.keys.iter().map(|k| self.redis_key(k)).collect();
+        let owners = msg.owners;
         let (ttl, timeout, reconnect_interval) =
             (self.ttl_secs, self.timeout, self.reconnect_interval);
         let Backend::Redis(redis) = &mut self.backend else {
@@ -275,27 +342,45 @@ impl DedupActor {
                 }
             };
             let mut pipe = redis::pipe();
-            for k in &keys {
-                pipe.cmd("SET").arg(k).arg(1).arg("NX").arg("EX").arg(ttl);
+            for (i, k) in keys.iter().enumerate() {
+                match owners.get(i).and_then(Option::as_deref) {
+                    Some(owner) => {
+                        pipe.cmd("SET")
+                            .arg(k)
+                            .arg(owner)
+                            .arg("NX")
+                            .arg("EX")
+                            .arg(ttl);
+                        pipe.cmd("GET").arg(k);
+                    }
+                    None => {
+                        pipe.cmd("SET").arg(k).arg(1).arg("NX").arg("EX").arg(ttl);
+                    }
+                }
             }
+            let expected = n + owners.iter().filter(|o| o.is_some()).count();
             let remaining = timeout
                 .saturating_sub(started.elapsed())
                 .max(Duration::from_millis(1));
             let res: Result<Result<Vec<Option<String>>, redis::RedisError>, _> =
                 tokio::time::timeout(remaining, pipe.query_async(&mut c)).await;
             let outcome = match res {
-                Ok(Ok(replies)) if replies.len() == n => RedisOutcome::Answered(
-                    replies
-                        .into_iter()
-                        .map(|r| {
-                            if r.is_some() {
-                                Verdict::New
-                            } else {
-                                Verdict::Duplicate
+                Ok(Ok(replies)) if replies.len() == expected => {
+                    let mut replies = replies.into_iter();
+                    let verdicts = (0..n)
+                        .map(|i| {
+                            let set = replies.next().flatten();
+                            let owner = owners.get(i).and_then(Option::as_deref);
+                            let mark = owner.and_then(|_| replies.next().flatten());
+                            match (set, owner) {
+                                (Some(_), _) => Verdict::New,
+                                (None, Some(o)) if mark.as_deref() == Some(o) => Verdict::Own,
+                                (None, _) => Verdict::Duplicate,
                             }
                         })
-                        .collect(),
-                ),
+                        .collect();
+                    RedisOutcome::Answered(verdicts)
+                }
                 Ok(Ok(_)) => RedisOutcome::Failed {
                     drop_connection: false,
                 },

@@ -15,8 +15,11 @@
 //! **In a worker** (Redis Streams transport, `Shared::worker`), the events a batch settles are
 //! noted in the worker's ledger under the read side of its commit gate, in the same step that
 //! records their metrics, so a commit exports exactly the counts of the entries it
-//! acknowledges (`transport::worker`). A redelivered entry is handled even when the dedup store
-//! has seen its id: that mark is its own earlier, uncommitted delivery.
+//! acknowledges (`transport::worker`). Each work item carries its stream entry id as the owner
+//! of its dedup mark: a redelivered entry whose mark is its own (an earlier delivery that never
+//! committed) is handled (`Verdict::Own`), while a re-appended copy of the same event (another
+//! entry) is a duplicate. (Before, any entry delivered more than once was exempt, so an entry
+//! deferred while dedup was away and a re-appended copy of it could both be handled.)
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Debug;
@@ -27,7 +30,7 @@ use actix::prelude::*;
 use opentelemetry::KeyValue;
 use uuid::Uuid;
 
-use super::dedup::{CheckBatch, DedupActor, DedupKey, Verdict};
+use super::dedup::{CheckOwned, DedupActor, DedupKey, Verdict};
 use super::rehydrator::{RehydrateBatch, RehydrateItem, RehydratorActor};
 use super::{Backpressure, Shared};
 use crate::contracts::{JsonObject, Payload, TelemetryEnvelope};
@@ -57,10 +60,21 @@ struct Work {
     payload: Option<JsonObject>,
     rehydrated: bool,
     degraded: Option<ReasonCode>,
-    /// A stream entry delivered before whose earlier delivery never committed (its worker died
-    /// or its handler panicked): handled even if the dedup store has seen its id.
-    redelivered: bool,
+    /// Dedup checks that found the store unavailable (a worker asks again before deferring).
+    dedup_attempts: u32,
+    /// In a worker: the stream entry this work item stands for, the owner of its dedup mark.
+    owner: Option<String>,
 }
+
+/// How many times a worker's handler asks an unavailable dedup store about the same events
+/// before it defers them (`dedup_deferred`), and how long it waits between two asks. A Redis
+/// restart is usually over within that second: deferring then would make the entry come back
+/// as a redelivery, which the dedup exemption for redeliveries cannot tell from one whose
+/// earlier delivery was handled (see docs/deployment.md, "Redis restarts").
+pub(crate) const WORKER_DEDUP_ATTEMPTS: u32 = 10;
+
+/// The wait between two asks (see [`WORKER_DEDUP_ATTEMPTS`]).
+pub(crate) const WORKER_DEDUP_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The metric/log handler of one partition.
 pub(crate) struct MetricHandlerActor {
@@ -194,18 +208,15 @@ impl MetricHandlerActor {
                     act.shared.counters.recorder().attach_all(&mut evs);
                     let worker = act.shared.worker.clone();
                     act.in_hand
-                        .extend(envs.into_iter().zip(evs).map(|(env, ev)| {
-                            Work {
-                                rehydrated: !matches!(env.payload, Payload::Ref(_)),
-                                payload: None,
-                                redelivered: worker
-                                    .as_ref()
-                                    .is_some_and(|w| w.is_redelivery(&env.event_id)),
-                                ev,
-                                env,
-                                deduped: false,
-                                degraded: None,
-                            }
+                        .extend(envs.into_iter().zip(evs).map(|(env, ev)| Work {
+                            rehydrated: !matches!(env.payload, Payload::Ref(_)),
+                            payload: None,
+                            owner: worker.as_ref().and_then(|w| w.take_owner(&env.event_id)),
+                            ev,
+                            env,
+                            deduped: false,
+                            degraded: None,
+                            dedup_attempts: 0,
                         }));
                     act.pump(ctx);
                 }
@@ -225,101 +236,125 @@ impl MetricHandlerActor {
             })
             .collect();
         let n = keys.len();
-        ctx.spawn(
-            self.dedup
-                .send(CheckBatch(keys))
-                .into_actor(self)
-                .map(move |res, act, ctx| {
-                    let verdicts = res.unwrap_or_else(|_| vec![Verdict::Unavailable; n]);
-                    if verdicts.contains(&Verdict::Unavailable) {
-                        // One failed or timed-out store call; its events are counted as
-                        // degraded (`dedup_store_unavailable`) one by one below.
-                        Counters::add(&act.shared.counters.dedup_store_errors, 1);
-                    }
-                    let mut verdicts = verdicts.into_iter();
-                    let mut kept = VecDeque::with_capacity(act.in_hand.len());
-                    let mut checked: Vec<EventRef> = Vec::with_capacity(act.in_hand.len());
-                    let mut duplicates: Vec<Uuid> = Vec::new();
-                    let mut deferred = 0u64;
-                    for mut w in act.in_hand.drain(..) {
-                        if w.deduped {
-                            kept.push_back(w);
-                            continue;
-                        }
-                        w.deduped = true;
-                        match verdicts.next().unwrap_or(Verdict::Unavailable) {
-                            Verdict::Duplicate if w.redelivered => {
-                                // Its id was marked by the delivery that never committed.
-                                act.shared.counters.step(
-                                    &w.ev,
-                                    Stage::DedupChecked,
-                                    Some("redelivered: its earlier delivery never committed, so the \
-                                     dedup store's mark is its own; handled"),
-                                );
-                            }
-                            Verdict::Duplicate => {
-                                act.shared.counters.settle(
-                                    &w.ev,
-                                    Holder::MetricLogPath,
-                                    Outcome::dropped(ReasonCode::Duplicate),
-                                );
-                                duplicates.push(w.ev.event_id);
-                                continue;
-                            }
-                            // A worker does not fail open: its stream delivers the entry again
-                            // (after `transport.claim_idle_ms`), when the store can be asked.
-                            // Handled unchecked, a copy the producer re-appended (its XADD
-                            // applied, the reply lost) would count twice.
-                            Verdict::Unavailable if act.shared.worker.is_some() => {
-                                act.shared.counters.settle(
-                                    &w.ev,
-                                    Holder::MetricLogPath,
-                                    Outcome::Dropped {
-                                        reason: ReasonCode::DedupDeferred,
-                                        detail: Some(
-                                            "dedup store unavailable: the entry stays pending \
-                                             and is read again",
-                                        ),
-                                    },
-                                );
-                                deferred += 1;
-                                continue;
-                            }
-                            Verdict::Unavailable => {
-                                act.shared.counters.degrade_event(
-                                    &w.ev,
-                                    ReasonCode::DedupStoreUnavailable,
-                                    Some("processed without dedup (fail-open)"),
-                                );
-                            }
-                            Verdict::New => checked.push(w.ev.clone()),
-                        }
-                        kept.push_back(w);
-                    }
-                    act.shared
-                        .counters
-                        .recorder()
-                        .record_batch(&checked, &[(Stage::DedupChecked, None)]);
-                    act.in_hand = kept;
-                    for id in duplicates {
-                        act.note_settled(id);
-                    }
-                    if deferred > 0 {
-                        act.shared.counters.log.warn_limited(
-                            "dedup store unavailable; worker entries left pending",
-                            || {
-                                tracing::warn!(
-                                    handler = act.index,
-                                    entries = deferred,
-                                    "dedup store unavailable; worker entries left pending to be \
-                                     read again"
-                                )
-                            },
+        // In a worker each key carries its stream entry as the mark's owner (see `Verdict::Own`).
+        let owners: Vec<Option<String>> = self
+            .in_hand
+            .iter()
+            .filter(|w| !w.deduped)
+            .map(|w| w.owner.clone())
+            .collect();
+        let ask = self.dedup.send(CheckOwned { keys, owners });
+        ctx.spawn(ask.into_actor(self).map(move |res, act, ctx| {
+            let verdicts = res.unwrap_or_else(|_| vec![Verdict::Unavailable; n]);
+            if verdicts.contains(&Verdict::Unavailable) {
+                // One failed or timed-out store call; its events are counted as
+                // degraded (`dedup_store_unavailable`) one by one below.
+                Counters::add(&act.shared.counters.dedup_store_errors, 1);
+            }
+            let mut verdicts = verdicts.into_iter();
+            let mut kept = VecDeque::with_capacity(act.in_hand.len());
+            let mut checked: Vec<EventRef> = Vec::with_capacity(act.in_hand.len());
+            let mut duplicates: Vec<Uuid> = Vec::new();
+            let mut deferred = 0u64;
+            let mut ask_again = false;
+            for mut w in act.in_hand.drain(..) {
+                if w.deduped {
+                    kept.push_back(w);
+                    continue;
+                }
+                let verdict = verdicts.next().unwrap_or(Verdict::Unavailable);
+                // A worker asks again (briefly) before deferring: see
+                // WORKER_DEDUP_ATTEMPTS.
+                if verdict == Verdict::Unavailable
+                    && act.shared.worker.is_some()
+                    && w.dedup_attempts + 1 < WORKER_DEDUP_ATTEMPTS
+                {
+                    w.dedup_attempts += 1;
+                    ask_again = true;
+                    kept.push_back(w);
+                    continue;
+                }
+                w.deduped = true;
+                match verdict {
+                    Verdict::Own => {
+                        // Its id was marked by this entry's delivery that never
+                        // committed (the mark's owner is this stream entry).
+                        act.shared.counters.step(
+                            &w.ev,
+                            Stage::DedupChecked,
+                            Some(
+                                "redelivered: the dedup store's mark is this entry's own \
+                                     earlier delivery, which never committed; handled",
+                            ),
                         );
                     }
-                    act.pump(ctx);
-                }),
-        );
+                    Verdict::Duplicate => {
+                        act.shared.counters.settle(
+                            &w.ev,
+                            Holder::MetricLogPath,
+                            Outcome::dropped(ReasonCode::Duplicate),
+                        );
+                        duplicates.push(w.ev.event_id);
+                        continue;
+                    }
+                    // A worker does not fail open: its stream delivers the entry again
+                    // (after `transport.claim_idle_ms`), when the store can be asked.
+                    // Handled unchecked, a copy the producer re-appended (its XADD
+                    // applied, the reply lost) would count twice.
+                    Verdict::Unavailable if act.shared.worker.is_some() => {
+                        act.shared.counters.settle(
+                            &w.ev,
+                            Holder::MetricLogPath,
+                            Outcome::Dropped {
+                                reason: ReasonCode::DedupDeferred,
+                                detail: Some(
+                                    "dedup store unavailable: the entry stays pending \
+                                             and is read again",
+                                ),
+                            },
+                        );
+                        deferred += 1;
+                        continue;
+                    }
+                    Verdict::Unavailable => {
+                        act.shared.counters.degrade_event(
+                            &w.ev,
+                            ReasonCode::DedupStoreUnavailable,
+                            Some("processed without dedup (fail-open)"),
+                        );
+                    }
+                    Verdict::New => checked.push(w.ev.clone()),
+                }
+                kept.push_back(w);
+            }
+            act.shared
+                .counters
+                .recorder()
+                .record_batch(&checked, &[(Stage::DedupChecked, None)]);
+            act.in_hand = kept;
+            for id in duplicates {
+                act.note_settled(id);
+            }
+            if deferred > 0 {
+                act.shared.counters.log.warn_limited(
+                    "dedup store unavailable; worker entries left pending",
+                    || {
+                        tracing::warn!(
+                            handler = act.index,
+                            entries = deferred,
+                            "dedup store unavailable; worker entries left pending to be \
+                                     read again"
+                        )
+                    },
+                );
+            }
+            if ask_again {
+                // The events wait in hand; nothing else is taken meanwhile.
+                ctx.run_later(WORKER_DEDUP_RETRY, |act, ctx| act.pump(ctx));
+                return;
+            }
+            act.pump(ctx);
+        }));
     }
 
     fn rehydrate_step(&mut self, ctx: &mut Context<Self>) {

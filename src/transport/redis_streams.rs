@@ -554,6 +554,7 @@ impl RedisStreamSource {
                     HeldEntry {
                         entry_id: entry.id.clone(),
                         deliveries,
+                        given: false,
                     },
                 );
             }

@@ -54,6 +54,9 @@ use crate::export::logs::LogBatcher;
 pub(crate) struct HeldEntry {
     pub(crate) entry_id: String,
     pub(crate) deliveries: u64,
+    /// Whether a handler took this entry's id as the owner of its dedup mark (each copy of an
+    /// event in hand is given to one handler work item).
+    pub(crate) given: bool,
 }
 
 /// What a worker's consumers, handlers and committer share.
@@ -81,18 +84,23 @@ impl WorkerLedger {
         let held = in_hand.entry(id).or_default();
         // The same entry again (reclaimed after its handler panicked): one hold, newest count.
         match held.iter_mut().find(|e| e.entry_id == entry.entry_id) {
-            Some(e) => e.deliveries = entry.deliveries,
+            Some(e) => {
+                e.deliveries = entry.deliveries;
+                e.given = false;
+            }
             None => held.push(entry),
         }
     }
 
-    /// Whether an entry of `id` in hand was delivered before (its earlier delivery never
-    /// committed: the worker that had it died or its handler panicked).
-    pub(crate) fn is_redelivery(&self, id: &Uuid) -> bool {
-        self.in_hand
-            .lock()
-            .get(id)
-            .is_some_and(|v| v.iter().any(|e| e.deliveries > 1))
+    /// The stream entry id a handler's work item for event `id` stands for: the first copy in
+    /// hand not yet given out (copies are held and taken in read order). It is the owner of the
+    /// event's dedup mark, so a redelivery of this entry finds its own mark (`Verdict::Own`)
+    /// while a re-appended copy (another entry) finds a duplicate.
+    pub(crate) fn take_owner(&self, id: &Uuid) -> Option<String> {
+        let mut in_hand = self.in_hand.lock();
+        let e = in_hand.get_mut(id)?.iter_mut().find(|e| !e.given)?;
+        e.given = true;
+        Some(e.entry_id.clone())
     }
 
     /// Events that reached their outcome (call with the read side of `gate` held when their
