@@ -43,7 +43,7 @@ pub enum Verdict {
     Duplicate,
     /// The store could not answer: process it (fail-open) and count.
     Unavailable,
-    /// Seen before, and the mark is this same owner's (see [`CheckOwned`]): an earlier delivery
+    /// Seen before, and the mark is this same owner's (see `CheckOwned`): an earlier delivery
     /// of the same stream entry set it and never committed, so the entry is handled.
     Own,
 }
