@@ -39,13 +39,38 @@ use support::rss_bytes;
 /// The tests of this binary run one at a time, so the RSS one measures is its gateway's alone.
 static ONE_AT_A_TIME: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
 
-/// A gateway exporting to `rx` with short retries, so a test's outage ends in seconds.
-fn outage_config(rx: &OtlpReceiver) -> (GatewayConfig, tempfile::TempDir) {
+/// The capacities a test gives the queues (batches of 50 trace events).
+struct Queues {
+    trace: usize,
+    sink_batches: usize,
+    logs: usize,
+    metric_per_handler: usize,
+    gateway: usize,
+}
+
+/// A gateway exporting to `rx` with short retries (a test's outage ends in seconds) and these
+/// queue capacities.
+fn outage_config(rx: &OtlpReceiver, q: Queues) -> (GatewayConfig, tempfile::TempDir) {
     let (mut c, d) = support::config();
     c.otlp.endpoint = Some(rx.endpoint());
     c.otlp.timeout_ms = 2_000;
     c.retry.outage_backoff_max_ms = 500;
+    c.trace_batcher.queue_capacity = q.trace;
+    c.trace_batcher.max_batch_size = 50;
+    c.trace_batcher.sink_queue_batches = q.sink_batches;
+    c.export.log_queue_capacity = q.logs;
+    c.metric_pool.queue_capacity = q.metric_per_handler;
+    c.gateway.queue_capacity = q.gateway;
     (c, d)
+}
+
+/// Waits (up to a minute) until nothing is in flight, then shuts down.
+fn settle_and_shut_down(gw: GatewayHandle) -> telemetry_gateway::ShutdownReport {
+    let end = Instant::now() + Duration::from_secs(60);
+    while gw.stats().in_flight > 0 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    gw.shutdown_blocking(support::DEADLINE)
 }
 
 /// What one outage run saw from the host's side.
@@ -117,25 +142,22 @@ fn assert_bounded(seen: &Emitted) {
 fn an_outage_that_fits_in_the_queues_loses_nothing() {
     let _one = ONE_AT_A_TIME.lock();
     let rx = OtlpReceiver::start();
-    let (mut c, _d) = outage_config(&rx);
     // Small queues inside, so every wait for room is exercised; the gateway queue holds all.
-    c.trace_batcher.queue_capacity = 300;
-    c.trace_batcher.max_batch_size = 50;
-    c.trace_batcher.sink_queue_batches = 2;
-    c.export.log_queue_capacity = 400;
+    let queues = Queues {
+        trace: 300,
+        sink_batches: 2,
+        logs: 400,
+        metric_per_handler: 50,
+        gateway: 20_000,
+    };
+    let (mut c, _d) = outage_config(&rx, queues);
     c.export.log_max_batch_size = 100;
-    c.metric_pool.queue_capacity = 50;
-    c.gateway.queue_capacity = 20_000;
     let gw = start(c).unwrap();
     let seen = emit_through_outage(&gw, &rx, Duration::from_secs(6), 10);
     assert_eq!(seen.refused, 0, "everything fitted: {seen:?}");
     assert_bounded(&seen);
     let events = seen.accepted_traces + seen.accepted_metrics;
-    let end = Instant::now() + Duration::from_secs(60);
-    while gw.stats().in_flight > 0 && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let report = gw.shutdown_blocking(support::DEADLINE);
+    let report = settle_and_shut_down(gw);
     let s = &report.stats;
     assert!(report.is_clean(), "{report:?}");
     assert_eq!(s.emitted, events, "{s:?}");
@@ -163,13 +185,14 @@ fn an_outage_that_fits_in_the_queues_loses_nothing() {
 fn an_outage_longer_than_the_queues_refuses_at_emit_and_drops_nothing_inside() {
     let _one = ONE_AT_A_TIME.lock();
     let rx = OtlpReceiver::start();
-    let (mut c, _d) = outage_config(&rx);
-    c.trace_batcher.queue_capacity = 500;
-    c.trace_batcher.max_batch_size = 50;
-    c.trace_batcher.sink_queue_batches = 4;
-    c.export.log_queue_capacity = 2_000;
-    c.metric_pool.queue_capacity = 100;
-    c.gateway.queue_capacity = 1_000;
+    let queues = Queues {
+        trace: 500,
+        sink_batches: 4,
+        logs: 2_000,
+        metric_per_handler: 100,
+        gateway: 1_000,
+    };
+    let (c, _d) = outage_config(&rx, queues);
     let gw = start(c).unwrap();
     // Warm up so the baseline RSS includes the connections and runtimes.
     for seq in 0..100 {
@@ -183,11 +206,7 @@ fn an_outage_longer_than_the_queues_refuses_at_emit_and_drops_nothing_inside() {
         seen.refused > 0,
         "an outage this long must fill every queue: {seen:?}"
     );
-    let end = Instant::now() + Duration::from_secs(60);
-    while gw.stats().in_flight > 0 && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let report = gw.shutdown_blocking(support::DEADLINE);
+    let report = settle_and_shut_down(gw);
     let s = &report.stats;
     assert!(report.is_clean(), "{report:?}");
     let accepted = seen.accepted_traces + seen.accepted_metrics + 100;
@@ -223,13 +242,14 @@ fn an_outage_longer_than_the_queues_refuses_at_emit_and_drops_nothing_inside() {
 fn shutdown_during_an_outage_with_full_queues_is_bounded_and_balanced() {
     let _one = ONE_AT_A_TIME.lock();
     let rx = OtlpReceiver::start();
-    let (mut c, _d) = outage_config(&rx);
-    c.trace_batcher.queue_capacity = 200;
-    c.trace_batcher.max_batch_size = 50;
-    c.trace_batcher.sink_queue_batches = 2;
-    c.export.log_queue_capacity = 200;
-    c.metric_pool.queue_capacity = 50;
-    c.gateway.queue_capacity = 500;
+    let queues = Queues {
+        trace: 200,
+        sink_batches: 2,
+        logs: 200,
+        metric_per_handler: 50,
+        gateway: 500,
+    };
+    let (c, _d) = outage_config(&rx, queues);
     let gw = start(c).unwrap();
     rx.fail_with(Some(tonic::Code::Unavailable));
     let mut refused = 0u64;

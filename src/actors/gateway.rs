@@ -160,12 +160,7 @@ impl GatewayActor {
     /// docs). The event stays counted on the trace path while it waits.
     fn wait_for_trace_room(&mut self, item: TraceItem, ctx: &mut Context<Self>) {
         let tx = self.trace_tx.clone();
-        let waiting = self.backpressure.begin();
-        let send = async move {
-            let sent = tx.send(item).await;
-            drop(waiting);
-            sent
-        };
+        let send = self.backpressure.during(async move { tx.send(item).await });
         ctx.wait(send.into_actor(self).map(|sent, act, _ctx| {
             let c = &act.shared.counters;
             match sent {
@@ -202,11 +197,7 @@ impl GatewayActor {
         ctx: &mut Context<Self>,
     ) {
         self.shared.counters.leave(Holder::Gateway);
-        let waiting = self.backpressure.begin();
-        let wait = async move {
-            room.await;
-            drop(waiting);
-        };
+        let wait = self.backpressure.during(room);
         ctx.wait(
             wait.into_actor(self)
                 .map(move |(), act, _ctx| act.send_metric(env, &ev)),

@@ -67,14 +67,12 @@ struct Work {
 }
 
 /// How many times a worker's handler asks an unavailable dedup store about the same events
-/// before it defers them (`dedup_deferred`), and how long it waits between two asks. A Redis
-/// restart is usually over within that second: deferring then would make the entry come back
-/// as a redelivery, which the dedup exemption for redeliveries cannot tell from one whose
-/// earlier delivery was handled (see docs/deployment.md, "Redis restarts").
-pub(crate) const WORKER_DEDUP_ATTEMPTS: u32 = 10;
+/// before it defers them (`dedup_deferred`). A Redis restart is usually over within that second,
+/// and an entry deferred then would wait `transport.claim_idle_ms` to be read again.
+const WORKER_DEDUP_ATTEMPTS: u32 = 10;
 
 /// The wait between two asks (see [`WORKER_DEDUP_ATTEMPTS`]).
-pub(crate) const WORKER_DEDUP_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+const WORKER_DEDUP_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The metric/log handler of one partition.
 pub(crate) struct MetricHandlerActor {
@@ -474,12 +472,9 @@ impl MetricHandlerActor {
     /// Records a closed queue refuses (shutdown) are dropped, counted.
     fn wait_for_room(&mut self, records: Vec<LogItem>, ctx: &mut Context<Self>) {
         let log_batcher = self.export.log_batcher.clone();
-        let waiting = self.backpressure.begin();
-        let send = async move {
-            let refused = log_batcher.send_many(records).await;
-            drop(waiting);
-            refused
-        };
+        let send = self
+            .backpressure
+            .during(async move { log_batcher.send_many(records).await });
         ctx.wait(send.into_actor(self).map(|refused, act, _ctx| {
             for (_, ev) in refused {
                 if let Some(ev) = ev {

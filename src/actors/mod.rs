@@ -92,21 +92,28 @@ pub(crate) struct TraceItem {
 
 /// An actor's waits for room downstream. While an actor waits (`ctx.wait`) it answers no
 /// message, by design: that is what holds the queue in front of it. The shutdown's liveness
-/// check asks [`Backpressure::waiting`] before calling a silent actor lost. The guard lives
-/// inside the waiting future, so the count drops when the wait ends or when the future is
-/// dropped with a dead actor.
+/// check asks [`Backpressure::waiting`] before calling a silent actor lost.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Backpressure(Arc<AtomicUsize>);
 
-/// One wait in progress (see [`Backpressure`]).
+/// One wait in progress: the count drops when the wait ends, or when its future is dropped with
+/// a dead actor.
 #[derive(Debug)]
-pub(crate) struct Waiting(Arc<AtomicUsize>);
+struct Waiting(Arc<AtomicUsize>);
 
 impl Backpressure {
-    /// Marks a wait as begun; it ends when the returned guard is dropped.
-    pub(crate) fn begin(&self) -> Waiting {
+    /// `wait`, counted as a wait for room while it runs (the future to give `ctx.wait`).
+    pub(crate) fn during<F: std::future::Future>(
+        &self,
+        wait: F,
+    ) -> impl std::future::Future<Output = F::Output> {
         self.0.fetch_add(1, Ordering::AcqRel);
-        Waiting(self.0.clone())
+        let waiting = Waiting(self.0.clone());
+        async move {
+            let out = wait.await;
+            drop(waiting);
+            out
+        }
     }
 
     /// Whether the actor is waiting for room now.

@@ -110,8 +110,7 @@ impl TraceBatcherActor {
     fn wait_for_room(&mut self, leftover: Leftover, ctx: &mut Context<Self>) {
         let export = self.export.clone();
         let counters = self.shared.counters.clone();
-        let waiting = self.backpressure.begin();
-        let send = async move {
+        let send = self.backpressure.during(async move {
             let Leftover {
                 companions,
                 enterprise,
@@ -130,8 +129,7 @@ impl TraceBatcherActor {
                     }
                 }
             }
-            drop(waiting);
-        };
+        });
         ctx.wait(send.into_actor(self));
     }
 

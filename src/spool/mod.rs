@@ -212,6 +212,9 @@ pub struct SpoolStatus {
     pub oldest_ms: Option<u64>,
     /// Segment files.
     pub segments: usize,
+    /// Records that failed their check when read back (damage found after the open); the
+    /// reader went on from the next good record.
+    pub damaged_reads: u64,
 }
 
 /// One segment file, summarized in memory (memory is per segment, never per record).
@@ -231,6 +234,23 @@ struct Segment {
     unread_events: u64,
     /// Append time of its oldest record not acknowledged (approximately: its first record's).
     oldest_ms: Option<u64>,
+}
+
+impl Segment {
+    /// A segment file with no record counted yet.
+    fn empty(first_id: u64, path: PathBuf) -> Self {
+        Segment {
+            first_id,
+            path,
+            bytes: 0,
+            last_id: 0,
+            unacked_records: 0,
+            unacked_events: 0,
+            unread_records: 0,
+            unread_events: 0,
+            oldest_ms: None,
+        }
+    }
 }
 
 /// Where the next read starts.
@@ -466,17 +486,7 @@ impl DiskSpool {
             let (found, skipped, tail) = scan_segment(&data, max_payload);
             recovery.skipped_bytes += skipped;
             let last = i + 1 == count;
-            let mut seg = Segment {
-                first_id,
-                path: path.clone(),
-                bytes: 0,
-                last_id: 0,
-                unacked_records: 0,
-                unacked_events: 0,
-                unread_records: 0,
-                unread_events: 0,
-                oldest_ms: None,
-            };
+            let mut seg = Segment::empty(first_id, path.clone());
             // The segment as it will be kept: its good records, with a lost-range marker in
             // place of each run of records lost to damage, so the next open finds the loss
             // already counted. Rewritten only when it differs from the file.
@@ -618,11 +628,6 @@ impl DiskSpool {
         Ok((spool, recovery))
     }
 
-    /// The directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Bytes on disk: segments and the watermark file.
     pub fn bytes(&self) -> u64 {
         ACK_FILE_BYTES + self.segments.iter().map(|s| s.bytes).sum::<u64>()
@@ -638,6 +643,7 @@ impl DiskSpool {
             unread_events: self.segments.iter().map(|s| s.unread_events).sum(),
             oldest_ms: self.segments.iter().find_map(|s| s.oldest_ms),
             segments: self.segments.len(),
+            damaged_reads: self.damaged_reads,
         }
     }
 
@@ -850,11 +856,6 @@ impl DiskSpool {
         self.acked != before
     }
 
-    /// Records not yet read (for a reader deciding whether to wait).
-    pub fn has_unread(&self) -> bool {
-        self.segments.iter().any(|s| s.unread_records > 0)
-    }
-
     fn read_segment_index(&self) -> Option<usize> {
         match self.read.segment_first_id {
             None => (!self.segments.is_empty()).then_some(0),
@@ -876,7 +877,7 @@ impl DiskSpool {
 
     /// The record at `offset` of segment `idx` failed its check on read: the reader goes on
     /// from the next good record of the segment (found as the recovery scan does), or past
-    /// its end. Counted in `damaged_reads`.
+    /// its end. Counted in [`SpoolStatus::damaged_reads`].
     fn resync(&mut self, idx: usize, offset: u64) -> Result<(), SpoolError> {
         self.damaged_reads += 1;
         let seg = &self.segments[idx];
@@ -902,11 +903,6 @@ impl DiskSpool {
             }
         }
         Ok(())
-    }
-
-    /// Records that failed their check when read back (damage found after the open).
-    pub fn damaged_reads(&self) -> u64 {
-        self.damaged_reads
     }
 
     fn write_watermark(&mut self) -> Result<(), SpoolError> {
@@ -1008,17 +1004,7 @@ impl DiskSpool {
                 let _ = d.sync_all();
             }
         }
-        self.segments.push_back(Segment {
-            first_id: self.next_id,
-            path,
-            bytes: 0,
-            last_id: 0,
-            unacked_records: 0,
-            unacked_events: 0,
-            unread_records: 0,
-            unread_events: 0,
-            oldest_ms: None,
-        });
+        self.segments.push_back(Segment::empty(self.next_id, path));
         self.writer = Some(f);
         Ok(())
     }

@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::stream_entry::{autoclaim_reply, bounded_reply, read_reply, Decoded, RawEntry};
-use super::worker::{HeldEntry, WorkerLink};
+use super::worker::WorkerLink;
 use super::{EnvelopeSource, MetricTransport, TransportError};
 use crate::config::TransportSection;
 use crate::contracts::TelemetryEnvelope;
@@ -549,14 +549,7 @@ impl RedisStreamSource {
                 if deliveries > 1 {
                     Counters::add(&w.counters.redelivered, 1);
                 }
-                w.ledger.hold(
-                    env.event_id,
-                    HeldEntry {
-                        entry_id: entry.id.clone(),
-                        deliveries,
-                        given: false,
-                    },
-                );
+                w.ledger.hold(env.event_id, entry.id.clone());
             }
             None => self
                 .in_hand

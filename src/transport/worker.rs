@@ -49,14 +49,13 @@ use crate::diagnostics::Counters;
 #[cfg(feature = "redis")]
 use crate::export::logs::LogBatcher;
 
-/// An entry handed to a handler: its stream id and how many times it has been delivered.
+/// An entry handed to a handler: its stream id, and whether a work item took it as its owner.
 #[derive(Debug, Clone)]
-pub(crate) struct HeldEntry {
-    pub(crate) entry_id: String,
-    pub(crate) deliveries: u64,
+struct HeldEntry {
+    entry_id: String,
     /// Whether a handler took this entry's id as the owner of its dedup mark (each copy of an
     /// event in hand is given to one handler work item).
-    pub(crate) given: bool,
+    given: bool,
 }
 
 /// What a worker's consumers, handlers and committer share.
@@ -78,17 +77,18 @@ pub(crate) struct WorkerLedger {
 }
 
 impl WorkerLedger {
-    /// A consumer handed `entry` (for event `id`) to its handler.
-    pub(crate) fn hold(&self, id: Uuid, entry: HeldEntry) {
+    /// A consumer handed stream entry `entry_id` (for event `id`) to its handler.
+    pub(crate) fn hold(&self, id: Uuid, entry_id: String) {
         let mut in_hand = self.in_hand.lock();
         let held = in_hand.entry(id).or_default();
-        // The same entry again (reclaimed after its handler panicked): one hold, newest count.
-        match held.iter_mut().find(|e| e.entry_id == entry.entry_id) {
-            Some(e) => {
-                e.deliveries = entry.deliveries;
-                e.given = false;
-            }
-            None => held.push(entry),
+        // The same entry again (reclaimed after its handler panicked): one hold, to be given
+        // to the handler again.
+        match held.iter_mut().find(|e| e.entry_id == entry_id) {
+            Some(e) => e.given = false,
+            None => held.push(HeldEntry {
+                entry_id,
+                given: false,
+            }),
         }
     }
 

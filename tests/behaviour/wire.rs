@@ -3,6 +3,7 @@
 //! exporter delivers for the same spans, field for field; the receiver's answers are classified
 //! as the SDK exporter's are.
 
+use crate::support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -57,18 +58,10 @@ fn resource() -> Resource {
         .build()
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 #[test]
 fn bytes_sent_as_they_are_arrive_as_the_sdk_exporter_sends_them() {
     let spans = spans(11);
-    let rt = runtime();
+    let rt = support::runtime();
     // The SDK's own exporter, to one receiver.
     let by_sdk = OtlpReceiver::start();
     rt.block_on(async {
@@ -114,7 +107,7 @@ fn bytes_sent_as_they_are_arrive_as_the_sdk_exporter_sends_them() {
 
 #[test]
 fn the_receivers_answers_are_classified_as_the_sdk_exporter_does() {
-    let rt = runtime();
+    let rt = support::runtime();
     let rx = OtlpReceiver::start();
     let body = Bytes::from(encode_spans(&spans(2), &resource()));
     // Outside a runtime: an error, not a panic.

@@ -4,6 +4,7 @@
 //! with Redis away the producer's bounded buffer fills and `try_send` says `Full`, never waits,
 //! and appending resumes when Redis is back.
 
+use crate::support;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -48,14 +49,6 @@ fn send(producer: &RedisStreamProducer, n: usize) -> Vec<Uuid> {
         .collect()
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 async fn wait_appended(p: &RedisStreamProducer, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while p.appended() < n && Instant::now() < deadline {
@@ -71,7 +64,7 @@ fn pending(redis: &RedisServer, consumer_group: &str) -> u64 {
 #[test]
 fn two_consumers_share_the_stream_and_each_entry_is_read_and_acknowledged_once() {
     let redis = RedisServer::start();
-    let rt = rt();
+    let rt = support::runtime();
     let client = redis::Client::open(redis.url()).unwrap();
     let producer =
         RedisStreamProducer::spawn(client.clone(), settings("producer"), 10_000, rt.handle());
@@ -111,7 +104,7 @@ fn two_consumers_share_the_stream_and_each_entry_is_read_and_acknowledged_once()
 #[test]
 fn an_unsettled_entry_is_reclaimed_then_dead_lettered_and_the_rest_keeps_flowing() {
     let redis = RedisServer::start();
-    let rt = rt();
+    let rt = support::runtime();
     let client = redis::Client::open(redis.url()).unwrap();
     let producer =
         RedisStreamProducer::spawn(client.clone(), settings("producer"), 1_000, rt.handle());
@@ -194,7 +187,7 @@ fn an_unsettled_entry_is_reclaimed_then_dead_lettered_and_the_rest_keeps_flowing
 #[test]
 fn with_redis_away_the_buffer_fills_and_then_refuses_and_appending_resumes() {
     let mut redis = RedisServer::start();
-    let rt = rt();
+    let rt = support::runtime();
     let client = redis::Client::open(redis.url()).unwrap();
     let producer =
         RedisStreamProducer::spawn(client.clone(), settings("producer"), 50, rt.handle());

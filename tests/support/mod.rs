@@ -24,6 +24,15 @@ pub fn config() -> (GatewayConfig, tempfile::TempDir) {
 
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
+/// A small multi-threaded tokio runtime for a test that drives async parts itself.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
 /// A trace sink that records every batch it gets.
 #[derive(Debug, Default, Clone)]
 pub struct RecordingSink {
