@@ -1,7 +1,7 @@
-//! Reliability suite, scenario 14: a cardinality attack. One million distinct attribute values
-//! (one tenant id per event): the series count stays at the limit + 1 overflow series, the sum
-//! is preserved, and memory plateaus. Its own test binary, so the RSS it samples is this
-//! gateway's alone.
+//! Reliability suite, scenario 14: a cardinality attack. Distinct attribute values (one tenant
+//! id per event; 200,000 in CI, a million or more with `TELEMETRY_GATEWAY_CARDINALITY_EVENTS`):
+//! the series count stays at the limit + 1 overflow series, the sum is preserved, and memory
+//! plateaus. Its own test binary, so the RSS it samples is this gateway's alone.
 
 mod support;
 
@@ -13,15 +13,17 @@ use telemetry_gateway::{start, TelemetryCase, TelemetryContext, TelemetryEnvelop
 use support::rss_bytes;
 
 /// Distinct values; `TELEMETRY_GATEWAY_CARDINALITY_EVENTS` changes it (docs/reliability.md).
+/// 200,000 keeps CI short: every bound under test (100 series, 10,000 dedup entries, 1,000
+/// recorder events) is full long before the first RSS sample at 40%.
 fn events() -> u64 {
     std::env::var("TELEMETRY_GATEWAY_CARDINALITY_EVENTS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(1_000_000)
+        .unwrap_or(200_000)
 }
 
 #[test]
-fn a_million_distinct_values_keep_the_series_count_and_the_sum() {
+fn distinct_values_beyond_every_bound_keep_the_series_count_and_the_sum() {
     let rx = OtlpReceiver::start();
     rx.discard(Signal::Logs); // only the metrics are under test; keep the receiver's memory flat
     let (mut cfg, _d) = support::config();
