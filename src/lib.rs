@@ -74,9 +74,8 @@ mod routing;
 mod runtime;
 #[cfg(feature = "analytics")]
 pub mod slo;
-// The disk spool; wired into the exporters by issue 16's next step, reachable from tests
-// through `testing::internals` meanwhile.
-#[cfg_attr(not(feature = "testing"), allow(dead_code))]
+// The disk spool (ADR 0004): the enterprise destination's durable queue under
+// `[spool] kind = "disk"`; tests reach it through `testing::internals`.
 mod spool;
 pub mod tracing_bridge;
 

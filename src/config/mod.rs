@@ -35,6 +35,7 @@ mod retry;
 mod shutdown;
 mod sinks;
 mod slo;
+mod spool;
 mod trace_batcher;
 mod transport;
 mod urls;
@@ -55,6 +56,7 @@ pub use retry::*;
 pub use shutdown::*;
 pub use sinks::*;
 pub use slo::*;
+pub use spool::*;
 pub use trace_batcher::*;
 pub use transport::*;
 pub(crate) use urls::credentials;
@@ -118,6 +120,9 @@ pub struct GatewayConfig {
     pub redaction: RedactionSection,
     /// `[retry]`: how exports ride out a failing backend.
     pub retry: RetrySection,
+    /// `[spool]`: where the enterprise destination's export requests wait while the backend is
+    /// away (memory, or a durable queue on disk).
+    pub spool: SpoolSection,
     /// `[transport]`: how metric/log events reach the handler pool (in process, or through a
     /// Redis stream to worker processes).
     pub transport: TransportSection,
@@ -209,6 +214,7 @@ impl GatewayConfig {
         }
         self.diagnostics.validate()?;
         self.retry.validate()?;
+        self.spool.validate()?;
         self.logging.validate()?;
         self.redaction.validate()?;
         self.sinks.validate()
@@ -216,6 +222,21 @@ impl GatewayConfig {
 
     /// The rules that join two sections.
     fn check_cross_keys(&self) -> Result<(), ConfigError> {
+        if self.spool.kind == SpoolKind::Disk
+            && (self.otlp.endpoint.is_none() || !self.gateway.enterprise_enabled)
+        {
+            return Err(ConfigError::invalid(
+                "spool.kind",
+                "\"disk\" needs the enterprise OTLP exporter (otlp.endpoint set, \
+                 gateway.enterprise_enabled = true): the spool holds OTLP export requests",
+            ));
+        }
+        if self.spool.kind == SpoolKind::Disk && self.otlp.protocol != OtlpProtocol::Grpc {
+            return Err(ConfigError::invalid(
+                "spool.kind",
+                "\"disk\" sends over gRPC only in this version: set otlp.protocol = \"grpc\"",
+            ));
+        }
         if self.transport.kind == TransportKind::RedisStreams
             && self.dedup.backend == DedupBackendKind::Memory
         {

@@ -8,7 +8,11 @@
 //! |---|---|
 //! | refused by `emit()` | [`Counters::refuse`] |
 //! | delivered, or dropped with a reason | [`Counters::settle`] / [`Counters::settle_all`] |
+//! | left in a disk spool at shutdown | [`Counters::settle_all`] with [`Outcome::Spooled`] |
 //! | still unsettled when shutdown ends | [`Counters::settle_remaining`] |
+//!
+//! Events recovered from a disk spool at start have no journey (their ids were in the process
+//! that emitted them): [`Counters::recover`] counts them in, [`Counters::settle_recovered`] out.
 //!
 //! Each call moves the column counter (`delivered_*` or `dropped[reason]`), the holder's gauge,
 //! the per-case count and the event's journey together, so no caller can pair them wrongly. The
@@ -67,6 +71,12 @@ pub(crate) enum Outcome<'a> {
         /// What the journey says beside the reason.
         detail: &'a str,
     },
+    /// Its export request is in a disk spool at shutdown, neither delivered nor dropped;
+    /// `destination` names the spooled destination in the journey.
+    Spooled {
+        /// The destination whose spool holds it.
+        destination: Detail,
+    },
 }
 
 impl Outcome<'_> {
@@ -84,6 +94,17 @@ impl Outcome<'_> {
             destination: Detail::Static(destination),
         }
     }
+}
+
+/// How recovered events (see [`Counters::recover`]) leave the in-flight column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RecoveredOutcome {
+    /// Their request was sent and accepted.
+    Delivered,
+    /// Dropped for this reason (rejected, evicted from a full spool).
+    Dropped(ReasonCode),
+    /// Still in the spool at shutdown.
+    Spooled,
 }
 
 /// One case's counters.
@@ -240,6 +261,42 @@ impl Counters {
                     self.recorder
                         .record(ev, Stage::Dropped, Some(reason), Some(detail));
                 }
+            }
+            Outcome::Spooled { destination } => {
+                n = events.clone().count() as u64;
+                self.spooled.fetch_add(n, Relaxed);
+                self.recorder
+                    .record_batch(events, &[(Stage::LeftInSpool, Some(destination))]);
+            }
+        }
+        self.gauge_add(holder, -(n as i64));
+    }
+
+    /// `n` events of export requests found in a disk spool at start enter `holder` (they are
+    /// sent, or dropped, like emitted ones).
+    pub(crate) fn recover(&self, holder: Holder, n: u64) {
+        self.recovered.fetch_add(n, Relaxed);
+        self.gauge_add(holder, n as i64);
+    }
+
+    /// `n` recovered events (no journey, no case) leave `holder` with `outcome`.
+    pub(crate) fn settle_recovered(&self, holder: Holder, n: u64, outcome: RecoveredOutcome) {
+        if n == 0 {
+            return;
+        }
+        match outcome {
+            RecoveredOutcome::Delivered => {
+                let column = match holder {
+                    Holder::TracePath => &self.delivered_trace,
+                    _ => &self.delivered_metric_log,
+                };
+                column.fetch_add(n, Relaxed);
+            }
+            RecoveredOutcome::Dropped(reason) => {
+                self.dropped[reason.index()].fetch_add(n, Relaxed);
+            }
+            RecoveredOutcome::Spooled => {
+                self.spooled.fetch_add(n, Relaxed);
             }
         }
         self.gauge_add(holder, -(n as i64));

@@ -2,10 +2,13 @@
 //!
 //! Every event the host emits ends in exactly one of two columns: **delivered** (its span or log
 //! record was accepted by at least one exporter) or **dropped** under one [`ReasonCode`]. Until
-//! then it is *in flight*. So at any moment
+//! then it is *in flight*. With a disk spool (`[spool] kind = "disk"`) there is a third way out
+//! of a process and a second way in: **spooled** (its export request was still on disk at
+//! shutdown; the next process sends it) and **recovered** (the events of the requests a process
+//! found on disk at start). So at any moment
 //!
 //! ```text
-//! emitted == delivered + sum(dropped) + in_flight
+//! emitted + recovered == delivered + sum(dropped) + spooled + in_flight
 //! ```
 //!
 //! and after `shutdown()` `in_flight` is zero: whatever was left is dropped under `shutdown`.
@@ -119,6 +122,9 @@ reason_codes! {
     /// erroring), so the worker left its stream entry pending to be read again (`redelivered`)
     /// rather than handle it unchecked: a copy the producer re-appended would count twice.
     DedupDeferred = "dedup_deferred", intentional: false;
+    /// The disk spool's budget (`spool.max_bytes`) was full: the event's export request was not
+    /// stored (`when_full = "drop_newest"`) or was deleted to make room (`"drop_oldest"`).
+    SpoolFull = "spool_full", intentional: false;
 }
 
 impl ReasonCode {
@@ -169,6 +175,10 @@ pub struct Counters {
     pub(crate) export_batches_failed: AtomicU64,
     pub(crate) sink_spans_failed: AtomicU64,
     pub(crate) companion_logs_dropped: AtomicU64,
+    /// Events of the export requests found in a disk spool at start.
+    recovered: AtomicU64,
+    /// Events whose export requests were left in a disk spool at shutdown.
+    spooled: AtomicU64,
     /// Events accepted by `emit()` that the gateway actor has not yet routed or dropped.
     /// Striped: `emit()` adds on the caller's thread, the gateway actor subtracts on its own.
     gateway_pending: striped::Striped,
@@ -237,6 +247,8 @@ impl Default for Counters {
             export_batches_failed: AtomicU64::new(0),
             sink_spans_failed: AtomicU64::new(0),
             companion_logs_dropped: AtomicU64::new(0),
+            recovered: AtomicU64::new(0),
+            spooled: AtomicU64::new(0),
             gateway_pending: striped::Striped::default(),
             trace_pending: AtomicI64::new(0),
             metric_pending: AtomicI64::new(0),
@@ -360,6 +372,8 @@ impl Counters {
         let emitted = self.emitted.sum(Relaxed).max(0) as u64;
         let dropped_total: u64 = dropped.values().sum();
         let delivered = delivered_trace + delivered_metric_log;
+        let recovered = self.recovered.load(Relaxed);
+        let spooled = self.spooled.load(Relaxed);
         StatsSnapshot {
             emitted,
             delivered,
@@ -367,7 +381,9 @@ impl Counters {
                 trace: delivered_trace,
                 metric_log: delivered_metric_log,
             },
-            in_flight: emitted.saturating_sub(delivered + dropped_total),
+            recovered,
+            spooled,
+            in_flight: (emitted + recovered).saturating_sub(delivered + dropped_total + spooled),
             routed: SignalCounts {
                 trace: self.routed_trace.load(Relaxed),
                 metric_log: self.routed_metric_log.load(Relaxed),
@@ -425,7 +441,15 @@ pub struct StatsSnapshot {
     pub delivered: u64,
     /// `delivered` split by signal type.
     pub delivered_by_signal: SignalCounts,
-    /// Emitted, not yet delivered or dropped.
+    /// Events of the export requests this process found in its disk spool at start (sent, or
+    /// dropped, like emitted ones). Zero without a disk spool.
+    #[serde(default)]
+    pub recovered: u64,
+    /// Events whose export requests were still in the disk spool when this process shut down:
+    /// neither delivered nor dropped; the next process on the spool counts them in `recovered`.
+    #[serde(default)]
+    pub spooled: u64,
+    /// Emitted or recovered, not yet delivered, dropped or spooled.
     pub in_flight: u64,
     /// Events the gateway routed, by signal type.
     pub routed: SignalCounts,
@@ -489,9 +513,11 @@ impl StatsSnapshot {
         self.degraded.get(reason.as_str()).copied().unwrap_or(0)
     }
 
-    /// `emitted == delivered + sum(dropped) + in_flight` (always) and nothing in flight.
+    /// `emitted + recovered == delivered + sum(dropped) + spooled + in_flight` (always) and
+    /// nothing in flight.
     pub fn is_settled(&self) -> bool {
-        self.in_flight == 0 && self.emitted == self.delivered + self.dropped_total()
+        self.in_flight == 0
+            && self.emitted + self.recovered == self.delivered + self.dropped_total() + self.spooled
     }
 }
 

@@ -57,6 +57,12 @@ pub enum Stage {
     Exported,
     /// One destination failed it (detail: destination and error).
     ExportFailed,
+    /// Its batch was appended to a disk spool (detail: destination and record id); it is sent
+    /// from there.
+    Spooled,
+    /// Final for this process: its record was still in the disk spool when the gateway shut down
+    /// (detail: destination); the next process on the same spool sends it.
+    LeftInSpool,
     /// Final: delivered.
     Delivered,
     /// Final: dropped with a reason.
@@ -67,7 +73,10 @@ pub enum Stage {
 
 impl Stage {
     fn is_final(self) -> bool {
-        matches!(self, Stage::Delivered | Stage::Dropped | Stage::Refused)
+        matches!(
+            self,
+            Stage::Delivered | Stage::Dropped | Stage::Refused | Stage::LeftInSpool
+        )
     }
 }
 

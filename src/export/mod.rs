@@ -24,11 +24,9 @@ pub(crate) mod metrics;
 pub mod parquet_export;
 pub mod registry;
 pub mod sink;
+pub(crate) mod spooled;
 #[cfg(feature = "analytics")]
 pub mod sqlite;
-// Encoded requests sent as bytes; the spooled sink worker (ADR 0004) will be its first user,
-// tests reach it through `testing::internals` meanwhile.
-#[cfg_attr(not(feature = "testing"), allow(dead_code))]
 pub(crate) mod wire;
 
 use std::collections::{BTreeMap, HashMap};
@@ -43,7 +41,7 @@ use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::SpanExporter as _;
 use opentelemetry_sdk::Resource;
 
-use crate::config::{GatewayConfig, LocalOutput, OtlpProtocol, SinkKind, SinkSection};
+use crate::config::{GatewayConfig, LocalOutput, OtlpProtocol, SinkKind, SinkSection, SpoolKind};
 use crate::diagnostics::Counters;
 use crate::redaction::{RedactionError, Redactor};
 use crate::routing::RoutingTable;
@@ -64,6 +62,8 @@ pub(crate) struct ExportHandles {
     pub(crate) logger: opentelemetry_sdk::logs::SdkLogger,
     pub(crate) mapper: Mapper,
     pub(crate) sampling_ratio: f64,
+    /// The enterprise destination's disk spool (`[spool] kind = "disk"`).
+    pub(crate) spool: Option<Arc<spooled::SpoolControl>>,
 }
 
 /// Why the export pipeline could not be built.
@@ -100,6 +100,14 @@ pub enum ExportBuildError {
     /// The export runtime could not start.
     #[error("cannot start the export runtime: {0}")]
     Runtime(String),
+    /// The disk spool could not be opened (held by another process, not writable...).
+    #[error("{key}: {error}")]
+    Spool {
+        /// The config key at fault (`spool.path`).
+        key: String,
+        /// Why, naming the directory or file.
+        error: String,
+    },
     /// The `[redaction]` settings could not be compiled.
     #[error("cannot build the redactor: {error}")]
     Redaction {
@@ -263,7 +271,37 @@ impl ExportPipeline {
             counters: counters.clone(),
             rt: handle.clone(),
         };
-        let enterprise_sink = SinkWorker::spawn(enterprise_sink, &workers);
+        let (enterprise_sink, spool) = match (&backends.wire, cfg.spool.dir_of("enterprise-traces"))
+        {
+            (Some(wire), Some(dir)) => {
+                let params = spooled::SpooledParams {
+                    dir,
+                    opts: spool_options(&cfg.spool),
+                    tick: Duration::from_millis(cfg.spool.sync_interval_ms),
+                    sender: wire.clone(),
+                    resource: resource.clone(),
+                    hold: cfg.retry.hold_policy(),
+                    queue_batches: cfg.trace_batcher.sink_queue_batches,
+                    counters: counters.clone(),
+                    rt: handle.clone(),
+                    #[cfg(feature = "analytics")]
+                    on_appended: sqlite.clone().map(|store| {
+                        Box::new(move |spans: &[opentelemetry_sdk::trace::SpanData]| {
+                            store.enqueue(sqlite::Raw::Spans(spans.to_vec()))
+                        }) as spooled::OnAppended
+                    }),
+                    #[cfg(not(feature = "analytics"))]
+                    on_appended: None,
+                };
+                let (worker, control) =
+                    spooled::spawn("enterprise", params).map_err(|e| ExportBuildError::Spool {
+                        key: "spool.path".into(),
+                        error: e.to_string(),
+                    })?;
+                (worker, Some(control))
+            }
+            _ => (SinkWorker::spawn(enterprise_sink, &workers), None),
+        };
         let sinks = tenant_sinks(cfg, extra_sinks, workers, &resource)?;
         // 5. The log batcher.
         let log_batcher = LogBatcher::spawn(
@@ -311,6 +349,7 @@ impl ExportPipeline {
                 logger,
                 mapper,
                 sampling_ratio: cfg.otlp.sampling_ratio,
+                spool,
             }),
         })
     }
@@ -321,6 +360,27 @@ struct EnterpriseBackends {
     spans: Arc<dyn TraceSink>,
     logs: LogBackend,
     metrics: MetricBackend,
+    /// Encoded requests' sender, for a disk spool (built only with one).
+    wire: Option<wire::WireSender>,
+}
+
+/// `[spool]` as the spool's options.
+fn spool_options(s: &crate::config::SpoolSection) -> crate::spool::SpoolOptions {
+    use crate::config::{SpoolSync, SpoolWhenFull};
+    use crate::spool::{SpoolOptions, SyncPolicy, WhenFull};
+    SpoolOptions {
+        max_bytes: s.max_bytes,
+        segment_bytes: s.segment_bytes,
+        sync: match s.sync {
+            SpoolSync::Always => SyncPolicy::Always,
+            SpoolSync::Interval => SyncPolicy::Interval(Duration::from_millis(s.sync_interval_ms)),
+            SpoolSync::Never => SyncPolicy::Never,
+        },
+        when_full: match s.when_full {
+            SpoolWhenFull::DropNewest => WhenFull::DropNewest,
+            SpoolWhenFull::DropOldest => WhenFull::DropOldest,
+        },
+    }
 }
 
 /// Step 1: the redactor, compiled before anything starts so a bad pattern fails cheaply.
@@ -383,16 +443,25 @@ fn enterprise_backends(
             };
             let mut spans = settings.spans()?;
             spans.set_resource(resource);
+            let wire = match (cfg.spool.kind, cfg.otlp.protocol) {
+                (SpoolKind::Disk, OtlpProtocol::Grpc) => Some(
+                    wire::WireSender::grpc(endpoint, settings.metadata(), settings.timeout)
+                        .map_err(|e| settings.err("traces", e))?,
+                ),
+                _ => None,
+            };
             EnterpriseBackends {
                 spans: Arc::new(OtlpTraceSink::new("enterprise", spans)),
                 logs: LogBackend::Otlp(settings.logs()?),
                 metrics: MetricBackend::Otlp(settings.metrics()?),
+                wire,
             }
         }
         None if cfg.export.local_output == LocalOutput::Discard => EnterpriseBackends {
             spans: Arc::new(DiscardSink::new("discard")),
             logs: LogBackend::Discard,
             metrics: MetricBackend::Discard,
+            wire: None,
         },
         None => {
             let path = &cfg.export.file_path;
@@ -407,6 +476,7 @@ fn enterprise_backends(
                 spans: Arc::new(JsonlTraceSink::new("enterprise", writer.clone())),
                 logs: LogBackend::Jsonl(JsonlLogExporter::new(writer.clone())),
                 metrics: MetricBackend::Jsonl(JsonlMetricExporter::new(writer)),
+                wire: None,
             }
         }
     };

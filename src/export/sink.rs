@@ -188,6 +188,33 @@ impl GroupTracker {
         })
     }
 
+    /// The number of events in the group.
+    pub(crate) fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Notes in each event's journey that its batch is in a disk spool (`detail`: destination
+    /// and record id).
+    pub(crate) fn note_spooled(&self, detail: &str) {
+        for ev in &self.events {
+            self.counters
+                .recorder()
+                .record(ev, Stage::Spooled, None, Some(detail));
+        }
+    }
+
+    /// At shutdown: the group's record is still in `destination`'s spool. Unless another
+    /// destination delivered it already, its events leave the process as spooled.
+    pub(crate) fn settle_spooled(&self, destination: &Detail) {
+        if !self.settled.swap(true, Ordering::AcqRel) {
+            let outcome = Outcome::Spooled {
+                destination: destination.clone(),
+            };
+            self.counters
+                .settle_all(&self.events, Holder::TracePath, outcome);
+        }
+    }
+
     /// Notes in each event's journey that `destination` failed and the batch is held for
     /// another try (no settlement).
     pub(crate) fn note_held(&self, destination: &str, error: &str) {
@@ -417,6 +444,15 @@ impl SinkWorker {
             .await;
             let _ = worker.sink.shutdown();
         });
+        SinkWorker { name, tx, stats }
+    }
+
+    /// A destination whose queue is read by a worker of its own (the spooled one).
+    pub(crate) fn from_channel(
+        name: Arc<str>,
+        tx: mpsc::Sender<SinkJob>,
+        stats: Arc<ExporterStats>,
+    ) -> Self {
         SinkWorker { name, tx, stats }
     }
 

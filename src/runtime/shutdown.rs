@@ -131,6 +131,7 @@ impl GatewayHandle {
         settled &= flush_companions(&lifecycle, &counters, &by);
         // 5. The final metric export, then the logger and the SQLite sink.
         settled &= close_providers(&lifecycle, &by);
+        leave_in_spool(&lifecycle);
         // 6. Stop the actors, the endpoint, the tenant sinks and the export runtime.
         stop_threads(lifecycle, &by);
         // 7. Anything not settled now never will be: count it, so the ledger adds up.
@@ -264,7 +265,37 @@ fn drain_paths(lifecycle: &Lifecycle, counters: &Counters, by: &Deadline) -> boo
             rt.spawn(async move { log_batcher.flush().await });
         }
     };
-    by.wait_until(&|| counters.pending().no_event_held(), &nudge)
+    // With a disk spool, the trace path is done once every event it holds is on disk and the
+    // backend is failing: waiting longer only waits for the backend (the spool keeps them).
+    let spool = handles.spool.clone();
+    let enterprise = handles.enterprise_sink.clone();
+    let done = || {
+        let p = counters.pending();
+        p.no_event_held()
+            || spool.as_ref().is_some_and(|s| {
+                p.gateway <= 0
+                    && p.metric_log <= 0
+                    && s.stalled()
+                    && enterprise.depth().is_none_or(|(waiting, _)| waiting == 0)
+                    && p.trace <= s.events_on_disk() as i64
+            })
+    };
+    by.wait_until(&done, &nudge)
+}
+
+/// Step 5b: the disk spool keeps what was not sent. Its events leave the process as `spooled`
+/// (counted, journeys closed), the spool is synced and its lock released.
+fn leave_in_spool(lifecycle: &Lifecycle) {
+    if let Some(spool) = &lifecycle.export.handles.spool {
+        let left = spool.leave();
+        if left > 0 {
+            tracing::info!(
+                spool = spool.name(),
+                events = left,
+                "events left in the disk spool at shutdown; the next start on this path sends them"
+            );
+        }
+    }
 }
 
 /// Step 4: companion log records carry no event, so the stage gauges do not wait for them: the

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use opentelemetry::KeyValue;
 use serde_json::json;
-use telemetry_gateway::config::{DedupBackendKind, LocalOutput, TransportKind};
+use telemetry_gateway::config::{DedupBackendKind, LocalOutput, SpoolKind, TransportKind};
 use telemetry_gateway::contracts::JsonObject;
 use telemetry_gateway::diagnostics::recorder::Explanation;
 use telemetry_gateway::diagnostics::recorder::Stage;
@@ -290,6 +290,44 @@ fn scenario(reason: ReasonCode) -> (StatsSnapshot, Explainer, String) {
                 telemetry_gateway::start(c).unwrap(),
                 vec![ev(TelemetryCase::ModerationCheck, "t")],
             )
+        }
+        ReasonCode::SpoolFull => {
+            // A disk spool of 256 KiB with the collector down: the batches that do not fit are
+            // refused (`when_full = "drop_newest"`).
+            let rx = OtlpReceiver::start();
+            rx.fail_with(Some(tonic::Code::Unavailable));
+            c.otlp.endpoint = Some(rx.endpoint());
+            c.spool.kind = SpoolKind::Disk;
+            c.spool.path = Some(dir.path().join("spool"));
+            c.spool.segment_bytes = 64 << 10;
+            c.spool.max_bytes = 256 << 10;
+            c.trace_batcher.max_batch_size = 50;
+            c.export.log_queue_capacity = 10_000;
+            let gw = telemetry_gateway::start(c).unwrap();
+            let events: Vec<_> = (0..3_000)
+                .map(|_| ev(TelemetryCase::WorkflowRun, "t"))
+                .collect();
+            let ids: Vec<String> = events.iter().map(|e| e.event_id.to_string()).collect();
+            for e in events {
+                gw.emit(e).unwrap();
+            }
+            let s = gw
+                .shutdown_blocking(std::time::Duration::from_secs(2))
+                .stats;
+            drop(rx);
+            let id = ids
+                .iter()
+                .rev()
+                .find(|id| {
+                    gw.explain(id).journeys.iter().any(|j| {
+                        j.steps
+                            .iter()
+                            .any(|st| st.reason == Some(ReasonCode::SpoolFull))
+                    })
+                })
+                .cloned()
+                .expect("an event the full spool refused is in the recorder");
+            (s, gw, vec![id])
         }
         other => panic!("no scenario for reason code {other}: add one"),
     };
