@@ -5,7 +5,7 @@
 //! cargo run --release --example loadgen --features testing,redis -- --mode trace|metric|mixed --events N [--rate R]
 //!     [--dedup memory|redis --redis-url URL] [--exporter noop|otlp --endpoint URL]
 //!     [--producers P] [--baseline otel-bsp|redis-pipeline|mpsc|none] [--duration-secs S]
-//!     [--config PATH] [--outage FROM,TO] [--json]
+//!     [--config PATH] [--outage FROM,TO] [--spool disk] [--json]
 //! cargo run --release --example loadgen --features testing,redis -- --mode idle [--duration-secs 10] [--json]
 //! cargo run --release --example loadgen --features testing,redis -- --mode queued --events N [--json]
 //! cargo run --release --example loadgen --features testing,redis -- --mode stream --events N [--workers 1,2,4]
@@ -28,6 +28,11 @@
 //!   answers every request `Unavailable` from second FROM to second TO of the gateway's run (a
 //!   collector restart); use `--baseline none`, the baseline run has no outage. The output
 //!   gains `outage_secs`; `refused_at_emit` and `dropped` say what the outage cost.
+//! * `--spool disk` (with `--exporter otlp`): the enterprise spans go through a disk spool in a
+//!   temporary directory (`[spool] kind = "disk"`); the default baseline is then `memory-mode`,
+//!   the same gateway and configuration with the in-memory queues, so `ratio` is the spool's
+//!   cost. The output gains `spool_peak_bytes` (the directory's largest size, sampled every
+//!   20 ms).
 //! * `--payload-bytes B` adds a `B`-byte `outputs` string to every event's payload (payloads
 //!   above `payloads.inline_threshold_bytes` are offloaded to the payload store).
 //! * `--dedup redis` without `--redis-url` starts a private `redis-server` (it must be on PATH).
@@ -103,6 +108,7 @@ struct Args {
     json: bool,
     workers: Vec<usize>,
     outage: Option<(f64, f64)>,
+    spool: bool,
 }
 
 fn parse_args() -> Result<Args, BoxError> {
@@ -123,6 +129,7 @@ fn parse_args() -> Result<Args, BoxError> {
         json: false,
         workers: vec![1],
         outage: None,
+        spool: false,
     };
     let mut it = std::env::args().skip(1);
     let value = |name: &str, it: &mut dyn Iterator<Item = String>| {
@@ -183,6 +190,13 @@ fn parse_args() -> Result<Args, BoxError> {
                 }
                 a.outage = Some((from, to));
             }
+            "--spool" => {
+                a.spool = match value("--spool", &mut it)?.as_str() {
+                    "disk" => true,
+                    "memory" => false,
+                    other => return Err(format!("--spool: memory or disk, not {other:?}").into()),
+                }
+            }
             "--workers" => {
                 a.workers = value("--workers", &mut it)?
                     .split(',')
@@ -220,6 +234,45 @@ fn start_outage(start: Instant) {
             std::thread::sleep(Duration::from_secs_f64(to).saturating_sub(start.elapsed()));
             rx.fail_with(None);
         });
+    }
+}
+
+/// Samples the size of a directory (`--spool disk`) every 20 ms on a thread of its own.
+struct DirSampler {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl DirSampler {
+    fn start(dir: &std::path::Path) -> Self {
+        fn size(dir: &std::path::Path) -> u64 {
+            let mut total = 0;
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                match e.metadata() {
+                    Ok(m) if m.is_dir() => total += size(&e.path()),
+                    Ok(m) => total += m.len(),
+                    Err(_) => {}
+                }
+            }
+            total
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, dir) = (stop.clone(), dir.to_owned());
+        let thread = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(size(&dir));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak
+        });
+        DirSampler { stop, thread }
+    }
+
+    /// Stops sampling; the largest size seen.
+    fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or(0)
     }
 }
 
@@ -883,8 +936,23 @@ fn throughput(args: &Args) -> Result<Value, BoxError> {
     if args.outage.is_some() && OUTAGE.get().is_none() {
         return Err("--outage needs --exporter otlp without --endpoint".into());
     }
-    let cfg = configure(args, redis_url.as_deref(), endpoint.as_deref())?;
+    let mut cfg = configure(args, redis_url.as_deref(), endpoint.as_deref())?;
+    let memory_cfg = cfg.clone();
+    let spool_dir = if args.spool {
+        if !args.otlp {
+            return Err("--spool disk needs --exporter otlp".into());
+        }
+        let dir = tempfile::tempdir()?;
+        cfg.spool.kind = telemetry_gateway::config::SpoolKind::Disk;
+        cfg.spool.path = Some(dir.path().to_owned());
+        Some(dir)
+    } else {
+        None
+    };
     let baseline_name = args.baseline.clone().unwrap_or_else(|| {
+        if args.spool {
+            return "memory-mode".to_owned();
+        }
         match (args.mode, args.dedup) {
             (Mode::Metric, DedupBackendKind::Redis) => "redis-pipeline",
             (Mode::Metric, DedupBackendKind::Memory) => "mpsc",
@@ -893,9 +961,20 @@ fn throughput(args: &Args) -> Result<Value, BoxError> {
         .to_owned()
     });
 
+    let sampler = spool_dir.as_ref().map(|d| DirSampler::start(d.path()));
     let ours = run_gateway(args, cfg.clone())?;
+    let spool_peak_bytes = sampler.map(DirSampler::stop);
     let baseline = match baseline_name.as_str() {
         "none" => None,
+        "memory-mode" => {
+            let m = run_gateway(args, memory_cfg)?;
+            Some(BaselineRun {
+                name: "memory-mode".into(),
+                events: m.delivered,
+                dropped: m.dropped.values().sum(),
+                elapsed: m.elapsed,
+            })
+        }
         "otel-bsp" => Some(otel_bsp::run(args, &cfg, endpoint.as_deref())?),
         "redis-pipeline" => {
             let url = redis_url
@@ -937,6 +1016,7 @@ fn throughput(args: &Args) -> Result<Value, BoxError> {
         "exporter_queue_full": ours.exporter_queue_full,
         "max_in_flight": args.max_in_flight,
         "outage_secs": args.outage.map(|(from, to)| json!([from, to])),
+        "spool_peak_bytes": spool_peak_bytes,
         "accounted": ours.emitted == ours.delivered + dropped_total,
         "elapsed_secs": ours.elapsed.as_secs_f64(),
         "exported": {"spans": ours.exported_spans, "log_records": ours.exported_logs},
