@@ -280,10 +280,7 @@ impl ExportPipeline {
                     tick: Duration::from_millis(cfg.spool.sync_interval_ms),
                     sender: wire.clone(),
                     resource: resource.clone(),
-                    hold: cfg.retry.hold_policy(),
-                    queue_batches: cfg.trace_batcher.sink_queue_batches,
-                    counters: counters.clone(),
-                    rt: handle.clone(),
+                    worker: workers.clone(),
                     #[cfg(feature = "analytics")]
                     on_appended: sqlite.clone().map(|store| {
                         Box::new(move |spans: &[opentelemetry_sdk::trace::SpanData]| {

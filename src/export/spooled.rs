@@ -12,10 +12,11 @@
 //!   A request too large for the spool, or a spool that cannot write (disk full, I/O error), is
 //!   sent straight from memory instead, held like an unspooled batch: nothing is lost to a disk
 //!   fault, only the crash safety of that batch.
-//! - the **sender** reads records in order and sends the bytes unchanged ([`WireSender`]). A
-//!   failing record is held and tried again with the `[retry]` backoff, for as long as it takes
-//!   (the budget, not an age, bounds the backlog); it is acknowledged once the backend accepted
-//!   or rejected it, and its groups are told.
+//! - the **sender** reads records in order and sends the bytes unchanged ([`WireSender`]), up
+//!   to `trace_batcher.sink_concurrency` at once (acknowledgements may come out of order; the
+//!   spool's watermark allows it). A failing record is held and tried again with the `[retry]`
+//!   backoff, for as long as it takes (the budget, not an age, bounds the backlog); it is
+//!   acknowledged once the backend accepted or rejected it, and its groups are told.
 //!
 //! **Accounting.** Records found on disk at start are *recovered*: their events are counted in
 //! (`Counters::recover`) and settle when sent. At shutdown, once everything the batcher held is
@@ -34,7 +35,7 @@ use opentelemetry_sdk::Resource;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, Notify};
 
-use super::sink::{GroupTracker, SinkError, SinkJob, SinkWorker};
+use super::sink::{GroupTracker, SinkError, SinkJob, SinkWorker, SinkWorkerParams};
 use super::wire::{encode_spans, WireSender, WireSignal};
 use crate::config::HoldPolicy;
 use crate::diagnostics::exporters::ExporterStats;
@@ -59,13 +60,6 @@ enum Owner {
     Recovered(u64),
 }
 
-/// The record the sender has in hand (read, not yet acknowledged).
-#[derive(Debug)]
-struct InHand {
-    id: u64,
-    owner: Owner,
-}
-
 /// What the two tasks and the shutdown share, under one lock.
 #[derive(Debug)]
 struct State {
@@ -73,8 +67,8 @@ struct State {
     spool: Option<DiskSpool>,
     /// Records appended by this process and not read yet, by id.
     tracked: BTreeMap<u64, Tracked>,
-    /// The record being sent.
-    in_hand: Option<InHand>,
+    /// The records being sent (read, not acknowledged), by id.
+    in_hand: BTreeMap<u64, Owner>,
     /// Events of recovered records not read yet.
     recovered_unread: u64,
 }
@@ -111,14 +105,9 @@ pub(crate) struct SpooledParams {
     pub(crate) sender: WireSender,
     /// The resource the requests carry.
     pub(crate) resource: Resource,
-    /// How a failing record is retried.
-    pub(crate) hold: HoldPolicy,
-    /// Jobs its queue holds (`trace_batcher.sink_queue_batches`).
-    pub(crate) queue_batches: usize,
-    /// The gateway's ledger.
-    pub(crate) counters: Arc<Counters>,
-    /// The export runtime.
-    pub(crate) rt: tokio::runtime::Handle,
+    /// What every sink worker of the gateway shares: its queue's size, `[retry]`'s hold policy,
+    /// the ledger, the export runtime (the concurrency and the timeout are the sender's own).
+    pub(crate) worker: SinkWorkerParams,
     /// Called with each batch once it is on disk (the SQLite sink's copy).
     pub(crate) on_appended: Option<OnAppended>,
 }
@@ -159,14 +148,16 @@ impl SpoolControl {
                 g.settle_spooled(&destination);
             }
         }
-        if let Some(h) = st.in_hand.take() {
-            match h.owner {
+        for (_, owner) in std::mem::take(&mut st.in_hand) {
+            match owner {
                 Owner::Groups(groups, _) => {
+                    left += groups.iter().map(|g| g.len() as u64).sum::<u64>();
                     for g in groups {
                         g.settle_spooled(&destination);
                     }
                 }
                 Owner::Recovered(n) => {
+                    left += n;
                     self.counters
                         .settle_recovered(Holder::TracePath, n, RecoveredOutcome::Spooled);
                 }
@@ -219,12 +210,17 @@ pub(crate) fn spawn(
         tick,
         sender,
         resource,
-        hold,
-        queue_batches,
-        counters,
-        rt,
+        worker,
         on_appended,
     } = params;
+    let SinkWorkerParams {
+        queue_batches,
+        concurrency,
+        hold,
+        counters,
+        rt,
+        ..
+    } = worker;
     let (spool, recovery) = DiskSpool::open(&dir, opts)?;
     report_recovery(name, &dir, &recovery, &counters);
     let name: Arc<str> = Arc::from(counters.log.sanitize(name).as_ref());
@@ -234,7 +230,7 @@ pub(crate) fn spawn(
         state: Mutex::new(State {
             spool: Some(spool),
             tracked: BTreeMap::new(),
-            in_hand: None,
+            in_hand: BTreeMap::new(),
             recovered_unread: recovery.events,
         }),
         appended: Notify::new(),
@@ -245,22 +241,19 @@ pub(crate) fn spawn(
         on_disk_events: AtomicU64::new(recovery.events),
     });
     let (tx, rx) = mpsc::channel::<SinkJob>(queue_batches.max(1));
-    let appender = Appender {
-        control: control.clone(),
-        resource,
-        sender: sender.clone(),
-        hold,
-        stats: stats.clone(),
-        on_appended,
-    };
-    rt.spawn(appender.run(rx));
-    let sending = Sender {
+    let link = Arc::new(Link {
         control: control.clone(),
         sender,
         hold,
         stats: stats.clone(),
+    });
+    let appender = Appender {
+        link: link.clone(),
+        resource,
+        on_appended,
     };
-    rt.spawn(sending.run());
+    rt.spawn(appender.run(rx));
+    rt.spawn(Sender { link, concurrency }.run());
     let ticker = control.clone();
     rt.spawn(async move {
         while !ticker.stopped.load(Ordering::SeqCst) {
@@ -291,60 +284,69 @@ fn report_recovery(name: &str, dir: &std::path::Path, r: &Recovery, counters: &C
     }
 }
 
-/// Sends one encoded request, holding it while the failure is transient (see the module docs).
-/// Returns the final answer: accepted, rejected, or `None` when the worker stopped first.
-async fn send_held(
-    control: &SpoolControl,
-    sender: &WireSender,
+/// What both tasks send with: the spool's control, the sender, the hold policy, the counters.
+struct Link {
+    control: Arc<SpoolControl>,
+    sender: WireSender,
     hold: HoldPolicy,
-    stats: &ExporterStats,
-    body: Bytes,
-    events: u64,
-    groups: &[Arc<GroupTracker>],
-) -> Option<Result<(), SinkError>> {
-    let mut wait = hold.initial;
-    loop {
-        if control.stopped.load(Ordering::SeqCst) {
-            return None;
-        }
-        let started = std::time::Instant::now();
-        let result = sender.send(WireSignal::Traces, body.clone()).await;
-        stats.record_call(events, result.is_ok(), started.elapsed());
-        match result {
-            Ok(()) => {
-                control.holding.store(false, Ordering::SeqCst);
-                return Some(Ok(()));
+    stats: Arc<ExporterStats>,
+}
+
+impl Link {
+    /// Sends one encoded request, holding it while the failure is transient (see the module docs).
+    /// Returns the final answer: accepted, rejected, or `None` when the worker stopped first.
+    async fn send_held(
+        &self,
+        body: Bytes,
+        events: u64,
+        groups: &[Arc<GroupTracker>],
+    ) -> Option<Result<(), SinkError>> {
+        let (control, sender, hold, stats) =
+            (&*self.control, &self.sender, self.hold, &*self.stats);
+        let mut wait = hold.initial;
+        loop {
+            if control.stopped.load(Ordering::SeqCst) {
+                return None;
             }
-            Err(e @ SinkError::Rejected(_)) => {
-                control.holding.store(false, Ordering::SeqCst);
-                return Some(Err(e));
-            }
-            Err(e) => {
-                control.holding.store(true, Ordering::SeqCst);
-                Counters::add(&control.counters.export_batches_failed, 1);
-                if wait == hold.initial {
-                    let error = e.to_string();
-                    for g in groups {
-                        g.note_held(&control.name, &error);
+            let started = std::time::Instant::now();
+            let result = sender.send(WireSignal::Traces, body.clone()).await;
+            stats.record_call(events, result.is_ok(), started.elapsed());
+            match result {
+                Ok(()) => {
+                    control.holding.store(false, Ordering::SeqCst);
+                    return Some(Ok(()));
+                }
+                Err(e @ SinkError::Rejected(_)) => {
+                    control.holding.store(false, Ordering::SeqCst);
+                    return Some(Err(e));
+                }
+                Err(e) => {
+                    control.holding.store(true, Ordering::SeqCst);
+                    Counters::add(&control.counters.export_batches_failed, 1);
+                    if wait == hold.initial {
+                        let error = e.to_string();
+                        for g in groups {
+                            g.note_held(&control.name, &error);
+                        }
                     }
+                    control
+                        .counters
+                        .log
+                        .warn_limited("spooled export failed; record held", || {
+                            tracing::warn!(
+                                sink = %control.name,
+                                events,
+                                error = %control.counters.log.sanitize(&e.to_string()),
+                                retry_in_ms = wait.as_millis() as u64,
+                                "spooled export failed; record held"
+                            )
+                        });
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = control.appended.notified(), if control.stopped.load(Ordering::SeqCst) => {}
+                    }
+                    wait = (wait * 2).min(hold.max);
                 }
-                control
-                    .counters
-                    .log
-                    .warn_limited("spooled export failed; record held", || {
-                        tracing::warn!(
-                            sink = %control.name,
-                            events,
-                            error = %control.counters.log.sanitize(&e.to_string()),
-                            retry_in_ms = wait.as_millis() as u64,
-                            "spooled export failed; record held"
-                        )
-                    });
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = control.appended.notified(), if control.stopped.load(Ordering::SeqCst) => {}
-                }
-                wait = (wait * 2).min(hold.max);
             }
         }
     }
@@ -367,11 +369,8 @@ fn report(name: &Arc<str>, groups: &[Arc<GroupTracker>], result: &Result<(), Sin
 }
 
 struct Appender {
-    control: Arc<SpoolControl>,
+    link: Arc<Link>,
     resource: Resource,
-    sender: WireSender,
-    hold: HoldPolicy,
-    stats: Arc<ExporterStats>,
     on_appended: Option<OnAppended>,
 }
 
@@ -391,13 +390,13 @@ impl Appender {
     async fn run(self, rx: mpsc::Receiver<SinkJob>) {
         let mut rx = rx;
         while let Some(SinkJob::Export { spans, groups }) = rx.recv().await {
-            if self.control.stopped.load(Ordering::SeqCst) {
+            if self.link.control.stopped.load(Ordering::SeqCst) {
                 // Left to the shutdown's final count (`shutdown`): not on disk.
                 continue;
             }
-            self.control.appending.store(true, Ordering::SeqCst);
+            self.link.control.appending.store(true, Ordering::SeqCst);
             self.append(spans, groups).await;
-            self.control.appending.store(false, Ordering::SeqCst);
+            self.link.control.appending.store(false, Ordering::SeqCst);
         }
     }
 
@@ -405,7 +404,7 @@ impl Appender {
         let events: u64 = groups.iter().map(|g| g.len() as u64).sum();
         let n_spans = spans.len() as u64;
         let resource = self.resource.clone();
-        let control = self.control.clone();
+        let control = self.link.control.clone();
         let groups_in = groups.clone();
         let (spans, outcome) = match tokio::task::spawn_blocking(move || {
             let body = encode_spans(&spans, &resource);
@@ -450,46 +449,37 @@ impl Appender {
                 if let Some(f) = &self.on_appended {
                     f(&spans);
                 }
-                self.control.appended.notify_one();
+                self.link.control.appended.notify_one();
             }
             Appended::Closed => {}
             Appended::Full(error) => {
-                Counters::add(&self.control.counters.sink_spans_failed, n_spans);
+                Counters::add(&self.link.control.counters.sink_spans_failed, n_spans);
                 let r: Result<(), (ReasonCode, &str)> = Err((ReasonCode::SpoolFull, &error));
                 for g in &groups {
-                    g.report(&self.control.name, r);
+                    g.report(&self.link.control.name, r);
                 }
             }
             Appended::Direct(body, error) => {
-                self.control.counters.log.warn_limited(
+                self.link.control.counters.log.warn_limited(
                     "spool append failed; batch sent from memory",
                     || {
                         tracing::warn!(
-                            sink = %self.control.name,
-                            error = %self.control.counters.log.sanitize(&error),
+                            sink = %self.link.control.name,
+                            error = %self.link.control.counters.log.sanitize(&error),
                             "spool append failed; batch sent from memory"
                         )
                     },
                 );
-                let result = send_held(
-                    &self.control,
-                    &self.sender,
-                    self.hold,
-                    &self.stats,
-                    body,
-                    events,
-                    &groups,
-                )
-                .await;
+                let result = self.link.send_held(body, events, &groups).await;
                 if let Some(result) = result {
                     if result.is_ok() {
-                        Counters::add(&self.control.counters.exported_spans, n_spans);
-                        Counters::add(&self.control.counters.export_batches_ok, 1);
+                        Counters::add(&self.link.control.counters.exported_spans, n_spans);
+                        Counters::add(&self.link.control.counters.export_batches_ok, 1);
                         if let Some(f) = &self.on_appended {
                             f(&spans);
                         }
                     }
-                    report(&self.control.name, &groups, &result);
+                    report(&self.link.control.name, &groups, &result);
                 }
             }
         }
@@ -528,20 +518,26 @@ fn evict(control: &SpoolControl, st: &mut State, through: u64, events: u64) {
 }
 
 struct Sender {
-    control: Arc<SpoolControl>,
-    sender: WireSender,
-    hold: HoldPolicy,
-    stats: Arc<ExporterStats>,
+    link: Arc<Link>,
+    /// Records sent at once (`trace_batcher.sink_concurrency`); acknowledgements may then come
+    /// out of order, which the spool's watermark allows.
+    concurrency: usize,
 }
 
 impl Sender {
     async fn run(self) {
+        let me = Arc::new(self);
+        let permits = Arc::new(tokio::sync::Semaphore::new(me.concurrency.max(1)));
         loop {
-            if self.control.stopped.load(Ordering::SeqCst) {
+            if me.link.control.stopped.load(Ordering::SeqCst) {
                 return;
             }
-            let notified = self.control.appended.notified();
-            let next = self
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            let notified = me.link.control.appended.notified();
+            let next = me
+                .link
                 .control
                 .with_spool(move |st| {
                     let read = st.spool.as_mut()?.read_next();
@@ -559,7 +555,7 @@ impl Sender {
                                 Owner::Groups(g, _) => g.clone(),
                                 Owner::Recovered(_) => Vec::new(),
                             };
-                            st.in_hand = Some(InHand { id: r.id, owner });
+                            st.in_hand.insert(r.id, owner);
                             (r.id, u64::from(r.events), Bytes::from(r.payload), groups)
                         })
                     }))
@@ -573,45 +569,38 @@ impl Sender {
                     let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
                 }
                 Some(Ok(Some((id, events, body, groups)))) => {
-                    self.send(id, events, body, groups).await;
+                    let me = me.clone();
+                    tokio::spawn(async move {
+                        me.send(id, events, body, groups).await;
+                        drop(permit);
+                    });
                 }
                 Some(Err(e)) => {
-                    self.control
-                        .counters
-                        .log
-                        .warn_limited("spool read failed", || {
-                            tracing::warn!(
-                                sink = %self.control.name,
-                                error = %self.control.counters.log.sanitize(&e.to_string()),
-                                "spool read failed; trying again"
-                            )
-                        });
-                    tokio::time::sleep(self.hold.max).await;
+                    let c = &me.link.control;
+                    c.counters.log.warn_limited("spool read failed", || {
+                        tracing::warn!(
+                            sink = %c.name,
+                            error = %c.counters.log.sanitize(&e.to_string()),
+                            "spool read failed; trying again"
+                        )
+                    });
+                    tokio::time::sleep(me.link.hold.max).await;
                 }
             }
         }
     }
 
     async fn send(&self, id: u64, events: u64, body: Bytes, groups: Vec<Arc<GroupTracker>>) {
-        let Some(result) = send_held(
-            &self.control,
-            &self.sender,
-            self.hold,
-            &self.stats,
-            body,
-            events,
-            &groups,
-        )
-        .await
-        else {
+        let Some(result) = self.link.send_held(body, events, &groups).await else {
             return; // stopped: `leave` settles the record in hand as spooled
         };
-        let control = self.control.clone();
+        let control = self.link.control.clone();
         let owner = self
+            .link
             .control
             .with_spool(move |st| {
                 // `leave` may have taken it meanwhile: then it stays on disk, unacknowledged.
-                let hand = st.in_hand.take().filter(|h| h.id == id)?;
+                let owner = st.in_hand.remove(&id)?;
                 if let Some(spool) = st.spool.as_mut() {
                     if let Err(e) = spool.ack(id) {
                         control.counters.log.warn_limited("spool ack failed", || {
@@ -624,33 +613,35 @@ impl Sender {
                         });
                     }
                 }
-                Some(hand.owner)
+                Some(owner)
             })
             .await;
         let Some(owner) = owner else { return };
-        self.control
-            .on_disk_events
-            .fetch_sub(events.min(self.control.events_on_disk()), Ordering::SeqCst);
+        self.link.control.on_disk_events.fetch_sub(
+            events.min(self.link.control.events_on_disk()),
+            Ordering::SeqCst,
+        );
         if result.is_ok() {
-            Counters::add(&self.control.counters.export_batches_ok, 1);
+            Counters::add(&self.link.control.counters.export_batches_ok, 1);
         }
         match owner {
             Owner::Groups(groups, spans) => {
                 if result.is_ok() {
-                    Counters::add(&self.control.counters.exported_spans, spans);
+                    Counters::add(&self.link.control.counters.exported_spans, spans);
                 }
-                report(&self.control.name, &groups, &result);
+                report(&self.link.control.name, &groups, &result);
             }
             Owner::Recovered(n) => {
                 if result.is_ok() {
                     // A recovered request's span count is not kept: one span per event.
-                    Counters::add(&self.control.counters.exported_spans, n);
+                    Counters::add(&self.link.control.counters.exported_spans, n);
                 }
                 let outcome = match &result {
                     Ok(()) => RecoveredOutcome::Delivered,
                     Err(e) => RecoveredOutcome::Dropped(e.reason()),
                 };
-                self.control
+                self.link
+                    .control
                     .counters
                     .settle_recovered(Holder::TracePath, n, outcome);
             }
