@@ -281,23 +281,23 @@ fn shutdown_during_an_outage_with_full_queues_is_bounded_and_balanced() {
     assert!(s.dropped_for(ReasonCode::Shutdown) > 0, "{s:?}");
 }
 
-/// A gateway whose enterprise spans go through a disk spool under `dir`.
+/// A gateway whose enterprise spans and log records go through disk spools under `dir`.
 fn spooled(c: &mut GatewayConfig, dir: &std::path::Path) {
     c.spool.kind = telemetry_gateway::config::SpoolKind::Disk;
     c.spool.path = Some(dir.to_owned());
-    // Companion log records are not spooled (yet): give them room in memory for the outage.
-    c.export.log_queue_capacity = 100_000;
 }
 
-/// Emits `n` trace events (seq from `first`) paced at about 1,000 a second; returns how many
-/// `emit()` refused.
-fn emit_traces(gw: &GatewayHandle, first: u64, n: u64) -> u64 {
+/// Emits `n` trace events and `n` metric/log events (seq from `first`), paced at about 2,000
+/// a second; returns how many `emit()` refused.
+fn emit_both(gw: &GatewayHandle, first: u64, n: u64) -> u64 {
     let mut refused = 0;
     for seq in first..first + n {
-        match gw.emit(trace_event(seq)) {
-            Ok(_) => {}
-            Err(EmitError::QueueFull) => refused += 1,
-            Err(e) => panic!("emit failed otherwise: {e}"),
+        for env in [trace_event(seq), metric_event(seq)] {
+            match gw.emit(env) {
+                Ok(_) => {}
+                Err(EmitError::QueueFull) => refused += 1,
+                Err(e) => panic!("emit failed otherwise: {e}"),
+            }
         }
         if seq % 10 == 9 {
             std::thread::sleep(Duration::from_millis(10));
@@ -306,8 +306,9 @@ fn emit_traces(gw: &GatewayHandle, first: u64, n: u64) -> u64 {
     refused
 }
 
-/// With a disk spool the same small queues carry an outage that would fill them: the spans
-/// wait on disk, `emit()` refuses nothing, and every span arrives once the collector is back.
+/// With disk spools the same small queues carry an outage that would fill them: spans and log
+/// records wait on disk, `emit()` refuses nothing, and every span and every log record (the
+/// companions and the metric/log events') arrives once the collector is back.
 #[test]
 fn a_disk_spool_carries_an_outage_longer_than_the_queues() {
     let _one = ONE_AT_A_TIME.lock();
@@ -321,25 +322,64 @@ fn a_disk_spool_carries_an_outage_longer_than_the_queues() {
     };
     let (mut c, d) = outage_config(&rx, queues);
     spooled(&mut c, &d.path().join("spool"));
+    c.diagnostics.unready_after_failing_secs = 1;
     let gw = start(c).unwrap();
     rx.fail_with(Some(tonic::Code::Unavailable));
-    let n = 6_000;
-    let refused = emit_traces(&gw, 0, n);
+    let n = 4_000;
+    let refused = emit_both(&gw, 0, n);
     let on_disk = dir_bytes(&d.path().join("spool"));
+    // Visible: both spools hold a backlog, and /readyz says so.
+    let during = gw.diagnostics();
+    let names: Vec<&str> = during.spools.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["enterprise", "enterprise logs"], "{during:?}");
+    for sp in &during.spools {
+        assert!(sp.events > 0 && sp.appends > 0 && sp.bytes > 0, "{sp:?}");
+        assert!(
+            sp.bytes <= sp.max_bytes && sp.oldest_age_secs >= 1.0,
+            "{sp:?}"
+        );
+        assert_eq!((sp.corrupt_records, sp.io_errors), (0, 0), "{sp:?}");
+    }
+    let disk_events: u64 = during.spools.iter().map(|s| s.events).sum();
+    assert!(disk_events <= 2 * n, "{during:?}");
+    let reasons = during.readiness.reasons.join("; ");
+    assert!(
+        reasons.contains("spool enterprise backlog growing")
+            && reasons.contains("spool enterprise logs backlog growing"),
+        "{reasons}"
+    );
+    let text = telemetry_gateway::diagnostics::prometheus::render(&during);
+    assert!(
+        text.contains("telemetry_gateway_spool_events{spool=\"enterprise logs\"}"),
+        "{text}"
+    );
     rx.fail_with(None);
-    assert_eq!(refused, 0, "the spool took the backlog");
+    assert_eq!(refused, 0, "the spools took the backlog");
+    let end = Instant::now() + Duration::from_secs(60);
+    while gw.stats().in_flight > 0 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let after = gw.diagnostics();
+    for sp in &after.spools {
+        assert_eq!(sp.events, 0, "drained: {sp:?}");
+        assert_eq!(sp.acks, sp.appends, "every record acknowledged: {sp:?}");
+    }
+    assert!(after.readiness.ready, "{:?}", after.readiness);
     let report = settle_and_shut_down(gw);
     let s = &report.stats;
     assert!(report.is_clean(), "{report:?}");
-    assert_eq!(s.emitted, n, "{s:?}");
-    assert_eq!(s.delivered, n, "{s:?}");
+    assert_eq!(s.emitted, 2 * n, "{s:?}");
+    assert_eq!(s.delivered, 2 * n, "{s:?}");
     assert_eq!(s.dropped_total() + s.spooled + s.recovered, 0, "{s:?}");
+    assert_eq!(s.companion_logs_dropped, 0, "{s:?}");
     let r = rx.received();
     assert_eq!(seqs(&r).len() as u64, n, "every span arrived");
+    assert_eq!(r.log_count, 2 * n, "every log record arrived");
     eprintln!(
-        "disk spool outage: {n} events, {} bytes on disk at the end of the outage ({} B/event)",
-        on_disk,
-        on_disk / n
+        "disk spool outage: {} events, {on_disk} bytes on disk at the end of the outage \
+         ({} B/event, span and log record)",
+        2 * n,
+        on_disk / (2 * n)
     );
 }
 
@@ -357,13 +397,28 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
     total
 }
 
-/// Shutdown with the collector down leaves the backlog on disk (`spooled`), within its
-/// deadline; the next gateway on the same path counts it `recovered` and delivers it. Each
-/// process balances: `emitted + recovered == delivered + dropped + spooled`.
+/// Shutdown with the collector down leaves the backlog on disk (`spooled`) and returns as soon
+/// as it is there, not at its deadline; the next gateway on the same path counts it
+/// `recovered` and delivers it. Each process balances:
+/// `emitted + recovered == delivered + dropped + spooled`.
 #[test]
 fn the_next_process_delivers_what_a_shutdown_left_in_the_spool() {
+    left_in_the_spool_then_delivered(false);
+}
+
+/// The same over OTLP/HTTP with protobuf bodies.
+#[test]
+fn the_next_process_delivers_what_a_shutdown_left_in_the_spool_over_http() {
+    left_in_the_spool_then_delivered(true);
+}
+
+fn left_in_the_spool_then_delivered(http: bool) {
     let _one = ONE_AT_A_TIME.lock();
-    let rx = OtlpReceiver::start();
+    let rx = if http {
+        OtlpReceiver::start_http()
+    } else {
+        OtlpReceiver::start()
+    };
     let queues = Queues {
         trace: 2_000,
         sink_batches: 2,
@@ -372,23 +427,29 @@ fn the_next_process_delivers_what_a_shutdown_left_in_the_spool() {
         gateway: 5_000,
     };
     let (mut c, d) = outage_config(&rx, queues);
+    if http {
+        c.otlp.protocol = telemetry_gateway::config::OtlpProtocol::HttpProtobuf;
+    }
     let path = d.path().join("spool");
     spooled(&mut c, &path);
     rx.fail_with(Some(tonic::Code::Unavailable));
     let gw = start(c.clone()).unwrap();
-    let n = 2_000;
-    assert_eq!(emit_traces(&gw, 0, n), 0);
-    let deadline = Duration::from_secs(3);
+    let n = 1_000;
+    assert_eq!(emit_both(&gw, 0, n), 0);
+    let deadline = Duration::from_secs(10);
     let began = Instant::now();
     let first = gw.shutdown_blocking(deadline);
     let took = began.elapsed();
     let s1 = &first.stats;
-    assert!(took < deadline + Duration::from_secs(2), "took {took:?}");
+    assert!(first.is_clean(), "{first:?}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
     assert!(s1.is_settled(), "{s1:?}");
-    assert_eq!(s1.emitted, n);
-    assert_eq!(s1.spooled, n, "the whole backlog stays on disk: {s1:?}");
+    assert_eq!(s1.emitted, 2 * n);
+    assert_eq!(s1.spooled, 2 * n, "the whole backlog stays on disk: {s1:?}");
     assert_eq!(s1.delivered + s1.dropped_total(), 0, "{s1:?}");
-    assert!(seqs(&rx.received()).is_empty());
+    assert_eq!(s1.companion_logs_dropped, 0, "{s1:?}");
+    let r = rx.received();
+    assert!(seqs(&r).is_empty() && r.log_count == 0);
 
     rx.fail_with(None);
     let gw = start(c).unwrap();
@@ -397,8 +458,8 @@ fn the_next_process_delivers_what_a_shutdown_left_in_the_spool() {
     assert!(second.is_clean(), "{second:?}");
     assert!(s2.is_settled(), "{s2:?}");
     assert_eq!(s2.emitted, 0);
-    assert_eq!(s2.recovered, n, "{s2:?}");
-    assert_eq!(s2.delivered, n, "{s2:?}");
+    assert_eq!(s2.recovered, 2 * n, "{s2:?}");
+    assert_eq!(s2.delivered, 2 * n, "{s2:?}");
     assert_eq!(s2.spooled + s2.dropped_total(), 0, "{s2:?}");
     let r = rx.received();
     assert_eq!(
@@ -406,8 +467,13 @@ fn the_next_process_delivers_what_a_shutdown_left_in_the_spool() {
         n,
         "every span arrived after the restart"
     );
+    assert_eq!(
+        r.log_count,
+        2 * n,
+        "every log record arrived after the restart"
+    );
     eprintln!(
-        "restart: first shutdown {took:?}, {} spooled; second delivered {}",
+        "restart (http: {http}): first shutdown {took:?}, {} spooled; second delivered {}",
         s1.spooled, s2.delivered
     );
 }

@@ -231,12 +231,6 @@ impl GatewayConfig {
                  gateway.enterprise_enabled = true): the spool holds OTLP export requests",
             ));
         }
-        if self.spool.kind == SpoolKind::Disk && self.otlp.protocol != OtlpProtocol::Grpc {
-            return Err(ConfigError::invalid(
-                "spool.kind",
-                "\"disk\" sends over gRPC only in this version: set otlp.protocol = \"grpc\"",
-            ));
-        }
         if self.transport.kind == TransportKind::RedisStreams
             && self.dedup.backend == DedupBackendKind::Memory
         {

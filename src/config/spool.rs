@@ -67,10 +67,12 @@ pub enum SpoolWhenFull {
 pub struct SpoolSection {
     /// `memory` or `disk`.
     pub kind: SpoolKind,
-    /// The directory (`disk` only). The enterprise traces use `<path>/enterprise-traces`; one
-    /// process at a time may use it (a second is refused at start).
+    /// The directory (`disk` only). The enterprise spans use `<path>/enterprise-traces`, its
+    /// log records `<path>/enterprise-logs`; one process at a time may use it (a second is
+    /// refused at start).
     pub path: Option<PathBuf>,
-    /// Bytes on disk, segment files and metadata together.
+    /// Bytes on disk, segment files and metadata together (half for the spans' spool, half for
+    /// the log records').
     pub max_bytes: u64,
     /// Bytes per segment file.
     pub segment_bytes: u64,
@@ -106,13 +108,13 @@ impl SpoolSection {
                 format!("must be at least {MIN_SPOOL_SEGMENT_BYTES} (64 KiB)"),
             ));
         }
-        if self.max_bytes < 4 * self.segment_bytes {
+        if self.max_bytes < 8 * self.segment_bytes {
             return Err(ConfigError::invalid(
                 "spool.max_bytes",
                 format!(
-                    "must be at least 4 x spool.segment_bytes ({}): space comes back a whole \
-                     segment at a time",
-                    4 * self.segment_bytes
+                    "must be at least 8 x spool.segment_bytes ({}): two spools (spans and log \
+                     records) share it, and space comes back a whole segment at a time",
+                    8 * self.segment_bytes
                 ),
             ));
         }

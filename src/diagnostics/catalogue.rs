@@ -473,8 +473,139 @@ pub const READY: SelfMetric = SelfMetric {
     read: Read::Points(|d| one(u64::from(d.readiness.ready))),
 };
 
+/// Events found in a disk spool at start.
+pub const EVENTS_RECOVERED: SelfMetric = SelfMetric {
+    prometheus: "telemetry_gateway_events_recovered_total",
+    otel: Some("telemetry_gateway.events.recovered"),
+    kind: MetricKind::Counter,
+    unit: "{event}",
+    help: "Events of the export requests found in the disk spools at start (sent, or dropped, like emitted ones).",
+    read: Read::Points(|d| one(d.stats.recovered)),
+};
+
+/// Events left in a disk spool at shutdown.
+pub const EVENTS_SPOOLED: SelfMetric = SelfMetric {
+    prometheus: "telemetry_gateway_events_spooled_total",
+    otel: Some("telemetry_gateway.events.spooled"),
+    kind: MetricKind::Counter,
+    unit: "{event}",
+    help: "Events whose export requests were left in the disk spools at shutdown (the next process sends them).",
+    read: Read::Points(|d| one(d.stats.spooled)),
+};
+
+/// One reading per spool, labelled `spool`.
+fn per_spool(d: &DiagnosticsSnapshot, value: fn(&super::SpoolSnapshot) -> f64) -> Vec<Point> {
+    d.spools
+        .iter()
+        .map(|sp| Point {
+            labels: vec![("spool", sp.name.clone().into())],
+            value: value(sp),
+        })
+        .collect()
+}
+
+/// Bytes on disk per spool.
+pub const SPOOL_BYTES: SelfMetric = SelfMetric {
+    prometheus: "telemetry_gateway_spool_bytes",
+    otel: Some("telemetry_gateway.spool.size"),
+    kind: MetricKind::Gauge,
+    unit: "By",
+    help: "Bytes on disk of each disk spool, segments and metadata.",
+    read: Read::Points(|d| per_spool(d, |s| s.bytes as f64)),
+};
+
+/// Each spool's budget.
+pub const SPOOL_BUDGET_BYTES: SelfMetric = SelfMetric {
+    prometheus: "telemetry_gateway_spool_budget_bytes",
+    otel: Some("telemetry_gateway.spool.budget"),
+    kind: MetricKind::Gauge,
+    unit: "By",
+    help: "The budget of each disk spool (its share of spool.max_bytes).",
+    read: Read::Points(|d| per_spool(d, |s| s.max_bytes as f64)),
+};
+
+/// Events waiting in each spool.
+pub const SPOOL_EVENTS: SelfMetric = SelfMetric {
+    prometheus: "telemetry_gateway_spool_events",
+    otel: Some("telemetry_gateway.spool.events"),
+    kind: MetricKind::Gauge,
+    unit: "{event}",
+    help: "Events in records of each disk spool not yet acknowledged by the backend.",
+    read: Read::Points(|d| per_spool(d, |s| s.events as f64)),
+};
+
+/// Age of the oldest record per spool.
+pub const SPOOL_OLDEST_AGE: SelfMetric = SelfMetric {
+    prometheus: "telemetry_gateway_spool_oldest_age_seconds",
+    otel: Some("telemetry_gateway.spool.oldest_age"),
+    kind: MetricKind::Gauge,
+    unit: "s",
+    help: "Age of the oldest record of each disk spool not yet acknowledged (0 when empty).",
+    read: Read::Points(|d| per_spool(d, |s| s.oldest_age_secs)),
+};
+
+/// Appends per spool.
+pub const SPOOL_APPENDS: SelfMetric = SelfMetric {
+    prometheus: "telemetry_gateway_spool_appends_total",
+    otel: Some("telemetry_gateway.spool.appends"),
+    kind: MetricKind::Counter,
+    unit: "{record}",
+    help: "Records (export requests) appended to each disk spool.",
+    read: Read::Points(|d| per_spool(d, |s| s.appends as f64)),
+};
+
+/// Acknowledgements per spool.
+pub const SPOOL_ACKS: SelfMetric = SelfMetric {
+    prometheus: "telemetry_gateway_spool_acks_total",
+    otel: Some("telemetry_gateway.spool.acks"),
+    kind: MetricKind::Counter,
+    unit: "{record}",
+    help: "Records of each disk spool the backend accepted or rejected (acknowledged).",
+    read: Read::Points(|d| per_spool(d, |s| s.acks as f64)),
+};
+
+/// Corrupt records per spool.
+pub const SPOOL_CORRUPT: SelfMetric = SelfMetric {
+    prometheus: "telemetry_gateway_spool_corrupt_records_total",
+    otel: Some("telemetry_gateway.spool.corrupt_records"),
+    kind: MetricKind::Counter,
+    unit: "{record}",
+    help: "Records of each disk spool lost to damage (torn or failing their checksum), at start and since.",
+    read: Read::Points(|d| per_spool(d, |s| s.corrupt_records as f64)),
+};
+
+/// Time spent syncing per spool.
+pub const SPOOL_SYNC_SECONDS: SelfMetric = SelfMetric {
+    prometheus: "telemetry_gateway_spool_sync_seconds_total",
+    otel: Some("telemetry_gateway.spool.sync_duration"),
+    kind: MetricKind::Counter,
+    unit: "s",
+    help: "Seconds each disk spool spent syncing to stable storage (with _syncs_total: the mean sync).",
+    read: Read::Points(|d| per_spool(d, |s| s.sync_secs)),
+};
+
+/// Syncs per spool.
+pub const SPOOL_SYNCS: SelfMetric = SelfMetric {
+    prometheus: "telemetry_gateway_spool_syncs_total",
+    otel: Some("telemetry_gateway.spool.syncs"),
+    kind: MetricKind::Counter,
+    unit: "{sync}",
+    help: "Syncs of each disk spool to stable storage.",
+    read: Read::Points(|d| per_spool(d, |s| s.syncs as f64)),
+};
+
+/// I/O errors per spool.
+pub const SPOOL_IO_ERRORS: SelfMetric = SelfMetric {
+    prometheus: "telemetry_gateway_spool_io_errors_total",
+    otel: Some("telemetry_gateway.spool.io_errors"),
+    kind: MetricKind::Counter,
+    unit: "{error}",
+    help: "I/O errors of each disk spool (a failed append sends its batch from memory).",
+    read: Read::Points(|d| per_spool(d, |s| s.io_errors as f64)),
+};
+
 /// Every self-metric, in `/metrics` order.
-pub const CATALOGUE: [&SelfMetric; 27] = [
+pub const CATALOGUE: [&SelfMetric; 39] = [
     &EVENTS_EMITTED,
     &EVENTS_ROUTED,
     &EVENTS_DELIVERED,
@@ -482,6 +613,8 @@ pub const CATALOGUE: [&SelfMetric; 27] = [
     &EVENTS_DEGRADED,
     &EVENTS_BY_CASE,
     &EVENTS_IN_FLIGHT,
+    &EVENTS_RECOVERED,
+    &EVENTS_SPOOLED,
     &PAYLOADS_OFFLOADED,
     &REHYDRATIONS,
     &DEDUP_STORE_ERRORS,
@@ -497,6 +630,16 @@ pub const CATALOGUE: [&SelfMetric; 27] = [
     &DEDUP_CALL_DURATION,
     &QUEUE_DEPTH,
     &QUEUE_CAPACITY,
+    &SPOOL_BYTES,
+    &SPOOL_BUDGET_BYTES,
+    &SPOOL_EVENTS,
+    &SPOOL_OLDEST_AGE,
+    &SPOOL_APPENDS,
+    &SPOOL_ACKS,
+    &SPOOL_CORRUPT,
+    &SPOOL_SYNC_SECONDS,
+    &SPOOL_SYNCS,
+    &SPOOL_IO_ERRORS,
     &RECORDER_JOURNEYS,
     &RECORDER_EVICTED,
     &RECORDER_REFUSALS_NOT_RECORDED,

@@ -35,7 +35,7 @@ pub(crate) mod striped;
 pub use exporters::ExporterSnapshot;
 
 pub use histogram::{HistSnapshot, Unit};
-pub use probes::{DiagnosticsSnapshot, EmitToExport, QueueSnapshot, Readiness};
+pub use probes::{DiagnosticsSnapshot, EmitToExport, QueueSnapshot, Readiness, SpoolSnapshot};
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};

@@ -49,6 +49,37 @@ pub struct EmitToExport {
     pub metric_log: HistSnapshot,
 }
 
+/// One disk spool's state (`[spool] kind = "disk"`; see docs/operations.md, "The disk spool").
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SpoolSnapshot {
+    /// The destination it holds (`enterprise`, `enterprise logs`).
+    pub name: String,
+    /// Bytes on disk, segments and metadata.
+    pub bytes: u64,
+    /// Its budget (its share of `spool.max_bytes`).
+    pub max_bytes: u64,
+    /// Records on disk not yet acknowledged.
+    pub records: u64,
+    /// Events in them.
+    pub events: u64,
+    /// Age of the oldest record not yet acknowledged, in seconds (0 when there is none).
+    pub oldest_age_secs: f64,
+    /// Records appended since start.
+    pub appends: u64,
+    /// Records acknowledged since start (accepted or rejected by the backend).
+    pub acks: u64,
+    /// Records lost to damage: found at start, and read back damaged since.
+    pub corrupt_records: u64,
+    /// Syncs to stable storage since start.
+    pub syncs: u64,
+    /// Seconds spent in them.
+    pub sync_secs: f64,
+    /// I/O errors since start (appends, reads, acknowledgements, syncs).
+    pub io_errors: u64,
+    /// The last I/O error, and how many seconds ago, when there was one.
+    pub last_io_error: Option<(String, u64)>,
+}
+
 /// Everything the gateway knows about itself, at one moment.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DiagnosticsSnapshot {
@@ -60,6 +91,8 @@ pub struct DiagnosticsSnapshot {
     pub queues: Vec<QueueSnapshot>,
     /// Every exporter.
     pub exporters: Vec<ExporterSnapshot>,
+    /// Every disk spool (none in memory mode).
+    pub spools: Vec<SpoolSnapshot>,
     /// Emit-to-export latency.
     pub emit_to_export: EmitToExport,
     /// Duration of dedup store (Redis) calls.
@@ -83,7 +116,15 @@ pub(crate) struct Probes {
     pub(crate) live: Arc<AtomicBool>,
     pub(crate) handlers_up: Box<dyn Fn() -> (usize, usize) + Send + Sync>,
     pub(crate) unready_after: Duration,
+    /// The disk spools' readers (`None` once a spool is closed).
+    pub(crate) spools: Vec<SpoolReader>,
 }
+
+/// Reads one disk spool's state.
+pub(crate) type SpoolReader = Box<dyn Fn() -> Option<SpoolSnapshot> + Send + Sync>;
+
+/// A spool above this share of its budget makes the gateway unready.
+const SPOOL_NEARLY_FULL: f64 = 0.9;
 
 impl std::fmt::Debug for Probes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -121,11 +162,19 @@ impl Probes {
                 d.as_secs()
             ));
         }
+        for sp in self.spools() {
+            reasons.extend(spool_reasons(&sp, self.unready_after));
+        }
         Readiness {
             live,
             ready: reasons.is_empty(),
             reasons,
         }
+    }
+
+    /// Every open disk spool's state.
+    pub(crate) fn spools(&self) -> Vec<SpoolSnapshot> {
+        self.spools.iter().filter_map(|read| read()).collect()
     }
 
     /// Every queue's fill level (a queue already closed is left out).
@@ -158,6 +207,7 @@ impl Probes {
             by_case: c.by_case(),
             queues: self.queues(),
             exporters: c.exporters.snapshot_if(with_histograms),
+            spools: self.spools(),
             emit_to_export: EmitToExport {
                 trace: c.emit_to_export_trace.snapshot_if(with_histograms),
                 metric_log: c.emit_to_export_metric_log.snapshot_if(with_histograms),
@@ -169,4 +219,28 @@ impl Probes {
             readiness: self.readiness(),
         }
     }
+}
+
+/// Why one spool makes the gateway unready: nearly full, a backlog older than `unready_after`
+/// (the backend has not taken anything for that long), or an I/O error within `unready_after`.
+fn spool_reasons(sp: &SpoolSnapshot, unready_after: Duration) -> Vec<String> {
+    let mut reasons = Vec::new();
+    if sp.max_bytes > 0 && sp.bytes as f64 >= SPOOL_NEARLY_FULL * sp.max_bytes as f64 {
+        reasons.push(format!(
+            "spool {} nearly full: {} of {} bytes",
+            sp.name, sp.bytes, sp.max_bytes
+        ));
+    }
+    if sp.oldest_age_secs >= unready_after.as_secs_f64() {
+        reasons.push(format!(
+            "spool {} backlog growing: {} events waiting, the oldest for {}s",
+            sp.name, sp.events, sp.oldest_age_secs as u64
+        ));
+    }
+    if let Some((error, ago)) = &sp.last_io_error {
+        if *ago < unready_after.as_secs().max(1) {
+            reasons.push(format!("spool {} failing: {error}", sp.name));
+        }
+    }
+    reasons
 }

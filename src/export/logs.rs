@@ -17,10 +17,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::jsonl::JsonlLogExporter;
 use super::sink::classify_otlp_error;
+use super::spooled::{RecordOwner, SpoolControl, SpoolSettings, SpooledStartError, Stored};
+use super::wire::{encode_logs, WireSignal};
 use crate::config::HoldPolicy;
 use crate::diagnostics::exporters::ExporterStats;
 use crate::diagnostics::ledger::{Holder, Outcome};
-use crate::diagnostics::recorder::{EventRef, Stage};
+use crate::diagnostics::recorder::{Detail, EventRef, Stage};
 use crate::diagnostics::{Counters, ReasonCode};
 
 /// The log exporter in use (the SDK trait is not object safe).
@@ -81,6 +83,8 @@ pub(crate) struct LogBatcher {
     room: Arc<tokio::sync::Semaphore>,
     capacity: usize,
     stats: Arc<ExporterStats>,
+    /// The disk spool the batches go to, with `[spool] kind = "disk"`.
+    pub(crate) spool: Option<Arc<SpoolControl>>,
 }
 
 /// Settings of the log batcher.
@@ -104,13 +108,16 @@ const MAX_LOG_QUEUE_PERMITS: usize = u32::MAX as usize;
 const MAX_LOG_CONCURRENCY: usize = 1024;
 
 impl LogBatcher {
+    /// Starts the batcher; with `spool` (its settings and the resource the requests carry) the
+    /// batches go through a disk spool, which can fail to open.
     pub(crate) fn spawn(
         backend: LogBackend,
         settings: LogBatcherSettings,
         counters: Arc<Counters>,
         rt: &tokio::runtime::Handle,
+        spool: Option<(SpoolSettings, Resource)>,
         #[cfg(feature = "analytics")] sqlite: Option<super::sqlite::SqliteStore>,
-    ) -> Self {
+    ) -> Result<Self, SpooledStartError> {
         // Each message holds at least one record, so `capacity` messages never fill before
         // `capacity` records are reserved.
         let capacity = settings.capacity.clamp(1, MAX_LOG_QUEUE_PERMITS);
@@ -120,8 +127,25 @@ impl LogBatcher {
         let stats = counters.exporters.register("enterprise", "logs");
         let queue_stats = stats.clone();
         let taken = room.clone();
+        let spool = match spool {
+            Some((spool_settings, resource)) => {
+                let control = SpoolControl::open(
+                    "enterprise logs",
+                    WireSignal::Logs,
+                    Holder::MetricLogPath,
+                    spool_settings,
+                    counters.clone(),
+                    stats.clone(),
+                    rt,
+                )?;
+                Some((control, resource))
+            }
+            None => None,
+        };
+        let spool_control = spool.as_ref().map(|(c, _)| c.clone());
         let backend = Arc::new(Destination {
             backend,
+            spool,
             #[cfg(feature = "analytics")]
             sqlite,
         });
@@ -173,16 +197,24 @@ impl LogBatcher {
                     );
                     tokio::spawn(async move {
                         let mut chunk = chunk;
-                        export_batch(
-                            &backend,
-                            &scope,
-                            &mut chunk,
-                            settings.timeout,
-                            settings.hold,
-                            &counters,
-                            &stats,
-                        )
-                        .await;
+                        match &backend.spool {
+                            Some((spool, resource)) => {
+                                store_batch(&backend, spool, resource, scope, chunk, &counters)
+                                    .await
+                            }
+                            None => {
+                                export_batch(
+                                    &backend,
+                                    &scope,
+                                    &mut chunk,
+                                    settings.timeout,
+                                    settings.hold,
+                                    &counters,
+                                    &stats,
+                                )
+                                .await
+                            }
+                        }
                         drop(permit);
                     });
                 }
@@ -198,12 +230,18 @@ impl LogBatcher {
             let _all = permits.acquire_many(concurrency as u32).await;
             backend.backend.shutdown();
         });
-        LogBatcher {
+        Ok(LogBatcher {
             tx,
             room,
             capacity,
             stats: queue_stats,
-        }
+            spool: spool_control,
+        })
+    }
+
+    /// Records waiting in the queue, not yet taken by the batcher.
+    pub(crate) fn queued(&self) -> usize {
+        self.capacity.saturating_sub(self.room.available_permits())
     }
 
     /// Queues as many of `items` as the bound leaves room for, in order, without waiting.
@@ -289,12 +327,135 @@ impl LogBatcher {
     }
 }
 
-/// The log exporter, and the SQLite sink that keeps a copy of what it exported.
+/// The log exporter, the disk spool in front of it (`[spool] kind = "disk"`), and the SQLite
+/// sink that keeps a copy of what it exported (or spooled).
 #[derive(Debug)]
 struct Destination {
     backend: LogBackend,
+    /// With a disk spool, batches are appended there and sent from it; `backend` is unused.
+    spool: Option<(Arc<SpoolControl>, Resource)>,
     #[cfg(feature = "analytics")]
     sqlite: Option<super::sqlite::SqliteStore>,
+}
+
+/// A spooled batch of log records: the metric/log events it decides, and its companions.
+#[derive(Debug)]
+struct LogRecords {
+    events: Vec<EventRef>,
+    companions: u64,
+    records: u64,
+    counters: Arc<Counters>,
+}
+
+impl RecordOwner for LogRecords {
+    fn events(&self) -> u64 {
+        self.events.len() as u64
+    }
+
+    fn note_spooled(&self, detail: &str) {
+        for ev in &self.events {
+            self.counters
+                .recorder()
+                .record(ev, Stage::Spooled, None, Some(detail));
+        }
+    }
+
+    fn note_held(&self, destination: &str, error: &str) {
+        let detail = format!("{destination}: {error}; held, retrying");
+        for ev in &self.events {
+            self.counters.recorder().record(
+                ev,
+                Stage::ExportFailed,
+                Some(ReasonCode::ExportFailed),
+                Some(&detail),
+            );
+        }
+    }
+
+    fn finish(self: Box<Self>, destination: &Arc<str>, result: Result<(), (ReasonCode, &str)>) {
+        let c = &self.counters;
+        match result {
+            Ok(()) => {
+                Counters::add(&c.exported_log_records, self.records);
+                let outcome = Outcome::Delivered {
+                    destination: Detail::Shared(destination.clone()),
+                };
+                c.settle_all(&self.events, Holder::MetricLogPath, outcome);
+                c.companions_done(self.companions, false);
+            }
+            Err((reason, error)) => {
+                let detail = format!("{destination}: {error}");
+                for ev in &self.events {
+                    c.recorder()
+                        .record(ev, Stage::ExportFailed, Some(reason), Some(&detail));
+                }
+                c.settle_all(
+                    &self.events,
+                    Holder::MetricLogPath,
+                    Outcome::dropped(reason),
+                );
+                c.companions_done(self.companions, true);
+            }
+        }
+    }
+
+    fn leave(self: Box<Self>, destination: &Detail) {
+        let outcome = Outcome::Spooled {
+            destination: destination.clone(),
+        };
+        self.counters
+            .settle_all(&self.events, Holder::MetricLogPath, outcome);
+        // On disk, not lost: the next process sends them.
+        self.counters.companions_done(self.companions, false);
+    }
+}
+
+/// Appends one batch to the disk spool (see `export::spooled`).
+async fn store_batch(
+    dest: &Destination,
+    spool: &Arc<SpoolControl>,
+    resource: &Resource,
+    scope: InstrumentationScope,
+    chunk: Vec<LogItem>,
+    counters: &Arc<Counters>,
+) {
+    let records = chunk.len() as u64;
+    let mut events = Vec::new();
+    let mut kept = Vec::with_capacity(chunk.len());
+    for (mut record, ev) in chunk {
+        // The OTLP transform needs it (the mapping always sets it; a host's record may not).
+        if record.observed_timestamp().is_none() {
+            opentelemetry::logs::LogRecord::set_observed_timestamp(
+                &mut record,
+                std::time::SystemTime::now(),
+            );
+        }
+        kept.push(record);
+        events.extend(ev);
+    }
+    let owner = Box::new(LogRecords {
+        companions: records - events.len() as u64,
+        events,
+        records,
+        counters: counters.clone(),
+    });
+    let resource = resource.clone();
+    let encode = move || {
+        let refs: Vec<(&SdkLogRecord, &InstrumentationScope)> =
+            kept.iter().map(|r| (r, &scope)).collect();
+        let body = encode_logs(&refs, &resource);
+        drop(refs);
+        (body, kept)
+    };
+    if let Stored::Kept(_kept) = spool.store(encode, owner).await {
+        // `[sinks.sqlite]`: a copy of what was spooled, once, never waited for.
+        #[cfg(feature = "analytics")]
+        if let Some(store) = &dest.sqlite {
+            store.enqueue(super::sqlite::Raw::Logs(_kept));
+        }
+    }
+    #[cfg(not(feature = "analytics"))]
+    let _ = dest;
 }
 
 async fn export_batch(

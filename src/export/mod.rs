@@ -62,8 +62,41 @@ pub(crate) struct ExportHandles {
     pub(crate) logger: opentelemetry_sdk::logs::SdkLogger,
     pub(crate) mapper: Mapper,
     pub(crate) sampling_ratio: f64,
-    /// The enterprise destination's disk spool (`[spool] kind = "disk"`).
-    pub(crate) spool: Option<Arc<spooled::SpoolControl>>,
+    /// The enterprise destination's disk spools (`[spool] kind = "disk"`).
+    pub(crate) spools: Spools,
+}
+
+/// The enterprise destination's disk spools, one per signal (none in memory mode).
+#[derive(Debug, Default)]
+pub(crate) struct Spools {
+    pub(crate) traces: Option<Arc<spooled::SpoolControl>>,
+    pub(crate) logs: Option<Arc<spooled::SpoolControl>>,
+}
+
+impl Spools {
+    /// Both.
+    pub(crate) fn all(&self) -> impl Iterator<Item = &Arc<spooled::SpoolControl>> {
+        self.traces.iter().chain(self.logs.iter())
+    }
+}
+
+impl ExportHandles {
+    /// At shutdown, with disk spools: every event still in flight is on disk and the backend is
+    /// failing, so waiting longer only waits for the backend (the spools keep the events).
+    pub(crate) fn spooled_and_stalled(&self, p: &crate::diagnostics::ledger::Pending) -> bool {
+        let Spools { traces, logs } = &self.spools;
+        let (Some(traces), Some(logs)) = (traces, logs) else {
+            return false;
+        };
+        p.gateway <= 0
+            && self
+                .enterprise_sink
+                .depth()
+                .is_none_or(|(waiting, _)| waiting == 0)
+            && self.log_batcher.queued() == 0
+            && traces.holds_all_of(p.trace)
+            && logs.holds_all_of(p.metric_log)
+    }
 }
 
 /// Why the export pipeline could not be built.
@@ -149,13 +182,16 @@ struct OtlpSettings<'a> {
 }
 
 impl OtlpSettings<'_> {
-    fn metadata(&self) -> tonic::metadata::MetadataMap {
+    fn header_map(&self) -> http::HeaderMap {
         let mut map = HashMap::new();
         for (k, v) in &self.headers {
             map.insert(k.to_ascii_lowercase(), v.clone());
         }
-        let http: http::HeaderMap = http::HeaderMap::try_from(&map).unwrap_or_default();
-        tonic::metadata::MetadataMap::from_headers(http)
+        http::HeaderMap::try_from(&map).unwrap_or_default()
+    }
+
+    fn metadata(&self) -> tonic::metadata::MetadataMap {
+        tonic::metadata::MetadataMap::from_headers(self.header_map())
     }
 
     fn http_headers(&self) -> HashMap<String, String> {
@@ -271,34 +307,40 @@ impl ExportPipeline {
             counters: counters.clone(),
             rt: handle.clone(),
         };
-        let (enterprise_sink, spool) = match (&backends.wire, cfg.spool.dir_of("enterprise-traces"))
-        {
-            (Some(wire), Some(dir)) => {
-                let params = spooled::SpooledParams {
-                    dir,
-                    opts: spool_options(&cfg.spool),
-                    tick: Duration::from_millis(cfg.spool.sync_interval_ms),
-                    sender: wire.clone(),
-                    resource: resource.clone(),
-                    worker: workers.clone(),
+        let spool_err = |e: spooled::SpooledStartError| ExportBuildError::Spool {
+            key: "spool.path".into(),
+            error: e.to_string(),
+        };
+        // With `[spool] kind = "disk"`, one spool per signal, each with half the budget.
+        let spool_settings = |dir: &str, concurrency: usize| {
+            let wire = backends.wire.clone()?;
+            Some(spooled::SpoolSettings {
+                dir: cfg.spool.dir_of(dir)?,
+                opts: spool_options(&cfg.spool),
+                tick: Duration::from_millis(cfg.spool.sync_interval_ms),
+                sender: wire,
+                hold: cfg.retry.hold_policy(),
+                concurrency,
+            })
+        };
+        let (enterprise_sink, trace_spool) =
+            match spool_settings("enterprise-traces", cfg.trace_batcher.sink_concurrency) {
+                Some(settings) => {
                     #[cfg(feature = "analytics")]
-                    on_appended: sqlite.clone().map(|store| {
+                    let on_appended = sqlite.clone().map(|store| {
                         Box::new(move |spans: &[opentelemetry_sdk::trace::SpanData]| {
                             store.enqueue(sqlite::Raw::Spans(spans.to_vec()))
                         }) as spooled::OnAppended
-                    }),
+                    });
                     #[cfg(not(feature = "analytics"))]
-                    on_appended: None,
-                };
-                let (worker, control) =
-                    spooled::spawn("enterprise", params).map_err(|e| ExportBuildError::Spool {
-                        key: "spool.path".into(),
-                        error: e.to_string(),
-                    })?;
-                (worker, Some(control))
-            }
-            _ => (SinkWorker::spawn(enterprise_sink, &workers), None),
-        };
+                    let on_appended = None;
+                    let (worker, control) =
+                        spooled::spawn_traces(settings, resource.clone(), &workers, on_appended)
+                            .map_err(spool_err)?;
+                    (worker, Some(control))
+                }
+                None => (SinkWorker::spawn(enterprise_sink, &workers), None),
+            };
         let sinks = tenant_sinks(cfg, extra_sinks, workers, &resource)?;
         // 5. The log batcher.
         let log_batcher = LogBatcher::spawn(
@@ -313,9 +355,13 @@ impl ExportPipeline {
             },
             counters.clone(),
             &handle,
+            spool_settings("enterprise-logs", cfg.export.log_concurrency)
+                .map(|settings| (settings, resource.clone())),
             #[cfg(feature = "analytics")]
             sqlite.clone(),
-        );
+        )
+        .map_err(spool_err)?;
+        let log_batcher_spool = log_batcher.spool.clone();
         // 6. The meter provider behind the counting exporter, and the logger provider.
         let metric_exporter =
             CountingMetricExporter::new(backends.metrics, counters.clone(), handle.clone());
@@ -346,7 +392,10 @@ impl ExportPipeline {
                 logger,
                 mapper,
                 sampling_ratio: cfg.otlp.sampling_ratio,
-                spool,
+                spools: Spools {
+                    traces: trace_spool,
+                    logs: log_batcher_spool,
+                },
             }),
         })
     }
@@ -366,7 +415,8 @@ fn spool_options(s: &crate::config::SpoolSection) -> crate::spool::SpoolOptions 
     use crate::config::{SpoolSync, SpoolWhenFull};
     use crate::spool::{SpoolOptions, SyncPolicy, WhenFull};
     SpoolOptions {
-        max_bytes: s.max_bytes,
+        // Two spools (traces and logs) share the budget evenly.
+        max_bytes: s.max_bytes / 2,
         segment_bytes: s.segment_bytes,
         sync: match s.sync {
             SpoolSync::Always => SyncPolicy::Always,
@@ -441,11 +491,15 @@ fn enterprise_backends(
             let mut spans = settings.spans()?;
             spans.set_resource(resource);
             let wire = match (cfg.spool.kind, cfg.otlp.protocol) {
+                (SpoolKind::Memory, _) => None,
                 (SpoolKind::Disk, OtlpProtocol::Grpc) => Some(
                     wire::WireSender::grpc(endpoint, settings.metadata(), settings.timeout)
                         .map_err(|e| settings.err("traces", e))?,
                 ),
-                _ => None,
+                (SpoolKind::Disk, OtlpProtocol::HttpProtobuf) => Some(
+                    wire::WireSender::http(endpoint, settings.header_map(), settings.timeout)
+                        .map_err(|e| settings.err("traces", e))?,
+                ),
             };
             EnterpriseBackends {
                 spans: Arc::new(OtlpTraceSink::new("enterprise", spans)),

@@ -1,31 +1,34 @@
-//! The enterprise destination's spans through a disk spool (`[spool] kind = "disk"`).
+//! The enterprise destination through a disk spool (`[spool] kind = "disk"`): its spans and its
+//! log records.
 //!
-//! Without a spool, a sink worker holds its failing batch in memory and the batches behind it
-//! wait in its bounded queue (see `export::sink`). With one, the worker is two tasks around a
-//! [`DiskSpool`] (ADR 0004):
+//! Without a spool, a failing batch is held in memory and the batches behind it wait in bounded
+//! queues (see `export::sink` and `export::logs`). With one, each of the two signals has a
+//! [`SpoolControl`] around a [`DiskSpool`] (ADR 0004), in `{spool.path}/enterprise-traces` and
+//! `{spool.path}/enterprise-logs`:
 //!
-//! - the **appender** takes each job from the destination's queue (the batcher still waits for
-//!   room there), encodes the spans once as an OTLP `ExportTraceServiceRequest` and appends it
-//!   on a blocking thread. The job's group trackers stay in memory under the record's id; each
+//! - **storing**: the trace appender (a task reading the enterprise sink's queue; the batcher
+//!   still waits for room there) and the log batcher hand each batch to [`SpoolControl::store`],
+//!   which encodes it once (an OTLP `Export*ServiceRequest`) and appends it on a blocking thread.
+//!   The batch's accounting (a [`RecordOwner`]) stays in memory under the record's id, and each
 //!   event's journey gets a `spooled` step. A full budget answers by `spool.when_full`, and the
-//!   events it costs are dropped as `spool_full` (unless another destination delivers them).
-//!   A request too large for the spool, or a spool that cannot write (disk full, I/O error), is
-//!   sent straight from memory instead, held like an unspooled batch: nothing is lost to a disk
-//!   fault, only the crash safety of that batch.
-//! - the **sender** reads records in order and sends the bytes unchanged ([`WireSender`]), up
-//!   to `trace_batcher.sink_concurrency` at once (acknowledgements may come out of order; the
-//!   spool's watermark allows it). A failing record is held and tried again with the `[retry]`
-//!   backoff, for as long as it takes (the budget, not an age, bounds the backlog); it is
-//!   acknowledged once the backend accepted or rejected it, and its groups are told.
+//!   events it costs are dropped as `spool_full`. A request the spool cannot take (an I/O error
+//!   such as a full disk, or one larger than a quarter of the budget) is sent straight from
+//!   memory instead, held like an unspooled batch: a disk fault costs that batch its crash
+//!   safety, never its delivery.
+//! - **sending**: a sender task per signal reads records in order and sends the bytes unchanged
+//!   ([`WireSender`]), up to `trace_batcher.sink_concurrency` (spans) or
+//!   `export.log_concurrency` (logs) at once; acknowledgements may come out of order, which the
+//!   spool's watermark allows. A failing record is held and tried again with the `[retry]`
+//!   backoff for as long as it takes (the budget, not an age, bounds the backlog); it is
+//!   acknowledged once the backend accepted or rejected it, and its owner is told.
 //!
 //! **Accounting.** Records found on disk at start are *recovered*: their events are counted in
-//! (`Counters::recover`) and settle when sent. At shutdown, once everything the batcher held is
-//! on disk and the backend is failing (or the deadline comes), [`SpoolControl::leave`] stops
-//! both tasks, syncs the spool, and settles every event whose record is still on disk as
-//! *spooled*; the spool's lock is released so the next process can take it.
+//! (`Counters::recover`) and settle when sent. At shutdown, once everything is on disk and the
+//! backend is failing (or at the deadline), [`SpoolControl::leave`] stops the tasks, settles
+//! every event whose record is still on disk as *spooled*, syncs the spool and releases its lock.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,87 +43,209 @@ use super::wire::{encode_spans, WireSender, WireSignal};
 use crate::config::HoldPolicy;
 use crate::diagnostics::exporters::ExporterStats;
 use crate::diagnostics::ledger::{Holder, RecoveredOutcome};
+use crate::diagnostics::recorder::Detail;
 use crate::diagnostics::{Counters, ReasonCode};
 use crate::spool::{DiskSpool, Recovery, SpoolError, SpoolOptions};
 
-/// A record's groups, waiting for its send.
-#[derive(Debug)]
-struct Tracked {
-    events: u64,
-    spans: u64,
-    groups: Vec<Arc<GroupTracker>>,
+/// The accounting a record carries: told once how the record ended.
+pub(crate) trait RecordOwner: Send + Sync + std::fmt::Debug {
+    /// Events whose outcome the record decides (its header's count).
+    fn events(&self) -> u64;
+    /// Notes in each event's journey that the batch is on disk (`detail`: destination, record).
+    fn note_spooled(&self, detail: &str);
+    /// Notes in each event's journey that a try failed and the record is held.
+    fn note_held(&self, destination: &str, error: &str);
+    /// The record was accepted, rejected, or lost (`spool_full`).
+    fn finish(self: Box<Self>, destination: &Arc<str>, result: Result<(), (ReasonCode, &str)>);
+    /// At shutdown: the record stays on disk; its events leave the process as spooled.
+    fn leave(self: Box<Self>, destination: &Detail);
 }
 
-/// Whose accounting a record carries: groups of this process, or recovered events.
+/// A record read and being sent.
 #[derive(Debug)]
-enum Owner {
-    /// Groups of this process, and the request's span count.
-    Groups(Vec<Arc<GroupTracker>>, u64),
-    /// Recovered events.
+enum InHand {
+    /// Appended by this process.
+    Owned(Box<dyn RecordOwner>),
+    /// Found on disk at start: this many events.
     Recovered(u64),
 }
 
-/// What the two tasks and the shutdown share, under one lock.
+/// What the tasks and the shutdown share, under one lock.
 #[derive(Debug)]
 struct State {
     /// `None` once [`SpoolControl::leave`] closed it.
     spool: Option<DiskSpool>,
     /// Records appended by this process and not read yet, by id.
-    tracked: BTreeMap<u64, Tracked>,
-    /// The records being sent (read, not acknowledged), by id.
-    in_hand: BTreeMap<u64, Owner>,
+    tracked: BTreeMap<u64, Box<dyn RecordOwner>>,
+    /// Records being sent (read, not acknowledged), by id.
+    in_hand: BTreeMap<u64, InHand>,
     /// Events of recovered records not read yet.
     recovered_unread: u64,
 }
 
-/// The spooled destination's shared state, for the shutdown and the diagnostics.
+/// One spooled signal of the enterprise destination.
 #[derive(Debug)]
 pub(crate) struct SpoolControl {
     name: Arc<str>,
+    signal: WireSignal,
+    /// The stage whose gauge counts this signal's events.
+    holder: Holder,
     state: Mutex<State>,
-    /// Wakes the sender after an append, and both tasks at `leave`.
+    /// Wakes the sender after an append, and every held try at `leave`.
     appended: Notify,
-    /// The sender's last try failed and it is waiting to try again.
+    /// The last try failed and a record is waiting to be tried again.
     holding: AtomicBool,
-    /// A job is between the queue and the disk.
-    appending: AtomicBool,
+    /// Batches between their hand-over and the disk.
+    appending: AtomicUsize,
     stopped: AtomicBool,
-    counters: Arc<Counters>,
     /// Events of records on disk (tracked, in hand, or recovered and unread).
     on_disk_events: AtomicU64,
+    counters: Arc<Counters>,
+    sender: WireSender,
+    hold: HoldPolicy,
+    stats: Arc<ExporterStats>,
+    /// Records lost to damage found at start.
+    corrupt_at_open: u64,
+    io_errors: AtomicU64,
+    /// The last I/O error and when (for `/readyz`).
+    last_io_error: Mutex<Option<(std::time::Instant, String)>>,
 }
 
-/// Called with each batch once it is on disk (the SQLite sink's copy).
-pub(crate) type OnAppended = Box<dyn Fn(&[SpanData]) + Send + Sync>;
-
-/// How the spooled worker runs.
-pub(crate) struct SpooledParams {
-    /// The spool's directory (`<spool.path>/enterprise-traces`).
+/// How a spooled signal runs.
+pub(crate) struct SpoolSettings {
+    /// The spool's directory.
     pub(crate) dir: std::path::PathBuf,
     /// Its budget, segments, sync policy and `when_full`.
     pub(crate) opts: SpoolOptions,
-    /// `spool.sync_interval_ms` (how often an idle spool is synced under `interval`).
+    /// How often an idle spool is synced under `sync = "interval"` (`spool.sync_interval_ms`).
     pub(crate) tick: Duration,
     /// Where records are sent.
     pub(crate) sender: WireSender,
-    /// The resource the requests carry.
-    pub(crate) resource: Resource,
-    /// What every sink worker of the gateway shares: its queue's size, `[retry]`'s hold policy,
-    /// the ledger, the export runtime (the concurrency and the timeout are the sender's own).
-    pub(crate) worker: SinkWorkerParams,
-    /// Called with each batch once it is on disk (the SQLite sink's copy).
-    pub(crate) on_appended: Option<OnAppended>,
+    /// How a failing record is retried (`[retry]`).
+    pub(crate) hold: HoldPolicy,
+    /// Records sent at once.
+    pub(crate) concurrency: usize,
 }
 
-/// Why the spooled worker could not start.
+/// Why a spool could not start.
 #[derive(Debug, thiserror::Error)]
 #[error("spool.path: {0}")]
 pub(crate) struct SpooledStartError(#[from] SpoolError);
 
+/// What [`SpoolControl::store`] came to, for the caller's own bookkeeping.
+pub(crate) enum Stored<T> {
+    /// On disk (or, after a disk fault, sent from memory and accepted): the encoder's extra.
+    Kept(T),
+    /// Refused by the budget, rejected, closed, or failed: the owner was told.
+    Not,
+}
+
 impl SpoolControl {
-    /// The destination's name.
+    /// Opens the spool in `settings.dir`, counts what it recovered (held by `holder`), and
+    /// starts its sender and its sync ticker on `rt`.
+    pub(crate) fn open(
+        name: &str,
+        signal: WireSignal,
+        holder: Holder,
+        settings: SpoolSettings,
+        counters: Arc<Counters>,
+        stats: Arc<ExporterStats>,
+        rt: &tokio::runtime::Handle,
+    ) -> Result<Arc<Self>, SpooledStartError> {
+        let (spool, recovery) = DiskSpool::open(&settings.dir, settings.opts)?;
+        report_recovery(name, &settings.dir, &recovery);
+        counters.recover(holder, recovery.events);
+        let name: Arc<str> = Arc::from(counters.log.sanitize(name).as_ref());
+        let control = Arc::new(SpoolControl {
+            name,
+            signal,
+            holder,
+            state: Mutex::new(State {
+                spool: Some(spool),
+                tracked: BTreeMap::new(),
+                in_hand: BTreeMap::new(),
+                recovered_unread: recovery.events,
+            }),
+            appended: Notify::new(),
+            holding: AtomicBool::new(false),
+            appending: AtomicUsize::new(0),
+            stopped: AtomicBool::new(false),
+            on_disk_events: AtomicU64::new(recovery.events),
+            counters,
+            sender: settings.sender,
+            hold: settings.hold,
+            stats,
+            corrupt_at_open: recovery.corrupt_records,
+            io_errors: AtomicU64::new(0),
+            last_io_error: Mutex::new(None),
+        });
+        rt.spawn(control.clone().send_loop(settings.concurrency));
+        let ticker = control.clone();
+        let tick = settings.tick;
+        rt.spawn(async move {
+            while !ticker.stopped.load(Ordering::SeqCst) {
+                tokio::time::sleep(tick).await;
+                if let Some(Err(e)) = ticker
+                    .with_spool(|st| st.spool.as_mut().map(|s| s.tick()))
+                    .await
+                {
+                    ticker.io_error(&e);
+                    ticker.counters.log.warn_limited("spool sync failed", || {
+                        tracing::warn!(
+                            sink = %ticker.name,
+                            error = %ticker.counters.log.sanitize(&e.to_string()),
+                            "spool sync failed"
+                        )
+                    });
+                }
+            }
+        });
+        Ok(control)
+    }
+
+    /// The destination's name (`enterprise`, `enterprise logs`).
     pub(crate) fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The spool's state for self-metrics and `/readyz`; `None` once it is closed. Takes the
+    /// spool's lock (held at most for one append or sync).
+    pub(crate) fn snapshot(&self) -> Option<crate::diagnostics::SpoolSnapshot> {
+        let status = self.state.lock().spool.as_ref()?.status();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let last_io_error = self
+            .last_io_error
+            .lock()
+            .as_ref()
+            .map(|(at, e)| (e.clone(), at.elapsed().as_secs()));
+        Some(crate::diagnostics::SpoolSnapshot {
+            name: self.name.to_string(),
+            bytes: status.bytes,
+            max_bytes: status.max_bytes,
+            records: status.records,
+            events: status.events,
+            oldest_age_secs: status
+                .oldest_ms
+                .map_or(0.0, |t| now_ms.saturating_sub(t) as f64 / 1000.0),
+            appends: status.appends,
+            acks: status.acks,
+            corrupt_records: self.corrupt_at_open + status.damaged_reads,
+            syncs: status.syncs,
+            sync_secs: status.sync_micros as f64 / 1e6,
+            io_errors: self.io_errors.load(Ordering::Relaxed),
+            last_io_error,
+        })
+    }
+
+    /// Counts an I/O error of the spool and keeps it for `/readyz` (logged by the caller).
+    fn io_error(&self, e: &SpoolError) {
+        if let SpoolError::Io { .. } = e {
+            self.io_errors.fetch_add(1, Ordering::Relaxed);
+            let text = self.counters.log.sanitize(&e.to_string()).into_owned();
+            *self.last_io_error.lock() = Some((std::time::Instant::now(), text));
+        }
     }
 
     /// Events whose records are on disk, not yet sent.
@@ -128,47 +253,182 @@ impl SpoolControl {
         self.on_disk_events.load(Ordering::SeqCst)
     }
 
-    /// Nothing is between the queue and the disk, and the sender is holding a failing record:
-    /// waiting longer at shutdown only waits for the backend.
-    pub(crate) fn stalled(&self) -> bool {
-        self.holding.load(Ordering::SeqCst) && !self.appending.load(Ordering::SeqCst)
+    /// At shutdown: nothing is between a hand-over and the disk, at most `pending` events of
+    /// this signal are in flight and all are on disk, and the sender is holding a failing
+    /// record (or has nothing): waiting longer only waits for the backend.
+    pub(crate) fn holds_all_of(&self, pending: i64) -> bool {
+        let on_disk = self.events_on_disk();
+        self.appending.load(Ordering::SeqCst) == 0
+            && pending <= on_disk as i64
+            && (on_disk == 0 || self.holding.load(Ordering::SeqCst))
     }
 
-    /// At shutdown: stops both tasks, settles every event whose record is still on disk as
+    /// Encodes a batch (`encode` runs on a blocking thread and returns the request and anything
+    /// the caller wants back) and appends it; see the module docs for what happens when the
+    /// spool cannot take it. The owner is told the outcome unless the batch is kept on disk.
+    pub(crate) async fn store<T, F>(
+        self: &Arc<Self>,
+        encode: F,
+        owner: Box<dyn RecordOwner>,
+    ) -> Stored<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> (Vec<u8>, T) + Send + 'static,
+    {
+        self.appending.fetch_add(1, Ordering::SeqCst);
+        let me = self.clone();
+        let appended = tokio::task::spawn_blocking(move || me.append_blocking(encode, owner)).await;
+        self.appending.fetch_sub(1, Ordering::SeqCst);
+        let Ok(appended) = appended else {
+            // The blocking task panicked (it does not; no panic reaches the host): the owner was
+            // dropped with it, and its events are left to the shutdown's final count.
+            return Stored::Not;
+        };
+        match appended {
+            Appended::Stored(extra) => {
+                self.appended.notify_one();
+                Stored::Kept(extra)
+            }
+            Appended::Closed => Stored::Not,
+            Appended::Unencodable(owner) => {
+                let error = "the export request could not be encoded";
+                self.counters.log.warn_limited(
+                    error,
+                    || tracing::warn!(sink = %self.name, "{error}; batch dropped"),
+                );
+                owner.finish(&self.name, Err((ReasonCode::ExportFailed, error)));
+                Stored::Not
+            }
+            Appended::Full(owner, error) => {
+                owner.finish(&self.name, Err((ReasonCode::SpoolFull, &error)));
+                Stored::Not
+            }
+            Appended::Direct(owner, body, error, extra) => {
+                self.counters.log.warn_limited(
+                    "spool append failed; batch sent from memory",
+                    || {
+                        tracing::warn!(
+                            sink = %self.name,
+                            error = %self.counters.log.sanitize(&error),
+                            "spool append failed; batch sent from memory"
+                        )
+                    },
+                );
+                match self.send_held(body, owner.events(), Some(&*owner)).await {
+                    Some(result) => {
+                        let ok = result.is_ok();
+                        self.finish_owned(owner, &result);
+                        if ok {
+                            Stored::Kept(extra)
+                        } else {
+                            Stored::Not
+                        }
+                    }
+                    // Stopped: the owner is dropped unsettled; the shutdown's final count has it.
+                    None => Stored::Not,
+                }
+            }
+        }
+    }
+
+    fn append_blocking<T, F>(&self, encode: F, owner: Box<dyn RecordOwner>) -> Appended<T>
+    where
+        F: FnOnce() -> (Vec<u8>, T),
+    {
+        // The OTLP transforms have `unwrap`s of their own (a log record without an observed
+        // timestamp): a panic there fails this batch, counted, and never reaches the host.
+        let Ok((body, extra)) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(encode))
+        else {
+            return Appended::Unencodable(owner);
+        };
+        let mut st = self.state.lock();
+        let Some(spool) = st.spool.as_mut() else {
+            return Appended::Closed;
+        };
+        let events = owner.events();
+        let count = u32::try_from(events).unwrap_or(u32::MAX);
+        match spool.append(count, &body) {
+            Ok(done) => {
+                self.evict(&mut st, done.evicted_through, done.evicted_events);
+                owner.note_spooled(&format!("{}: record {}", self.name, done.id));
+                st.tracked.insert(done.id, owner);
+                self.on_disk_events.fetch_add(events, Ordering::SeqCst);
+                Appended::Stored(extra)
+            }
+            Err(e @ SpoolError::Full { .. }) => Appended::Full(owner, e.to_string()),
+            Err(e) => {
+                self.io_error(&e);
+                Appended::Direct(owner, Bytes::from(body), e.to_string(), extra)
+            }
+        }
+    }
+
+    /// Settles the records an append deleted to make room (`drop_oldest`): every tracked record
+    /// at or below `through` (none of them read yet), and recovered events for the rest.
+    fn evict(&self, st: &mut State, through: u64, events: u64) {
+        if through == 0 || events == 0 {
+            return;
+        }
+        let keep = st.tracked.split_off(&(through + 1));
+        let gone = std::mem::replace(&mut st.tracked, keep);
+        let mut tracked_events = 0;
+        let error = "spool full: deleted to make room (spool.when_full = \"drop_oldest\")";
+        for (_, owner) in gone {
+            tracked_events += owner.events();
+            owner.finish(&self.name, Err((ReasonCode::SpoolFull, error)));
+        }
+        let recovered = events
+            .saturating_sub(tracked_events)
+            .min(st.recovered_unread);
+        st.recovered_unread -= recovered;
+        self.counters.settle_recovered(
+            self.holder,
+            recovered,
+            RecoveredOutcome::Dropped(ReasonCode::SpoolFull),
+        );
+        self.take_off_disk(tracked_events + recovered);
+    }
+
+    fn take_off_disk(&self, events: u64) {
+        let _ = self
+            .on_disk_events
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                Some(n.saturating_sub(events))
+            });
+    }
+
+    /// At shutdown: stops the tasks, settles every event whose record is still on disk as
     /// spooled, syncs the spool and closes it (its lock is released). Returns those events.
     pub(crate) fn leave(&self) -> u64 {
         self.stopped.store(true, Ordering::SeqCst);
         self.appended.notify_waiters();
         let mut st = self.state.lock();
+        let destination = Detail::Shared(self.name.clone());
         let mut left = 0u64;
-        let destination = crate::diagnostics::recorder::Detail::Shared(self.name.clone());
-        for (_, t) in std::mem::take(&mut st.tracked) {
-            left += t.events;
-            for g in t.groups {
-                g.settle_spooled(&destination);
-            }
+        for (_, owner) in std::mem::take(&mut st.tracked) {
+            left += owner.events();
+            owner.leave(&destination);
         }
-        for (_, owner) in std::mem::take(&mut st.in_hand) {
-            match owner {
-                Owner::Groups(groups, _) => {
-                    left += groups.iter().map(|g| g.len() as u64).sum::<u64>();
-                    for g in groups {
-                        g.settle_spooled(&destination);
-                    }
+        for (_, hand) in std::mem::take(&mut st.in_hand) {
+            match hand {
+                InHand::Owned(owner) => {
+                    left += owner.events();
+                    owner.leave(&destination);
                 }
-                Owner::Recovered(n) => {
+                InHand::Recovered(n) => {
                     left += n;
                     self.counters
-                        .settle_recovered(Holder::TracePath, n, RecoveredOutcome::Spooled);
+                        .settle_recovered(self.holder, n, RecoveredOutcome::Spooled);
                 }
             }
         }
         let recovered = std::mem::take(&mut st.recovered_unread);
         self.counters
-            .settle_recovered(Holder::TracePath, recovered, RecoveredOutcome::Spooled);
+            .settle_recovered(self.holder, recovered, RecoveredOutcome::Spooled);
         left += recovered;
         if let Some(mut spool) = st.spool.take() {
             if let Err(e) = spool.sync() {
+                self.io_error(&e);
                 tracing::warn!(
                     spool = %self.name,
                     error = %self.counters.log.sanitize(&e.to_string()),
@@ -180,7 +440,7 @@ impl SpoolControl {
         left
     }
 
-    /// Runs `f` on the spool on a blocking thread; `None` once the spool is closed.
+    /// Runs `f` on the state on a blocking thread; `None` once the spool is closed.
     async fn with_spool<T, F>(self: &Arc<Self>, f: F) -> Option<T>
     where
         T: Send + 'static,
@@ -196,80 +456,228 @@ impl SpoolControl {
         .ok()
         .flatten()
     }
-}
 
-/// Opens the spool, counts what it recovered, and starts the appender and the sender. Returns
-/// the destination's queue (as a [`SinkWorker`]) and its control.
-pub(crate) fn spawn(
-    name: &str,
-    params: SpooledParams,
-) -> Result<(SinkWorker, Arc<SpoolControl>), SpooledStartError> {
-    let SpooledParams {
-        dir,
-        opts,
-        tick,
-        sender,
-        resource,
-        worker,
-        on_appended,
-    } = params;
-    let SinkWorkerParams {
-        queue_batches,
-        concurrency,
-        hold,
-        counters,
-        rt,
-        ..
-    } = worker;
-    let (spool, recovery) = DiskSpool::open(&dir, opts)?;
-    report_recovery(name, &dir, &recovery, &counters);
-    let name: Arc<str> = Arc::from(counters.log.sanitize(name).as_ref());
-    let stats = counters.exporters.register(&name, "traces");
-    let control = Arc::new(SpoolControl {
-        name: name.clone(),
-        state: Mutex::new(State {
-            spool: Some(spool),
-            tracked: BTreeMap::new(),
-            in_hand: BTreeMap::new(),
-            recovered_unread: recovery.events,
-        }),
-        appended: Notify::new(),
-        holding: AtomicBool::new(false),
-        appending: AtomicBool::new(false),
-        stopped: AtomicBool::new(false),
-        counters: counters.clone(),
-        on_disk_events: AtomicU64::new(recovery.events),
-    });
-    let (tx, rx) = mpsc::channel::<SinkJob>(queue_batches.max(1));
-    let link = Arc::new(Link {
-        control: control.clone(),
-        sender,
-        hold,
-        stats: stats.clone(),
-    });
-    let appender = Appender {
-        link: link.clone(),
-        resource,
-        on_appended,
-    };
-    rt.spawn(appender.run(rx));
-    rt.spawn(Sender { link, concurrency }.run());
-    let ticker = control.clone();
-    rt.spawn(async move {
-        while !ticker.stopped.load(Ordering::SeqCst) {
-            tokio::time::sleep(tick).await;
-            let _ = ticker
-                .with_spool(|st| st.spool.as_mut().map(|s| s.tick()))
-                .await;
+    /// Sends one encoded request, holding it while the failure is transient. Returns the final
+    /// answer: accepted, rejected, or `None` when the spool stopped first.
+    async fn send_held(
+        &self,
+        body: Bytes,
+        events: u64,
+        owner: Option<&dyn RecordOwner>,
+    ) -> Option<Result<(), SinkError>> {
+        let mut wait = self.hold.initial;
+        loop {
+            if self.stopped.load(Ordering::SeqCst) {
+                return None;
+            }
+            let started = std::time::Instant::now();
+            let result = self.sender.send(self.signal, body.clone()).await;
+            self.stats
+                .record_call(events, result.is_ok(), started.elapsed());
+            match result {
+                Ok(()) => {
+                    self.holding.store(false, Ordering::SeqCst);
+                    return Some(Ok(()));
+                }
+                Err(e @ SinkError::Rejected(_)) => {
+                    self.holding.store(false, Ordering::SeqCst);
+                    return Some(Err(e));
+                }
+                Err(e) => {
+                    self.holding.store(true, Ordering::SeqCst);
+                    Counters::add(&self.counters.export_batches_failed, 1);
+                    if wait == self.hold.initial {
+                        if let Some(owner) = owner {
+                            owner.note_held(&self.name, &e.to_string());
+                        }
+                    }
+                    self.counters
+                        .log
+                        .warn_limited("spooled export failed; record held", || {
+                            tracing::warn!(
+                                sink = %self.name,
+                                events,
+                                error = %self.counters.log.sanitize(&e.to_string()),
+                                retry_in_ms = wait.as_millis() as u64,
+                                "spooled export failed; record held"
+                            )
+                        });
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = self.appended.notified(), if self.stopped.load(Ordering::SeqCst) => {}
+                    }
+                    wait = (wait * 2).min(self.hold.max);
+                }
+            }
         }
-    });
-    Ok((SinkWorker::from_channel(name, tx, stats), control))
+    }
+
+    fn finish_owned(&self, owner: Box<dyn RecordOwner>, result: &Result<(), SinkError>) {
+        if result.is_ok() {
+            Counters::add(&self.counters.export_batches_ok, 1);
+        }
+        let error = result
+            .as_ref()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        let r = result
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| (e.reason(), error.as_str()));
+        owner.finish(&self.name, r);
+    }
+
+    /// Reads records in order and sends up to `concurrency` at once.
+    async fn send_loop(self: Arc<Self>, concurrency: usize) {
+        let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+        loop {
+            if self.stopped.load(Ordering::SeqCst) {
+                return;
+            }
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            let notified = self.appended.notified();
+            let next = self
+                .with_spool(|st| {
+                    let read = st.spool.as_mut()?.read_next();
+                    Some(read.map(|r| {
+                        r.map(|r| {
+                            let hand = match st.tracked.remove(&r.id) {
+                                Some(owner) => InHand::Owned(owner),
+                                None => {
+                                    let n = u64::from(r.events).min(st.recovered_unread);
+                                    st.recovered_unread -= n;
+                                    InHand::Recovered(n)
+                                }
+                            };
+                            st.in_hand.insert(r.id, hand);
+                            (r.id, u64::from(r.events), Bytes::from(r.payload))
+                        })
+                    }))
+                })
+                .await;
+            match next {
+                None => return,
+                Some(Ok(None)) => {
+                    // Nothing to read: wait for an append (or look again, in case the wake-up
+                    // came between the read and this wait).
+                    let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
+                }
+                Some(Ok(Some((id, events, body)))) => {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        me.send_record(id, events, body).await;
+                        drop(permit);
+                    });
+                }
+                Some(Err(e)) => {
+                    self.io_error(&e);
+                    self.counters.log.warn_limited("spool read failed", || {
+                        tracing::warn!(
+                            sink = %self.name,
+                            error = %self.counters.log.sanitize(&e.to_string()),
+                            "spool read failed; trying again"
+                        )
+                    });
+                    tokio::time::sleep(self.hold.max).await;
+                }
+            }
+        }
+    }
+
+    async fn send_record(self: &Arc<Self>, id: u64, events: u64, body: Bytes) {
+        // The journey notes of a held try go to the owner, which the state keeps: look it up
+        // only for the first failure (a short lock), not for every try.
+        let result = {
+            let noter = Noter { control: self, id };
+            self.send_held(body, events, Some(&noter)).await
+        };
+        let Some(result) = result else {
+            return; // stopped: `leave` settles the record in hand as spooled
+        };
+        let me = self.clone();
+        let hand = self
+            .with_spool(move |st| {
+                // `leave` may have taken it meanwhile: then it stays on disk, unacknowledged.
+                let hand = st.in_hand.remove(&id)?;
+                if let Some(Err(e)) = st.spool.as_mut().map(|s| s.ack(id)) {
+                    me.io_error(&e);
+                    me.counters.log.warn_limited("spool ack failed", || {
+                        tracing::warn!(
+                            sink = %me.name,
+                            error = %me.counters.log.sanitize(&e.to_string()),
+                            "spool acknowledgement failed; the record may be sent again \
+                             after a restart"
+                        )
+                    });
+                }
+                Some(hand)
+            })
+            .await;
+        let Some(hand) = hand else { return };
+        self.take_off_disk(events);
+        match hand {
+            InHand::Owned(owner) => self.finish_owned(owner, &result),
+            InHand::Recovered(n) => {
+                if result.is_ok() {
+                    Counters::add(&self.counters.export_batches_ok, 1);
+                    // A recovered request's item count is not kept: one item per event.
+                    let items = match self.signal {
+                        WireSignal::Traces => &self.counters.exported_spans,
+                        WireSignal::Logs => &self.counters.exported_log_records,
+                    };
+                    Counters::add(items, n);
+                }
+                let outcome = match &result {
+                    Ok(()) => RecoveredOutcome::Delivered,
+                    Err(e) => RecoveredOutcome::Dropped(e.reason()),
+                };
+                self.counters.settle_recovered(self.holder, n, outcome);
+            }
+        }
+    }
 }
 
-/// Counts the records found on disk at start (their events enter the trace path) and logs what
-/// recovery found, damage included.
-fn report_recovery(name: &str, dir: &std::path::Path, r: &Recovery, counters: &Counters) {
-    counters.recover(Holder::TracePath, r.events);
+/// What [`SpoolControl::append_blocking`] came to.
+enum Appended<T> {
+    Stored(T),
+    Full(Box<dyn RecordOwner>, String),
+    Direct(Box<dyn RecordOwner>, Bytes, String, T),
+    /// Encoding the request panicked.
+    Unencodable(Box<dyn RecordOwner>),
+    Closed,
+}
+
+/// Forwards the held-try note of a record being sent to its owner in the state.
+#[derive(Debug)]
+struct Noter<'a> {
+    control: &'a SpoolControl,
+    id: u64,
+}
+
+impl RecordOwner for Noter<'_> {
+    fn events(&self) -> u64 {
+        0
+    }
+
+    fn note_spooled(&self, _detail: &str) {}
+
+    fn note_held(&self, destination: &str, error: &str) {
+        let st = self.control.state.lock();
+        if let Some(InHand::Owned(owner)) = st.in_hand.get(&self.id) {
+            owner.note_held(destination, error);
+        }
+    }
+
+    fn finish(self: Box<Self>, _: &Arc<str>, _: Result<(), (ReasonCode, &str)>) {}
+
+    fn leave(self: Box<Self>, _: &Detail) {}
+}
+
+/// Logs what recovery found at start, damage included.
+fn report_recovery(name: &str, dir: &std::path::Path, r: &Recovery) {
     if r.records > 0 || r.corrupt_records > 0 || r.stale_segments > 0 {
         tracing::info!(
             spool = name,
@@ -284,367 +692,92 @@ fn report_recovery(name: &str, dir: &std::path::Path, r: &Recovery, counters: &C
     }
 }
 
-/// What both tasks send with: the spool's control, the sender, the hold policy, the counters.
-struct Link {
-    control: Arc<SpoolControl>,
-    sender: WireSender,
-    hold: HoldPolicy,
-    stats: Arc<ExporterStats>,
+/// A batch of spans: its groups, and how many spans the request carries.
+#[derive(Debug)]
+struct SpanRecord {
+    groups: Vec<Arc<GroupTracker>>,
+    spans: u64,
+    counters: Arc<Counters>,
 }
 
-impl Link {
-    /// Sends one encoded request, holding it while the failure is transient (see the module docs).
-    /// Returns the final answer: accepted, rejected, or `None` when the worker stopped first.
-    async fn send_held(
-        &self,
-        body: Bytes,
-        events: u64,
-        groups: &[Arc<GroupTracker>],
-    ) -> Option<Result<(), SinkError>> {
-        let (control, sender, hold, stats) =
-            (&*self.control, &self.sender, self.hold, &*self.stats);
-        let mut wait = hold.initial;
-        loop {
-            if control.stopped.load(Ordering::SeqCst) {
-                return None;
-            }
-            let started = std::time::Instant::now();
-            let result = sender.send(WireSignal::Traces, body.clone()).await;
-            stats.record_call(events, result.is_ok(), started.elapsed());
-            match result {
-                Ok(()) => {
-                    control.holding.store(false, Ordering::SeqCst);
-                    return Some(Ok(()));
-                }
-                Err(e @ SinkError::Rejected(_)) => {
-                    control.holding.store(false, Ordering::SeqCst);
-                    return Some(Err(e));
-                }
-                Err(e) => {
-                    control.holding.store(true, Ordering::SeqCst);
-                    Counters::add(&control.counters.export_batches_failed, 1);
-                    if wait == hold.initial {
-                        let error = e.to_string();
-                        for g in groups {
-                            g.note_held(&control.name, &error);
-                        }
-                    }
-                    control
-                        .counters
-                        .log
-                        .warn_limited("spooled export failed; record held", || {
-                            tracing::warn!(
-                                sink = %control.name,
-                                events,
-                                error = %control.counters.log.sanitize(&e.to_string()),
-                                retry_in_ms = wait.as_millis() as u64,
-                                "spooled export failed; record held"
-                            )
-                        });
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = control.appended.notified(), if control.stopped.load(Ordering::SeqCst) => {}
-                    }
-                    wait = (wait * 2).min(hold.max);
-                }
-            }
+impl RecordOwner for SpanRecord {
+    fn events(&self) -> u64 {
+        self.groups.iter().map(|g| g.len() as u64).sum()
+    }
+
+    fn note_spooled(&self, detail: &str) {
+        for g in &self.groups {
+            g.note_spooled(detail);
+        }
+    }
+
+    fn note_held(&self, destination: &str, error: &str) {
+        for g in &self.groups {
+            g.note_held(destination, error);
+        }
+    }
+
+    fn finish(self: Box<Self>, destination: &Arc<str>, result: Result<(), (ReasonCode, &str)>) {
+        if result.is_ok() {
+            Counters::add(&self.counters.exported_spans, self.spans);
+        } else {
+            Counters::add(&self.counters.sink_spans_failed, self.spans);
+        }
+        for g in &self.groups {
+            g.report(destination, result);
+        }
+    }
+
+    fn leave(self: Box<Self>, destination: &Detail) {
+        for g in &self.groups {
+            g.settle_spooled(destination);
         }
     }
 }
 
-/// Tells `groups` how their request ended.
-fn report(name: &Arc<str>, groups: &[Arc<GroupTracker>], result: &Result<(), SinkError>) {
-    let error = result
-        .as_ref()
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
-    let r = result
-        .as_ref()
-        .map(|_| ())
-        .map_err(|e| (e.reason(), error.as_str()));
-    for g in groups {
-        g.report(name, r);
-    }
-}
+/// Called with each batch of spans once it is on disk (the SQLite sink's copy).
+pub(crate) type OnAppended = Box<dyn Fn(&[SpanData]) + Send + Sync>;
 
-struct Appender {
-    link: Arc<Link>,
+/// Starts the enterprise spans' spool and its appender: the returned [`SinkWorker`] is the
+/// destination's queue, as the batcher knows it.
+pub(crate) fn spawn_traces(
+    settings: SpoolSettings,
     resource: Resource,
+    worker: &SinkWorkerParams,
     on_appended: Option<OnAppended>,
-}
-
-/// What an append came to.
-enum Appended {
-    /// On disk as this record.
-    Stored,
-    /// The budget refused it (`drop_newest`).
-    Full(String),
-    /// The spool cannot take it (too large, I/O error): send it from memory.
-    Direct(Bytes, String),
-    /// The spool is closed (shutdown).
-    Closed,
-}
-
-impl Appender {
-    async fn run(self, rx: mpsc::Receiver<SinkJob>) {
-        let mut rx = rx;
+) -> Result<(SinkWorker, Arc<SpoolControl>), SpooledStartError> {
+    let stats = worker.counters.exporters.register("enterprise", "traces");
+    let control = SpoolControl::open(
+        "enterprise",
+        WireSignal::Traces,
+        Holder::TracePath,
+        settings,
+        worker.counters.clone(),
+        stats.clone(),
+        &worker.rt,
+    )?;
+    let (tx, mut rx) = mpsc::channel::<SinkJob>(worker.queue_batches.max(1));
+    let appender = control.clone();
+    let counters = worker.counters.clone();
+    worker.rt.spawn(async move {
         while let Some(SinkJob::Export { spans, groups }) = rx.recv().await {
-            if self.link.control.stopped.load(Ordering::SeqCst) {
-                // Left to the shutdown's final count (`shutdown`): not on disk.
-                continue;
+            if appender.stopped.load(Ordering::SeqCst) {
+                continue; // not on disk: left to the shutdown's final count (`shutdown`)
             }
-            self.link.control.appending.store(true, Ordering::SeqCst);
-            self.append(spans, groups).await;
-            self.link.control.appending.store(false, Ordering::SeqCst);
-        }
-    }
-
-    async fn append(&self, spans: Vec<SpanData>, groups: Vec<Arc<GroupTracker>>) {
-        let events: u64 = groups.iter().map(|g| g.len() as u64).sum();
-        let n_spans = spans.len() as u64;
-        let resource = self.resource.clone();
-        let control = self.link.control.clone();
-        let groups_in = groups.clone();
-        let (spans, outcome) = match tokio::task::spawn_blocking(move || {
-            let body = encode_spans(&spans, &resource);
-            let mut st = control.state.lock();
-            let Some(spool) = st.spool.as_mut() else {
-                return (spans, Appended::Closed);
-            };
-            let count = u32::try_from(events).unwrap_or(u32::MAX);
-            let outcome = match spool.append(count, &body) {
-                Ok(done) => {
-                    let st = &mut *st;
-                    evict(&control, st, done.evicted_through, done.evicted_events);
-                    st.tracked.insert(
-                        done.id,
-                        Tracked {
-                            events,
-                            spans: n_spans,
-                            groups: groups_in,
-                        },
-                    );
-                    control.on_disk_events.fetch_add(events, Ordering::SeqCst);
-                    let detail = format!("{}: record {}", control.name, done.id);
-                    for g in &st.tracked[&done.id].groups {
-                        g.note_spooled(&detail);
-                    }
-                    Appended::Stored
-                }
-                Err(e @ SpoolError::Full { .. }) => Appended::Full(e.to_string()),
-                Err(e) => Appended::Direct(Bytes::from(body), e.to_string()),
-            };
-            (spans, outcome)
-        })
-        .await
-        {
-            Ok(r) => r,
-            // The blocking task panicked (it does not, but no panic reaches the host): the
-            // groups are left to the shutdown's count.
-            Err(_) => return,
-        };
-        match outcome {
-            Appended::Stored => {
-                if let Some(f) = &self.on_appended {
+            let owner = Box::new(SpanRecord {
+                groups,
+                spans: spans.len() as u64,
+                counters: counters.clone(),
+            });
+            let resource = resource.clone();
+            let encode = move || (encode_spans(&spans, &resource), spans);
+            if let Stored::Kept(spans) = appender.store(encode, owner).await {
+                if let Some(f) = &on_appended {
                     f(&spans);
                 }
-                self.link.control.appended.notify_one();
-            }
-            Appended::Closed => {}
-            Appended::Full(error) => {
-                Counters::add(&self.link.control.counters.sink_spans_failed, n_spans);
-                let r: Result<(), (ReasonCode, &str)> = Err((ReasonCode::SpoolFull, &error));
-                for g in &groups {
-                    g.report(&self.link.control.name, r);
-                }
-            }
-            Appended::Direct(body, error) => {
-                self.link.control.counters.log.warn_limited(
-                    "spool append failed; batch sent from memory",
-                    || {
-                        tracing::warn!(
-                            sink = %self.link.control.name,
-                            error = %self.link.control.counters.log.sanitize(&error),
-                            "spool append failed; batch sent from memory"
-                        )
-                    },
-                );
-                let result = self.link.send_held(body, events, &groups).await;
-                if let Some(result) = result {
-                    if result.is_ok() {
-                        Counters::add(&self.link.control.counters.exported_spans, n_spans);
-                        Counters::add(&self.link.control.counters.export_batches_ok, 1);
-                        if let Some(f) = &self.on_appended {
-                            f(&spans);
-                        }
-                    }
-                    report(&self.link.control.name, &groups, &result);
-                }
             }
         }
-    }
-}
-
-/// Settles the records an append deleted to make room (`drop_oldest`): every tracked record at
-/// or below `through` (none of them read yet), and recovered events for the rest.
-fn evict(control: &SpoolControl, st: &mut State, through: u64, events: u64) {
-    if through == 0 || events == 0 {
-        return;
-    }
-    let keep = st.tracked.split_off(&(through + 1));
-    let gone = std::mem::replace(&mut st.tracked, keep);
-    let mut tracked_events = 0;
-    let error = "spool full: deleted to make room (spool.when_full = \"drop_oldest\")";
-    for (_, t) in gone {
-        tracked_events += t.events;
-        for g in t.groups {
-            g.report(&control.name, Err((ReasonCode::SpoolFull, error)));
-        }
-    }
-    let recovered = events
-        .saturating_sub(tracked_events)
-        .min(st.recovered_unread);
-    st.recovered_unread -= recovered;
-    control.counters.settle_recovered(
-        Holder::TracePath,
-        recovered,
-        RecoveredOutcome::Dropped(ReasonCode::SpoolFull),
-    );
-    control.on_disk_events.fetch_sub(
-        (tracked_events + recovered).min(control.events_on_disk()),
-        Ordering::SeqCst,
-    );
-}
-
-struct Sender {
-    link: Arc<Link>,
-    /// Records sent at once (`trace_batcher.sink_concurrency`); acknowledgements may then come
-    /// out of order, which the spool's watermark allows.
-    concurrency: usize,
-}
-
-impl Sender {
-    async fn run(self) {
-        let me = Arc::new(self);
-        let permits = Arc::new(tokio::sync::Semaphore::new(me.concurrency.max(1)));
-        loop {
-            if me.link.control.stopped.load(Ordering::SeqCst) {
-                return;
-            }
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                return;
-            };
-            let notified = me.link.control.appended.notified();
-            let next = me
-                .link
-                .control
-                .with_spool(move |st| {
-                    let read = st.spool.as_mut()?.read_next();
-                    Some(read.map(|r| {
-                        r.map(|r| {
-                            let owner = match st.tracked.remove(&r.id) {
-                                Some(t) => Owner::Groups(t.groups, t.spans),
-                                None => {
-                                    let n = u64::from(r.events).min(st.recovered_unread);
-                                    st.recovered_unread -= n;
-                                    Owner::Recovered(n)
-                                }
-                            };
-                            let groups = match &owner {
-                                Owner::Groups(g, _) => g.clone(),
-                                Owner::Recovered(_) => Vec::new(),
-                            };
-                            st.in_hand.insert(r.id, owner);
-                            (r.id, u64::from(r.events), Bytes::from(r.payload), groups)
-                        })
-                    }))
-                })
-                .await;
-            match next {
-                None => return,
-                Some(Ok(None)) => {
-                    // Nothing to read: wait for an append (or a periodic look, in case a wake-up
-                    // came between the read and this wait).
-                    let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
-                }
-                Some(Ok(Some((id, events, body, groups)))) => {
-                    let me = me.clone();
-                    tokio::spawn(async move {
-                        me.send(id, events, body, groups).await;
-                        drop(permit);
-                    });
-                }
-                Some(Err(e)) => {
-                    let c = &me.link.control;
-                    c.counters.log.warn_limited("spool read failed", || {
-                        tracing::warn!(
-                            sink = %c.name,
-                            error = %c.counters.log.sanitize(&e.to_string()),
-                            "spool read failed; trying again"
-                        )
-                    });
-                    tokio::time::sleep(me.link.hold.max).await;
-                }
-            }
-        }
-    }
-
-    async fn send(&self, id: u64, events: u64, body: Bytes, groups: Vec<Arc<GroupTracker>>) {
-        let Some(result) = self.link.send_held(body, events, &groups).await else {
-            return; // stopped: `leave` settles the record in hand as spooled
-        };
-        let control = self.link.control.clone();
-        let owner = self
-            .link
-            .control
-            .with_spool(move |st| {
-                // `leave` may have taken it meanwhile: then it stays on disk, unacknowledged.
-                let owner = st.in_hand.remove(&id)?;
-                if let Some(spool) = st.spool.as_mut() {
-                    if let Err(e) = spool.ack(id) {
-                        control.counters.log.warn_limited("spool ack failed", || {
-                            tracing::warn!(
-                                sink = %control.name,
-                                error = %control.counters.log.sanitize(&e.to_string()),
-                                "spool acknowledgement failed; the record may be sent again \
-                                 after a restart"
-                            )
-                        });
-                    }
-                }
-                Some(owner)
-            })
-            .await;
-        let Some(owner) = owner else { return };
-        self.link.control.on_disk_events.fetch_sub(
-            events.min(self.link.control.events_on_disk()),
-            Ordering::SeqCst,
-        );
-        if result.is_ok() {
-            Counters::add(&self.link.control.counters.export_batches_ok, 1);
-        }
-        match owner {
-            Owner::Groups(groups, spans) => {
-                if result.is_ok() {
-                    Counters::add(&self.link.control.counters.exported_spans, spans);
-                }
-                report(&self.link.control.name, &groups, &result);
-            }
-            Owner::Recovered(n) => {
-                if result.is_ok() {
-                    // A recovered request's span count is not kept: one span per event.
-                    Counters::add(&self.link.control.counters.exported_spans, n);
-                }
-                let outcome = match &result {
-                    Ok(()) => RecoveredOutcome::Delivered,
-                    Err(e) => RecoveredOutcome::Dropped(e.reason()),
-                };
-                self.link
-                    .control
-                    .counters
-                    .settle_recovered(Holder::TracePath, n, outcome);
-            }
-        }
-    }
+    });
+    let name: Arc<str> = control.name.clone();
+    Ok((SinkWorker::from_channel(name, tx, stats), control))
 }

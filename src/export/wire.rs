@@ -3,22 +3,27 @@
 //! The disk spool (issue 16) stores an export request as the bytes an exporter would send, so a
 //! replay after a restart sends exactly what would have been sent; the encode-once work (issue
 //! 17) sends those bytes without building the request again. This module is that seam:
-//! [`encode_spans`] builds the `ExportTraceServiceRequest` bytes, and [`WireSender`] sends any
-//! encoded request over gRPC, through a pass-through codec on the signal's service method, so
-//! the bytes on the wire are the bytes given.
+//! [`encode_spans`] and [`encode_logs`] build the request bytes, and [`WireSender`] sends any
+//! encoded request unchanged: over gRPC through a pass-through codec on the signal's service
+//! method, or over HTTP as the body of a `POST` to `/v1/traces` or `/v1/logs`.
 //!
 //! Errors keep the SDK exporter's classification (`SinkError`): a malformed-data answer (gRPC
-//! `INVALID_ARGUMENT`) is a rejection, never retried; anything else is a failure the caller may
+//! `INVALID_ARGUMENT`, HTTP 400) is a rejection, never retried; anything else is a failure the caller may
 //! hold and retry.
 //!
-//! Not yet on the data path: the spooled sink worker (ADR 0004, "Next") will be its first user.
+//! Its user is the disk spool (`export::spooled`): what it stores is what [`encode_spans`] and
+//! [`encode_logs`] build, and what it sends goes through [`WireSender`].
 
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes};
+use opentelemetry::InstrumentationScope;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
+use opentelemetry_proto::transform::logs::tonic::group_logs_by_resource_and_scope;
 use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
+use opentelemetry_sdk::logs::{LogBatch, SdkLogRecord};
 use opentelemetry_sdk::trace::SpanData;
 use opentelemetry_sdk::Resource;
 use prost::Message;
@@ -36,6 +41,22 @@ pub enum WireSignal {
 }
 
 impl WireSignal {
+    /// `traces` or `logs`, as the exporter counters name the signal.
+    pub fn name(self) -> &'static str {
+        match self {
+            WireSignal::Traces => "traces",
+            WireSignal::Logs => "logs",
+        }
+    }
+
+    /// The HTTP path the request is posted to.
+    pub fn http_path(self) -> &'static str {
+        match self {
+            WireSignal::Traces => "/v1/traces",
+            WireSignal::Logs => "/v1/logs",
+        }
+    }
+
     /// The gRPC method the request is sent to.
     pub fn grpc_path(self) -> &'static str {
         match self {
@@ -51,6 +72,20 @@ pub fn encode_spans(spans: &[SpanData], resource: &Resource) -> Vec<u8> {
     let resource = ResourceAttributesWithSchema::from(resource);
     let request = ExportTraceServiceRequest {
         resource_spans: group_spans_by_resource_and_scope(spans.to_vec(), &resource),
+    };
+    request.encode_to_vec()
+}
+
+/// The `ExportLogsServiceRequest` for `records` under `resource`, encoded (OTLP protobuf): the
+/// same message the SDK's OTLP log exporter builds for them.
+pub fn encode_logs(
+    records: &[(&SdkLogRecord, &InstrumentationScope)],
+    resource: &Resource,
+) -> Vec<u8> {
+    let resource = ResourceAttributesWithSchema::from(resource);
+    let batch = LogBatch::new(records);
+    let request = ExportLogsServiceRequest {
+        resource_logs: group_logs_by_resource_and_scope(&batch, &resource),
     };
     request.encode_to_vec()
 }
@@ -94,12 +129,25 @@ impl Decoder for PassThrough {
     }
 }
 
-/// Sends encoded export requests to one OTLP gRPC endpoint.
+/// Sends encoded export requests to one OTLP endpoint, over gRPC or HTTP/protobuf.
 #[derive(Debug, Clone)]
 pub struct WireSender {
-    channel: tonic::transport::Channel,
-    metadata: tonic::metadata::MetadataMap,
+    transport: Transport,
     timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+enum Transport {
+    Grpc {
+        channel: tonic::transport::Channel,
+        metadata: tonic::metadata::MetadataMap,
+    },
+    Http {
+        client: reqwest::Client,
+        /// The endpoint without a signal path (`http://host:4318`).
+        base: String,
+        headers: http::HeaderMap,
+    },
 }
 
 /// Why a [`WireSender`] could not be built.
@@ -113,7 +161,7 @@ pub struct WireBuildError {
 }
 
 impl WireSender {
-    /// A sender to `endpoint` (`http://host:port`) with these gRPC metadata (headers) and a time
+    /// A gRPC sender to `endpoint` (`http://host:port`) with these metadata (headers) and a time
     /// limit per request. Connects lazily: building it never waits for the network. Must be
     /// built inside the tokio runtime it will send from (a tonic channel binds to it); outside
     /// any runtime it is an error, not a panic.
@@ -136,29 +184,89 @@ impl WireSender {
             .timeout(timeout)
             .connect_lazy();
         Ok(WireSender {
-            channel,
-            metadata,
+            transport: Transport::Grpc { channel, metadata },
+            timeout,
+        })
+    }
+
+    /// An HTTP/protobuf sender to `endpoint` (`http://host:4318`; the signal's path,
+    /// `/v1/traces` or `/v1/logs`, is added unless the endpoint already ends with it) with these
+    /// headers and a time limit per request.
+    pub fn http(
+        endpoint: &str,
+        headers: http::HeaderMap,
+        timeout: Duration,
+    ) -> Result<Self, WireBuildError> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| WireBuildError {
+                endpoint: endpoint.to_owned(),
+                error: e.to_string(),
+            })?;
+        let base = ["/v1/traces", "/v1/logs"]
+            .iter()
+            .find_map(|p| endpoint.trim_end_matches('/').strip_suffix(p))
+            .unwrap_or(endpoint.trim_end_matches('/'))
+            .to_owned();
+        Ok(WireSender {
+            transport: Transport::Http {
+                client,
+                base,
+                headers,
+            },
             timeout,
         })
     }
 
     /// Sends one encoded request of `signal` and waits for the answer (within the timeout).
+    /// gRPC `INVALID_ARGUMENT` and HTTP 400 are rejections; anything else that is not a
+    /// success is a failure.
     pub async fn send(&self, signal: WireSignal, body: Bytes) -> Result<(), SinkError> {
         let call = async {
-            let mut grpc = tonic::client::Grpc::new(self.channel.clone());
-            grpc.ready()
-                .await
-                .map_err(|e| SinkError::Failed(format!("connection not ready: {e}")))?;
-            let mut request = tonic::Request::new(body);
-            *request.metadata_mut() = self.metadata.clone();
-            let path = http::uri::PathAndQuery::from_static(signal.grpc_path());
-            grpc.unary(request, path, PassThrough)
-                .await
-                .map(|_| ())
-                .map_err(|status| match status.code() {
-                    tonic::Code::InvalidArgument => SinkError::Rejected(status.to_string()),
-                    _ => SinkError::Failed(status.to_string()),
-                })
+            match &self.transport {
+                Transport::Grpc { channel, metadata } => {
+                    let mut grpc = tonic::client::Grpc::new(channel.clone());
+                    grpc.ready()
+                        .await
+                        .map_err(|e| SinkError::Failed(format!("connection not ready: {e}")))?;
+                    let mut request = tonic::Request::new(body);
+                    *request.metadata_mut() = metadata.clone();
+                    let path = http::uri::PathAndQuery::from_static(signal.grpc_path());
+                    grpc.unary(request, path, PassThrough)
+                        .await
+                        .map(|_| ())
+                        .map_err(|status| match status.code() {
+                            tonic::Code::InvalidArgument => SinkError::Rejected(status.to_string()),
+                            _ => SinkError::Failed(status.to_string()),
+                        })
+                }
+                Transport::Http {
+                    client,
+                    base,
+                    headers,
+                } => {
+                    let url = format!("{base}{}", signal.http_path());
+                    let answer = client
+                        .post(url)
+                        .headers(headers.clone())
+                        .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+                        .body(body)
+                        .send()
+                        .await
+                        .map_err(|e| SinkError::Failed(format!("HTTP export failed: {e}")))?;
+                    let status = answer.status();
+                    match status.as_u16() {
+                        200..=299 => Ok(()),
+                        400 => Err(SinkError::Rejected(format!(
+                            "HTTP export failed with status code: {status}"
+                        ))),
+                        _ => Err(SinkError::Failed(format!(
+                            "HTTP export failed with status code: {status}"
+                        ))),
+                    }
+                }
+            }
         };
         match tokio::time::timeout(self.timeout, call).await {
             Ok(result) => result,

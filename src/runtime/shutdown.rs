@@ -265,20 +265,11 @@ fn drain_paths(lifecycle: &Lifecycle, counters: &Counters, by: &Deadline) -> boo
             rt.spawn(async move { log_batcher.flush().await });
         }
     };
-    // With a disk spool, the trace path is done once every event it holds is on disk and the
-    // backend is failing: waiting longer only waits for the backend (the spool keeps them).
-    let spool = handles.spool.clone();
-    let enterprise = handles.enterprise_sink.clone();
+    // With disk spools, the paths are done once every event they hold is on disk and the
+    // backend is failing: waiting longer only waits for the backend (the spools keep them).
     let done = || {
         let p = counters.pending();
-        p.no_event_held()
-            || spool.as_ref().is_some_and(|s| {
-                p.gateway <= 0
-                    && p.metric_log <= 0
-                    && s.stalled()
-                    && enterprise.depth().is_none_or(|(waiting, _)| waiting == 0)
-                    && p.trace <= s.events_on_disk() as i64
-            })
+        p.no_event_held() || handles.spooled_and_stalled(&p)
     };
     by.wait_until(&done, &nudge)
 }
@@ -286,7 +277,7 @@ fn drain_paths(lifecycle: &Lifecycle, counters: &Counters, by: &Deadline) -> boo
 /// Step 5b: the disk spool keeps what was not sent. Its events leave the process as `spooled`
 /// (counted, journeys closed), the spool is synced and its lock released.
 fn leave_in_spool(lifecycle: &Lifecycle) {
-    if let Some(spool) = &lifecycle.export.handles.spool {
+    for spool in lifecycle.export.handles.spools.all() {
         let left = spool.leave();
         if left > 0 {
             tracing::info!(
@@ -301,12 +292,23 @@ fn leave_in_spool(lifecycle: &Lifecycle) {
 /// Step 4: companion log records carry no event, so the stage gauges do not wait for them: the
 /// log batcher is flushed until it holds none (or the deadline passes).
 fn flush_companions(lifecycle: &Lifecycle, counters: &Counters, by: &Deadline) -> bool {
-    let log_batcher = lifecycle.export.handles.log_batcher.clone();
-    by.wait_until(&|| counters.pending().companion_logs <= 0, &|| {
+    let handles = &lifecycle.export.handles;
+    let log_batcher = handles.log_batcher.clone();
+    // With disk spools, companions on disk are done with once a flush has put every record the
+    // batcher had gathered there, and the backend is failing.
+    let flushed = AtomicBool::new(false);
+    let done = || {
+        let p = counters.pending();
+        p.companion_logs <= 0 || (flushed.load(Ordering::SeqCst) && handles.spooled_and_stalled(&p))
+    };
+    by.wait_until(&done, &|| {
         let log_batcher = log_batcher.clone();
-        let _ = lifecycle.export.rt.block_on(async move {
+        let answered = lifecycle.export.rt.block_on(async move {
             tokio::time::timeout(LOG_NUDGE_INTERVAL, log_batcher.flush()).await
         });
+        if answered.is_ok() {
+            flushed.store(true, Ordering::SeqCst);
+        }
     })
 }
 

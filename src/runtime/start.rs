@@ -80,7 +80,7 @@ impl GatewayBuilder {
             live.clone(),
         )?;
         // 10. The probes behind stats, /metrics and the self-metrics; the endpoint served.
-        let probes = probes(&cfg, &shared, &actors, queues, live);
+        let probes = probes(&cfg, &shared, &actors, queues, live, &export);
         if cfg.diagnostics.export_self_metrics {
             crate::diagnostics::otel::register(&export.meter_provider, probes.clone());
         }
@@ -356,9 +356,21 @@ fn probes(
     actors: &Actors,
     queues: Vec<(String, QueueReader)>,
     live: Arc<AtomicBool>,
+    export: &ExportPipeline,
 ) -> Arc<Probes> {
     let handler_addrs = actors.handlers.clone();
     let closing = shared.clone();
+    // Weak: the probes outlive the export pipeline (`stats()` after shutdown), never keep it.
+    let spools = export
+        .handles
+        .spools
+        .all()
+        .map(|s| {
+            let weak = Arc::downgrade(s);
+            Box::new(move || weak.upgrade().and_then(|s| s.snapshot()))
+                as crate::diagnostics::probes::SpoolReader
+        })
+        .collect();
     Arc::new(Probes {
         counters: shared.counters.clone(),
         queues,
@@ -369,6 +381,7 @@ fn probes(
             (up, handler_addrs.len())
         }),
         unready_after: Duration::from_secs(cfg.diagnostics.unready_after_failing_secs),
+        spools,
     })
 }
 

@@ -215,6 +215,14 @@ pub struct SpoolStatus {
     /// Records that failed their check when read back (damage found after the open); the
     /// reader went on from the next good record.
     pub damaged_reads: u64,
+    /// Records appended since the open.
+    pub appends: u64,
+    /// Records acknowledged since the open.
+    pub acks: u64,
+    /// Syncs that wrote something to stable storage since the open, and the time they took.
+    pub syncs: u64,
+    /// Microseconds spent in those syncs.
+    pub sync_micros: u64,
 }
 
 /// One segment file, summarized in memory (memory is per segment, never per record).
@@ -284,6 +292,10 @@ pub struct DiskSpool {
     unsynced: bool,
     buf: Vec<u8>,
     damaged_reads: u64,
+    appends: u64,
+    acks: u64,
+    syncs: u64,
+    sync_micros: u64,
     /// Ranges of ids lost to damage (found at open), ascending: never acknowledged, so the
     /// watermark steps over them.
     lost: VecDeque<(u64, u64)>,
@@ -620,6 +632,10 @@ impl DiskSpool {
             unsynced: false,
             buf: Vec::new(),
             damaged_reads: 0,
+            appends: 0,
+            acks: 0,
+            syncs: 0,
+            sync_micros: 0,
             lost: lost.into(),
         };
         if spool.advance_watermark() {
@@ -644,6 +660,10 @@ impl DiskSpool {
             oldest_ms: self.segments.iter().find_map(|s| s.oldest_ms),
             segments: self.segments.len(),
             damaged_reads: self.damaged_reads,
+            appends: self.appends,
+            acks: self.acks,
+            syncs: self.syncs,
+            sync_micros: self.sync_micros,
         }
     }
 
@@ -699,6 +719,7 @@ impl DiskSpool {
             SyncPolicy::Interval(every) if self.last_sync.elapsed() >= every => self.sync()?,
             _ => {}
         }
+        self.appends += 1;
         Ok(Appended {
             id,
             evicted_events,
@@ -713,6 +734,7 @@ impl DiskSpool {
         if !self.unsynced {
             return Ok(());
         }
+        let began = Instant::now();
         if let (Some(w), Some(seg)) = (self.writer.as_ref(), self.segments.back()) {
             w.sync_data()
                 .map_err(|e| SpoolError::io("sync", &seg.path, e))?;
@@ -721,6 +743,8 @@ impl DiskSpool {
             .sync_data()
             .map_err(|e| SpoolError::io("sync", &self.dir.join(ACK_FILE), e))?;
         self.unsynced = false;
+        self.syncs += 1;
+        self.sync_micros += began.elapsed().as_micros() as u64;
         Ok(())
     }
 
@@ -817,6 +841,7 @@ impl DiskSpool {
         let Some(events) = self.in_flight.remove(&id) else {
             return Ok(());
         };
+        self.acks += 1;
         if let Some(seg) = self.segment_of_mut(id) {
             seg.unacked_records = seg.unacked_records.saturating_sub(1);
             seg.unacked_events = seg.unacked_events.saturating_sub(u64::from(events));

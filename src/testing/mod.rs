@@ -17,7 +17,9 @@ pub use otlp_receiver::{OtlpReceiver, Received, Signal};
 pub mod internals {
     pub use crate::actors::dedup::{CheckBatch, DedupActor, DedupKey, MemoryDedup, Verdict};
     pub use crate::actors::rehydrator::{RehydrateBatch, RehydrateItem, RehydratorActor};
-    pub use crate::export::wire::{encode_spans, WireBuildError, WireSender, WireSignal};
+    pub use crate::export::wire::{
+        encode_logs, encode_spans, WireBuildError, WireSender, WireSignal,
+    };
     pub use crate::routing::RoutingTable;
     pub use crate::spool::{Appended, DiskSpool, Record, Recovery, SpoolError};
     pub use crate::spool::{SpoolOptions, SpoolStatus, SyncPolicy, WhenFull};

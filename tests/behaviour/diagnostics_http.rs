@@ -242,8 +242,11 @@ fn readiness_fails_with_a_reason_while_the_collector_keeps_failing() {
 #[test]
 fn self_metrics_reach_the_collector_through_the_otel_pipeline() {
     let rx = OtlpReceiver::start();
-    let (mut cfg, _d) = support::config();
+    let (mut cfg, d) = support::config();
     cfg.otlp.endpoint = Some(rx.endpoint());
+    // With disk spools, so that the per-spool instruments have points too.
+    cfg.spool.kind = telemetry_gateway::config::SpoolKind::Disk;
+    cfg.spool.path = Some(d.path().join("spool"));
     let gw = start(cfg).unwrap();
     gw.emit(TelemetryEnvelope::new(
         TelemetryCase::AppCreated,
@@ -256,4 +259,49 @@ fn self_metrics_reach_the_collector_through_the_otel_pipeline() {
     for n in telemetry_gateway::diagnostics::catalogue::otel_names() {
         assert!(names.contains(n), "{n} not exported; got {names:?}");
     }
+}
+
+/// With disk spools, `/metrics` has each spool's series (and passes `promtool`), counting what
+/// was appended and acknowledged.
+#[test]
+fn the_disk_spools_are_scraped() {
+    let rx = OtlpReceiver::start();
+    let (mut cfg, d) = support::config();
+    cfg.otlp.endpoint = Some(rx.endpoint());
+    cfg.diagnostics.listen = Some("127.0.0.1:0".into());
+    cfg.spool.kind = telemetry_gateway::config::SpoolKind::Disk;
+    cfg.spool.path = Some(d.path().join("spool"));
+    let gw = start(cfg).unwrap();
+    let addr = gw.diagnostics_addr().expect("bound");
+    for case in [TelemetryCase::WorkflowRun, TelemetryCase::AppCreated] {
+        gw.emit(TelemetryEnvelope::new(case, TelemetryContext::tenant("t")))
+            .unwrap();
+    }
+    let end = Instant::now() + Duration::from_secs(10);
+    while gw.stats().in_flight > 0 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (status, text) = get(addr, "/metrics");
+    assert_eq!(status, 200);
+    promtool_check(&text);
+    for spool in ["enterprise", "enterprise logs"] {
+        let appends = sample(
+            &text,
+            &format!("telemetry_gateway_spool_appends_total{{spool=\"{spool}\"}}"),
+        );
+        let acks = sample(
+            &text,
+            &format!("telemetry_gateway_spool_acks_total{{spool=\"{spool}\"}}"),
+        );
+        assert!(appends >= 1.0 && acks == appends, "{spool}: {text}");
+        assert_eq!(
+            sample(
+                &text,
+                &format!("telemetry_gateway_spool_events{{spool=\"{spool}\"}}")
+            ),
+            0.0
+        );
+    }
+    let s = gw.shutdown_blocking(support::DEADLINE).stats;
+    assert_eq!((s.delivered, s.spooled), (2, 0), "{s:?}");
 }

@@ -19,7 +19,9 @@ use serde_json::json;
 use telemetry_gateway::config::{CaseSection, RedactionSection};
 use telemetry_gateway::export::mapping::Mapper;
 use telemetry_gateway::redaction::Redactor;
-use telemetry_gateway::testing::internals::{encode_spans, RoutingTable, WireSender, WireSignal};
+use telemetry_gateway::testing::internals::{
+    encode_logs, encode_spans, RoutingTable, WireSender, WireSignal,
+};
 use telemetry_gateway::testing::OtlpReceiver;
 use telemetry_gateway::{SinkError, TelemetryCase, TelemetryContext, TelemetryEnvelope};
 
@@ -144,4 +146,86 @@ fn the_receivers_answers_are_classified_as_the_sdk_exporter_does() {
     let err =
         WireSender::grpc("not a uri", Default::default(), Duration::from_secs(1)).unwrap_err();
     assert!(err.to_string().contains("not a uri"), "{err}");
+}
+
+/// Log records of the gateway's shape (a body, a severity, attributes), as the log batcher
+/// exports them.
+fn log_records(n: usize) -> Vec<opentelemetry_sdk::logs::SdkLogRecord> {
+    use opentelemetry::logs::{LogRecord as _, Logger as _, Severity};
+    let provider = SdkLoggerProvider::builder().build();
+    let logger = provider.logger("wire");
+    (0..n)
+        .map(|i| {
+            let mut r = logger.create_log_record();
+            r.set_body(format!("event {i}").into());
+            r.set_severity_number(Severity::Info);
+            r.set_severity_text("INFO");
+            // The OTLP transform (the SDK exporter's and ours) needs it; the mapping sets it.
+            r.set_observed_timestamp(std::time::SystemTime::now());
+            r.set_event_name("app.created");
+            r.add_attribute("tenant.id", "t");
+            r.add_attribute("seq", i as i64);
+            r
+        })
+        .collect()
+}
+
+/// Over HTTP/protobuf too, and for log records: what `WireSender` posts is what the SDK's OTLP
+/// exporters deliver, field for field; a 400 is a rejection, a 503 a failure.
+#[test]
+fn over_http_and_for_logs_the_bytes_arrive_as_the_sdk_exporters_send_them() {
+    use opentelemetry_otlp::{WithExportConfig, WithHttpConfig as _};
+    use opentelemetry_sdk::logs::{LogBatch, LogExporter as _};
+    let rt = support::runtime();
+    let spans = spans(5);
+    let records = log_records(4);
+    let scope = opentelemetry::InstrumentationScope::builder("telemetry-gateway").build();
+    let refs: Vec<_> = records.iter().map(|r| (r, &scope)).collect();
+
+    let by_sdk = OtlpReceiver::start_http();
+    rt.block_on(async {
+        let mut spans_out = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .with_endpoint(format!("{}/v1/traces", by_sdk.endpoint()))
+            .build()
+            .unwrap();
+        spans_out.set_resource(&resource());
+        spans_out.export(spans.clone()).await.unwrap();
+        let mut logs_out = opentelemetry_otlp::LogExporter::builder()
+            .with_http()
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .with_endpoint(format!("{}/v1/logs", by_sdk.endpoint()))
+            .with_headers(Default::default())
+            .build()
+            .unwrap();
+        logs_out.set_resource(&resource());
+        logs_out.export(LogBatch::new(&refs)).await.unwrap();
+    });
+
+    let by_wire = OtlpReceiver::start_http();
+    let sender = WireSender::http(
+        &by_wire.endpoint(),
+        Default::default(),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let trace_body = Bytes::from(encode_spans(&spans, &resource()));
+    let log_body = Bytes::from(encode_logs(&refs, &resource()));
+    rt.block_on(sender.send(WireSignal::Traces, trace_body.clone()))
+        .unwrap();
+    rt.block_on(sender.send(WireSignal::Logs, log_body))
+        .unwrap();
+
+    let (a, b) = (by_sdk.received(), by_wire.received());
+    assert_eq!((a.spans.len(), a.logs.len()), (5, 4));
+    assert_eq!(a.spans, b.spans, "the same spans, field for field");
+    assert_eq!(a.logs, b.logs, "the same log records, field for field");
+
+    by_wire.fail_with(Some(tonic::Code::InvalidArgument));
+    let r = rt.block_on(sender.send(WireSignal::Traces, trace_body.clone()));
+    assert!(matches!(r, Err(SinkError::Rejected(_))), "{r:?}");
+    by_wire.fail_with(Some(tonic::Code::Unavailable));
+    let r = rt.block_on(sender.send(WireSignal::Traces, trace_body));
+    assert!(matches!(r, Err(SinkError::Failed(_))), "{r:?}");
 }

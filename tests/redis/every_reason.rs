@@ -292,17 +292,16 @@ fn scenario(reason: ReasonCode) -> (StatsSnapshot, Explainer, String) {
             )
         }
         ReasonCode::SpoolFull => {
-            // A disk spool of 256 KiB with the collector down: the batches that do not fit are
-            // refused (`when_full = "drop_newest"`).
+            // Disk spools of 512 KiB (256 KiB for the spans) with the collector down: the
+            // batches that do not fit are refused (`when_full = "drop_newest"`).
             let rx = OtlpReceiver::start();
             rx.fail_with(Some(tonic::Code::Unavailable));
             c.otlp.endpoint = Some(rx.endpoint());
             c.spool.kind = SpoolKind::Disk;
             c.spool.path = Some(dir.path().join("spool"));
             c.spool.segment_bytes = 64 << 10;
-            c.spool.max_bytes = 256 << 10;
+            c.spool.max_bytes = 512 << 10;
             c.trace_batcher.max_batch_size = 50;
-            c.export.log_queue_capacity = 10_000;
             let gw = telemetry_gateway::start(c).unwrap();
             let events: Vec<_> = (0..3_000)
                 .map(|_| ev(TelemetryCase::WorkflowRun, "t"))
