@@ -237,6 +237,32 @@ fn start_outage(start: Instant) {
     }
 }
 
+/// With `--spool disk --outage FROM,TO`: the backlog on disk when the collector came back, how
+/// fast it drained (against `--rate`), and the resident memory through the outage (a tenth in,
+/// and at its end: flat when the backlog is on disk).
+fn spool_outage_summary(timeline: &[(f64, u64, u64)], args: &Args) -> Value {
+    let (Some((from, to)), true) = (args.outage, args.spool) else {
+        return Value::Null;
+    };
+    let at = |t: f64| timeline.iter().find(|(s, _, _)| *s >= t);
+    let backlog = at(to).map_or(0, |(_, e, _)| *e);
+    let drained = timeline
+        .iter()
+        .find(|(s, e, _)| *s > to && *e <= backlog / 100)
+        .map(|(s, _, _)| s - to);
+    let drain_rate = drained.map(|d| backlog as f64 / d.max(1.0));
+    let mib = |b: u64| b / (1 << 20);
+    json!({
+        "backlog_events_at_outage_end": backlog,
+        "drain_secs": drained,
+        "drain_events_per_sec": drain_rate,
+        "drain_vs_rate": drain_rate.zip(args.rate).map(|(d, r)| d / r),
+        "rss_mib_tenth_into_outage": at(from + (to - from) / 10.0).map(|(_, _, r)| mib(*r)),
+        "rss_mib_at_outage_end": at(to).map(|(_, _, r)| mib(*r)),
+        "rss_mib_max": timeline.iter().map(|(_, _, r)| mib(*r)).max(),
+    })
+}
+
 /// Samples the size of a directory (`--spool disk`) every 20 ms on a thread of its own.
 struct DirSampler {
     stop: Arc<std::sync::atomic::AtomicBool>,
@@ -413,6 +439,8 @@ struct GatewayRun {
     deadline_exceeded: bool,
     refused_at_emit: u64,
     exporter_queue_full: BTreeMap<String, u64>,
+    /// `--spool disk`: (seconds since the start, events on disk, resident bytes), once a second.
+    timeline: Vec<(f64, u64, u64)>,
 }
 
 fn configure(
@@ -445,6 +473,20 @@ fn run_gateway(args: &Args, cfg: GatewayConfig) -> Result<GatewayRun, BoxError> 
     let stop_at = args.duration.map(|d| Instant::now() + d);
     let start = Instant::now();
     start_outage(start);
+    // With --spool disk: the backlog on disk and the resident memory, once a second.
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(args.spool));
+    let sampler = {
+        let (gateway, sampling) = (gateway.clone(), sampling.clone());
+        std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                let events: u64 = gateway.diagnostics().spools.iter().map(|s| s.events).sum();
+                samples.push((start.elapsed().as_secs_f64(), events, rss()));
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            samples
+        })
+    };
     let mut threads = Vec::new();
     for p in 0..args.producers {
         let gateway = gateway.clone();
@@ -491,6 +533,8 @@ fn run_gateway(args: &Args, cfg: GatewayConfig) -> Result<GatewayRun, BoxError> 
         std::thread::sleep(Duration::from_micros(500));
     }
     let elapsed = start.elapsed();
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let timeline = sampler.join().unwrap_or_default();
     let diag = gateway.diagnostics();
     // Where queue_full drops happened inside the pipeline (the exporters' own queues).
     let exporter_queue_full: BTreeMap<String, u64> = diag
@@ -520,6 +564,7 @@ fn run_gateway(args: &Args, cfg: GatewayConfig) -> Result<GatewayRun, BoxError> 
         deadline_exceeded: report.deadline_exceeded,
         refused_at_emit,
         exporter_queue_full,
+        timeline,
     })
 }
 
@@ -1017,6 +1062,7 @@ fn throughput(args: &Args) -> Result<Value, BoxError> {
         "max_in_flight": args.max_in_flight,
         "outage_secs": args.outage.map(|(from, to)| json!([from, to])),
         "spool_peak_bytes": spool_peak_bytes,
+        "spool_outage": spool_outage_summary(&ours.timeline, args),
         "accounted": ours.emitted == ours.delivered + dropped_total,
         "elapsed_secs": ours.elapsed.as_secs_f64(),
         "exported": {"spans": ours.exported_spans, "log_records": ours.exported_logs},

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use telemetry_gateway::diagnostics::recorder::Stage;
 use telemetry_gateway::testing::{OtlpReceiver, Received};
 use telemetry_gateway::{
     start, EmitError, GatewayConfig, GatewayHandle, ReasonCode, TelemetryCase, TelemetryContext,
@@ -323,10 +324,21 @@ fn a_disk_spool_carries_an_outage_longer_than_the_queues() {
     let (mut c, d) = outage_config(&rx, queues);
     spooled(&mut c, &d.path().join("spool"));
     c.diagnostics.unready_after_failing_secs = 1;
+    // The spools follow 1,000 events each in detail; the rest of the backlog is tallied (its
+    // memory does not grow with the backlog), and must count the same.
+    c.diagnostics.recorder_events = 1_000;
     let gw = start(c).unwrap();
     rx.fail_with(Some(tonic::Code::Unavailable));
     let n = 4_000;
     let refused = emit_both(&gw, 0, n);
+    let last_id = {
+        let e = trace_event(n);
+        let id = e.event_id.to_string();
+        gw.emit(e).unwrap();
+        gw.emit(metric_event(n)).unwrap();
+        id
+    };
+    let n = n + 1;
     let on_disk = dir_bytes(&d.path().join("spool"));
     // Visible: both spools hold a backlog, and /readyz says so.
     let during = gw.diagnostics();
@@ -360,6 +372,21 @@ fn a_disk_spool_carries_an_outage_longer_than_the_queues() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let after = gw.diagnostics();
+    for case in ["workflow_run", "app_created"] {
+        let counts = after.by_case[case];
+        assert_eq!(
+            (counts.received, counts.delivered, counts.dropped),
+            (n, n, 0),
+            "{case}: tallied events count per case too"
+        );
+    }
+    // The last events' journeys: tallied ones end `on_disk`, the others `delivered`.
+    let last = gw.explain(&last_id);
+    let stages: Vec<_> = last.journeys[0].steps.iter().map(|s| s.stage).collect();
+    assert!(
+        stages.contains(&Stage::OnDisk) || stages.contains(&Stage::Delivered),
+        "{stages:?}"
+    );
     for sp in &after.spools {
         assert_eq!(sp.events, 0, "drained: {sp:?}");
         assert_eq!(sp.acks, sp.appends, "every record acknowledged: {sp:?}");

@@ -96,6 +96,76 @@ impl Outcome<'_> {
     }
 }
 
+/// The events a batch decides, as the ledger needs them: each event's [`EventRef`] (its case,
+/// its creation time, its journey), or, once let go, only a tally. A disk spool's backlog
+/// beyond `diagnostics.recorder_events` is tallied, so the memory it takes does not grow with
+/// the backlog: per case counts and the mean creation time (emit-to-export latency is recorded
+/// at that mean), and each journey ends with an `on_disk` step.
+#[derive(Debug)]
+pub(crate) enum Accounted {
+    /// Every event, journey and all.
+    Detailed(Vec<EventRef>),
+    /// Counts only.
+    Tallied(Tally),
+}
+
+/// Per case counts of let-go events, and their mean creation time.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    cases: Vec<(std::sync::Arc<str>, u64)>,
+    events: u64,
+    mean_created: Option<std::time::SystemTime>,
+}
+
+impl Accounted {
+    /// The number of events.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Accounted::Detailed(v) => v.len(),
+            Accounted::Tallied(t) => t.events as usize,
+        }
+    }
+
+    /// The events whose journeys can still take steps.
+    pub(crate) fn detailed(&self) -> &[EventRef] {
+        match self {
+            Accounted::Detailed(v) => v,
+            Accounted::Tallied(_) => &[],
+        }
+    }
+
+    /// Lets the events go: each journey ends with an `on_disk` step (`detail`), and only a tally
+    /// is kept. Does nothing to a tally.
+    pub(crate) fn tally(&mut self, recorder: &super::recorder::FlightRecorder, detail: &str) {
+        let Accounted::Detailed(events) = self else {
+            return;
+        };
+        let mut cases: Vec<(std::sync::Arc<str>, u64)> = Vec::new();
+        let mut sum_ms: u128 = 0;
+        for ev in events.iter() {
+            recorder.record(ev, Stage::OnDisk, None, Some(detail));
+            match cases.iter_mut().find(|(c, _)| *c == ev.case) {
+                Some((_, n)) => *n += 1,
+                None => cases.push((ev.case.clone(), 1)),
+            }
+            sum_ms += ev
+                .created_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis());
+        }
+        let n = events.len() as u64;
+        let mean_created = (n > 0).then(|| {
+            let ms = (sum_ms / u128::from(n)).min(u128::from(u64::MAX)) as u64;
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)
+        });
+        *self = Accounted::Tallied(Tally {
+            cases,
+            events: n,
+            mean_created,
+        });
+    }
+}
+
 /// How recovered events (see [`Counters::recover`]) leave the in-flight column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RecoveredOutcome {
@@ -270,6 +340,54 @@ impl Counters {
             }
         }
         self.gauge_add(holder, -(n as i64));
+    }
+
+    /// The events of `accounted`, all held by `holder`, leave the in-flight column with the same
+    /// `outcome`: [`Counters::settle_all`] for detailed events; for a tally, the same columns,
+    /// per case counts and latency (at the tally's mean), without journeys.
+    pub(crate) fn settle_accounted(
+        &self,
+        accounted: &Accounted,
+        holder: Holder,
+        outcome: Outcome<'_>,
+    ) {
+        let t = match accounted {
+            Accounted::Detailed(events) => return self.settle_all(events, holder, outcome),
+            Accounted::Tallied(t) => t,
+        };
+        match outcome {
+            Outcome::Delivered { .. } => {
+                let (signal, column) = match holder {
+                    Holder::TracePath => (SignalType::Trace, &self.delivered_trace),
+                    _ => (SignalType::MetricLog, &self.delivered_metric_log),
+                };
+                column.fetch_add(t.events, Relaxed);
+                for (case, n) in &t.cases {
+                    if let Some(c) = self.case_cells(case) {
+                        c.delivered.fetch_add(*n, Relaxed);
+                    }
+                }
+                let age = t
+                    .mean_created
+                    .and_then(|m| m.elapsed().ok())
+                    .unwrap_or_default();
+                for _ in 0..t.events {
+                    self.emit_to_export(signal, age);
+                }
+            }
+            Outcome::Dropped { reason, .. } | Outcome::DroppedText { reason, .. } => {
+                self.dropped[reason.index()].fetch_add(t.events, Relaxed);
+                for (case, n) in &t.cases {
+                    if let Some(c) = self.case_cells(case) {
+                        c.dropped.fetch_add(*n, Relaxed);
+                    }
+                }
+            }
+            Outcome::Spooled { .. } => {
+                self.spooled.fetch_add(t.events, Relaxed);
+            }
+        }
+        self.gauge_add(holder, -(t.events as i64));
     }
 
     /// `n` events of export requests found in a disk spool at start enter `holder` (they are

@@ -125,6 +125,11 @@ reason_codes! {
     /// The disk spool's budget (`spool.max_bytes`) was full: the event's export request was not
     /// stored (`when_full = "drop_newest"`) or was deleted to make room (`"drop_oldest"`).
     SpoolFull = "spool_full", intentional: false;
+    /// A disk spool's record was damaged on disk (torn by a crash mid-write, a bad checksum, a
+    /// disk fault): skipped, its events lost. Counted when a record is read back damaged, and at
+    /// start for the events of damaged records an earlier process left (their headers say how
+    /// many).
+    SpoolCorrupt = "spool_corrupt", intentional: false;
 }
 
 impl ReasonCode {

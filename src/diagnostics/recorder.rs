@@ -63,6 +63,10 @@ pub enum Stage {
     /// Final for this process: its record was still in the disk spool when the gateway shut down
     /// (detail: destination); the next process on the same spool sends it.
     LeftInSpool,
+    /// Final in the flight recorder: its batch is in a disk spool (detail: destination and
+    /// record), beyond the backlog the recorder follows (`diagnostics.recorder_events` events
+    /// per spool); its outcome is counted in the ledger when the record is sent.
+    OnDisk,
     /// Final: delivered.
     Delivered,
     /// Final: dropped with a reason.
@@ -75,7 +79,7 @@ impl Stage {
     fn is_final(self) -> bool {
         matches!(
             self,
-            Stage::Delivered | Stage::Dropped | Stage::Refused | Stage::LeftInSpool
+            Stage::Delivered | Stage::Dropped | Stage::Refused | Stage::LeftInSpool | Stage::OnDisk
         )
     }
 }

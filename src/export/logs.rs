@@ -21,7 +21,7 @@ use super::spooled::{RecordOwner, SpoolControl, SpoolSettings, SpooledStartError
 use super::wire::{encode_logs, WireSignal};
 use crate::config::HoldPolicy;
 use crate::diagnostics::exporters::ExporterStats;
-use crate::diagnostics::ledger::{Holder, Outcome};
+use crate::diagnostics::ledger::{Accounted, Holder, Outcome};
 use crate::diagnostics::recorder::{Detail, EventRef, Stage};
 use crate::diagnostics::{Counters, ReasonCode};
 
@@ -341,7 +341,7 @@ struct Destination {
 /// A spooled batch of log records: the metric/log events it decides, and its companions.
 #[derive(Debug)]
 struct LogRecords {
-    events: Vec<EventRef>,
+    events: Accounted,
     companions: u64,
     records: u64,
     counters: Arc<Counters>,
@@ -353,16 +353,20 @@ impl RecordOwner for LogRecords {
     }
 
     fn note_spooled(&self, detail: &str) {
-        for ev in &self.events {
+        for ev in self.events.detailed() {
             self.counters
                 .recorder()
                 .record(ev, Stage::Spooled, None, Some(detail));
         }
     }
 
+    fn tally(&mut self, detail: &str) {
+        self.events.tally(self.counters.recorder(), detail);
+    }
+
     fn note_held(&self, destination: &str, error: &str) {
         let detail = format!("{destination}: {error}; held, retrying");
-        for ev in &self.events {
+        for ev in self.events.detailed() {
             self.counters.recorder().record(
                 ev,
                 Stage::ExportFailed,
@@ -380,16 +384,16 @@ impl RecordOwner for LogRecords {
                 let outcome = Outcome::Delivered {
                     destination: Detail::Shared(destination.clone()),
                 };
-                c.settle_all(&self.events, Holder::MetricLogPath, outcome);
+                c.settle_accounted(&self.events, Holder::MetricLogPath, outcome);
                 c.companions_done(self.companions, false);
             }
             Err((reason, error)) => {
                 let detail = format!("{destination}: {error}");
-                for ev in &self.events {
+                for ev in self.events.detailed() {
                     c.recorder()
                         .record(ev, Stage::ExportFailed, Some(reason), Some(&detail));
                 }
-                c.settle_all(
+                c.settle_accounted(
                     &self.events,
                     Holder::MetricLogPath,
                     Outcome::dropped(reason),
@@ -404,7 +408,7 @@ impl RecordOwner for LogRecords {
             destination: destination.clone(),
         };
         self.counters
-            .settle_all(&self.events, Holder::MetricLogPath, outcome);
+            .settle_accounted(&self.events, Holder::MetricLogPath, outcome);
         // On disk, not lost: the next process sends them.
         self.counters.companions_done(self.companions, false);
     }
@@ -435,7 +439,7 @@ async fn store_batch(
     }
     let owner = Box::new(LogRecords {
         companions: records - events.len() as u64,
-        events,
+        events: Accounted::Detailed(events),
         records,
         counters: counters.clone(),
     });

@@ -321,6 +321,7 @@ impl ExportPipeline {
                 sender: wire,
                 hold: cfg.retry.hold_policy(),
                 concurrency,
+                detailed_events: cfg.diagnostics.recorder_events as u64,
             })
         };
         let (enterprise_sink, trace_spool) =

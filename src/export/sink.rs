@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 
 use crate::config::HoldPolicy;
 use crate::diagnostics::exporters::ExporterStats;
-use crate::diagnostics::ledger::{Holder, Outcome};
+use crate::diagnostics::ledger::{Accounted, Holder, Outcome};
 use crate::diagnostics::recorder::{Detail, EventRef, Stage};
 use crate::diagnostics::{Counters, ReasonCode};
 
@@ -161,7 +161,10 @@ impl TraceSink for OtlpTraceSink {
 /// event's journey: one step per destination, then the final outcome.
 #[derive(Debug)]
 pub(crate) struct GroupTracker {
-    events: Vec<EventRef>,
+    /// Its events; a disk spool may tally them (see `Accounted`) while its record waits.
+    events: parking_lot::Mutex<Accounted>,
+    /// How many (fixed: a tally keeps the count).
+    len: usize,
     remaining: AtomicUsize,
     /// Set by the first success: the group is delivered then, whatever the other destinations
     /// do later (one of them may be holding its batch through an outage).
@@ -180,7 +183,8 @@ impl GroupTracker {
         counters: Arc<Counters>,
     ) -> Arc<Self> {
         Arc::new(GroupTracker {
-            events,
+            len: events.len(),
+            events: parking_lot::Mutex::new(Accounted::Detailed(events)),
             remaining: AtomicUsize::new(destinations),
             settled: AtomicBool::new(false),
             first_failure: AtomicU8::new(NO_FAILURE),
@@ -190,17 +194,23 @@ impl GroupTracker {
 
     /// The number of events in the group.
     pub(crate) fn len(&self) -> usize {
-        self.events.len()
+        self.len
     }
 
     /// Notes in each event's journey that its batch is in a disk spool (`detail`: destination
     /// and record id).
     pub(crate) fn note_spooled(&self, detail: &str) {
-        for ev in &self.events {
+        for ev in self.events.lock().detailed() {
             self.counters
                 .recorder()
                 .record(ev, Stage::Spooled, None, Some(detail));
         }
+    }
+
+    /// Lets the events go (their journeys end `on_disk`), keeping a tally: a disk spool's
+    /// backlog beyond what the recorder follows.
+    pub(crate) fn tally(&self, detail: &str) {
+        self.events.lock().tally(self.counters.recorder(), detail);
     }
 
     /// At shutdown: the group's record is still in `destination`'s spool. Unless another
@@ -211,7 +221,7 @@ impl GroupTracker {
                 destination: destination.clone(),
             };
             self.counters
-                .settle_all(&self.events, Holder::TracePath, outcome);
+                .settle_accounted(&self.events.lock(), Holder::TracePath, outcome);
         }
     }
 
@@ -219,7 +229,7 @@ impl GroupTracker {
     /// another try (no settlement).
     pub(crate) fn note_held(&self, destination: &str, error: &str) {
         let detail = format!("{destination}: {error}; held, retrying");
-        for ev in &self.events {
+        for ev in self.events.lock().detailed() {
             self.counters.recorder().record(
                 ev,
                 Stage::ExportFailed,
@@ -237,12 +247,13 @@ impl GroupTracker {
         match result {
             Ok(()) => {
                 let destination = Detail::Shared(destination.clone());
+                let events = self.events.lock();
                 if !self.settled.swap(true, Ordering::AcqRel) {
                     let outcome = Outcome::Delivered { destination };
                     self.counters
-                        .settle_all(&self.events, Holder::TracePath, outcome);
+                        .settle_accounted(&events, Holder::TracePath, outcome);
                 } else {
-                    rec.record_batch(&self.events, &[(Stage::Exported, Some(destination))]);
+                    rec.record_batch(events.detailed(), &[(Stage::Exported, Some(destination))]);
                 }
             }
             Err((reason, error)) => {
@@ -253,7 +264,7 @@ impl GroupTracker {
                     Ordering::Acquire,
                 );
                 let detail = format!("{destination}: {error}");
-                for ev in &self.events {
+                for ev in self.events.lock().detailed() {
                     rec.record(ev, Stage::ExportFailed, Some(reason), Some(&detail));
                 }
             }
@@ -262,8 +273,11 @@ impl GroupTracker {
         if last && !self.settled.swap(true, Ordering::AcqRel) {
             let idx = self.first_failure.load(Ordering::Acquire);
             let reason = ReasonCode::from_index(idx as usize).unwrap_or(ReasonCode::ExportFailed);
-            self.counters
-                .settle_all(&self.events, Holder::TracePath, Outcome::dropped(reason));
+            self.counters.settle_accounted(
+                &self.events.lock(),
+                Holder::TracePath,
+                Outcome::dropped(reason),
+            );
         }
     }
 }

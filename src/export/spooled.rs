@@ -53,6 +53,9 @@ pub(crate) trait RecordOwner: Send + Sync + std::fmt::Debug {
     fn events(&self) -> u64;
     /// Notes in each event's journey that the batch is on disk (`detail`: destination, record).
     fn note_spooled(&self, detail: &str);
+    /// Lets the events' details go (their journeys end `on_disk` with `detail`), keeping only
+    /// what the ledger needs: the spool's backlog beyond what the recorder follows.
+    fn tally(&mut self, detail: &str);
     /// Notes in each event's journey that a try failed and the record is held.
     fn note_held(&self, destination: &str, error: &str);
     /// The record was accepted, rejected, or lost (`spool_full`).
@@ -61,11 +64,18 @@ pub(crate) trait RecordOwner: Send + Sync + std::fmt::Debug {
     fn leave(self: Box<Self>, destination: &Detail);
 }
 
+/// A record appended by this process, and how many of its events are followed in detail.
+#[derive(Debug)]
+struct Owned {
+    owner: Box<dyn RecordOwner>,
+    detailed: u64,
+}
+
 /// A record read and being sent.
 #[derive(Debug)]
 enum InHand {
     /// Appended by this process.
-    Owned(Box<dyn RecordOwner>),
+    Owned(Owned),
     /// Found on disk at start: this many events.
     Recovered(u64),
 }
@@ -76,7 +86,7 @@ struct State {
     /// `None` once [`SpoolControl::leave`] closed it.
     spool: Option<DiskSpool>,
     /// Records appended by this process and not read yet, by id.
-    tracked: BTreeMap<u64, Box<dyn RecordOwner>>,
+    tracked: BTreeMap<u64, Owned>,
     /// Records being sent (read, not acknowledged), by id.
     in_hand: BTreeMap<u64, InHand>,
     /// Events of recovered records not read yet.
@@ -100,6 +110,11 @@ pub(crate) struct SpoolControl {
     stopped: AtomicBool,
     /// Events of records on disk (tracked, in hand, or recovered and unread).
     on_disk_events: AtomicU64,
+    /// Events of records on disk followed in detail (journeys and all); beyond
+    /// `detailed_budget` a record's events are tallied, so memory does not grow with the
+    /// backlog.
+    detailed: AtomicU64,
+    detailed_budget: u64,
     counters: Arc<Counters>,
     sender: WireSender,
     hold: HoldPolicy,
@@ -125,6 +140,8 @@ pub(crate) struct SpoolSettings {
     pub(crate) hold: HoldPolicy,
     /// Records sent at once.
     pub(crate) concurrency: usize,
+    /// Events on disk followed in detail (`diagnostics.recorder_events`); the rest are tallied.
+    pub(crate) detailed_events: u64,
 }
 
 /// Why a spool could not start.
@@ -155,6 +172,14 @@ impl SpoolControl {
         let (spool, recovery) = DiskSpool::open(&settings.dir, settings.opts)?;
         report_recovery(name, &settings.dir, &recovery);
         counters.recover(holder, recovery.events);
+        // The events of damaged records an earlier process left (where their headers survived):
+        // found here, lost here.
+        counters.recover(holder, recovery.corrupt_events);
+        counters.settle_recovered(
+            holder,
+            recovery.corrupt_events,
+            RecoveredOutcome::Dropped(ReasonCode::SpoolCorrupt),
+        );
         let name: Arc<str> = Arc::from(counters.log.sanitize(name).as_ref());
         let control = Arc::new(SpoolControl {
             name,
@@ -171,6 +196,8 @@ impl SpoolControl {
             appending: AtomicUsize::new(0),
             stopped: AtomicBool::new(false),
             on_disk_events: AtomicU64::new(recovery.events),
+            detailed: AtomicU64::new(0),
+            detailed_budget: settings.detailed_events,
             counters,
             sender: settings.sender,
             hold: settings.hold,
@@ -350,8 +377,18 @@ impl SpoolControl {
         match spool.append(count, &body) {
             Ok(done) => {
                 self.evict(&mut st, done.evicted_through, done.evicted_events);
-                owner.note_spooled(&format!("{}: record {}", self.name, done.id));
-                st.tracked.insert(done.id, owner);
+                let detail = format!("{}: record {}", self.name, done.id);
+                let mut owner = owner;
+                let detailed =
+                    if self.detailed.load(Ordering::SeqCst) + events <= self.detailed_budget {
+                        self.detailed.fetch_add(events, Ordering::SeqCst);
+                        owner.note_spooled(&detail);
+                        events
+                    } else {
+                        owner.tally(&detail);
+                        0
+                    };
+                st.tracked.insert(done.id, Owned { owner, detailed });
                 self.on_disk_events.fetch_add(events, Ordering::SeqCst);
                 Appended::Stored(extra)
             }
@@ -373,9 +410,10 @@ impl SpoolControl {
         let gone = std::mem::replace(&mut st.tracked, keep);
         let mut tracked_events = 0;
         let error = "spool full: deleted to make room (spool.when_full = \"drop_oldest\")";
-        for (_, owner) in gone {
-            tracked_events += owner.events();
-            owner.finish(&self.name, Err((ReasonCode::SpoolFull, error)));
+        for (_, owned) in gone {
+            tracked_events += owned.owner.events();
+            self.release(owned)
+                .finish(&self.name, Err((ReasonCode::SpoolFull, error)));
         }
         let recovered = events
             .saturating_sub(tracked_events)
@@ -387,6 +425,45 @@ impl SpoolControl {
             RecoveredOutcome::Dropped(ReasonCode::SpoolFull),
         );
         self.take_off_disk(tracked_events + recovered);
+    }
+
+    /// Records appended by this process and damaged on disk: their events are dropped as
+    /// `spool_corrupt`.
+    fn lose(&self, lost: BTreeMap<u64, Owned>) {
+        if lost.is_empty() {
+            return;
+        }
+        let mut events = 0;
+        for (_, owned) in lost {
+            events += owned.owner.events();
+            self.release(owned).finish(
+                &self.name,
+                Err((
+                    ReasonCode::SpoolCorrupt,
+                    "record damaged on disk (checksum or length), skipped",
+                )),
+            );
+        }
+        self.take_off_disk(events);
+        self.counters
+            .log
+            .warn_limited("spool record damaged on disk", || {
+                tracing::warn!(
+                    sink = %self.name,
+                    events,
+                    "spool records damaged on disk were skipped; their events are lost"
+                )
+            });
+    }
+
+    /// The owner of a record leaving the spool's care; its detailed events no longer count.
+    fn release(&self, owned: Owned) -> Box<dyn RecordOwner> {
+        let _ = self
+            .detailed
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                Some(n.saturating_sub(owned.detailed))
+            });
+        owned.owner
     }
 
     fn take_off_disk(&self, events: u64) {
@@ -405,15 +482,15 @@ impl SpoolControl {
         let mut st = self.state.lock();
         let destination = Detail::Shared(self.name.clone());
         let mut left = 0u64;
-        for (_, owner) in std::mem::take(&mut st.tracked) {
-            left += owner.events();
-            owner.leave(&destination);
+        for (_, owned) in std::mem::take(&mut st.tracked) {
+            left += owned.owner.events();
+            self.release(owned).leave(&destination);
         }
         for (_, hand) in std::mem::take(&mut st.in_hand) {
             match hand {
-                InHand::Owned(owner) => {
-                    left += owner.events();
-                    owner.leave(&destination);
+                InHand::Owned(owned) => {
+                    left += owned.owner.events();
+                    self.release(owned).leave(&destination);
                 }
                 InHand::Recovered(n) => {
                     left += n;
@@ -539,13 +616,25 @@ impl SpoolControl {
                 return;
             };
             let notified = self.appended.notified();
+            let me = self.clone();
             let next = self
-                .with_spool(|st| {
+                .with_spool(move |st| {
                     let read = st.spool.as_mut()?.read_next();
+                    // Every record appended before the one read (all of them, when none is left)
+                    // was read or skipped: a tracked record still here was damaged on disk.
+                    let lost = match &read {
+                        Ok(Some(r)) => {
+                            let later = st.tracked.split_off(&r.id);
+                            std::mem::replace(&mut st.tracked, later)
+                        }
+                        Ok(None) => std::mem::take(&mut st.tracked),
+                        Err(_) => BTreeMap::new(),
+                    };
+                    me.lose(lost);
                     Some(read.map(|r| {
                         r.map(|r| {
                             let hand = match st.tracked.remove(&r.id) {
-                                Some(owner) => InHand::Owned(owner),
+                                Some(owned) => InHand::Owned(owned),
                                 None => {
                                     let n = u64::from(r.events).min(st.recovered_unread);
                                     st.recovered_unread -= n;
@@ -619,7 +708,10 @@ impl SpoolControl {
         let Some(hand) = hand else { return };
         self.take_off_disk(events);
         match hand {
-            InHand::Owned(owner) => self.finish_owned(owner, &result),
+            InHand::Owned(owned) => {
+                let owner = self.release(owned);
+                self.finish_owned(owner, &result)
+            }
             InHand::Recovered(n) => {
                 if result.is_ok() {
                     Counters::add(&self.counters.export_batches_ok, 1);
@@ -664,10 +756,12 @@ impl RecordOwner for Noter<'_> {
 
     fn note_spooled(&self, _detail: &str) {}
 
+    fn tally(&mut self, _detail: &str) {}
+
     fn note_held(&self, destination: &str, error: &str) {
         let st = self.control.state.lock();
-        if let Some(InHand::Owned(owner)) = st.in_hand.get(&self.id) {
-            owner.note_held(destination, error);
+        if let Some(InHand::Owned(owned)) = st.in_hand.get(&self.id) {
+            owned.owner.note_held(destination, error);
         }
     }
 
@@ -708,6 +802,12 @@ impl RecordOwner for SpanRecord {
     fn note_spooled(&self, detail: &str) {
         for g in &self.groups {
             g.note_spooled(detail);
+        }
+    }
+
+    fn tally(&mut self, detail: &str) {
+        for g in &self.groups {
+            g.tally(detail);
         }
     }
 

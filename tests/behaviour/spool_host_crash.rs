@@ -10,7 +10,8 @@
 //!   before); what arrives twice was in a record in flight at the kill (sent, not yet
 //!   acknowledged), and is counted;
 //! - the restarted gateway opens the spool in bounded time, counts what it found in
-//!   `recovered`, delivers it, and balances: `recovered == delivered + dropped`, nothing left.
+//!   `recovered`, delivers it, and balances: `recovered == delivered + dropped`, nothing left;
+//!   the only drop is the record a kill tore mid-write (never reported safe), `spool_corrupt`.
 
 use crate::support;
 
@@ -21,7 +22,9 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use telemetry_gateway::config::{SpoolKind, SpoolSync};
 use telemetry_gateway::testing::OtlpReceiver;
-use telemetry_gateway::{start, GatewayConfig, TelemetryCase, TelemetryContext, TelemetryEnvelope};
+use telemetry_gateway::{
+    start, GatewayConfig, ReasonCode, TelemetryCase, TelemetryContext, TelemetryEnvelope,
+};
 
 const CHILD_DIR: &str = "TELEMETRY_GATEWAY_HOST_CRASH_DIR";
 const CHILD_ENDPOINT: &str = "TELEMETRY_GATEWAY_HOST_CRASH_ENDPOINT";
@@ -107,6 +110,7 @@ fn a_host_killed_at_random_moments_delivers_everything_its_spool_synced() {
     };
     let (mut safe_total, mut recovered_total, mut slowest_open) = (0u64, 0u64, Duration::ZERO);
     let mut per_round = Vec::new();
+    let mut torn_total = 0u64;
     for round in 0..20u64 {
         let up = round % 2 == 0;
         rx.fail_with((!up).then_some(tonic::Code::Unavailable));
@@ -161,12 +165,19 @@ fn a_host_killed_at_random_moments_delivers_everything_its_spool_synced() {
         assert!(report.is_clean(), "round {round}: {report:?}");
         assert!(s.is_settled(), "round {round}: {s:?}");
         assert_eq!(s.emitted, 0);
+        // Everything recovered is delivered, but for the record a kill tore while it was being
+        // written (its append never returned, so none of its events was reported safe; Linux
+        // ends a write early at a page boundary when a fatal signal is pending): skipped at
+        // open and dropped as `spool_corrupt`, one batch at most.
+        let torn = s.dropped_for(ReasonCode::SpoolCorrupt);
+        assert!(torn <= 50, "round {round}: {s:?}");
         assert_eq!(
-            (s.delivered, s.dropped_total(), s.spooled),
+            (s.delivered + torn, s.dropped_total() - torn, s.spooled),
             (s.recovered, 0, 0),
             "round {round}: everything recovered is delivered: {s:?}"
         );
         recovered_total += s.recovered;
+        torn_total += torn;
 
         let (seqs, _) = support::span_seqs(&rx.received());
         let missing: Vec<u64> = (first..safe_end)
@@ -187,7 +198,8 @@ fn a_host_killed_at_random_moments_delivers_everything_its_spool_synced() {
     let (_, twice) = support::span_seqs(&rx.received());
     eprintln!(
         "host crash: 20 kills, {safe_total} events reported safe, all delivered; \
-         {recovered_total} recovered by the restarts; {twice} delivered twice; slowest restart \
+         {recovered_total} recovered by the restarts, {torn_total} of them in torn records; \
+         {twice} delivered twice; slowest restart \
          {slowest_open:?}; safe per round {per_round:?}"
     );
     assert!(

@@ -328,6 +328,59 @@ fn scenario(reason: ReasonCode) -> (StatsSnapshot, Explainer, String) {
                 .expect("an event the full spool refused is in the recorder");
             (s, gw, vec![id])
         }
+        ReasonCode::SpoolCorrupt => {
+            // Batches wait in a disk spool while the collector is down; the newest record is
+            // damaged on disk; when the collector is back it is read back, fails its checksum
+            // and is skipped.
+            let rx = OtlpReceiver::start();
+            rx.fail_with(Some(tonic::Code::Unavailable));
+            c.otlp.endpoint = Some(rx.endpoint());
+            c.spool.kind = SpoolKind::Disk;
+            c.spool.path = Some(dir.path().join("spool"));
+            c.trace_batcher.max_batch_size = 5;
+            let gw = telemetry_gateway::start(c).unwrap();
+            let events: Vec<_> = (0..40)
+                .map(|_| ev(TelemetryCase::WorkflowRun, "t"))
+                .collect();
+            let ids: Vec<String> = events.iter().map(|e| e.event_id.to_string()).collect();
+            for e in events {
+                gw.emit(e).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            let traces = dir.path().join("spool").join("enterprise-traces");
+            let newest = std::fs::read_dir(&traces)
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+                .max()
+                .expect("a segment");
+            let mut bytes = std::fs::read(&newest).unwrap();
+            let at = bytes.len() - 5;
+            bytes[at] ^= 0xff;
+            std::fs::write(&newest, bytes).unwrap();
+            rx.fail_with(None);
+            let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while gw.stats().in_flight > 0 && std::time::Instant::now() < end {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            let s = gw.shutdown_blocking(support::DEADLINE).stats;
+            drop(rx);
+            let id = ids
+                .iter()
+                .rev()
+                .find(|id| {
+                    gw.explain(id).journeys.iter().any(|j| {
+                        j.steps
+                            .iter()
+                            .any(|st| st.reason == Some(ReasonCode::SpoolCorrupt))
+                    })
+                })
+                .cloned()
+                .expect("an event of the damaged record is in the recorder");
+            (s, gw, vec![id])
+        }
         other => panic!("no scenario for reason code {other}: add one"),
     };
     leak(dir);
