@@ -43,6 +43,18 @@ pub enum SinkError {
 }
 
 impl SinkError {
+    /// Calls `f` with `result` as a destination reports it: the reason code and the error's
+    /// text on failure.
+    pub(crate) fn as_report<R>(
+        result: &Result<(), SinkError>,
+        f: impl FnOnce(Result<(), (ReasonCode, &str)>) -> R,
+    ) -> R {
+        match result {
+            Ok(()) => f(Ok(())),
+            Err(e) => f(Err((e.reason(), &e.to_string()))),
+        }
+    }
+
     /// The reason code events are dropped under when this was the only destination.
     pub fn reason(&self) -> ReasonCode {
         match self {
@@ -366,18 +378,11 @@ impl WorkerState {
                     });
             }
         }
-        let error = result
-            .as_ref()
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        let r = result
-            .as_ref()
-            .map(|_| ())
-            .map_err(|e| (e.reason(), error.as_str()));
-        for g in groups {
-            g.report(&self.name, r);
-        }
+        SinkError::as_report(&result, |r| {
+            for g in groups {
+                g.report(&self.name, r);
+            }
+        });
     }
 }
 

@@ -593,16 +593,7 @@ impl SpoolControl {
         if result.is_ok() {
             Counters::add(&self.counters.export_batches_ok, 1);
         }
-        let error = result
-            .as_ref()
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        let r = result
-            .as_ref()
-            .map(|_| ())
-            .map_err(|e| (e.reason(), error.as_str()));
-        owner.finish(&self.name, r);
+        SinkError::as_report(result, |r| owner.finish(&self.name, r));
     }
 
     /// Reads records in order and sends up to `concurrency` at once.

@@ -130,22 +130,25 @@ fn a_host_killed_at_random_moments_delivers_everything_its_spool_synced() {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
-        let (tx, ready) = std::sync::mpsc::channel::<()>();
+        let (tx, first_safe) = std::sync::mpsc::channel::<()>();
         let reader = std::thread::spawn(move || {
             let mut safe = None;
             for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if l == "ready" {
-                    let _ = tx.send(());
-                } else if let Some(n) = l.strip_prefix("safe ") {
+                if let Some(n) = l.strip_prefix("safe ") {
+                    if safe.is_none() {
+                        let _ = tx.send(());
+                    }
                     safe = n.parse::<u64>().ok();
                 }
             }
             safe
         });
-        ready
+        // Killed at a random moment after its first safe point (a loaded machine may take a
+        // while to get there), in a burst or in a wait alike.
+        first_safe
             .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|e| panic!("round {round}: the child never started: {e}"));
-        std::thread::sleep(Duration::from_millis(100 + next() % 400));
+            .unwrap_or_else(|e| panic!("round {round}: the child never reached a safe point: {e}"));
+        std::thread::sleep(Duration::from_millis(next() % 400));
         child.kill().unwrap();
         child.wait().unwrap();
         let safe_end = reader.join().unwrap().unwrap_or(first);
@@ -203,8 +206,8 @@ fn a_host_killed_at_random_moments_delivers_everything_its_spool_synced() {
          {slowest_open:?}; safe per round {per_round:?}"
     );
     assert!(
-        per_round.iter().filter(|n| **n > 0).count() >= 10,
-        "too few children reached a safe point: {per_round:?}"
+        per_round.iter().all(|n| *n > 0),
+        "a round has no safe point: {per_round:?}"
     );
     assert!(
         slowest_open < Duration::from_secs(5),
