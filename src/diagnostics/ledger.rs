@@ -166,17 +166,6 @@ impl Accounted {
     }
 }
 
-/// How recovered events (see [`Counters::recover`]) leave the in-flight column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RecoveredOutcome {
-    /// Their request was sent and accepted.
-    Delivered,
-    /// Dropped for this reason (rejected, evicted from a full spool).
-    Dropped(ReasonCode),
-    /// Still in the spool at shutdown.
-    Spooled,
-}
-
 /// One case's counters.
 #[derive(Debug, Default)]
 pub(crate) struct CaseCells {
@@ -367,12 +356,11 @@ impl Counters {
                         c.delivered.fetch_add(*n, Relaxed);
                     }
                 }
-                let age = t
-                    .mean_created
-                    .and_then(|m| m.elapsed().ok())
-                    .unwrap_or_default();
-                for _ in 0..t.events {
-                    self.emit_to_export(signal, age);
+                // Recovered events have no creation time here: no latency for them.
+                if let Some(age) = t.mean_created.map(|m| m.elapsed().unwrap_or_default()) {
+                    for _ in 0..t.events {
+                        self.emit_to_export(signal, age);
+                    }
                 }
             }
             Outcome::Dropped { reason, .. } | Outcome::DroppedText { reason, .. } => {
@@ -397,27 +385,18 @@ impl Counters {
         self.gauge_add(holder, n as i64);
     }
 
-    /// `n` recovered events (no journey, no case) leave `holder` with `outcome`.
-    pub(crate) fn settle_recovered(&self, holder: Holder, n: u64, outcome: RecoveredOutcome) {
+    /// `n` recovered events (no journey, no case) leave `holder` with `outcome`: a tally of
+    /// them, settled as [`Counters::settle_accounted`] does.
+    pub(crate) fn settle_recovered(&self, holder: Holder, n: u64, outcome: Outcome<'_>) {
         if n == 0 {
             return;
         }
-        match outcome {
-            RecoveredOutcome::Delivered => {
-                let column = match holder {
-                    Holder::TracePath => &self.delivered_trace,
-                    _ => &self.delivered_metric_log,
-                };
-                column.fetch_add(n, Relaxed);
-            }
-            RecoveredOutcome::Dropped(reason) => {
-                self.dropped[reason.index()].fetch_add(n, Relaxed);
-            }
-            RecoveredOutcome::Spooled => {
-                self.spooled.fetch_add(n, Relaxed);
-            }
-        }
-        self.gauge_add(holder, -(n as i64));
+        let tally = Tally {
+            cases: Vec::new(),
+            events: n,
+            mean_created: None,
+        };
+        self.settle_accounted(&Accounted::Tallied(tally), holder, outcome);
     }
 
     /// An event that never had an [`EventRef`] (a stream entry that did not decode) is dropped

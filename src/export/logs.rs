@@ -17,13 +17,14 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::jsonl::JsonlLogExporter;
 use super::sink::classify_otlp_error;
-use super::spooled::{RecordOwner, SpoolControl, SpoolSettings, SpooledStartError, Stored};
+use super::spooled::{RecordOwner, SpoolControl, SpoolSettings, Stored};
 use super::wire::{encode_logs, WireSignal};
 use crate::config::HoldPolicy;
 use crate::diagnostics::exporters::ExporterStats;
 use crate::diagnostics::ledger::{Accounted, Holder, Outcome};
 use crate::diagnostics::recorder::{Detail, EventRef, Stage};
 use crate::diagnostics::{Counters, ReasonCode};
+use crate::spool::SpoolError;
 
 /// The log exporter in use (the SDK trait is not object safe).
 #[derive(Debug)]
@@ -117,7 +118,7 @@ impl LogBatcher {
         rt: &tokio::runtime::Handle,
         spool: Option<(SpoolSettings, Resource)>,
         #[cfg(feature = "analytics")] sqlite: Option<super::sqlite::SqliteStore>,
-    ) -> Result<Self, SpooledStartError> {
+    ) -> Result<Self, SpoolError> {
         // Each message holds at least one record, so `capacity` messages never fill before
         // `capacity` records are reserved.
         let capacity = settings.capacity.clamp(1, MAX_LOG_QUEUE_PERMITS);
@@ -426,14 +427,7 @@ async fn store_batch(
     let records = chunk.len() as u64;
     let mut events = Vec::new();
     let mut kept = Vec::with_capacity(chunk.len());
-    for (mut record, ev) in chunk {
-        // The OTLP transform needs it (the mapping always sets it; a host's record may not).
-        if record.observed_timestamp().is_none() {
-            opentelemetry::logs::LogRecord::set_observed_timestamp(
-                &mut record,
-                std::time::SystemTime::now(),
-            );
-        }
+    for (record, ev) in chunk {
         kept.push(record);
         events.extend(ev);
     }

@@ -307,7 +307,7 @@ impl ExportPipeline {
             counters: counters.clone(),
             rt: handle.clone(),
         };
-        let spool_err = |e: spooled::SpooledStartError| ExportBuildError::Spool {
+        let spool_err = |e: crate::spool::SpoolError| ExportBuildError::Spool {
             key: "spool.path".into(),
             error: e.to_string(),
         };
@@ -489,8 +489,9 @@ fn enterprise_backends(
                 timeout: Duration::from_millis(cfg.otlp.timeout_ms),
                 retry: retry_policy(&cfg.retry),
             };
-            let mut spans = settings.spans()?;
-            spans.set_resource(resource);
+            let metrics = MetricBackend::Otlp(settings.metrics()?);
+            // With disk spools, spans and log records are sent as encoded requests from the
+            // spools: no SDK span or log exporter is built (nothing would call it).
             let wire = match (cfg.spool.kind, cfg.otlp.protocol) {
                 (SpoolKind::Memory, _) => None,
                 (SpoolKind::Disk, OtlpProtocol::Grpc) => Some(
@@ -502,11 +503,23 @@ fn enterprise_backends(
                         .map_err(|e| settings.err("traces", e))?,
                 ),
             };
-            EnterpriseBackends {
-                spans: Arc::new(OtlpTraceSink::new("enterprise", spans)),
-                logs: LogBackend::Otlp(settings.logs()?),
-                metrics: MetricBackend::Otlp(settings.metrics()?),
-                wire,
+            match wire {
+                Some(wire) => EnterpriseBackends {
+                    spans: Arc::new(DiscardSink::new("enterprise")),
+                    logs: LogBackend::Discard,
+                    metrics,
+                    wire: Some(wire),
+                },
+                None => {
+                    let mut spans = settings.spans()?;
+                    spans.set_resource(resource);
+                    EnterpriseBackends {
+                        spans: Arc::new(OtlpTraceSink::new("enterprise", spans)),
+                        logs: LogBackend::Otlp(settings.logs()?),
+                        metrics,
+                        wire: None,
+                    }
+                }
             }
         }
         None if cfg.export.local_output == LocalOutput::Discard => EnterpriseBackends {

@@ -42,7 +42,7 @@ use super::sink::{GroupTracker, SinkError, SinkJob, SinkWorker, SinkWorkerParams
 use super::wire::{encode_spans, WireSender, WireSignal};
 use crate::config::HoldPolicy;
 use crate::diagnostics::exporters::ExporterStats;
-use crate::diagnostics::ledger::{Holder, RecoveredOutcome};
+use crate::diagnostics::ledger::{Holder, Outcome};
 use crate::diagnostics::recorder::Detail;
 use crate::diagnostics::{Counters, ReasonCode};
 use crate::spool::{DiskSpool, Recovery, SpoolError, SpoolOptions};
@@ -144,11 +144,6 @@ pub(crate) struct SpoolSettings {
     pub(crate) detailed_events: u64,
 }
 
-/// Why a spool could not start.
-#[derive(Debug, thiserror::Error)]
-#[error("spool.path: {0}")]
-pub(crate) struct SpooledStartError(#[from] SpoolError);
-
 /// What [`SpoolControl::store`] came to, for the caller's own bookkeeping.
 pub(crate) enum Stored<T> {
     /// On disk (or, after a disk fault, sent from memory and accepted): the encoder's extra.
@@ -168,7 +163,7 @@ impl SpoolControl {
         counters: Arc<Counters>,
         stats: Arc<ExporterStats>,
         rt: &tokio::runtime::Handle,
-    ) -> Result<Arc<Self>, SpooledStartError> {
+    ) -> Result<Arc<Self>, SpoolError> {
         let (spool, recovery) = DiskSpool::open(&settings.dir, settings.opts)?;
         report_recovery(name, &settings.dir, &recovery);
         counters.recover(holder, recovery.events);
@@ -178,7 +173,7 @@ impl SpoolControl {
         counters.settle_recovered(
             holder,
             recovery.corrupt_events,
-            RecoveredOutcome::Dropped(ReasonCode::SpoolCorrupt),
+            Outcome::dropped(ReasonCode::SpoolCorrupt),
         );
         let name: Arc<str> = Arc::from(counters.log.sanitize(name).as_ref());
         let control = Arc::new(SpoolControl {
@@ -216,14 +211,7 @@ impl SpoolControl {
                     .with_spool(|st| st.spool.as_mut().map(|s| s.tick()))
                     .await
                 {
-                    ticker.io_error(&e);
-                    ticker.counters.log.warn_limited("spool sync failed", || {
-                        tracing::warn!(
-                            sink = %ticker.name,
-                            error = %ticker.counters.log.sanitize(&e.to_string()),
-                            "spool sync failed"
-                        )
-                    });
+                    ticker.io_fault("spool sync failed", &e);
                 }
             }
         });
@@ -273,6 +261,19 @@ impl SpoolControl {
             let text = self.counters.log.sanitize(&e.to_string()).into_owned();
             *self.last_io_error.lock() = Some((std::time::Instant::now(), text));
         }
+    }
+
+    /// An operation of the spool failed: counted (see [`io_error`](Self::io_error)) and
+    /// logged, rate-limited, under `what`.
+    fn io_fault(&self, what: &'static str, e: &SpoolError) {
+        self.io_error(e);
+        self.counters.log.warn_limited(what, || {
+            tracing::warn!(
+                sink = %self.name,
+                error = %self.counters.log.sanitize(&e.to_string()),
+                "{what}"
+            )
+        });
     }
 
     /// Events whose records are on disk, not yet sent.
@@ -330,18 +331,9 @@ impl SpoolControl {
                 owner.finish(&self.name, Err((ReasonCode::SpoolFull, &error)));
                 Stored::Not
             }
-            Appended::Direct(owner, body, error, extra) => {
-                self.counters.log.warn_limited(
-                    "spool append failed; batch sent from memory",
-                    || {
-                        tracing::warn!(
-                            sink = %self.name,
-                            error = %self.counters.log.sanitize(&error),
-                            "spool append failed; batch sent from memory"
-                        )
-                    },
-                );
-                match self.send_held(body, owner.events(), Some(&*owner)).await {
+            Appended::Direct(owner, body, extra) => {
+                let note_held = |error: &str| owner.note_held(&self.name, error);
+                match self.send_held(body, owner.events(), &note_held).await {
                     Some(result) => {
                         let ok = result.is_ok();
                         self.finish_owned(owner, &result);
@@ -394,8 +386,8 @@ impl SpoolControl {
             }
             Err(e @ SpoolError::Full { .. }) => Appended::Full(owner, e.to_string()),
             Err(e) => {
-                self.io_error(&e);
-                Appended::Direct(owner, Bytes::from(body), e.to_string(), extra)
+                self.io_fault("spool append failed; batch sent from memory", &e);
+                Appended::Direct(owner, Bytes::from(body), extra)
             }
         }
     }
@@ -422,7 +414,7 @@ impl SpoolControl {
         self.counters.settle_recovered(
             self.holder,
             recovered,
-            RecoveredOutcome::Dropped(ReasonCode::SpoolFull),
+            Outcome::dropped(ReasonCode::SpoolFull),
         );
         self.take_off_disk(tracked_events + recovered);
     }
@@ -481,6 +473,9 @@ impl SpoolControl {
         self.appended.notify_waiters();
         let mut st = self.state.lock();
         let destination = Detail::Shared(self.name.clone());
+        let spooled = Outcome::Spooled {
+            destination: destination.clone(),
+        };
         let mut left = 0u64;
         for (_, owned) in std::mem::take(&mut st.tracked) {
             left += owned.owner.events();
@@ -495,13 +490,13 @@ impl SpoolControl {
                 InHand::Recovered(n) => {
                     left += n;
                     self.counters
-                        .settle_recovered(self.holder, n, RecoveredOutcome::Spooled);
+                        .settle_recovered(self.holder, n, spooled.clone());
                 }
             }
         }
         let recovered = std::mem::take(&mut st.recovered_unread);
         self.counters
-            .settle_recovered(self.holder, recovered, RecoveredOutcome::Spooled);
+            .settle_recovered(self.holder, recovered, spooled);
         left += recovered;
         if let Some(mut spool) = st.spool.take() {
             if let Err(e) = spool.sync() {
@@ -534,13 +529,14 @@ impl SpoolControl {
         .flatten()
     }
 
-    /// Sends one encoded request, holding it while the failure is transient. Returns the final
-    /// answer: accepted, rejected, or `None` when the spool stopped first.
+    /// Sends one encoded request, holding it while the failure is transient (`note_held` is
+    /// told the first failure, for the journeys). Returns the final answer: accepted, rejected,
+    /// or `None` when the spool stopped first.
     async fn send_held(
         &self,
         body: Bytes,
         events: u64,
-        owner: Option<&dyn RecordOwner>,
+        note_held: &(dyn Fn(&str) + Sync),
     ) -> Option<Result<(), SinkError>> {
         let mut wait = self.hold.initial;
         loop {
@@ -564,9 +560,7 @@ impl SpoolControl {
                     self.holding.store(true, Ordering::SeqCst);
                     Counters::add(&self.counters.export_batches_failed, 1);
                     if wait == self.hold.initial {
-                        if let Some(owner) = owner {
-                            owner.note_held(&self.name, &e.to_string());
-                        }
+                        note_held(&e.to_string());
                     }
                     self.counters
                         .log
@@ -653,14 +647,7 @@ impl SpoolControl {
                     });
                 }
                 Some(Err(e)) => {
-                    self.io_error(&e);
-                    self.counters.log.warn_limited("spool read failed", || {
-                        tracing::warn!(
-                            sink = %self.name,
-                            error = %self.counters.log.sanitize(&e.to_string()),
-                            "spool read failed; trying again"
-                        )
-                    });
+                    self.io_fault("spool read failed; trying again", &e);
                     tokio::time::sleep(self.hold.max).await;
                 }
             }
@@ -668,12 +655,13 @@ impl SpoolControl {
     }
 
     async fn send_record(self: &Arc<Self>, id: u64, events: u64, body: Bytes) {
-        // The journey notes of a held try go to the owner, which the state keeps: look it up
-        // only for the first failure (a short lock), not for every try.
-        let result = {
-            let noter = Noter { control: self, id };
-            self.send_held(body, events, Some(&noter)).await
+        // The owner of a record in hand is in the state: looked up for the first failure only.
+        let note_held = |error: &str| {
+            if let Some(InHand::Owned(owned)) = self.state.lock().in_hand.get(&id) {
+                owned.owner.note_held(&self.name, error);
+            }
         };
+        let result = self.send_held(body, events, &note_held).await;
         let Some(result) = result else {
             return; // stopped: `leave` settles the record in hand as spooled
         };
@@ -683,15 +671,11 @@ impl SpoolControl {
                 // `leave` may have taken it meanwhile: then it stays on disk, unacknowledged.
                 let hand = st.in_hand.remove(&id)?;
                 if let Some(Err(e)) = st.spool.as_mut().map(|s| s.ack(id)) {
-                    me.io_error(&e);
-                    me.counters.log.warn_limited("spool ack failed", || {
-                        tracing::warn!(
-                            sink = %me.name,
-                            error = %me.counters.log.sanitize(&e.to_string()),
-                            "spool acknowledgement failed; the record may be sent again \
-                             after a restart"
-                        )
-                    });
+                    me.io_fault(
+                        "spool acknowledgement failed; the record may be sent again after a \
+                         restart",
+                        &e,
+                    );
                 }
                 Some(hand)
             })
@@ -714,8 +698,10 @@ impl SpoolControl {
                     Counters::add(items, n);
                 }
                 let outcome = match &result {
-                    Ok(()) => RecoveredOutcome::Delivered,
-                    Err(e) => RecoveredOutcome::Dropped(e.reason()),
+                    Ok(()) => Outcome::Delivered {
+                        destination: Detail::Shared(self.name.clone()),
+                    },
+                    Err(e) => Outcome::dropped(e.reason()),
                 };
                 self.counters.settle_recovered(self.holder, n, outcome);
             }
@@ -727,38 +713,11 @@ impl SpoolControl {
 enum Appended<T> {
     Stored(T),
     Full(Box<dyn RecordOwner>, String),
-    Direct(Box<dyn RecordOwner>, Bytes, String, T),
+    /// The spool could not write it (logged and counted): sent from memory.
+    Direct(Box<dyn RecordOwner>, Bytes, T),
     /// Encoding the request panicked.
     Unencodable(Box<dyn RecordOwner>),
     Closed,
-}
-
-/// Forwards the held-try note of a record being sent to its owner in the state.
-#[derive(Debug)]
-struct Noter<'a> {
-    control: &'a SpoolControl,
-    id: u64,
-}
-
-impl RecordOwner for Noter<'_> {
-    fn events(&self) -> u64 {
-        0
-    }
-
-    fn note_spooled(&self, _detail: &str) {}
-
-    fn tally(&mut self, _detail: &str) {}
-
-    fn note_held(&self, destination: &str, error: &str) {
-        let st = self.control.state.lock();
-        if let Some(InHand::Owned(owned)) = st.in_hand.get(&self.id) {
-            owned.owner.note_held(destination, error);
-        }
-    }
-
-    fn finish(self: Box<Self>, _: &Arc<str>, _: Result<(), (ReasonCode, &str)>) {}
-
-    fn leave(self: Box<Self>, _: &Detail) {}
 }
 
 /// Logs what recovery found at start, damage included.
@@ -836,7 +795,7 @@ pub(crate) fn spawn_traces(
     resource: Resource,
     worker: &SinkWorkerParams,
     on_appended: Option<OnAppended>,
-) -> Result<(SinkWorker, Arc<SpoolControl>), SpooledStartError> {
+) -> Result<(SinkWorker, Arc<SpoolControl>), SpoolError> {
     let stats = worker.counters.exporters.register("enterprise", "traces");
     let control = SpoolControl::open(
         "enterprise",

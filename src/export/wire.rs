@@ -41,14 +41,6 @@ pub enum WireSignal {
 }
 
 impl WireSignal {
-    /// `traces` or `logs`, as the exporter counters name the signal.
-    pub fn name(self) -> &'static str {
-        match self {
-            WireSignal::Traces => "traces",
-            WireSignal::Logs => "logs",
-        }
-    }
-
     /// The HTTP path the request is posted to.
     pub fn http_path(self) -> &'static str {
         match self {

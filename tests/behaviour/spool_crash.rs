@@ -325,3 +325,28 @@ fn a_full_disk_fails_appends_cleanly_and_corrupts_nothing() {
     }
     assert_eq!(n, appended);
 }
+
+/// A second gateway on the same `spool.path` is refused at start with an error naming the key
+/// and the directory; once the first has shut down (its locks released), it starts.
+#[test]
+fn a_second_gateway_on_the_same_spool_path_is_refused() {
+    let rx = telemetry_gateway::testing::OtlpReceiver::start();
+    let (mut c, d) = crate::support::config();
+    c.otlp.endpoint = Some(rx.endpoint());
+    c.spool.kind = telemetry_gateway::config::SpoolKind::Disk;
+    c.spool.path = Some(d.path().join("spool"));
+    let first = telemetry_gateway::start(c.clone()).unwrap();
+    let err = telemetry_gateway::start(c.clone())
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("spool.path: spool directory")
+            && err.contains("in use by another process")
+            && err.matches("spool.path").count() == 1,
+        "{err}"
+    );
+    first.shutdown_blocking(crate::support::DEADLINE);
+    let second = telemetry_gateway::start(c).expect("the locks were released at shutdown");
+    second.shutdown_blocking(crate::support::DEADLINE);
+}

@@ -132,6 +132,31 @@ fn dead_lettered() -> (StatsSnapshot, Explainer, String) {
     )
 }
 
+/// The id of one event among `ids` whose journey shows `reason` (the newest first).
+fn affected(gw: &GatewayHandle, ids: &[String], reason: ReasonCode) -> String {
+    ids.iter()
+        .rev()
+        .find(|id| {
+            gw.explain(id)
+                .journeys
+                .iter()
+                .any(|j| j.steps.iter().any(|st| st.reason == Some(reason)))
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("{reason}: no affected event is in the recorder"))
+}
+
+/// A receiver that answers every request `Unavailable`, and `c` exporting to it through disk
+/// spools under `dir`.
+fn spooled_to_a_failing_receiver(c: &mut GatewayConfig, dir: &std::path::Path) -> OtlpReceiver {
+    let rx = OtlpReceiver::start();
+    rx.fail_with(Some(tonic::Code::Unavailable));
+    c.otlp.endpoint = Some(rx.endpoint());
+    c.spool.kind = SpoolKind::Disk;
+    c.spool.path = Some(dir.join("spool"));
+    rx
+}
+
 /// Makes `reason` happen; returns the stats and the id of one affected event.
 fn scenario(reason: ReasonCode) -> (StatsSnapshot, Explainer, String) {
     if reason == ReasonCode::DeadLettered {
@@ -164,18 +189,7 @@ fn scenario(reason: ReasonCode) -> (StatsSnapshot, Explainer, String) {
                 .map(|_| ev(TelemetryCase::AppCreated, "t"))
                 .collect();
             let (s, gw, ids) = run(gw, events);
-            // Find one refused event among them.
-            let id = ids
-                .iter()
-                .find(|id| {
-                    gw.explain(id).journeys.iter().any(|j| {
-                        j.steps
-                            .iter()
-                            .any(|st| st.reason == Some(ReasonCode::QueueFull))
-                    })
-                })
-                .cloned()
-                .expect("a refused event is in the recorder");
+            let id = affected(&gw, &ids, ReasonCode::QueueFull);
             (s, gw, vec![id])
         }
         ReasonCode::InvalidEnvelope => run(
@@ -294,11 +308,7 @@ fn scenario(reason: ReasonCode) -> (StatsSnapshot, Explainer, String) {
         ReasonCode::SpoolFull => {
             // Disk spools of 512 KiB (256 KiB for the spans) with the collector down: the
             // batches that do not fit are refused (`when_full = "drop_newest"`).
-            let rx = OtlpReceiver::start();
-            rx.fail_with(Some(tonic::Code::Unavailable));
-            c.otlp.endpoint = Some(rx.endpoint());
-            c.spool.kind = SpoolKind::Disk;
-            c.spool.path = Some(dir.path().join("spool"));
+            let rx = spooled_to_a_failing_receiver(&mut c, dir.path());
             c.spool.segment_bytes = 64 << 10;
             c.spool.max_bytes = 512 << 10;
             c.trace_batcher.max_batch_size = 50;
@@ -314,29 +324,14 @@ fn scenario(reason: ReasonCode) -> (StatsSnapshot, Explainer, String) {
                 .shutdown_blocking(std::time::Duration::from_secs(2))
                 .stats;
             drop(rx);
-            let id = ids
-                .iter()
-                .rev()
-                .find(|id| {
-                    gw.explain(id).journeys.iter().any(|j| {
-                        j.steps
-                            .iter()
-                            .any(|st| st.reason == Some(ReasonCode::SpoolFull))
-                    })
-                })
-                .cloned()
-                .expect("an event the full spool refused is in the recorder");
+            let id = affected(&gw, &ids, ReasonCode::SpoolFull);
             (s, gw, vec![id])
         }
         ReasonCode::SpoolCorrupt => {
             // Batches wait in a disk spool while the collector is down; the newest record is
             // damaged on disk; when the collector is back it is read back, fails its checksum
             // and is skipped.
-            let rx = OtlpReceiver::start();
-            rx.fail_with(Some(tonic::Code::Unavailable));
-            c.otlp.endpoint = Some(rx.endpoint());
-            c.spool.kind = SpoolKind::Disk;
-            c.spool.path = Some(dir.path().join("spool"));
+            let rx = spooled_to_a_failing_receiver(&mut c, dir.path());
             c.trace_batcher.max_batch_size = 5;
             let gw = telemetry_gateway::start(c).unwrap();
             let events: Vec<_> = (0..40)
@@ -367,18 +362,7 @@ fn scenario(reason: ReasonCode) -> (StatsSnapshot, Explainer, String) {
             }
             let s = gw.shutdown_blocking(support::DEADLINE).stats;
             drop(rx);
-            let id = ids
-                .iter()
-                .rev()
-                .find(|id| {
-                    gw.explain(id).journeys.iter().any(|j| {
-                        j.steps
-                            .iter()
-                            .any(|st| st.reason == Some(ReasonCode::SpoolCorrupt))
-                    })
-                })
-                .cloned()
-                .expect("an event of the damaged record is in the recorder");
+            let id = affected(&gw, &ids, ReasonCode::SpoolCorrupt);
             (s, gw, vec![id])
         }
         other => panic!("no scenario for reason code {other}: add one"),
