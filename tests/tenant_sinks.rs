@@ -427,3 +427,151 @@ fn sink_credentials_never_reach_logs_errors_the_flight_recorder_or_diagnostics()
         "header names stay: {debug}"
     );
 }
+
+/// A workflow run of `tenant` carrying `seq` (its span's `app.seq`).
+fn seq_run(tenant: &str, seq: u64) -> TelemetryEnvelope {
+    TelemetryEnvelope::new(TelemetryCase::WorkflowRun, TelemetryContext::tenant(tenant))
+        .with_run_id(format!("run-{tenant}-{seq}"))
+        .with_payload(json!({"seq": seq}))
+}
+
+/// With `[spool] kind = "disk"`, every OTLP tenant sink spools its own collector's outage: its
+/// spans wait on disk while the enterprise exporter carries on; they survive the sink being
+/// closed as least recently used (its next opening sends them and settles them exactly, not
+/// as recovered) and a shutdown (the next process opens the sink at start and delivers them,
+/// counted recovered). Real OTLP receivers; every span arrives.
+#[test]
+fn tenant_sinks_spool_their_own_outage_through_closing_and_restart() {
+    let (ent, a, b) = (
+        OtlpReceiver::start(),
+        OtlpReceiver::start(),
+        OtlpReceiver::start(),
+    );
+    a.fail_with(Some(tonic::Code::Unavailable));
+    b.fail_with(Some(tonic::Code::Unavailable));
+    let (mut cfg, dir) = support::config();
+    cfg.otlp.endpoint = Some(ent.endpoint());
+    cfg.retry.outage_backoff_max_ms = 200;
+    cfg.trace_batcher.max_live_sinks = 1;
+    cfg.trace_batcher.max_batch_size = 50;
+    cfg.spool.kind = telemetry_gateway::config::SpoolKind::Disk;
+    cfg.spool.path = Some(dir.path().join("spool"));
+    cfg.spool.max_bytes = 64 << 20;
+    cfg.spool.segment_bytes = 1 << 20;
+    cfg.sinks.tenants = vec![
+        otlp_sink("a-sink", "a", &a.endpoint(), "token-a-123456"),
+        otlp_sink("b-sink", "b", &b.endpoint(), "token-b-123456"),
+    ];
+    let gw = telemetry_gateway::start(cfg.clone()).unwrap();
+    // a, then b (closing a's sink with its backlog on disk), then a again (reopening it).
+    let n = 300u64;
+    let blocks = [("a", 0), ("b", n), ("a", 2 * n)];
+    for (tenant, first) in blocks {
+        for seq in first..first + n {
+            gw.emit(seq_run(tenant, seq)).unwrap();
+        }
+        wait("the block to settle", || settled(&gw));
+    }
+    let open: Vec<_> = gw.sinks().into_iter().filter(|s| s.open).collect();
+    assert_eq!(open.len(), 1, "{open:?}");
+    // The enterprise copies settle the events; a's copies may still be on their way to disk.
+    let end = Instant::now() + Duration::from_secs(15);
+    while !gw
+        .diagnostics()
+        .spools
+        .iter()
+        .any(|sp| sp.name == "a-sink" && sp.events == 2 * n)
+    {
+        assert!(
+            Instant::now() < end,
+            "a's second block never reached the disk: {:?}\n{:?}\n{:?}",
+            gw.diagnostics().spools,
+            gw.stats(),
+            gw.sinks()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let during = gw.diagnostics();
+    let names: Vec<&str> = during.spools.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["enterprise", "enterprise logs", "a-sink"],
+        "{during:?}"
+    );
+    let a_spool = &during.spools[2];
+    assert_eq!(
+        a_spool.events,
+        2 * n,
+        "both of a's blocks on disk: {a_spool:?}"
+    );
+    assert_eq!(
+        a_spool.max_bytes,
+        (64u64 << 20) / 5,
+        "a tenant spool's share: 20% over max_live_sinks = 1"
+    );
+    assert!(
+        during.readiness.ready,
+        "a tenant's collector away is not the gateway's: {:?}",
+        during.readiness
+    );
+    // The enterprise exporter delivered every event meanwhile.
+    let s = gw.stats();
+    assert_eq!(
+        (s.emitted, s.delivered, s.recovered),
+        (3 * n, 3 * n, 0),
+        "{s:?}"
+    );
+    assert_eq!(s.sink_spans_failed, 0, "no tenant copy lost: {s:?}");
+    assert_eq!(support::span_seqs(&ent.received()).0.len() as u64, 3 * n);
+
+    // a's collector returns: both of its blocks arrive, the one from before the closing too.
+    a.fail_with(None);
+    wait("a's backlog to arrive", || {
+        support::span_seqs(&a.received()).0.len() as u64 == 2 * n
+    });
+    let got = support::span_seqs(&a.received()).0;
+    assert!((0..n)
+        .chain(2 * n..3 * n)
+        .all(|q| got.contains(&(q as i64))));
+    wait("a's spool to drain", || {
+        gw.diagnostics()
+            .spools
+            .iter()
+            .any(|sp| sp.name == "a-sink" && sp.events == 0)
+    });
+    let first = gw.shutdown_blocking(support::DEADLINE);
+    let s1 = &first.stats;
+    assert!(first.is_clean(), "{first:?}");
+    assert!(s1.is_settled(), "{s1:?}");
+    assert_eq!(
+        (s1.emitted, s1.delivered, s1.dropped_total(), s1.recovered),
+        (3 * n, 3 * n, 0, 0),
+        "reopening a's spool settled its records as they were, not as recovered: {s1:?}"
+    );
+    assert!(b.received().spans.is_empty());
+
+    // The next process: b's backlog (left on disk when b's sink closed) goes out at start.
+    b.fail_with(None);
+    let gw = telemetry_gateway::start(cfg).unwrap();
+    wait("b's backlog to arrive", || {
+        support::span_seqs(&b.received()).0.len() as u64 == n
+    });
+    wait("b's records to settle", || gw.stats().delivered == n);
+    let second = gw.shutdown_blocking(support::DEADLINE);
+    let s2 = &second.stats;
+    assert!(second.is_clean(), "{second:?}");
+    assert!(s2.is_settled(), "{s2:?}");
+    assert_eq!(
+        (s2.emitted, s2.recovered, s2.delivered, s2.dropped_total()),
+        (0, n, n, 0),
+        "{s2:?}"
+    );
+    let (seqs, repeats) = support::span_seqs(&b.received());
+    assert_eq!(repeats, 0);
+    assert!((n..2 * n).all(|q| seqs.contains(&(q as i64))));
+    assert_eq!(
+        support::span_seqs(&a.received()).0.len() as u64,
+        2 * n,
+        "a: nothing again"
+    );
+}

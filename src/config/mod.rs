@@ -231,6 +231,22 @@ impl GatewayConfig {
                  gateway.enterprise_enabled = true): the spool holds OTLP export requests",
             ));
         }
+        let tenant_budget = self.spool.tenant_budget(self.trace_batcher.max_live_sinks);
+        if self.spool.kind == SpoolKind::Disk
+            && self.spool.tenant_share_percent > 0
+            && tenant_budget < MIN_SPOOL_BUDGET_BYTES
+        {
+            return Err(ConfigError::invalid(
+                "spool.tenant_share_percent",
+                format!(
+                    "gives each of trace_batcher.max_live_sinks ({}) tenant spools {tenant_budget} \
+                     bytes of spool.max_bytes; each needs at least {MIN_SPOOL_BUDGET_BYTES} \
+                     (raise the share or spool.max_bytes, lower max_live_sinks, or set 0 to \
+                     keep tenant sinks in memory)",
+                    self.trace_batcher.max_live_sinks
+                ),
+            ));
+        }
         if self.transport.kind == TransportKind::RedisStreams
             && self.dedup.backend == DedupBackendKind::Memory
         {
@@ -357,6 +373,45 @@ mod tests {
         assert!(!err.contains("pw-0123456789"), "{err}");
     }
     use figment::Jail;
+
+    #[test]
+    fn the_tenant_share_of_the_spool_is_checked_and_named() {
+        let spool = |extra: &str| {
+            GatewayConfig::from_toml_str(&format!(
+                "[otlp]\nendpoint = \"http://collector:4317\"\n[spool]\nkind = \"disk\"\n\
+                 path = \"/tmp/spool\"\n{extra}"
+            ))
+        };
+        let err = spool("tenant_share_percent = 91\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("spool.tenant_share_percent") && err.contains("at most 90"),
+            "{err}"
+        );
+        // 20% of 8 MiB over 64 live sinks: 26,214 bytes each, under the 256 KiB minimum.
+        let err = spool("max_bytes = 8388608\nsegment_bytes = 1048576\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("spool.tenant_share_percent")
+                && err.contains("trace_batcher.max_live_sinks (64)")
+                && err.contains("26214 bytes"),
+            "{err}"
+        );
+        // 0 keeps tenant sinks in memory: no share to check; the enterprise spools get half each.
+        let c = spool("max_bytes = 8388608\nsegment_bytes = 1048576\ntenant_share_percent = 0\n")
+            .unwrap();
+        assert_eq!(c.spool.enterprise_budget(), 4 << 20);
+        assert_eq!(c.spool.segment_for(c.spool.enterprise_budget()), 1 << 20);
+        let c = spool("").unwrap();
+        assert_eq!(c.spool.tenant_budget(64), (1u64 << 30) / 5 / 64);
+        assert_eq!(
+            c.spool.segment_for(c.spool.tenant_budget(64)),
+            (1u64 << 30) / 5 / 64 / 4,
+            "a small share gets smaller segments"
+        );
+    }
 
     #[test]
     fn defaults_are_the_documented_constants() {

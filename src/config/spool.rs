@@ -25,6 +25,17 @@ pub const DEFAULT_SPOOL_SYNC_INTERVAL_MS: u64 = 500;
 /// The smallest `spool.segment_bytes`: one encoded batch must fit in a few segments.
 pub const MIN_SPOOL_SEGMENT_BYTES: u64 = 64 << 10;
 
+/// Default of `spool.tenant_share_percent`: the share of `spool.max_bytes` kept for the OTLP
+/// tenant sinks' spools, split evenly over `trace_batcher.max_live_sinks`.
+pub const DEFAULT_SPOOL_TENANT_SHARE_PERCENT: u8 = 20;
+
+/// The largest `spool.tenant_share_percent` (the enterprise destination keeps the rest).
+pub const MAX_SPOOL_TENANT_SHARE_PERCENT: u8 = 90;
+
+/// The smallest budget of one spool: four segments of the smallest size (space comes back a
+/// whole segment at a time).
+pub const MIN_SPOOL_BUDGET_BYTES: u64 = 4 * MIN_SPOOL_SEGMENT_BYTES;
+
 /// Where export requests wait (`spool.kind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -82,6 +93,11 @@ pub struct SpoolSection {
     pub sync_interval_ms: u64,
     /// `drop_newest` or `drop_oldest`.
     pub when_full: SpoolWhenFull,
+    /// The share of `max_bytes` (percent) for the OTLP tenant sinks (`[[sinks]]` with
+    /// `kind = "otlp"`): each open one has its own spool of
+    /// `max_bytes x tenant_share_percent / 100 / trace_batcher.max_live_sinks` bytes in
+    /// `<path>/tenants/`. 0: tenant sinks are not spooled (memory mode).
+    pub tenant_share_percent: u8,
 }
 
 impl Default for SpoolSection {
@@ -94,6 +110,7 @@ impl Default for SpoolSection {
             sync: SpoolSync::Interval,
             sync_interval_ms: DEFAULT_SPOOL_SYNC_INTERVAL_MS,
             when_full: SpoolWhenFull::DropNewest,
+            tenant_share_percent: DEFAULT_SPOOL_TENANT_SHARE_PERCENT,
         }
     }
 }
@@ -118,6 +135,25 @@ impl SpoolSection {
                 ),
             ));
         }
+        if self.tenant_share_percent > MAX_SPOOL_TENANT_SHARE_PERCENT {
+            return Err(ConfigError::invalid(
+                "spool.tenant_share_percent",
+                format!(
+                    "must be at most {MAX_SPOOL_TENANT_SHARE_PERCENT} (the enterprise \
+                     destination keeps the rest of spool.max_bytes)"
+                ),
+            ));
+        }
+        if self.enterprise_budget() < MIN_SPOOL_BUDGET_BYTES {
+            return Err(ConfigError::invalid(
+                "spool.max_bytes",
+                format!(
+                    "leaves {} bytes to each enterprise spool after spool.tenant_share_percent; \
+                     each needs at least {MIN_SPOOL_BUDGET_BYTES}",
+                    self.enterprise_budget()
+                ),
+            ));
+        }
         if self.kind == SpoolKind::Disk {
             match &self.path {
                 None => {
@@ -135,6 +171,26 @@ impl SpoolSection {
         Ok(())
     }
 
+    /// The budget of each of the enterprise destination's two spools (spans, log records): half
+    /// of what the tenant sinks' share leaves.
+    pub fn enterprise_budget(&self) -> u64 {
+        percent_of(self.max_bytes, 100 - self.tenant_share_percent) / 2
+    }
+
+    /// The budget of one tenant sink's spool with `max_live_sinks` open at most (0: tenant
+    /// sinks are not spooled).
+    pub fn tenant_budget(&self, max_live_sinks: usize) -> u64 {
+        percent_of(self.max_bytes, self.tenant_share_percent) / max_live_sinks.max(1) as u64
+    }
+
+    /// The segment size of a spool with `budget` bytes: `segment_bytes`, smaller for a small
+    /// budget (a spool holds at least four segments), never below the minimum.
+    pub fn segment_for(&self, budget: u64) -> u64 {
+        self.segment_bytes
+            .min(budget / 4)
+            .max(MIN_SPOOL_SEGMENT_BYTES)
+    }
+
     /// The directory of one destination's spool, when the spool is on disk.
     pub fn dir_of(&self, destination: &str) -> Option<PathBuf> {
         match (self.kind, &self.path) {
@@ -142,4 +198,9 @@ impl SpoolSection {
             _ => None,
         }
     }
+}
+
+/// `percent`% of `bytes`, exact to the byte.
+fn percent_of(bytes: u64, percent: u8) -> u64 {
+    (u128::from(bytes) * u128::from(percent) / 100) as u64
 }

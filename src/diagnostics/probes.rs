@@ -116,8 +116,11 @@ pub(crate) struct Probes {
     pub(crate) live: Arc<AtomicBool>,
     pub(crate) handlers_up: Box<dyn Fn() -> (usize, usize) + Send + Sync>,
     pub(crate) unready_after: Duration,
-    /// The disk spools' readers (`None` once a spool is closed).
+    /// The enterprise destination's disk spools' readers (`None` once a spool is closed).
     pub(crate) spools: Vec<SpoolReader>,
+    /// The open tenant sinks' disk spools (shown, never a reason to be unready: a tenant's
+    /// collector being away is the tenant's business).
+    pub(crate) tenant_spools: Box<dyn Fn() -> Vec<SpoolSnapshot> + Send + Sync>,
 }
 
 /// Reads one disk spool's state.
@@ -162,7 +165,7 @@ impl Probes {
                 d.as_secs()
             ));
         }
-        for sp in self.spools() {
+        for sp in self.spools.iter().filter_map(|read| read()) {
             reasons.extend(spool_reasons(&sp, self.unready_after));
         }
         Readiness {
@@ -172,9 +175,11 @@ impl Probes {
         }
     }
 
-    /// Every open disk spool's state.
+    /// Every open disk spool's state: the enterprise destination's, then the tenant sinks'.
     pub(crate) fn spools(&self) -> Vec<SpoolSnapshot> {
-        self.spools.iter().filter_map(|read| read()).collect()
+        let mut all: Vec<SpoolSnapshot> = self.spools.iter().filter_map(|read| read()).collect();
+        all.extend((self.tenant_spools)());
+        all
     }
 
     /// Every queue's fill level (a queue already closed is left out).

@@ -88,14 +88,26 @@ impl ExportHandles {
         let (Some(traces), Some(logs)) = (traces, logs) else {
             return false;
         };
+        let tenants = self.sinks.spools();
+        let trace_spools = std::iter::once(&**traces).chain(tenants.iter().map(|s| &**s));
         p.gateway <= 0
             && self
                 .enterprise_sink
                 .depth()
                 .is_none_or(|(waiting, _)| waiting == 0)
+            && self.sinks.depth().0 == 0
             && self.log_batcher.queued() == 0
-            && traces.holds_all_of(p.trace)
-            && logs.holds_all_of(p.metric_log)
+            && spooled::SpoolControl::hold_all_of(trace_spools, p.trace)
+            && spooled::SpoolControl::hold_all_of([&**logs], p.metric_log)
+    }
+
+    /// Every open disk spool: the enterprise destination's and the tenant sinks'.
+    pub(crate) fn all_spools(&self) -> Vec<Arc<spooled::SpoolControl>> {
+        self.spools
+            .all()
+            .cloned()
+            .chain(self.sinks.spools())
+            .collect()
     }
 }
 
@@ -199,6 +211,19 @@ impl OtlpSettings<'_> {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
+    }
+
+    /// The sender of encoded requests to this endpoint (a disk spool's).
+    fn wire(&self) -> Result<wire::WireSender, ExportBuildError> {
+        match self.protocol {
+            OtlpProtocol::Grpc => {
+                wire::WireSender::grpc(self.endpoint, self.metadata(), self.timeout)
+            }
+            OtlpProtocol::HttpProtobuf => {
+                wire::WireSender::http(self.endpoint, self.header_map(), self.timeout)
+            }
+        }
+        .map_err(|e| self.err("traces", e))
     }
 
     fn err(&self, signal: &'static str, e: impl std::fmt::Display) -> ExportBuildError {
@@ -311,17 +336,19 @@ impl ExportPipeline {
             key: "spool.path".into(),
             error: e.to_string(),
         };
-        // With `[spool] kind = "disk"`, one spool per signal, each with half the budget.
+        // With `[spool] kind = "disk"`, one spool per signal, each with half of what the
+        // tenant sinks' share leaves.
         let spool_settings = |dir: &str, concurrency: usize| {
             let wire = backends.wire.clone()?;
             Some(spooled::SpoolSettings {
                 dir: cfg.spool.dir_of(dir)?,
-                opts: spool_options(&cfg.spool),
+                opts: spool_options(&cfg.spool, cfg.spool.enterprise_budget()),
                 tick: Duration::from_millis(cfg.spool.sync_interval_ms),
                 sender: wire,
                 hold: cfg.retry.hold_policy(),
                 concurrency,
                 detailed_events: cfg.diagnostics.recorder_events as u64,
+                stash: None,
             })
         };
         let (enterprise_sink, trace_spool) =
@@ -335,9 +362,19 @@ impl ExportPipeline {
                     });
                     #[cfg(not(feature = "analytics"))]
                     let on_appended = None;
-                    let (worker, control) =
-                        spooled::spawn_traces(settings, resource.clone(), &workers, on_appended)
-                            .map_err(spool_err)?;
+                    let spec = spooled::TraceSpoolSpec {
+                        name: "enterprise".into(),
+                        stats: counters.exporters.register("enterprise", "traces"),
+                        on_close: None,
+                    };
+                    let (worker, control) = spooled::spawn_traces(
+                        spec,
+                        settings,
+                        resource.clone(),
+                        &workers,
+                        on_appended,
+                    )
+                    .map_err(spool_err)?;
                     (worker, Some(control))
                 }
                 None => (SinkWorker::spawn(enterprise_sink, &workers), None),
@@ -411,14 +448,13 @@ struct EnterpriseBackends {
     wire: Option<wire::WireSender>,
 }
 
-/// `[spool]` as the spool's options.
-fn spool_options(s: &crate::config::SpoolSection) -> crate::spool::SpoolOptions {
+/// `[spool]` as the options of a spool with `budget` bytes (its share of `spool.max_bytes`).
+fn spool_options(s: &crate::config::SpoolSection, budget: u64) -> crate::spool::SpoolOptions {
     use crate::config::{SpoolSync, SpoolWhenFull};
     use crate::spool::{SpoolOptions, SyncPolicy, WhenFull};
     SpoolOptions {
-        // Two spools (traces and logs) share the budget evenly.
-        max_bytes: s.max_bytes / 2,
-        segment_bytes: s.segment_bytes,
+        max_bytes: budget,
+        segment_bytes: s.segment_for(budget),
         sync: match s.sync {
             SpoolSync::Always => SyncPolicy::Always,
             SpoolSync::Interval => SyncPolicy::Interval(Duration::from_millis(s.sync_interval_ms)),
@@ -492,16 +528,9 @@ fn enterprise_backends(
             let metrics = MetricBackend::Otlp(settings.metrics()?);
             // With disk spools, spans and log records are sent as encoded requests from the
             // spools: no SDK span or log exporter is built (nothing would call it).
-            let wire = match (cfg.spool.kind, cfg.otlp.protocol) {
-                (SpoolKind::Memory, _) => None,
-                (SpoolKind::Disk, OtlpProtocol::Grpc) => Some(
-                    wire::WireSender::grpc(endpoint, settings.metadata(), settings.timeout)
-                        .map_err(|e| settings.err("traces", e))?,
-                ),
-                (SpoolKind::Disk, OtlpProtocol::HttpProtobuf) => Some(
-                    wire::WireSender::http(endpoint, settings.header_map(), settings.timeout)
-                        .map_err(|e| settings.err("traces", e))?,
-                ),
+            let wire = match cfg.spool.kind {
+                SpoolKind::Memory => None,
+                SpoolKind::Disk => Some(settings.wire()?),
             };
             match wire {
                 Some(wire) => EnterpriseBackends {
@@ -577,12 +606,24 @@ fn tenant_sinks(
     resource: &Resource,
 ) -> Result<Arc<registry::SinkRegistry>, ExportBuildError> {
     let timeout = workers.timeout;
+    let max_live = cfg.trace_batcher.max_live_sinks.max(1);
+    // With a disk spool, each open OTLP tenant sink has a spool of its own share.
+    let spool = match cfg.spool.dir_of("tenants") {
+        Some(root) if cfg.spool.tenant_share_percent > 0 => Some(registry::TenantSpooling {
+            root,
+            opts: spool_options(&cfg.spool, cfg.spool.tenant_budget(max_live)),
+            tick: Duration::from_millis(cfg.spool.sync_interval_ms),
+            detailed_events: (cfg.diagnostics.recorder_events / max_live) as u64,
+        }),
+        _ => None,
+    };
     let sinks = Arc::new(registry::SinkRegistry::new(
-        cfg.trace_batcher.max_live_sinks,
+        max_live,
         registry::WorkerParams {
             worker: workers,
             retry: cfg.retry.clone(),
             resource: resource.clone(),
+            spool,
         },
     ));
     for (i, s) in cfg.sinks.tenants.iter().enumerate() {
@@ -603,6 +644,7 @@ fn tenant_sinks(
                 error: e.to_string(),
             })?;
     }
+    sinks.open_backlogged();
     Ok(sinks)
 }
 
@@ -642,6 +684,24 @@ fn retry_policy(r: &crate::config::RetrySection) -> opentelemetry_otlp::RetryPol
 
 /// Builds the sink `s` describes; `label` names it in errors (`sinks[2]`, or a runtime sink's
 /// name).
+/// The sender of a `kind = "otlp"` tenant sink's encoded requests (its disk spool's).
+pub(crate) fn community_wire(
+    label: &str,
+    s: &SinkSection,
+    timeout: Duration,
+    retry: &crate::config::RetrySection,
+) -> Result<wire::WireSender, ExportBuildError> {
+    OtlpSettings {
+        key: format!("{label}.endpoint"),
+        endpoint: s.endpoint.as_deref().unwrap_or_default(),
+        protocol: s.protocol,
+        headers: s.headers.clone(),
+        timeout,
+        retry: retry_policy(retry),
+    }
+    .wire()
+}
+
 pub(crate) fn build_community_sink(
     label: &str,
     s: &SinkSection,

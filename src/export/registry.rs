@@ -16,6 +16,15 @@
 //! counted), and the enterprise exporter and other tenants carry on. A tenant sink failing for a
 //! long time does not make the gateway unready.
 //!
+//! **Disk spools.** With `[spool] kind = "disk"` (and `spool.tenant_share_percent` above 0),
+//! an open `kind = "otlp"` sink sends through a disk spool of its own in
+//! `{spool.path}/tenants/{tenant}[.{app}]-{hash}`, with its share of the budget, exactly as the
+//! enterprise spans do (`export::spooled`). Closing the sink closes its spool once the batches
+//! queued for it are on disk: what the collector has not taken yet stays there (its events
+//! leave as spooled), and the sink's next opening, in this process or the next, sends it first
+//! (counted recovered). Host sinks (factories, instances) and JSON lines sinks are not spooled:
+//! a host sink takes SDK spans, not encoded requests, and a file needs no spool.
+//!
 //! **Credentials** (header values, an endpoint URL's password) are handed to the log sanitizer
 //! when a sink is registered, so they are replaced wherever they could surface: log lines,
 //! flight recorder details, errors. `Debug` of a [`SinkSection`] hides them, and [`SinkInfo`]
@@ -23,14 +32,17 @@
 
 use std::collections::HashMap;
 use std::fmt::Debug;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use opentelemetry_sdk::Resource;
 use parking_lot::Mutex;
 use serde::Serialize;
 
 use super::sink::{SinkError, SinkWorker, TraceSink};
-use crate::config::{RetrySection, SinkSection};
+use super::spooled::{spawn_traces, SpoolControl, SpoolSettings, Stash, TraceSpoolSpec};
+use crate::config::{RetrySection, SinkKind, SinkSection};
 use crate::diagnostics::exporters::ExporterStats;
 
 /// Builds a tenant's sink: at its first trace, and again whenever it was closed for being the
@@ -115,7 +127,26 @@ struct Inner {
     clock: u64,
     next_id: u64,
     closed: bool,
+    /// The tenant sinks' disk spools not closed yet (an open sink's, or one closing).
+    spools: Vec<Arc<SpoolControl>>,
 }
+
+/// How `kind = "otlp"` tenant sinks are spooled (`[spool] kind = "disk"`).
+#[derive(Debug, Clone)]
+pub(crate) struct TenantSpooling {
+    /// `{spool.path}/tenants`.
+    pub(crate) root: PathBuf,
+    /// Each spool's options: its share of the budget.
+    pub(crate) opts: crate::spool::SpoolOptions,
+    /// `spool.sync_interval_ms`.
+    pub(crate) tick: Duration,
+    /// Events on disk followed in detail per spool (the recorder's budget over
+    /// `max_live_sinks`).
+    pub(crate) detailed_events: u64,
+}
+
+/// How long an opening waits for the same sink's spool to finish closing.
+const SPOOL_CLOSE_PATIENCE: Duration = Duration::from_secs(2);
 
 /// How the registry opens a sink's worker.
 #[derive(Debug, Clone)]
@@ -126,6 +157,8 @@ pub(crate) struct WorkerParams {
     pub(crate) retry: RetrySection,
     /// The resource of the spans a tenant sink exports.
     pub(crate) resource: Resource,
+    /// Disk spools for OTLP sinks, or `None` (memory mode).
+    pub(crate) spool: Option<TenantSpooling>,
 }
 
 /// The registry (see the module docs).
@@ -134,6 +167,9 @@ pub(crate) struct SinkRegistry {
     inner: Mutex<Inner>,
     max_live: usize,
     params: WorkerParams,
+    /// What closed sinks' spools left unsettled, by directory: adopted by the next opening,
+    /// settled spooled at shutdown.
+    stashes: Arc<Mutex<HashMap<PathBuf, Stash>>>,
 }
 
 /// An open sink a batch goes to.
@@ -149,6 +185,7 @@ impl SinkRegistry {
             inner: Mutex::new(Inner::default()),
             max_live: max_live.max(1),
             params,
+            stashes: Arc::default(),
         }
     }
 
@@ -363,10 +400,13 @@ impl SinkRegistry {
             };
             if needs_open {
                 self.make_room(&mut inner, &key);
-                let Some(e) = inner.entries.get_mut(&key) else {
+                let Inner {
+                    entries, spools, ..
+                } = &mut *inner;
+                let Some(e) = entries.get_mut(&key) else {
                     continue;
                 };
-                match self.open(e) {
+                match self.open(&key, e, spools) {
                     Ok(w) => {
                         e.worker = Some(w);
                         e.opened += 1;
@@ -387,6 +427,34 @@ impl SinkRegistry {
             }
         }
         (out, failed)
+    }
+
+    /// At start, with disk spools: opens the OTLP sinks whose spools hold records an earlier
+    /// process left (at most `max_live`), so their backlogs go out without waiting for their
+    /// tenants' next traces. A sink that cannot be opened is logged; its next trace tries again.
+    pub(crate) fn open_backlogged(&self) {
+        let Some(sp) = &self.params.spool else {
+            return;
+        };
+        let keys: Vec<Key> = {
+            let inner = self.inner.lock();
+            inner
+                .entries
+                .iter()
+                .filter(|(k, e)| {
+                    matches!(&e.spec, Spec::Section(s) if s.kind == SinkKind::Otlp)
+                        && crate::spool::holds_segments(&sp.root.join(spool_dir_name(k)))
+                })
+                .map(|(k, _)| k.clone())
+                .take(self.max_live)
+                .collect()
+        };
+        for (tenant, app) in keys {
+            let (_, failed) = self.resolve(&tenant, app.as_deref());
+            for (name, e) in failed {
+                tracing::warn!(sink = %name, error = %e, "a tenant sink with a backlog on disk could not be opened at start");
+            }
+        }
     }
 
     /// Closes least recently used open sinks (never pinned ones, never `keep`) until one more
@@ -420,10 +488,20 @@ impl SinkRegistry {
         }
     }
 
-    fn open(&self, e: &mut Entry) -> Result<SinkWorker, SinkError> {
+    fn open(
+        &self,
+        key: &Key,
+        e: &mut Entry,
+        spools: &mut Vec<Arc<SpoolControl>>,
+    ) -> Result<SinkWorker, SinkError> {
         let p = &self.params;
         let _rt = p.worker.rt.enter();
         let prebuilt = e.prebuilt.take();
+        if let (Some(sp), Spec::Section(s)) = (&p.spool, &e.spec) {
+            if s.kind == SinkKind::Otlp {
+                return self.open_spooled(key, e, s, sp, spools);
+            }
+        }
         let sink: Arc<dyn TraceSink> = match (prebuilt, &e.spec) {
             (Some(s), _) => s,
             (None, Spec::Instance(s)) => s.clone(),
@@ -440,6 +518,73 @@ impl SinkRegistry {
         ))
     }
 
+    /// Opens an OTLP sink through its disk spool (see the module docs).
+    fn open_spooled(
+        &self,
+        key: &Key,
+        e: &Entry,
+        s: &SinkSection,
+        sp: &TenantSpooling,
+        spools: &mut Vec<Arc<SpoolControl>>,
+    ) -> Result<SinkWorker, SinkError> {
+        let p = &self.params;
+        let dir = sp.root.join(spool_dir_name(key));
+        spools.retain(|c| !c.has_left());
+        // The same sink closed a moment ago: its spool lets go of the directory once the
+        // batches queued for it are on disk.
+        for c in spools.iter().filter(|c| c.dir() == dir) {
+            c.wait_left(SPOOL_CLOSE_PATIENCE);
+        }
+        let failed = |what: &str, err: &dyn std::fmt::Display| {
+            SinkError::Failed(format!(
+                "{what}: {}",
+                p.worker.counters.log.sanitize(&err.to_string())
+            ))
+        };
+        let sender = super::community_wire(&e.name, s, p.worker.timeout, &p.retry)
+            .map_err(|err| failed("sender", &err))?;
+        let settings = SpoolSettings {
+            dir: dir.clone(),
+            opts: sp.opts.clone(),
+            tick: sp.tick,
+            sender,
+            hold: p.worker.hold,
+            concurrency: p.worker.concurrency,
+            detailed_events: sp.detailed_events,
+            stash: self.stashes.lock().remove(&dir),
+        };
+        let stashes = self.stashes.clone();
+        let spec = TraceSpoolSpec {
+            name: e.name.clone(),
+            stats: e.stats.clone(),
+            on_close: Some(Box::new(move |stash| {
+                stashes.lock().insert(dir, stash);
+            })),
+        };
+        let (worker, control) = spawn_traces(spec, settings, p.resource.clone(), &p.worker, None)
+            .map_err(|err| failed("spool", &err))?;
+        spools.push(control);
+        Ok(worker)
+    }
+
+    /// At shutdown, after the open spools left: the records of closed sinks' spools stay on
+    /// disk; their events leave the process as spooled. Returns those events.
+    pub(crate) fn leave_stashes(&self) -> u64 {
+        let stashes = std::mem::take(&mut *self.stashes.lock());
+        stashes.into_values().map(Stash::leave).sum()
+    }
+
+    /// The tenant sinks' disk spools not closed yet.
+    pub(crate) fn spools(&self) -> Vec<Arc<SpoolControl>> {
+        let inner = self.inner.lock();
+        inner
+            .spools
+            .iter()
+            .filter(|c| !c.has_left())
+            .cloned()
+            .collect()
+    }
+
     /// At shutdown: no more registrations; every worker's sender is dropped so each drains and
     /// shuts its sink down.
     pub(crate) fn close_all(&self) {
@@ -448,5 +593,32 @@ impl SinkRegistry {
         for e in inner.entries.values_mut() {
             e.worker = None;
         }
+    }
+}
+
+/// A tenant sink's spool directory under `{spool.path}/tenants`: its tenant (and app), readable,
+/// and a checksum of the exact key, so keys that read alike never share a directory.
+fn spool_dir_name((tenant, app): &Key) -> String {
+    let clean = |s: &str| -> String {
+        s.chars()
+            .take(48)
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    let mut h = crc32fast::Hasher::new();
+    h.update(tenant.as_bytes());
+    match app {
+        Some(app) => {
+            h.update(&[0]);
+            h.update(app.as_bytes());
+            format!("{}.{}-{:08x}", clean(tenant), clean(app), h.finalize())
+        }
+        None => format!("{}-{:08x}", clean(tenant), h.finalize()),
     }
 }

@@ -97,6 +97,8 @@ struct State {
 #[derive(Debug)]
 pub(crate) struct SpoolControl {
     name: Arc<str>,
+    /// The spool's directory.
+    dir: std::path::PathBuf,
     signal: WireSignal,
     /// The stage whose gauge counts this signal's events.
     holder: Holder,
@@ -124,6 +126,9 @@ pub(crate) struct SpoolControl {
     io_errors: AtomicU64,
     /// The last I/O error and when (for `/readyz`).
     last_io_error: Mutex<Option<(std::time::Instant, String)>>,
+    /// Set once [`leave`](SpoolControl::leave) closed the spool (its lock is released then).
+    left: Mutex<bool>,
+    left_cv: parking_lot::Condvar,
 }
 
 /// How a spooled signal runs.
@@ -142,6 +147,8 @@ pub(crate) struct SpoolSettings {
     pub(crate) concurrency: usize,
     /// Events on disk followed in detail (`diagnostics.recorder_events`); the rest are tallied.
     pub(crate) detailed_events: u64,
+    /// What this spool's last closing in this process left unsettled (a tenant sink's).
+    pub(crate) stash: Option<Stash>,
 }
 
 /// What [`SpoolControl::store`] came to, for the caller's own bookkeeping.
@@ -154,7 +161,8 @@ pub(crate) enum Stored<T> {
 
 impl SpoolControl {
     /// Opens the spool in `settings.dir`, counts what it recovered (held by `holder`), and
-    /// starts its sender and its sync ticker on `rt`.
+    /// starts its sender and its sync ticker on `rt`. The records of `settings.stash` keep their
+    /// accounting (they are not counted recovered).
     pub(crate) fn open(
         name: &str,
         signal: WireSignal,
@@ -164,9 +172,28 @@ impl SpoolControl {
         stats: Arc<ExporterStats>,
         rt: &tokio::runtime::Handle,
     ) -> Result<Arc<Self>, SpoolError> {
-        let (spool, recovery) = DiskSpool::open(&settings.dir, settings.opts)?;
-        report_recovery(name, &settings.dir, &recovery);
-        counters.recover(holder, recovery.events);
+        let stash = settings.stash;
+        let (spool, recovery) = match DiskSpool::open(&settings.dir, settings.opts.clone()) {
+            Ok(opened) => opened,
+            Err(e) => {
+                // The stash's records cannot be sent now: they stay on disk, settled spooled.
+                if let Some(stash) = stash {
+                    stash.leave();
+                }
+                return Err(e);
+            }
+        };
+        let (tracked, stashed_recovered) = match stash {
+            Some(s) => (s.owned, s.recovered),
+            None => (BTreeMap::new(), 0),
+        };
+        let adopted = tracked.values().map(|o| o.owner.events()).sum::<u64>() + stashed_recovered;
+        let detailed: u64 = tracked.values().map(|o| o.detailed).sum();
+        let fresh = recovery.events.saturating_sub(adopted);
+        if fresh == recovery.events {
+            report_recovery(name, &settings.dir, &recovery);
+        }
+        counters.recover(holder, fresh);
         // The events of damaged records an earlier process left (where their headers survived):
         // found here, lost here.
         counters.recover(holder, recovery.corrupt_events);
@@ -178,20 +205,21 @@ impl SpoolControl {
         let name: Arc<str> = Arc::from(counters.log.sanitize(name).as_ref());
         let control = Arc::new(SpoolControl {
             name,
+            dir: settings.dir.clone(),
             signal,
             holder,
             state: Mutex::new(State {
                 spool: Some(spool),
-                tracked: BTreeMap::new(),
+                tracked,
                 in_hand: BTreeMap::new(),
-                recovered_unread: recovery.events,
+                recovered_unread: fresh + stashed_recovered,
             }),
             appended: Notify::new(),
             holding: AtomicBool::new(false),
             appending: AtomicUsize::new(0),
             stopped: AtomicBool::new(false),
-            on_disk_events: AtomicU64::new(recovery.events),
-            detailed: AtomicU64::new(0),
+            on_disk_events: AtomicU64::new(fresh + adopted),
+            detailed: AtomicU64::new(detailed),
             detailed_budget: settings.detailed_events,
             counters,
             sender: settings.sender,
@@ -200,6 +228,8 @@ impl SpoolControl {
             corrupt_at_open: recovery.corrupt_records,
             io_errors: AtomicU64::new(0),
             last_io_error: Mutex::new(None),
+            left: Mutex::new(false),
+            left_cv: parking_lot::Condvar::new(),
         });
         rt.spawn(control.clone().send_loop(settings.concurrency));
         let ticker = control.clone();
@@ -218,9 +248,14 @@ impl SpoolControl {
         Ok(control)
     }
 
-    /// The destination's name (`enterprise`, `enterprise logs`).
+    /// The destination's name (`enterprise`, `enterprise logs`, a tenant sink's).
     pub(crate) fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The spool's directory.
+    pub(crate) fn dir(&self) -> &std::path::Path {
+        &self.dir
     }
 
     /// The spool's state for self-metrics and `/readyz`; `None` once it is closed. Takes the
@@ -281,14 +316,43 @@ impl SpoolControl {
         self.on_disk_events.load(Ordering::SeqCst)
     }
 
-    /// At shutdown: nothing is between a hand-over and the disk, at most `pending` events of
-    /// this signal are in flight and all are on disk, and the sender is holding a failing
-    /// record (or has nothing): waiting longer only waits for the backend.
-    pub(crate) fn holds_all_of(&self, pending: i64) -> bool {
-        let on_disk = self.events_on_disk();
-        self.appending.load(Ordering::SeqCst) == 0
-            && pending <= on_disk as i64
-            && (on_disk == 0 || self.holding.load(Ordering::SeqCst))
+    /// At shutdown: nothing is between a hand-over and these spools' disks, at most `pending`
+    /// events of their signal are in flight and all are on disk, and every sender is holding a
+    /// failing record (or has nothing): waiting longer only waits for the backends. (An event
+    /// with copies in two spools counts in both: the sum is an upper bound.)
+    pub(crate) fn hold_all_of<'a>(
+        spools: impl IntoIterator<Item = &'a Self>,
+        pending: i64,
+    ) -> bool {
+        let mut on_disk = 0u64;
+        for s in spools {
+            let here = s.events_on_disk();
+            if s.appending.load(Ordering::SeqCst) != 0
+                || (here != 0 && !s.holding.load(Ordering::SeqCst))
+            {
+                return false;
+            }
+            on_disk += here;
+        }
+        pending <= on_disk as i64
+    }
+
+    /// Whether [`leave`](Self::leave) closed the spool.
+    pub(crate) fn has_left(&self) -> bool {
+        *self.left.lock()
+    }
+
+    /// Waits up to `patience` for [`leave`](Self::leave) (a tenant sink's spool closing while
+    /// the same sink opens again: the new spool needs the directory's lock). Whether it left.
+    pub(crate) fn wait_left(&self, patience: Duration) -> bool {
+        let mut left = self.left.lock();
+        let until = std::time::Instant::now() + patience;
+        while !*left {
+            if self.left_cv.wait_until(&mut left, until).timed_out() {
+                break;
+            }
+        }
+        *left
     }
 
     /// Encodes a batch (`encode` runs on a blocking thread and returns the request and anything
@@ -469,47 +533,49 @@ impl SpoolControl {
     /// At shutdown: stops the tasks, settles every event whose record is still on disk as
     /// spooled, syncs the spool and closes it (its lock is released). Returns those events.
     pub(crate) fn leave(&self) -> u64 {
+        self.close_then(Stash::leave)
+    }
+
+    /// Stops the tasks, syncs the spool and closes it (its lock is released), and hands the
+    /// accounting of the records still on disk, unsettled, to `then`: [`Stash::leave`] settles
+    /// it as spooled, or it is kept for the next [`open`](Self::open) of the same directory.
+    /// Whoever waits for the closing ([`wait_left`](Self::wait_left)) sees `then` done.
+    pub(crate) fn close_then<R>(&self, then: impl FnOnce(Stash) -> R) -> R {
         self.stopped.store(true, Ordering::SeqCst);
         self.appended.notify_waiters();
         let mut st = self.state.lock();
-        let destination = Detail::Shared(self.name.clone());
-        let spooled = Outcome::Spooled {
-            destination: destination.clone(),
+        let mut stash = Stash {
+            name: self.name.clone(),
+            holder: self.holder,
+            counters: self.counters.clone(),
+            owned: std::mem::take(&mut st.tracked),
+            recovered: std::mem::take(&mut st.recovered_unread),
         };
-        let mut left = 0u64;
-        for (_, owned) in std::mem::take(&mut st.tracked) {
-            left += owned.owner.events();
-            self.release(owned).leave(&destination);
-        }
-        for (_, hand) in std::mem::take(&mut st.in_hand) {
+        for (id, hand) in std::mem::take(&mut st.in_hand) {
             match hand {
                 InHand::Owned(owned) => {
-                    left += owned.owner.events();
-                    self.release(owned).leave(&destination);
+                    stash.owned.insert(id, owned);
                 }
-                InHand::Recovered(n) => {
-                    left += n;
-                    self.counters
-                        .settle_recovered(self.holder, n, spooled.clone());
-                }
+                InHand::Recovered(n) => stash.recovered += n,
             }
         }
-        let recovered = std::mem::take(&mut st.recovered_unread);
-        self.counters
-            .settle_recovered(self.holder, recovered, spooled);
-        left += recovered;
         if let Some(mut spool) = st.spool.take() {
             if let Err(e) = spool.sync() {
                 self.io_error(&e);
                 tracing::warn!(
                     spool = %self.name,
                     error = %self.counters.log.sanitize(&e.to_string()),
-                    "spool sync at shutdown failed"
+                    "spool sync at close failed"
                 );
             }
         }
         self.on_disk_events.store(0, Ordering::SeqCst);
-        left
+        self.detailed.store(0, Ordering::SeqCst);
+        drop(st);
+        let done = then(stash);
+        *self.left.lock() = true;
+        self.left_cv.notify_all();
+        done
     }
 
     /// Runs `f` on the state on a blocking thread; `None` once the spool is closed.
@@ -709,6 +775,41 @@ impl SpoolControl {
     }
 }
 
+/// The accounting of a closed spool's records still on disk, not settled yet: a tenant sink's
+/// spool keeps it while the sink is closed, so that its next opening settles those records when
+/// they are sent, exactly as if the spool had stayed open.
+#[derive(Debug)]
+pub(crate) struct Stash {
+    name: Arc<str>,
+    holder: Holder,
+    counters: Arc<Counters>,
+    /// Records this process appended, by id.
+    owned: BTreeMap<u64, Owned>,
+    /// Events of records recovered at an opening and not sent yet (counted in already).
+    recovered: u64,
+}
+
+impl Stash {
+    /// Events whose records it accounts for.
+    pub(crate) fn events(&self) -> u64 {
+        self.owned.values().map(|o| o.owner.events()).sum::<u64>() + self.recovered
+    }
+
+    /// At shutdown: the records stay on disk; their events leave the process as spooled.
+    /// Returns those events.
+    pub(crate) fn leave(self) -> u64 {
+        let left = self.events();
+        let destination = Detail::Shared(self.name.clone());
+        for (_, owned) in self.owned {
+            owned.owner.leave(&destination);
+        }
+        let spooled = Outcome::Spooled { destination };
+        self.counters
+            .settle_recovered(self.holder, self.recovered, spooled);
+        left
+    }
+}
+
 /// What [`SpoolControl::append_blocking`] came to.
 enum Appended<T> {
     Stored(T),
@@ -788,17 +889,34 @@ impl RecordOwner for SpanRecord {
 /// Called with each batch of spans once it is on disk (the SQLite sink's copy).
 pub(crate) type OnAppended = Box<dyn Fn(&[SpanData]) + Send + Sync>;
 
-/// Starts the enterprise spans' spool and its appender: the returned [`SinkWorker`] is the
+/// Where a spooled trace destination is, and how it is seen.
+pub(crate) struct TraceSpoolSpec {
+    /// The destination's name (`enterprise`, or a tenant sink's).
+    pub(crate) name: String,
+    /// Its exporter counters.
+    pub(crate) stats: Arc<ExporterStats>,
+    /// A tenant sink's spool closes when its sink does (its appender's queue ends): its backlog
+    /// stays on disk and its unsettled accounting goes here, for the next opening. The
+    /// enterprise spool is left by the shutdown instead (`None`).
+    pub(crate) on_close: Option<Box<dyn FnOnce(Stash) + Send>>,
+}
+
+/// Starts a destination's span spool and its appender: the returned [`SinkWorker`] is the
 /// destination's queue, as the batcher knows it.
 pub(crate) fn spawn_traces(
+    spec: TraceSpoolSpec,
     settings: SpoolSettings,
     resource: Resource,
     worker: &SinkWorkerParams,
     on_appended: Option<OnAppended>,
 ) -> Result<(SinkWorker, Arc<SpoolControl>), SpoolError> {
-    let stats = worker.counters.exporters.register("enterprise", "traces");
+    let TraceSpoolSpec {
+        name,
+        stats,
+        on_close,
+    } = spec;
     let control = SpoolControl::open(
-        "enterprise",
+        &name,
         WireSignal::Traces,
         Holder::TracePath,
         settings,
@@ -826,6 +944,23 @@ pub(crate) fn spawn_traces(
                     f(&spans);
                 }
             }
+        }
+        if let Some(on_close) = on_close {
+            let control = appender.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                control.close_then(|stash| {
+                    if stash.events() > 0 {
+                        tracing::info!(
+                            spool = control.name(),
+                            events = stash.events(),
+                            "sink closed with events in its disk spool; its next opening sends \
+                             them"
+                        );
+                    }
+                    on_close(stash)
+                })
+            })
+            .await;
         }
     });
     let name: Arc<str> = control.name.clone();

@@ -277,7 +277,7 @@ fn drain_paths(lifecycle: &Lifecycle, counters: &Counters, by: &Deadline) -> boo
 /// Step 5b: the disk spool keeps what was not sent. Its events leave the process as `spooled`
 /// (counted, journeys closed), the spool is synced and its lock released.
 fn leave_in_spool(lifecycle: &Lifecycle) {
-    for spool in lifecycle.export.handles.spools.all() {
+    for spool in lifecycle.export.handles.all_spools() {
         let left = spool.leave();
         if left > 0 {
             tracing::info!(
@@ -286,6 +286,15 @@ fn leave_in_spool(lifecycle: &Lifecycle) {
                 "events left in the disk spool at shutdown; the next start on this path sends them"
             );
         }
+    }
+    // Closed tenant sinks' spools: their records stay too.
+    let left = lifecycle.export.handles.sinks.leave_stashes();
+    if left > 0 {
+        tracing::info!(
+            events = left,
+            "events left in closed tenant sinks' disk spools at shutdown; their next opening \
+             sends them"
+        );
     }
 }
 

@@ -382,6 +382,14 @@ fn probes(
         }),
         unready_after: Duration::from_secs(cfg.diagnostics.unready_after_failing_secs),
         spools,
+        tenant_spools: {
+            let sinks = Arc::downgrade(&export.handles.sinks);
+            Box::new(move || {
+                sinks.upgrade().map_or_else(Vec::new, |sinks| {
+                    sinks.spools().iter().filter_map(|s| s.snapshot()).collect()
+                })
+            })
+        },
     })
 }
 

@@ -319,6 +319,17 @@ fn segment_name(first_id: u64) -> String {
     format!("{first_id:020}.seg")
 }
 
+/// Whether `dir` holds a segment file with bytes in it: a spool there may have records to
+/// send (a cheap look, without the lock; opening the spool says for sure).
+pub(crate) fn holds_segments(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            parse_segment_name(&e.file_name().to_string_lossy()).is_some()
+                && e.metadata().is_ok_and(|m| m.len() > 0)
+        })
+    })
+}
+
 fn parse_segment_name(name: &str) -> Option<u64> {
     let digits = name.strip_suffix(".seg")?;
     (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))

@@ -311,6 +311,7 @@ fn scenario(reason: ReasonCode) -> (StatsSnapshot, Explainer, String) {
             let rx = spooled_to_a_failing_receiver(&mut c, dir.path());
             c.spool.segment_bytes = 64 << 10;
             c.spool.max_bytes = 512 << 10;
+            c.spool.tenant_share_percent = 0;
             c.trace_batcher.max_batch_size = 50;
             let gw = telemetry_gateway::start(c).unwrap();
             let events: Vec<_> = (0..3_000)
