@@ -220,6 +220,21 @@ impl GatewayConfig {
         self.sinks.validate()
     }
 
+    /// How many spools share what `spool.tenant_share_percent` leaves of `spool.max_bytes`:
+    /// the enterprise destination's spans and log records, and with
+    /// `transport.kind = "redis_streams"` the stream producer's buffer.
+    pub fn enterprise_spools(&self) -> u64 {
+        match self.transport.kind {
+            TransportKind::RedisStreams => 3,
+            TransportKind::InProcess => 2,
+        }
+    }
+
+    /// The budget of each of [`enterprise_spools`](Self::enterprise_spools).
+    pub fn enterprise_spool_budget(&self) -> u64 {
+        self.spool.enterprise_budget(self.enterprise_spools())
+    }
+
     /// The rules that join two sections.
     fn check_cross_keys(&self) -> Result<(), ConfigError> {
         if self.spool.kind == SpoolKind::Disk
@@ -229,6 +244,18 @@ impl GatewayConfig {
                 "spool.kind",
                 "\"disk\" needs the enterprise OTLP exporter (otlp.endpoint set, \
                  gateway.enterprise_enabled = true): the spool holds OTLP export requests",
+            ));
+        }
+        let budget = self.enterprise_spool_budget();
+        if self.spool.kind == SpoolKind::Disk && budget < MIN_SPOOL_BUDGET_BYTES {
+            return Err(ConfigError::invalid(
+                "spool.max_bytes",
+                format!(
+                    "leaves {budget} bytes to each of the {} spools of the enterprise \
+                     destination (and the Redis Streams producer) after \
+                     spool.tenant_share_percent; each needs at least {MIN_SPOOL_BUDGET_BYTES}",
+                    self.enterprise_spools()
+                ),
             ));
         }
         let tenant_budget = self.spool.tenant_budget(self.trace_batcher.max_live_sinks);
@@ -402,8 +429,8 @@ mod tests {
         // 0 keeps tenant sinks in memory: no share to check; the enterprise spools get half each.
         let c = spool("max_bytes = 8388608\nsegment_bytes = 1048576\ntenant_share_percent = 0\n")
             .unwrap();
-        assert_eq!(c.spool.enterprise_budget(), 4 << 20);
-        assert_eq!(c.spool.segment_for(c.spool.enterprise_budget()), 1 << 20);
+        assert_eq!(c.enterprise_spool_budget(), 4 << 20);
+        assert_eq!(c.spool.segment_for(c.enterprise_spool_budget()), 1 << 20);
         let c = spool("").unwrap();
         assert_eq!(c.spool.tenant_budget(64), (1u64 << 30) / 5 / 64);
         assert_eq!(

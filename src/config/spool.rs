@@ -144,16 +144,6 @@ impl SpoolSection {
                 ),
             ));
         }
-        if self.enterprise_budget() < MIN_SPOOL_BUDGET_BYTES {
-            return Err(ConfigError::invalid(
-                "spool.max_bytes",
-                format!(
-                    "leaves {} bytes to each enterprise spool after spool.tenant_share_percent; \
-                     each needs at least {MIN_SPOOL_BUDGET_BYTES}",
-                    self.enterprise_budget()
-                ),
-            ));
-        }
         if self.kind == SpoolKind::Disk {
             match &self.path {
                 None => {
@@ -171,10 +161,11 @@ impl SpoolSection {
         Ok(())
     }
 
-    /// The budget of each of the enterprise destination's two spools (spans, log records): half
-    /// of what the tenant sinks' share leaves.
-    pub fn enterprise_budget(&self) -> u64 {
-        percent_of(self.max_bytes, 100 - self.tenant_share_percent) / 2
+    /// The budget of each of `spools` spools that share what the tenant sinks' share leaves:
+    /// the enterprise destination's spans and log records, and the Redis Streams producer's
+    /// buffer when there is one (see `GatewayConfig::enterprise_spool_budget`).
+    pub fn enterprise_budget(&self, spools: u64) -> u64 {
+        percent_of(self.max_bytes, 100 - self.tenant_share_percent) / spools.max(1)
     }
 
     /// The budget of one tenant sink's spool with `max_live_sinks` open at most (0: tenant

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::jsonl::JsonlLogExporter;
 use super::sink::classify_otlp_error;
 use super::spooled::{RecordOwner, SpoolControl, SpoolSettings, Stored};
-use super::wire::{encode_logs, WireSignal};
+use super::wire::encode_logs;
 use crate::config::HoldPolicy;
 use crate::diagnostics::exporters::ExporterStats;
 use crate::diagnostics::ledger::{Accounted, Holder, Outcome};
@@ -132,7 +132,7 @@ impl LogBatcher {
             Some((spool_settings, resource)) => {
                 let control = SpoolControl::open(
                     "enterprise logs",
-                    WireSignal::Logs,
+                    super::spooled::Contents::LogRecords,
                     Holder::MetricLogPath,
                     spool_settings,
                     counters.clone(),
@@ -341,11 +341,25 @@ struct Destination {
 
 /// A spooled batch of log records: the metric/log events it decides, and its companions.
 #[derive(Debug)]
-struct LogRecords {
+pub(crate) struct LogRecords {
     events: Accounted,
     companions: u64,
     records: u64,
     counters: Arc<Counters>,
+}
+
+impl LogRecords {
+    /// A record that decides these metric/log events and carries no log record of theirs (the
+    /// Redis Streams producer's: its events are delivered once appended to the stream).
+    #[cfg(feature = "redis")]
+    pub(crate) fn events_only(events: Vec<EventRef>, counters: Arc<Counters>) -> Self {
+        LogRecords {
+            events: Accounted::Detailed(events),
+            companions: 0,
+            records: 0,
+            counters,
+        }
+    }
 }
 
 impl RecordOwner for LogRecords {

@@ -71,12 +71,17 @@ pub(crate) struct ExportHandles {
 pub(crate) struct Spools {
     pub(crate) traces: Option<Arc<spooled::SpoolControl>>,
     pub(crate) logs: Option<Arc<spooled::SpoolControl>>,
+    /// The Redis Streams producer's buffer (set when the transport is built, after export).
+    pub(crate) stream: std::sync::OnceLock<Arc<spooled::SpoolControl>>,
 }
 
 impl Spools {
-    /// Both.
+    /// Every one of them.
     pub(crate) fn all(&self) -> impl Iterator<Item = &Arc<spooled::SpoolControl>> {
-        self.traces.iter().chain(self.logs.iter())
+        self.traces
+            .iter()
+            .chain(self.logs.iter())
+            .chain(self.stream.get())
     }
 }
 
@@ -84,10 +89,15 @@ impl ExportHandles {
     /// At shutdown, with disk spools: every event still in flight is on disk and the backend is
     /// failing, so waiting longer only waits for the backend (the spools keep the events).
     pub(crate) fn spooled_and_stalled(&self, p: &crate::diagnostics::ledger::Pending) -> bool {
-        let Spools { traces, logs } = &self.spools;
+        let Spools {
+            traces,
+            logs,
+            stream,
+        } = &self.spools;
         let (Some(traces), Some(logs)) = (traces, logs) else {
             return false;
         };
+        let metric_log_spools = std::iter::once(&**logs).chain(stream.get().map(|s| &**s));
         let tenants = self.sinks.spools();
         let trace_spools = std::iter::once(&**traces).chain(tenants.iter().map(|s| &**s));
         p.gateway <= 0
@@ -98,7 +108,7 @@ impl ExportHandles {
             && self.sinks.depth().0 == 0
             && self.log_batcher.queued() == 0
             && spooled::SpoolControl::hold_all_of(trace_spools, p.trace)
-            && spooled::SpoolControl::hold_all_of([&**logs], p.metric_log)
+            && spooled::SpoolControl::hold_all_of(metric_log_spools, p.metric_log)
     }
 
     /// Every open disk spool: the enterprise destination's and the tenant sinks'.
@@ -336,49 +346,50 @@ impl ExportPipeline {
             key: "spool.path".into(),
             error: e.to_string(),
         };
-        // With `[spool] kind = "disk"`, one spool per signal, each with half of what the
+        // With `[spool] kind = "disk"`, one spool per signal, each with its share of what the
         // tenant sinks' share leaves.
-        let spool_settings = |dir: &str, concurrency: usize| {
-            let wire = backends.wire.clone()?;
+        let spool_settings = |dir: &str, signal: wire::WireSignal, concurrency: usize| {
+            let sender = spooled::OtlpRecords {
+                sender: backends.wire.clone()?,
+                signal,
+            };
             Some(spooled::SpoolSettings {
                 dir: cfg.spool.dir_of(dir)?,
-                opts: spool_options(&cfg.spool, cfg.spool.enterprise_budget()),
+                opts: spool_options(&cfg.spool, cfg.enterprise_spool_budget()),
                 tick: Duration::from_millis(cfg.spool.sync_interval_ms),
-                sender: wire,
+                sender: Arc::new(sender),
                 hold: cfg.retry.hold_policy(),
                 concurrency,
                 detailed_events: cfg.diagnostics.recorder_events as u64,
                 stash: None,
             })
         };
-        let (enterprise_sink, trace_spool) =
-            match spool_settings("enterprise-traces", cfg.trace_batcher.sink_concurrency) {
-                Some(settings) => {
-                    #[cfg(feature = "analytics")]
-                    let on_appended = sqlite.clone().map(|store| {
-                        Box::new(move |spans: &[opentelemetry_sdk::trace::SpanData]| {
-                            store.enqueue(sqlite::Raw::Spans(spans.to_vec()))
-                        }) as spooled::OnAppended
-                    });
-                    #[cfg(not(feature = "analytics"))]
-                    let on_appended = None;
-                    let spec = spooled::TraceSpoolSpec {
-                        name: "enterprise".into(),
-                        stats: counters.exporters.register("enterprise", "traces"),
-                        on_close: None,
-                    };
-                    let (worker, control) = spooled::spawn_traces(
-                        spec,
-                        settings,
-                        resource.clone(),
-                        &workers,
-                        on_appended,
-                    )
-                    .map_err(spool_err)?;
-                    (worker, Some(control))
-                }
-                None => (SinkWorker::spawn(enterprise_sink, &workers), None),
-            };
+        let (enterprise_sink, trace_spool) = match spool_settings(
+            "enterprise-traces",
+            wire::WireSignal::Traces,
+            cfg.trace_batcher.sink_concurrency,
+        ) {
+            Some(settings) => {
+                #[cfg(feature = "analytics")]
+                let on_appended = sqlite.clone().map(|store| {
+                    Box::new(move |spans: &[opentelemetry_sdk::trace::SpanData]| {
+                        store.enqueue(sqlite::Raw::Spans(spans.to_vec()))
+                    }) as spooled::OnAppended
+                });
+                #[cfg(not(feature = "analytics"))]
+                let on_appended = None;
+                let spec = spooled::TraceSpoolSpec {
+                    name: "enterprise".into(),
+                    stats: counters.exporters.register("enterprise", "traces"),
+                    on_close: None,
+                };
+                let (worker, control) =
+                    spooled::spawn_traces(spec, settings, resource.clone(), &workers, on_appended)
+                        .map_err(spool_err)?;
+                (worker, Some(control))
+            }
+            None => (SinkWorker::spawn(enterprise_sink, &workers), None),
+        };
         let sinks = tenant_sinks(cfg, extra_sinks, workers, &resource)?;
         // 5. The log batcher.
         let log_batcher = LogBatcher::spawn(
@@ -393,8 +404,12 @@ impl ExportPipeline {
             },
             counters.clone(),
             &handle,
-            spool_settings("enterprise-logs", cfg.export.log_concurrency)
-                .map(|settings| (settings, resource.clone())),
+            spool_settings(
+                "enterprise-logs",
+                wire::WireSignal::Logs,
+                cfg.export.log_concurrency,
+            )
+            .map(|settings| (settings, resource.clone())),
             #[cfg(feature = "analytics")]
             sqlite.clone(),
         )
@@ -433,6 +448,7 @@ impl ExportPipeline {
                 spools: Spools {
                     traces: trace_spool,
                     logs: log_batcher_spool,
+                    stream: std::sync::OnceLock::new(),
                 },
             }),
         })
@@ -449,7 +465,10 @@ struct EnterpriseBackends {
 }
 
 /// `[spool]` as the options of a spool with `budget` bytes (its share of `spool.max_bytes`).
-fn spool_options(s: &crate::config::SpoolSection, budget: u64) -> crate::spool::SpoolOptions {
+pub(crate) fn spool_options(
+    s: &crate::config::SpoolSection,
+    budget: u64,
+) -> crate::spool::SpoolOptions {
     use crate::config::{SpoolSync, SpoolWhenFull};
     use crate::spool::{SpoolOptions, SyncPolicy, WhenFull};
     SpoolOptions {

@@ -547,7 +547,10 @@ impl SinkRegistry {
             dir: dir.clone(),
             opts: sp.opts.clone(),
             tick: sp.tick,
-            sender,
+            sender: Arc::new(super::spooled::OtlpRecords {
+                sender,
+                signal: super::wire::WireSignal::Traces,
+            }),
             hold: p.worker.hold,
             concurrency: p.worker.concurrency,
             detailed_events: sp.detailed_events,

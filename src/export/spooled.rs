@@ -33,6 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use opentelemetry_sdk::trace::SpanData;
 use opentelemetry_sdk::Resource;
 use parking_lot::Mutex;
@@ -46,6 +47,39 @@ use crate::diagnostics::ledger::{Holder, Outcome};
 use crate::diagnostics::recorder::Detail;
 use crate::diagnostics::{Counters, ReasonCode};
 use crate::spool::{DiskSpool, Recovery, SpoolError, SpoolOptions};
+
+/// Where a spool's records go: sends one record's bytes as they were appended.
+pub(crate) trait RecordSender: Send + Sync + std::fmt::Debug {
+    /// Sends one record; `Rejected` acknowledges it as refused for good, `Failed` holds it.
+    fn send(&self, body: Bytes) -> BoxFuture<'_, Result<(), SinkError>>;
+}
+
+/// What a spool's records carry (for the item counters of the records recovered at start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Contents {
+    /// OTLP trace export requests.
+    Spans,
+    /// OTLP log export requests.
+    LogRecords,
+    /// Batches of envelopes for the Redis stream.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    Envelopes,
+}
+
+/// OTLP export requests of one signal, sent as they are.
+#[derive(Debug)]
+pub(crate) struct OtlpRecords {
+    /// The endpoint's sender.
+    pub(crate) sender: WireSender,
+    /// The requests' signal.
+    pub(crate) signal: WireSignal,
+}
+
+impl RecordSender for OtlpRecords {
+    fn send(&self, body: Bytes) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(self.sender.send(self.signal, body))
+    }
+}
 
 /// The accounting a record carries: told once how the record ended.
 pub(crate) trait RecordOwner: Send + Sync + std::fmt::Debug {
@@ -99,7 +133,7 @@ pub(crate) struct SpoolControl {
     name: Arc<str>,
     /// The spool's directory.
     dir: std::path::PathBuf,
-    signal: WireSignal,
+    contents: Contents,
     /// The stage whose gauge counts this signal's events.
     holder: Holder,
     state: Mutex<State>,
@@ -118,7 +152,7 @@ pub(crate) struct SpoolControl {
     detailed: AtomicU64,
     detailed_budget: u64,
     counters: Arc<Counters>,
-    sender: WireSender,
+    sender: Arc<dyn RecordSender>,
     hold: HoldPolicy,
     stats: Arc<ExporterStats>,
     /// Records lost to damage found at start.
@@ -140,7 +174,7 @@ pub(crate) struct SpoolSettings {
     /// How often an idle spool is synced under `sync = "interval"` (`spool.sync_interval_ms`).
     pub(crate) tick: Duration,
     /// Where records are sent.
-    pub(crate) sender: WireSender,
+    pub(crate) sender: Arc<dyn RecordSender>,
     /// How a failing record is retried (`[retry]`).
     pub(crate) hold: HoldPolicy,
     /// Records sent at once.
@@ -165,7 +199,7 @@ impl SpoolControl {
     /// accounting (they are not counted recovered).
     pub(crate) fn open(
         name: &str,
-        signal: WireSignal,
+        contents: Contents,
         holder: Holder,
         settings: SpoolSettings,
         counters: Arc<Counters>,
@@ -206,7 +240,7 @@ impl SpoolControl {
         let control = Arc::new(SpoolControl {
             name,
             dir: settings.dir.clone(),
-            signal,
+            contents,
             holder,
             state: Mutex::new(State {
                 spool: Some(spool),
@@ -610,7 +644,7 @@ impl SpoolControl {
                 return None;
             }
             let started = std::time::Instant::now();
-            let result = self.sender.send(self.signal, body.clone()).await;
+            let result = self.sender.send(body.clone()).await;
             self.stats
                 .record_call(events, result.is_ok(), started.elapsed());
             match result {
@@ -757,11 +791,14 @@ impl SpoolControl {
                 if result.is_ok() {
                     Counters::add(&self.counters.export_batches_ok, 1);
                     // A recovered request's item count is not kept: one item per event.
-                    let items = match self.signal {
-                        WireSignal::Traces => &self.counters.exported_spans,
-                        WireSignal::Logs => &self.counters.exported_log_records,
+                    let items = match self.contents {
+                        Contents::Spans => Some(&self.counters.exported_spans),
+                        Contents::LogRecords => Some(&self.counters.exported_log_records),
+                        Contents::Envelopes => None,
                     };
-                    Counters::add(items, n);
+                    if let Some(items) = items {
+                        Counters::add(items, n);
+                    }
                 }
                 let outcome = match &result {
                     Ok(()) => Outcome::Delivered {
@@ -917,7 +954,7 @@ pub(crate) fn spawn_traces(
     } = spec;
     let control = SpoolControl::open(
         &name,
-        WireSignal::Traces,
+        Contents::Spans,
         Holder::TracePath,
         settings,
         worker.counters.clone(),

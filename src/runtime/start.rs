@@ -276,13 +276,51 @@ fn metric_transport(
             Err(StartError::Actors("no metric transport was built".into()))
         }
         #[cfg(feature = "redis")]
-        None => Ok(Arc::new(RedisStreamProducer::spawn_counted(
-            stream_client(cfg)?,
-            StreamSettings::from_config(&cfg.transport, String::new()),
-            cfg.transport.buffer_capacity,
-            export.rt.handle(),
-            counters.clone(),
-        ))),
+        None => {
+            let client = stream_client(cfg)?;
+            let settings = StreamSettings::from_config(&cfg.transport, String::new());
+            let capacity = cfg.transport.buffer_capacity;
+            let rt = export.rt.handle();
+            let Some(dir) = cfg.spool.dir_of("stream-producer") else {
+                return Ok(Arc::new(RedisStreamProducer::spawn_counted(
+                    client,
+                    settings,
+                    capacity,
+                    rt,
+                    counters.clone(),
+                )));
+            };
+            // `[spool] kind = "disk"`: the buffer on disk, with its share of the budget.
+            let spool = |sender| crate::export::spooled::SpoolSettings {
+                dir,
+                opts: crate::export::spool_options(&cfg.spool, cfg.enterprise_spool_budget()),
+                tick: Duration::from_millis(cfg.spool.sync_interval_ms),
+                sender,
+                hold: cfg.retry.hold_policy(),
+                // One pipeline at a time: the stream keeps the order of the appends.
+                concurrency: 1,
+                detailed_events: cfg.diagnostics.recorder_events as u64,
+                stash: None,
+            };
+            let producer = RedisStreamProducer::spawn_spooled(
+                client,
+                settings,
+                capacity,
+                rt,
+                counters.clone(),
+                spool,
+            )
+            .map_err(|e| {
+                StartError::Export(crate::export::ExportBuildError::Spool {
+                    key: "spool.path".into(),
+                    error: e.to_string(),
+                })
+            })?;
+            if let Some(control) = producer.spool() {
+                let _ = export.handles.spools.stream.set(control.clone());
+            }
+            Ok(Arc::new(producer))
+        }
     }
 }
 

@@ -12,6 +12,13 @@
 //!   delivered more than `max_deliveries` times, or one that does not decode, goes to the
 //!   dead-letter stream `{stream}:dead` with why, and is acknowledged there.
 //!
+//! With `[spool] kind = "disk"` the producer's buffer is on disk: the task appends each batch
+//! of envelopes (their JSON wire forms, framed) as one record of the spool
+//! `{spool.path}/stream-producer`, and the spool's sender ([`StreamAppender`]) sends the records
+//! in order as the same `XADD` pipelines, holding the oldest while Redis is away. The buffer in
+//! memory then stays short, `try_send` does not refuse while the budget lasts, and a restart or
+//! a crash of the gateway keeps what was appended (`export::spooled`).
+//!
 //! Selected by `transport.kind = "redis_streams"`. In the gateway's process the producer
 //! settles each event in the ledger: delivered when its `XADD` succeeded (exporter
 //! `redis_stream`), or dropped `queue_full` at the buffer. A worker's consumers are linked to
@@ -23,6 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use redis::aio::MultiplexedConnection;
 use redis::streams::StreamPendingCountReply;
@@ -37,6 +45,10 @@ use crate::contracts::TelemetryEnvelope;
 use crate::diagnostics::ledger::{Holder, Outcome};
 use crate::diagnostics::recorder::EventRef;
 use crate::diagnostics::{Counters, ReasonCode};
+use crate::export::logs::LogRecords;
+use crate::export::sink::SinkError;
+use crate::export::spooled::{Contents, RecordSender, SpoolControl, SpoolSettings};
+use crate::spool::SpoolError;
 
 /// The stream entry field that holds the envelope's JSON wire form.
 pub const ENVELOPE_FIELD: &str = "envelope";
@@ -153,6 +165,108 @@ pub struct RedisStreamProducer {
     tx: mpsc::Sender<TelemetryEnvelope>,
     appended: Arc<AtomicU64>,
     failed_calls: Arc<AtomicU64>,
+    /// The buffer's disk spool, with `[spool] kind = "disk"`.
+    spool: Option<Arc<SpoolControl>>,
+}
+
+/// The `XADD` pipeline of a batch of envelopes' JSON wire forms.
+fn xadd_pipeline<'a>(
+    settings: &StreamSettings,
+    jsons: impl Iterator<Item = &'a str>,
+) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    for json in jsons {
+        pipe.cmd("XADD")
+            .arg(&settings.stream)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(settings.max_len)
+            .arg("*")
+            .arg(ENVELOPE_FIELD)
+            .arg(json)
+            .ignore();
+    }
+    pipe
+}
+
+/// A record of the producer's spool: each envelope's JSON wire form as a little-endian `u32`
+/// length and its bytes.
+fn encode_record(jsons: &[String]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(jsons.iter().map(|j| j.len() + 4).sum());
+    for j in jsons {
+        out.extend_from_slice(&(j.len() as u32).to_le_bytes());
+        out.extend_from_slice(j.as_bytes());
+    }
+    out
+}
+
+/// The JSON texts of a record read back from disk (checked: its checksum passed, but a record
+/// from another build or a damaged one must not be appended as garbage).
+fn decode_record(body: &[u8]) -> Result<Vec<&str>, String> {
+    let mut out = Vec::new();
+    let mut rest = body;
+    while !rest.is_empty() {
+        let (len, tail) = rest
+            .split_first_chunk::<4>()
+            .ok_or_else(|| format!("{} trailing bytes, not a length", rest.len()))?;
+        let len = u32::from_le_bytes(*len) as usize;
+        if len > tail.len() {
+            return Err(format!("an envelope of {len} bytes in {} left", tail.len()));
+        }
+        let (json, tail) = tail.split_at(len);
+        out.push(std::str::from_utf8(json).map_err(|e| format!("an envelope is not UTF-8: {e}"))?);
+        rest = tail;
+    }
+    Ok(out)
+}
+
+/// Sends the producer spool's records: each as one `XADD` pipeline, in order, on one
+/// connection that is opened again after a failure.
+pub(crate) struct StreamAppender {
+    client: redis::Client,
+    settings: StreamSettings,
+    conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    appended: Arc<AtomicU64>,
+    failed_calls: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for StreamAppender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamAppender")
+            .field("stream", &self.settings.stream)
+            .finish()
+    }
+}
+
+impl RecordSender for StreamAppender {
+    fn send(&self, body: Bytes) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async move {
+            let jsons = decode_record(&body).map_err(|e| {
+                SinkError::Rejected(format!("a spool record is not a batch of envelopes: {e}"))
+            })?;
+            let n = jsons.len() as u64;
+            let pipe = xadd_pipeline(&self.settings, jsons.into_iter());
+            let mut conn = self.conn.lock().await;
+            if conn.is_none() {
+                *conn = self.settings.open(&self.client).await.ok();
+            }
+            let result = match conn.as_mut() {
+                Some(c) => pipe.query_async::<()>(c).await.map_err(|e| e.to_string()),
+                None => Err("Redis is unreachable".to_owned()),
+            };
+            match result {
+                Ok(()) => {
+                    self.appended.fetch_add(n, Ordering::Relaxed);
+                    Ok(())
+                }
+                Err(e) => {
+                    *conn = None;
+                    self.failed_calls.fetch_add(1, Ordering::Relaxed);
+                    Err(SinkError::Failed(e))
+                }
+            }
+        })
+    }
 }
 
 impl RedisStreamProducer {
@@ -177,6 +291,73 @@ impl RedisStreamProducer {
         Self::spawn_inner(client, settings, buffer_capacity, rt, Some(counters))
     }
 
+    /// [`spawn_counted`](Self::spawn_counted) with the buffer on a disk spool: `spool` builds
+    /// the spool's settings around the appender it is given (see the module docs).
+    pub(crate) fn spawn_spooled(
+        client: redis::Client,
+        settings: StreamSettings,
+        buffer_capacity: usize,
+        rt: &tokio::runtime::Handle,
+        counters: Arc<Counters>,
+        spool: impl FnOnce(Arc<dyn RecordSender>) -> SpoolSettings,
+    ) -> Result<Self, SpoolError> {
+        let stats = counters.exporters.register("redis_stream", "metric_log");
+        let appended = Arc::new(AtomicU64::new(0));
+        let failed_calls = Arc::new(AtomicU64::new(0));
+        let appender = StreamAppender {
+            client,
+            settings,
+            conn: tokio::sync::Mutex::new(None),
+            appended: appended.clone(),
+            failed_calls: failed_calls.clone(),
+        };
+        let control = SpoolControl::open(
+            "redis stream",
+            Contents::Envelopes,
+            Holder::MetricLogPath,
+            spool(Arc::new(appender)),
+            counters.clone(),
+            stats,
+            rt,
+        )?;
+        let (tx, mut rx) = mpsc::channel::<TelemetryEnvelope>(buffer_capacity.max(1));
+        let spool = control.clone();
+        rt.spawn(async move {
+            let mut batch: Vec<TelemetryEnvelope> = Vec::with_capacity(APPEND_BATCH);
+            while rx.recv_many(&mut batch, APPEND_BATCH).await > 0 {
+                let mut jsons = Vec::with_capacity(batch.len());
+                let mut events = Vec::with_capacity(batch.len());
+                for env in batch.drain(..) {
+                    match env.to_json() {
+                        Ok(j) => {
+                            jsons.push(j);
+                            events.push(EventRef::of(&env));
+                        }
+                        Err(e) => not_appended(&counters, &env, &e),
+                    }
+                }
+                if events.is_empty() {
+                    continue;
+                }
+                let owner = Box::new(LogRecords::events_only(events, counters.clone()));
+                let _ = spool
+                    .store(move || (encode_record(&jsons), ()), owner)
+                    .await;
+            }
+        });
+        Ok(RedisStreamProducer {
+            tx,
+            appended,
+            failed_calls,
+            spool: Some(control),
+        })
+    }
+
+    /// The buffer's disk spool, with `[spool] kind = "disk"`.
+    pub(crate) fn spool(&self) -> Option<&Arc<SpoolControl>> {
+        self.spool.as_ref()
+    }
+
     fn spawn_inner(
         client: redis::Client,
         settings: StreamSettings,
@@ -195,37 +376,22 @@ impl RedisStreamProducer {
             let mut conn: Option<MultiplexedConnection> = None;
             let mut batch: Vec<TelemetryEnvelope> = Vec::with_capacity(APPEND_BATCH);
             while rx.recv_many(&mut batch, APPEND_BATCH).await > 0 {
-                let mut pipe = redis::pipe();
                 let mut appended: Vec<&TelemetryEnvelope> = Vec::with_capacity(batch.len());
+                let mut jsons = Vec::with_capacity(batch.len());
                 for env in &batch {
-                    // Envelopes passed `emit()`'s validation; one that still cannot be encoded
-                    // is not appended (the workers would dead-letter it anyway): counted as
-                    // invalid here.
-                    let json = match env.to_json() {
-                        Ok(j) => j,
+                    match env.to_json() {
+                        Ok(j) => {
+                            appended.push(env);
+                            jsons.push(j);
+                        }
                         Err(e) => {
                             if let Some(c) = &counters {
-                                let detail = format!("not appended to the stream: {e}");
-                                let outcome = Outcome::DroppedText {
-                                    reason: ReasonCode::InvalidEnvelope,
-                                    detail: &detail,
-                                };
-                                c.settle(&EventRef::of(env), Holder::MetricLogPath, outcome);
+                                not_appended(c, env, &e);
                             }
-                            continue;
                         }
-                    };
-                    appended.push(env);
-                    pipe.cmd("XADD")
-                        .arg(&settings.stream)
-                        .arg("MAXLEN")
-                        .arg("~")
-                        .arg(settings.max_len)
-                        .arg("*")
-                        .arg(ENVELOPE_FIELD)
-                        .arg(json)
-                        .ignore();
+                    }
                 }
+                let pipe = xadd_pipeline(&settings, jsons.iter().map(String::as_str));
                 // Hold the batch until Redis takes it; meanwhile the bounded buffer fills and
                 // `try_send` answers `Full`.
                 let mut wait = Duration::from_millis(20);
@@ -265,6 +431,7 @@ impl RedisStreamProducer {
             tx,
             appended,
             failed_calls,
+            spool: None,
         }
     }
 
@@ -277,6 +444,17 @@ impl RedisStreamProducer {
     pub fn failed_calls(&self) -> u64 {
         self.failed_calls.load(Ordering::Relaxed)
     }
+}
+
+/// Envelopes passed `emit()`'s validation; one that still cannot be encoded is not appended
+/// (the workers would dead-letter it anyway): counted as invalid here.
+fn not_appended(c: &Counters, env: &TelemetryEnvelope, e: &dyn std::fmt::Display) {
+    let detail = format!("not appended to the stream: {e}");
+    let outcome = Outcome::DroppedText {
+        reason: ReasonCode::InvalidEnvelope,
+        detail: &detail,
+    };
+    c.settle(&EventRef::of(env), Holder::MetricLogPath, outcome);
 }
 
 /// The producer's ledger column: appended events are delivered (ADR 0003).
@@ -292,6 +470,19 @@ impl MetricTransport for RedisStreamProducer {
             mpsc::error::TrySendError::Full(_) => TransportError::Full,
             mpsc::error::TrySendError::Closed(_) => TransportError::Closed,
         })
+    }
+
+    /// With a disk spool the buffer drains at the disk's pace whether Redis is there or not,
+    /// so the gateway actor waits for room rather than dropping (without one it would wait for
+    /// Redis: `None`, and a full buffer drops as `queue_full`).
+    fn room_for(&self, _env: &TelemetryEnvelope) -> Option<BoxFuture<'static, ()>> {
+        if self.spool.is_none() || self.tx.capacity() > 0 || self.tx.is_closed() {
+            return None;
+        }
+        let tx = self.tx.clone();
+        Some(Box::pin(async move {
+            let _ = tx.reserve_owned().await;
+        }))
     }
 
     fn queued(&self) -> usize {
