@@ -704,7 +704,7 @@ impl DiskSpool {
         format::encode(&mut self.buf, id, events, appended_ms, payload);
         let (Some(seg), Some(w)) = (self.segments.back_mut(), self.writer.as_mut()) else {
             return Err(SpoolError::io(
-                "append to",
+                "append",
                 &self.dir,
                 std::io::Error::other("no segment open"),
             ));
@@ -714,7 +714,7 @@ impl DiskSpool {
             if w.set_len(seg.bytes).is_err() {
                 self.writer = None;
             }
-            return Err(SpoolError::io("append to", &seg.path, e));
+            return Err(SpoolError::io("append", &seg.path, e));
         }
         seg.bytes += needed;
         seg.last_id = id;

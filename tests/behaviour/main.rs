@@ -20,6 +20,7 @@ mod redaction;
 mod routing_runtime;
 mod sinks_and_sampling;
 mod spool_crash;
+mod spool_disk_fault;
 mod spool_host_crash;
 mod spool_model;
 mod supervision;
