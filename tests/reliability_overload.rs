@@ -1,6 +1,8 @@
-//! Reliability suite, scenario 2: overload accounting. Producers emit flat out for 10 s into a
-//! receiver that answers after 50 ms: exported + dropped(queue_full) == sent exactly, and
-//! dropped > 0. And `emit()` never waits for room, proved structurally: with the consumer
+//! Reliability suite, scenario 2: overload accounting. Producers emit flat out for 3 s into a
+//! receiver that answers after 50 ms, through queues of 8,192 events (the gateway's and the
+//! trace queue; the defaults hold 65,536 each, which only made the drain after the load take
+//! 25 s of CI without changing what is checked): exported + dropped(queue_full) == sent
+//! exactly, and dropped > 0. And `emit()` never waits for room, proved structurally: with the consumer
 //! frozen, emit returns `QueueFull` at once; if it ever blocked, the watchdog below would have
 //! to thaw the consumer, and the test fails on that, not on a clock.
 
@@ -21,10 +23,12 @@ fn flat_out_producers_into_a_slow_receiver_are_accounted_exactly() {
     rx.set_delay(Duration::from_millis(50));
     let (mut cfg, _d) = support::config();
     cfg.otlp.endpoint = Some(rx.endpoint());
+    cfg.gateway.queue_capacity = 8_192;
+    cfg.trace_batcher.queue_capacity = 8_192;
     let gw = start(cfg).unwrap();
     let sent = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
-    let stop = Instant::now() + Duration::from_secs(10);
+    let stop = Instant::now() + Duration::from_secs(3);
     let producers: Vec<_> = (0..2)
         .map(|p| {
             let (gw, sent, refused) = (gw.clone(), sent.clone(), refused.clone());
