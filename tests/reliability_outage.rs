@@ -461,8 +461,14 @@ fn left_in_the_spool_then_delivered(http: bool) {
     spooled(&mut c, &path);
     rx.fail_with(Some(tonic::Code::Unavailable));
     let gw = start(c.clone()).unwrap();
-    let n = 1_000;
+    let n = 999;
     assert_eq!(emit_both(&gw, 0, n), 0);
+    // Two events whose journeys the next process must show.
+    let (t, m) = (trace_event(n), metric_event(n));
+    let ids = [t.event_id.to_string(), m.event_id.to_string()];
+    gw.emit(t).unwrap();
+    gw.emit(m).unwrap();
+    let n = n + 1;
     let deadline = Duration::from_secs(10);
     let began = Instant::now();
     let first = gw.shutdown_blocking(deadline);
@@ -480,7 +486,18 @@ fn left_in_the_spool_then_delivered(http: bool) {
 
     rx.fail_with(None);
     let gw = start(c).unwrap();
-    let second = settle_and_shut_down(gw);
+    let second = settle_and_shut_down(gw.clone());
+    // The flight recorder shows where they came from: `recovered` (read back from the spool
+    // the first process left), then `delivered`.
+    for id in &ids {
+        let steps: Vec<Stage> = gw.explain(id).journeys[0]
+            .steps
+            .iter()
+            .map(|s| s.stage)
+            .collect();
+        assert_eq!(steps.first(), Some(&Stage::Recovered), "{id}: {steps:?}");
+        assert!(steps.contains(&Stage::Delivered), "{id}: {steps:?}");
+    }
     let s2 = &second.stats;
     assert!(second.is_clean(), "{second:?}");
     assert!(s2.is_settled(), "{s2:?}");

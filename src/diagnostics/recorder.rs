@@ -60,6 +60,9 @@ pub enum Stage {
     /// Its batch was appended to a disk spool (detail: destination and record id); it is sent
     /// from there.
     Spooled,
+    /// Its record was found in a disk spool at start: an earlier process emitted it (detail:
+    /// destination and record id); its outcome follows when the record is sent.
+    Recovered,
     /// Final for this process: its record was still in the disk spool when the gateway shut down
     /// (detail: destination); the next process on the same spool sends it.
     LeftInSpool,
@@ -237,6 +240,27 @@ impl EventRef {
             tenant_id: clean(&env.context.tenant_id),
             case: clean(env.case.as_str()),
             created_at: env.created_at,
+            journey: None,
+        }
+    }
+
+    /// The reference of an event read back from a disk spool an earlier process left: its ids
+    /// come from disk, so they are sanitized and bounded like log values.
+    pub(crate) fn recovered(
+        event_id: Uuid,
+        correlation_id: &str,
+        tenant_id: &str,
+        case: &str,
+        created_at: SystemTime,
+        log: &crate::logging::LogScope,
+    ) -> Self {
+        let clean = |s: &str| Arc::from(log.sanitize(s).as_ref());
+        EventRef {
+            event_id,
+            correlation_id: clean(correlation_id),
+            tenant_id: clean(tenant_id),
+            case: clean(case),
+            created_at,
             journey: None,
         }
     }

@@ -44,14 +44,23 @@ use super::wire::{encode_spans, WireSender, WireSignal};
 use crate::config::HoldPolicy;
 use crate::diagnostics::exporters::ExporterStats;
 use crate::diagnostics::ledger::{Holder, Outcome};
-use crate::diagnostics::recorder::Detail;
+use crate::diagnostics::recorder::{Detail, EventRef, Stage};
 use crate::diagnostics::{Counters, ReasonCode};
+use crate::logging::LogScope;
 use crate::spool::{DiskSpool, Recovery, SpoolError, SpoolOptions};
+use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 
 /// Where a spool's records go: sends one record's bytes as they were appended.
 pub(crate) trait RecordSender: Send + Sync + std::fmt::Debug {
     /// Sends one record; `Rejected` acknowledges it as refused for good, `Failed` holds it.
     fn send(&self, body: Bytes) -> BoxFuture<'_, Result<(), SinkError>>;
+
+    /// Up to `max` of the events a record carries, read back from its bytes (untrusted: from
+    /// disk), for the journeys of records an earlier process left. None when it cannot tell.
+    fn events_in(&self, body: &[u8], max: usize, log: &LogScope) -> Vec<EventRef> {
+        let _ = (body, max, log);
+        Vec::new()
+    }
 }
 
 /// What a spool's records carry (for the item counters of the records recovered at start).
@@ -79,6 +88,70 @@ impl RecordSender for OtlpRecords {
     fn send(&self, body: Bytes) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(self.sender.send(self.signal, body))
     }
+
+    fn events_in(&self, body: &[u8], max: usize, log: &LogScope) -> Vec<EventRef> {
+        use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use prost::Message;
+        // Each span and log record carries its event's ids as attributes (`export::mapping`).
+        match self.signal {
+            WireSignal::Traces => ExportTraceServiceRequest::decode(body).map_or_else(
+                |_| Vec::new(),
+                |req| {
+                    let spans = req
+                        .resource_spans
+                        .iter()
+                        .flat_map(|r| &r.scope_spans)
+                        .flat_map(|s| &s.spans)
+                        .map(|s| (s.attributes.as_slice(), s.start_time_unix_nano));
+                    events_of(spans, max, log)
+                },
+            ),
+            WireSignal::Logs => ExportLogsServiceRequest::decode(body).map_or_else(
+                |_| Vec::new(),
+                |req| {
+                    let records = req
+                        .resource_logs
+                        .iter()
+                        .flat_map(|r| &r.scope_logs)
+                        .flat_map(|s| &s.log_records)
+                        .map(|l| (l.attributes.as_slice(), l.time_unix_nano));
+                    events_of(records, max, log)
+                },
+            ),
+        }
+    }
+}
+
+/// The events of OTLP items (attributes, start time): those with an `event.id`, at most `max`.
+fn events_of<'a>(
+    items: impl Iterator<Item = (&'a [KeyValue], u64)>,
+    max: usize,
+    log: &LogScope,
+) -> Vec<EventRef> {
+    let text = |attrs: &'a [KeyValue], key: &str| -> Option<&'a str> {
+        attrs.iter().find(|kv| kv.key == key).and_then(|kv| {
+            match kv.value.as_ref()?.value.as_ref()? {
+                any_value::Value::StringValue(s) => Some(s.as_str()),
+                _ => None,
+            }
+        })
+    };
+    items
+        .filter_map(|(attrs, at)| {
+            let id = uuid::Uuid::parse_str(text(attrs, "event.id")?).ok()?;
+            let created = std::time::UNIX_EPOCH + Duration::from_nanos(at);
+            Some(EventRef::recovered(
+                id,
+                text(attrs, "correlation.id").unwrap_or_default(),
+                text(attrs, "tenant.id").unwrap_or_default(),
+                text(attrs, "telemetry.case").unwrap_or_default(),
+                created,
+                log,
+            ))
+        })
+        .take(max)
+        .collect()
 }
 
 /// The accounting a record carries: told once how the record ended.
@@ -151,6 +224,8 @@ pub(crate) struct SpoolControl {
     /// backlog.
     detailed: AtomicU64,
     detailed_budget: u64,
+    /// Events of recovered records given journeys so far (at most `detailed_budget`).
+    recovered_journeys: AtomicU64,
     counters: Arc<Counters>,
     sender: Arc<dyn RecordSender>,
     hold: HoldPolicy,
@@ -255,6 +330,7 @@ impl SpoolControl {
             on_disk_events: AtomicU64::new(fresh + adopted),
             detailed: AtomicU64::new(detailed),
             detailed_budget: settings.detailed_events,
+            recovered_journeys: AtomicU64::new(0),
             counters,
             sender: settings.sender,
             hold: settings.hold,
@@ -754,12 +830,44 @@ impl SpoolControl {
         }
     }
 
+    /// The journeys of a record an earlier process left, while the recorder's share of this
+    /// spool lasts (`detailed_budget` events): its events read back from the record, each
+    /// given a `recovered` step.
+    fn recovered_journeys(&self, id: u64, body: &[u8]) -> Vec<EventRef> {
+        let used = self.recovered_journeys.load(Ordering::Relaxed);
+        let room = self.detailed_budget.saturating_sub(used);
+        if room == 0 {
+            return Vec::new();
+        }
+        let mut evs = self
+            .sender
+            .events_in(body, room as usize, &self.counters.log);
+        self.recovered_journeys
+            .fetch_add(evs.len() as u64, Ordering::Relaxed);
+        let rec = self.counters.recorder();
+        rec.attach_all(&mut evs);
+        let detail = format!("{}: record {id}, from an earlier process", self.name);
+        for ev in &evs {
+            rec.record(ev, Stage::Recovered, None, Some(&detail));
+        }
+        evs
+    }
+
     async fn send_record(self: &Arc<Self>, id: u64, events: u64, body: Bytes) {
         // The owner of a record in hand is in the state: looked up for the first failure only.
         let note_held = |error: &str| {
             if let Some(InHand::Owned(owned)) = self.state.lock().in_hand.get(&id) {
                 owned.owner.note_held(&self.name, error);
             }
+        };
+        let recovered = matches!(
+            self.state.lock().in_hand.get(&id),
+            Some(InHand::Recovered(_))
+        );
+        let journeys = if recovered {
+            self.recovered_journeys(id, &body)
+        } else {
+            Vec::new()
         };
         let result = self.send_held(body, events, &note_held).await;
         let Some(result) = result else {
@@ -798,6 +906,16 @@ impl SpoolControl {
                     };
                     if let Some(items) = items {
                         Counters::add(items, n);
+                    }
+                }
+                let rec = self.counters.recorder();
+                for ev in &journeys {
+                    match &result {
+                        Ok(()) => rec.record(ev, Stage::Delivered, None, Some(&self.name)),
+                        Err(e) => {
+                            let detail = format!("{}: {e}", self.name);
+                            rec.record(ev, Stage::Dropped, Some(e.reason()), Some(&detail));
+                        }
                     }
                 }
                 let outcome = match &result {

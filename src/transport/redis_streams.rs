@@ -14,7 +14,7 @@
 //!
 //! With `[spool] kind = "disk"` the producer's buffer is on disk: the task appends each batch
 //! of envelopes (their JSON wire forms, framed) as one record of the spool
-//! `{spool.path}/stream-producer`, and the spool's sender ([`StreamAppender`]) sends the records
+//! `{spool.path}/stream-producer`, and the spool's sender (`StreamAppender`) sends the records
 //! in order as the same `XADD` pipelines, holding the oldest while Redis is away. The buffer in
 //! memory then stays short, `try_send` does not refuse while the budget lasts, and a restart or
 //! a crash of the gateway keeps what was appended (`export::spooled`).
@@ -48,6 +48,7 @@ use crate::diagnostics::{Counters, ReasonCode};
 use crate::export::logs::LogRecords;
 use crate::export::sink::SinkError;
 use crate::export::spooled::{Contents, RecordSender, SpoolControl, SpoolSettings};
+use crate::logging::LogScope;
 use crate::spool::SpoolError;
 
 /// The stream entry field that holds the envelope's JSON wire form.
@@ -266,6 +267,26 @@ impl RecordSender for StreamAppender {
                 }
             }
         })
+    }
+    fn events_in(&self, body: &[u8], max: usize, log: &LogScope) -> Vec<EventRef> {
+        let Ok(jsons) = decode_record(body) else {
+            return Vec::new();
+        };
+        jsons
+            .into_iter()
+            .filter_map(|j| TelemetryEnvelope::from_json(j).ok())
+            .take(max)
+            .map(|env| {
+                EventRef::recovered(
+                    env.event_id,
+                    &env.effective_correlation_id(),
+                    &env.context.tenant_id,
+                    env.case.as_str(),
+                    env.created_at,
+                    log,
+                )
+            })
+            .collect()
     }
 }
 
