@@ -477,10 +477,25 @@ impl SpoolControl {
         T: Send + 'static,
         F: FnOnce() -> (Vec<u8>, T) + Send + 'static,
     {
+        // Counted until the batch is on disk or settled (one sent from memory included), so a
+        // shutdown waits for it rather than leaving it unaccounted.
         self.appending.fetch_add(1, Ordering::SeqCst);
+        let stored = self.store_counted(encode, owner).await;
+        self.appending.fetch_sub(1, Ordering::SeqCst);
+        stored
+    }
+
+    async fn store_counted<T, F>(
+        self: &Arc<Self>,
+        encode: F,
+        owner: Box<dyn RecordOwner>,
+    ) -> Stored<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> (Vec<u8>, T) + Send + 'static,
+    {
         let me = self.clone();
         let appended = tokio::task::spawn_blocking(move || me.append_blocking(encode, owner)).await;
-        self.appending.fetch_sub(1, Ordering::SeqCst);
         let Ok(appended) = appended else {
             // The blocking task panicked (it does not; no panic reaches the host): the owner was
             // dropped with it, and its events are left to the shutdown's final count.
@@ -491,7 +506,13 @@ impl SpoolControl {
                 self.appended.notify_one();
                 Stored::Kept(extra)
             }
-            Appended::Closed => Stored::Not,
+            Appended::Closed(owner) => {
+                owner.finish(
+                    &self.name,
+                    Err((ReasonCode::Shutdown, "the spool was closed at shutdown")),
+                );
+                Stored::Not
+            }
             Appended::Unencodable(owner) => {
                 let error = "the export request could not be encoded";
                 self.counters.log.warn_limited(
@@ -517,8 +538,17 @@ impl SpoolControl {
                             Stored::Not
                         }
                     }
-                    // Stopped: the owner is dropped unsettled; the shutdown's final count has it.
-                    None => Stored::Not,
+                    // Stopped while the collector was away: held in memory, not on disk.
+                    None => {
+                        owner.finish(
+                            &self.name,
+                            Err((
+                                ReasonCode::Shutdown,
+                                "held in memory at shutdown (the spool could not take it)",
+                            )),
+                        );
+                        Stored::Not
+                    }
                 }
             }
         }
@@ -536,7 +566,7 @@ impl SpoolControl {
         };
         let mut st = self.state.lock();
         let Some(spool) = st.spool.as_mut() else {
-            return Appended::Closed;
+            return Appended::Closed(owner);
         };
         let events = owner.events();
         let count = u32::try_from(events).unwrap_or(u32::MAX);
@@ -973,7 +1003,7 @@ enum Appended<T> {
     Direct(Box<dyn RecordOwner>, Bytes, T),
     /// Encoding the request panicked.
     Unencodable(Box<dyn RecordOwner>),
-    Closed,
+    Closed(Box<dyn RecordOwner>),
 }
 
 /// Logs what recovery found at start, damage included.

@@ -43,6 +43,8 @@ fn child_runs_a_gateway_on_a_disk_that_refuses() {
     let (mut c, _d) = support::config();
     c.otlp.endpoint = Some(endpoint);
     c.trace_batcher.max_batch_size = 50;
+    // Held batches are tried again within 200 ms once the receiver is back.
+    c.retry.outage_backoff_max_ms = 200;
     c.spool.kind = SpoolKind::Disk;
     c.spool.path = Some(dir.into());
     let gw = start(c).expect("start");
@@ -82,13 +84,16 @@ fn child_runs_a_gateway_on_a_disk_that_refuses() {
     writeln!(
         out,
         "\nsummary emitted {} delivered {} dropped {} clean {} settled {} io_errors {io_errors} \
-         appends {appends} longest_emit_us {}\nreason {failing_reason}",
+         appends {appends} longest_emit_us {} companions_dropped {} exported_logs {}\nreason \
+         {failing_reason}",
         s.emitted,
         s.delivered,
         s.dropped_total(),
         report.is_clean(),
         s.is_settled(),
         longest_emit.as_micros(),
+        s.companion_logs_dropped,
+        s.exported.log_records,
     )
     .unwrap();
     out.flush().unwrap();
@@ -145,6 +150,11 @@ fn a_disk_that_refuses_writes_loses_nothing_and_says_so() {
         "every event delivered: {summary}"
     );
     assert_eq!(n("dropped"), 0, "{summary}");
+    assert_eq!(
+        (n("exported_logs"), n("companions_dropped")),
+        (2 * EVENTS, 0),
+        "every log record (companions too) exported: {summary}"
+    );
     assert_eq!(
         (field("clean"), field("settled")),
         ("true", "true"),
