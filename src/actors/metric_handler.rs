@@ -427,11 +427,16 @@ impl MetricHandlerActor {
         let _gate = worker.as_ref().map(|w| w.gate.read());
         // The batch's log records go to the log batcher in one message.
         let mut records: Vec<LogItem> = Vec::with_capacity(self.in_hand.len());
+        // The batch's counter increments, summed and applied once (before the records go).
+        let mut metrics = crate::export::mapping::MetricBatch::default();
         while let Some(w) = self.in_hand.pop_front() {
-            let outcome = catch_unwind(AssertUnwindSafe(|| self.handle_one(&w)));
+            let outcome = catch_unwind(AssertUnwindSafe(|| self.handle_one(&w, &mut metrics)));
             match outcome {
                 Ok(record) => records.push((record, Some(w.ev))),
                 Err(_) => {
+                    self.export
+                        .mapper
+                        .apply_metrics(std::mem::take(&mut metrics));
                     // The actor stops next, so it cannot wait for room: what the log queue
                     // has no room for now is dropped, counted.
                     for (_, ev) in self.queue_records(records) {
@@ -460,6 +465,7 @@ impl MetricHandlerActor {
                 }
             }
         }
+        self.export.mapper.apply_metrics(metrics);
         let rest = self.queue_records(records);
         if !rest.is_empty() {
             self.wait_for_room(rest, ctx);
@@ -508,7 +514,11 @@ impl MetricHandlerActor {
     }
 
     /// Handles one event: its metrics, its case handler, and its log record.
-    fn handle_one(&self, w: &Work) -> SdkLogRecord {
+    fn handle_one(
+        &self,
+        w: &Work,
+        metrics: &mut crate::export::mapping::MetricBatch,
+    ) -> SdkLogRecord {
         let env = &w.env;
         let payload: Option<&JsonObject> = match &env.payload {
             Payload::Inline(p) => Some(p),
@@ -519,7 +529,7 @@ impl MetricHandlerActor {
             None => Vec::new(),
         };
         let m = &self.export.mapper;
-        m.record_metrics(env, payload, w.degraded);
+        m.add_metrics(metrics, env, payload, w.degraded);
         let mut record = m.log_record(&self.export.logger, env, payload, w.degraded);
         if !extra.is_empty() {
             use opentelemetry::logs::LogRecord as _;

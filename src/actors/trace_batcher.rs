@@ -147,6 +147,8 @@ impl TraceBatcherActor {
         let mut workers: HashMap<u64, crate::export::sink::SinkWorker> = HashMap::new();
         let no_sinks = export.sinks.is_empty();
         let mut companions = Vec::with_capacity(items.len());
+        // The batch's counter increments, summed and applied once after the loop.
+        let mut metrics = crate::export::mapping::MetricBatch::default();
         for item in items {
             let env = &item.env;
             let ev = item.ev;
@@ -177,7 +179,7 @@ impl TraceBatcherActor {
             // They are recorded before sampling on purpose: trace sampling thins traces, never
             // the counts and durations dashboards are built on.
             if item.to_enterprise {
-                export.mapper.record_metrics(env, payload, None);
+                export.mapper.add_metrics(&mut metrics, env, payload, None);
             }
             if !crate::routing::trace_sampled(ResolvedIds::of(env).trace_id, export.sampling_ratio)
             {
@@ -251,6 +253,7 @@ impl TraceBatcherActor {
             group.0.push(span);
             group.1.push(ev);
         }
+        export.mapper.apply_metrics(metrics);
         // Companion logs go to the log batcher in one message per flush.
         counters.companions_queued(companions.len() as u64);
         leftover.companions = export.log_batcher.try_send_many(companions);
