@@ -181,8 +181,9 @@ impl TraceBatcherActor {
             if item.to_enterprise {
                 export.mapper.add_metrics(&mut metrics, env, payload, None);
             }
-            if !crate::routing::trace_sampled(ResolvedIds::of(env).trace_id, export.sampling_ratio)
-            {
+            // Parsed once: for sampling here and for the span below.
+            let ids = ResolvedIds::of(env);
+            if !crate::routing::trace_sampled(ids.trace_id, export.sampling_ratio) {
                 let detail = format!("otlp.sampling_ratio = {}", export.sampling_ratio);
                 let outcome = Outcome::DroppedText {
                     reason: ReasonCode::SampledOut,
@@ -230,9 +231,10 @@ impl TraceBatcherActor {
                 continue;
             }
 
-            let (span, companion) = export
-                .mapper
-                .span_and_companion(&export.logger, env, payload);
+            let (span, companion) =
+                export
+                    .mapper
+                    .span_and_companion_with(&export.logger, env, payload, &ids);
             companions.push((companion, None));
             // A slow operation also gets a log event of its own (`cases.<name>.slow_threshold_ms`).
             if let Some(threshold) = self

@@ -469,7 +469,18 @@ impl Mapper {
         env: &TelemetryEnvelope,
         payload: Option<&JsonObject>,
     ) -> (SpanData, SdkLogRecord) {
-        let ids = ResolvedIds::of(env);
+        self.span_and_companion_with(logger, env, payload, &ResolvedIds::of(env))
+    }
+
+    /// [`span_and_companion`](Self::span_and_companion) with the event's ids parsed already
+    /// (the batcher parses them once, for sampling and for the span).
+    pub(crate) fn span_and_companion_with(
+        &self,
+        logger: &SdkLogger,
+        env: &TelemetryEnvelope,
+        payload: Option<&JsonObject>,
+        ids: &ResolvedIds,
+    ) -> (SpanData, SdkLogRecord) {
         let failed = self.error_of(payload);
         let attrs = self.attributes(env, payload);
         let log = self.log_from(
@@ -479,11 +490,11 @@ impl Mapper {
                 payload,
                 degraded: None,
                 attrs: &attrs,
-                ids: &ids,
+                ids,
                 failed: failed.as_deref(),
             },
         );
-        let span = self.span_from(env, payload, attrs, &ids, failed);
+        let span = self.span_from(env, payload, attrs, ids, failed);
         (span, log)
     }
 
