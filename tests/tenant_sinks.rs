@@ -539,10 +539,8 @@ fn tenant_sinks_spool_their_own_outage_through_closing_and_restart() {
             .iter()
             .any(|sp| sp.name == "a-sink" && sp.events == 0)
     });
-    let first = gw.shutdown_blocking(support::DEADLINE);
+    let first = support::shut_down_balanced(&gw);
     let s1 = &first.stats;
-    assert!(first.is_clean(), "{first:?}");
-    assert!(s1.is_settled(), "{s1:?}");
     assert_eq!(
         (s1.emitted, s1.delivered, s1.dropped_total(), s1.recovered),
         (3 * n, 3 * n, 0, 0),
@@ -557,10 +555,8 @@ fn tenant_sinks_spool_their_own_outage_through_closing_and_restart() {
         support::span_seqs(&b.received()).0.len() as u64 == n
     });
     wait("b's records to settle", || gw.stats().delivered == n);
-    let second = gw.shutdown_blocking(support::DEADLINE);
+    let second = support::shut_down_balanced(&gw);
     let s2 = &second.stats;
-    assert!(second.is_clean(), "{second:?}");
-    assert!(s2.is_settled(), "{s2:?}");
     assert_eq!(
         (s2.emitted, s2.recovered, s2.delivered, s2.dropped_total()),
         (0, n, n, 0),

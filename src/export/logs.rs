@@ -132,7 +132,6 @@ impl LogBatcher {
             Some((spool_settings, resource)) => {
                 let control = SpoolControl::open(
                     "enterprise logs",
-                    super::spooled::Contents::LogRecords,
                     Holder::MetricLogPath,
                     spool_settings,
                     counters.clone(),

@@ -647,13 +647,19 @@ fn tenant_sinks(
     ));
     for (i, s) in cfg.sinks.tenants.iter().enumerate() {
         let label = format!("sinks[{i}]");
-        let built = build_community_sink(&label, s, timeout, &cfg.retry, resource)?;
-        sinks
-            .register_built_section(s.clone(), built)
-            .map_err(|e| ExportBuildError::Sink {
-                key: label,
-                error: e.to_string(),
-            })?;
+        let registered = if sinks.sends_through_spool(s) {
+            // Sent from its spool: checked by building its sender (the registry builds its own
+            // at each opening), never an SDK exporter nothing would call.
+            community_wire(&label, s, timeout, &cfg.retry)?;
+            sinks.register_section(s.clone())
+        } else {
+            let built = build_community_sink(&label, s, timeout, &cfg.retry, resource)?;
+            sinks.register_built_section(s.clone(), built)
+        };
+        registered.map_err(|e| ExportBuildError::Sink {
+            key: label,
+            error: e.to_string(),
+        })?;
     }
     for (tenant_id, app_id, sink) in extra_sinks {
         sinks
@@ -701,8 +707,6 @@ fn retry_policy(r: &crate::config::RetrySection) -> opentelemetry_otlp::RetryPol
         .with_max_jitter(Duration::from_millis(r.max_jitter_ms))
 }
 
-/// Builds the sink `s` describes; `label` names it in errors (`sinks[2]`, or a runtime sink's
-/// name).
 /// The sender of a `kind = "otlp"` tenant sink's encoded requests (its disk spool's).
 pub(crate) fn community_wire(
     label: &str,
@@ -721,6 +725,8 @@ pub(crate) fn community_wire(
     .wire()
 }
 
+/// Builds the sink `s` describes; `label` names it in errors (`sinks[2]`, or a runtime sink's
+/// name).
 pub(crate) fn build_community_sink(
     label: &str,
     s: &SinkSection,

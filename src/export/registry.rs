@@ -20,9 +20,10 @@
 //! an open `kind = "otlp"` sink sends through a disk spool of its own in
 //! `{spool.path}/tenants/{tenant}[.{app}]-{hash}`, with its share of the budget, exactly as the
 //! enterprise spans do (`export::spooled`). Closing the sink closes its spool once the batches
-//! queued for it are on disk: what the collector has not taken yet stays there (its events
-//! leave as spooled), and the sink's next opening, in this process or the next, sends it first
-//! (counted recovered). Host sinks (factories, instances) and JSON lines sinks are not spooled:
+//! queued for it are on disk: what the collector has not taken yet stays there, its accounting
+//! kept in memory (`spooled::Stash`), and the sink's next opening adopts it and sends it first,
+//! settling it as if the spool had stayed open. At shutdown it leaves as spooled; the next
+//! process opens such a sink at start and counts its records recovered. Host sinks (factories, instances) and JSON lines sinks are not spooled:
 //! a host sink takes SDK spans, not encoded requests, and a file needs no spool.
 //!
 //! **Credentials** (header values, an endpoint URL's password) are handed to the log sanitizer
@@ -442,7 +443,7 @@ impl SinkRegistry {
                 .entries
                 .iter()
                 .filter(|(k, e)| {
-                    matches!(&e.spec, Spec::Section(s) if s.kind == SinkKind::Otlp)
+                    matches!(&e.spec, Spec::Section(s) if self.sends_through_spool(s))
                         && crate::spool::holds_segments(&sp.root.join(spool_dir_name(k)))
                 })
                 .map(|(k, _)| k.clone())
@@ -498,7 +499,7 @@ impl SinkRegistry {
         let _rt = p.worker.rt.enter();
         let prebuilt = e.prebuilt.take();
         if let (Some(sp), Spec::Section(s)) = (&p.spool, &e.spec) {
-            if s.kind == SinkKind::Otlp {
+            if self.sends_through_spool(s) {
                 return self.open_spooled(key, e, s, sp, spools);
             }
         }
@@ -516,6 +517,11 @@ impl SinkRegistry {
             &p.worker,
             e.stats.clone(),
         ))
+    }
+
+    /// Whether a sink `s` describes sends through a disk spool: an OTLP one, with spools on.
+    pub(crate) fn sends_through_spool(&self, s: &SinkSection) -> bool {
+        self.params.spool.is_some() && s.kind == SinkKind::Otlp
     }
 
     /// Opens an OTLP sink through its disk spool (see the module docs).

@@ -61,18 +61,13 @@ pub(crate) trait RecordSender: Send + Sync + std::fmt::Debug {
         let _ = (body, max, log);
         Vec::new()
     }
-}
 
-/// What a spool's records carry (for the item counters of the records recovered at start).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Contents {
-    /// OTLP trace export requests.
-    Spans,
-    /// OTLP log export requests.
-    LogRecords,
-    /// Batches of envelopes for the Redis stream.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    Envelopes,
+    /// The counter of exported items a recovered record adds to, one item per event (its
+    /// item count is not kept); `None` when its items are not exported ones.
+    fn items_counter<'c>(&self, counters: &'c Counters) -> Option<&'c AtomicU64> {
+        let _ = counters;
+        None
+    }
 }
 
 /// OTLP export requests of one signal, sent as they are.
@@ -87,6 +82,13 @@ pub(crate) struct OtlpRecords {
 impl RecordSender for OtlpRecords {
     fn send(&self, body: Bytes) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(self.sender.send(self.signal, body))
+    }
+
+    fn items_counter<'c>(&self, counters: &'c Counters) -> Option<&'c AtomicU64> {
+        Some(match self.signal {
+            WireSignal::Traces => &counters.exported_spans,
+            WireSignal::Logs => &counters.exported_log_records,
+        })
     }
 
     fn events_in(&self, body: &[u8], max: usize, log: &LogScope) -> Vec<EventRef> {
@@ -206,7 +208,6 @@ pub(crate) struct SpoolControl {
     name: Arc<str>,
     /// The spool's directory.
     dir: std::path::PathBuf,
-    contents: Contents,
     /// The stage whose gauge counts this signal's events.
     holder: Holder,
     state: Mutex<State>,
@@ -274,7 +275,6 @@ impl SpoolControl {
     /// accounting (they are not counted recovered).
     pub(crate) fn open(
         name: &str,
-        contents: Contents,
         holder: Holder,
         settings: SpoolSettings,
         counters: Arc<Counters>,
@@ -315,7 +315,6 @@ impl SpoolControl {
         let control = Arc::new(SpoolControl {
             name,
             dir: settings.dir.clone(),
-            contents,
             holder,
             state: Mutex::new(State {
                 spool: Some(spool),
@@ -928,13 +927,7 @@ impl SpoolControl {
             InHand::Recovered(n) => {
                 if result.is_ok() {
                     Counters::add(&self.counters.export_batches_ok, 1);
-                    // A recovered request's item count is not kept: one item per event.
-                    let items = match self.contents {
-                        Contents::Spans => Some(&self.counters.exported_spans),
-                        Contents::LogRecords => Some(&self.counters.exported_log_records),
-                        Contents::Envelopes => None,
-                    };
-                    if let Some(items) = items {
+                    if let Some(items) = self.sender.items_counter(&self.counters) {
                         Counters::add(items, n);
                     }
                 }
@@ -1102,7 +1095,6 @@ pub(crate) fn spawn_traces(
     } = spec;
     let control = SpoolControl::open(
         &name,
-        Contents::Spans,
         Holder::TracePath,
         settings,
         worker.counters.clone(),

@@ -112,6 +112,19 @@ impl InProcessTransport {
     }
 }
 
+/// [`MetricTransport::room_for`] of a bounded channel: `None` when it has room (or is closed),
+/// else a future that resolves once it has. The permit is given back at once: the caller sends
+/// right after, and nothing else sends in between.
+pub(crate) fn room_in<T: Send + 'static>(tx: &mpsc::Sender<T>) -> Option<BoxFuture<'static, ()>> {
+    if tx.capacity() > 0 || tx.is_closed() {
+        return None;
+    }
+    let tx = tx.clone();
+    Some(Box::pin(async move {
+        let _ = tx.reserve_owned().await;
+    }))
+}
+
 impl MetricTransport for InProcessTransport {
     fn try_send(&self, env: TelemetryEnvelope) -> Result<(), TransportError> {
         let p = self.partition_of(&env);
@@ -122,16 +135,7 @@ impl MetricTransport for InProcessTransport {
     }
 
     fn room_for(&self, env: &TelemetryEnvelope) -> Option<BoxFuture<'static, ()>> {
-        let tx = &self.partitions[self.partition_of(env)];
-        if tx.capacity() > 0 || tx.is_closed() {
-            return None;
-        }
-        let tx = tx.clone();
-        // The permit is given back at once: the caller sends right after, and nothing else
-        // sends in between.
-        Some(Box::pin(async move {
-            let _ = tx.reserve_owned().await;
-        }))
+        room_in(&self.partitions[self.partition_of(env)])
     }
 
     fn queued(&self) -> usize {

@@ -47,7 +47,7 @@ use crate::diagnostics::recorder::EventRef;
 use crate::diagnostics::{Counters, ReasonCode};
 use crate::export::logs::LogRecords;
 use crate::export::sink::SinkError;
-use crate::export::spooled::{Contents, RecordSender, SpoolControl, SpoolSettings};
+use crate::export::spooled::{RecordSender, SpoolControl, SpoolSettings};
 use crate::logging::LogScope;
 use crate::spool::SpoolError;
 
@@ -334,7 +334,6 @@ impl RedisStreamProducer {
         };
         let control = SpoolControl::open(
             "redis stream",
-            Contents::Envelopes,
             Holder::MetricLogPath,
             spool(Arc::new(appender)),
             counters.clone(),
@@ -497,13 +496,7 @@ impl MetricTransport for RedisStreamProducer {
     /// so the gateway actor waits for room rather than dropping (without one it would wait for
     /// Redis: `None`, and a full buffer drops as `queue_full`).
     fn room_for(&self, _env: &TelemetryEnvelope) -> Option<BoxFuture<'static, ()>> {
-        if self.spool.is_none() || self.tx.capacity() > 0 || self.tx.is_closed() {
-            return None;
-        }
-        let tx = self.tx.clone();
-        Some(Box::pin(async move {
-            let _ = tx.reserve_owned().await;
-        }))
+        self.spool.as_ref().and_then(|_| super::room_in(&self.tx))
     }
 
     fn queued(&self) -> usize {

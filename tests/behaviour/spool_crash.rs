@@ -230,6 +230,21 @@ fn a_spool_killed_at_random_moments_loses_nothing_it_wrote() {
 
 const FAULT_DIR: &str = "TELEMETRY_GATEWAY_SPOOL_FAULT_DIR";
 
+/// Files of this process may not grow past `bytes`: a write past it fails with `EFBIG`, as on a
+/// full disk (`SIGXFSZ`, which would kill the process, is ignored). Call it in a child before it
+/// starts threads or writes files.
+pub(super) fn limit_file_size(bytes: u64) {
+    // SAFETY: plain libc calls that change this process's signal disposition and limit.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+        let lim = libc::rlimit {
+            rlim_cur: bytes,
+            rlim_max: bytes,
+        };
+        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lim), 0);
+    }
+}
+
 /// The child of the disk-fault test: its files may not grow past 64 KiB (`RLIMIT_FSIZE`, with
 /// `SIGXFSZ` ignored, so a write past it fails with `EFBIG` as a full disk would). Appends until
 /// the limit answers, then prints what it saw.
@@ -238,15 +253,7 @@ fn child_appends_until_the_disk_refuses() {
     let Some(dir) = std::env::var_os(FAULT_DIR) else {
         return;
     };
-    // SAFETY: plain libc calls on this single-threaded child before any file is written.
-    unsafe {
-        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-        let lim = libc::rlimit {
-            rlim_cur: 64 * 1024,
-            rlim_max: 64 * 1024,
-        };
-        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lim), 0);
-    }
+    limit_file_size(64 * 1024);
     let opts = SpoolOptions {
         segment_bytes: 1 << 20,
         ..options()

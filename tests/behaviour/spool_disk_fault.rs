@@ -31,15 +31,7 @@ fn child_runs_a_gateway_on_a_disk_that_refuses() {
         return;
     };
     let endpoint = std::env::var(CHILD_ENDPOINT).expect("endpoint");
-    // SAFETY: plain libc calls, before the gateway starts any thread or writes any file.
-    unsafe {
-        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-        let lim = libc::rlimit {
-            rlim_cur: 256 * 1024,
-            rlim_max: 256 * 1024,
-        };
-        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lim), 0);
-    }
+    super::spool_crash::limit_file_size(256 * 1024);
     let (mut c, _d) = support::config();
     c.otlp.endpoint = Some(endpoint);
     c.trace_batcher.max_batch_size = 50;

@@ -287,10 +287,8 @@ fn with_a_disk_spool_the_producer_buffer_survives_redis_away_and_a_restart() {
     for _ in 0..m {
         gw.emit(event()).unwrap();
     }
-    let first = gw.shutdown_blocking(support::DEADLINE);
+    let first = support::shut_down_balanced(&gw);
     let s1 = &first.stats;
-    assert!(first.is_clean(), "{first:?}");
-    assert!(s1.is_settled(), "{s1:?}");
     assert_eq!(
         (s1.emitted, s1.delivered, s1.spooled, s1.dropped_total()),
         (n + m, n, m, 0),
@@ -303,10 +301,8 @@ fn with_a_disk_spool_the_producer_buffer_survives_redis_away_and_a_restart() {
     wait_for("the recovered events delivered", &|| {
         gw.stats().delivered == m
     });
-    let second = gw.shutdown_blocking(support::DEADLINE);
+    let second = support::shut_down_balanced(&gw);
     let s2 = &second.stats;
-    assert!(second.is_clean(), "{second:?}");
-    assert!(s2.is_settled(), "{s2:?}");
     assert_eq!(
         (s2.emitted, s2.recovered, s2.delivered, s2.dropped_total()),
         (0, m, m, 0),

@@ -301,3 +301,14 @@ pub fn attrs_text(
         .filter_map(|kv| Some((kv.key.clone(), any_text(kv.value.as_ref()?)?)))
         .collect()
 }
+
+/// Shuts `gw` down and checks the run was clean and its ledger balances
+/// (`emitted + recovered == delivered + dropped + spooled`); returns the report.
+pub fn shut_down_balanced(
+    gw: &telemetry_gateway::GatewayHandle,
+) -> telemetry_gateway::ShutdownReport {
+    let report = gw.shutdown_blocking(DEADLINE);
+    assert!(report.is_clean(), "{report:?}");
+    assert!(report.stats.is_settled(), "{:?}", report.stats);
+    report
+}
