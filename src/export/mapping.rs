@@ -630,9 +630,10 @@ impl Mapper {
         self.apply_metrics(batch);
     }
 
-    /// The metric updates of an event, into `batch`: counter increments are summed per
-    /// instrument and attribute set until [`apply_metrics`](Self::apply_metrics); histogram
-    /// values are recorded now (a histogram needs each value).
+    /// The metric updates of an event, into `batch`: increments are summed and duration values
+    /// kept per instrument and attribute set until [`apply_metrics`](Self::apply_metrics), so
+    /// an event costs a lookup of its (case, tenant, app) in the batch and no allocation once
+    /// that set has been seen in the batch.
     pub fn add_metrics(
         &self,
         batch: &mut MetricBatch,
@@ -640,104 +641,216 @@ impl Mapper {
         payload: Option<&JsonObject>,
         degraded: Option<ReasonCode>,
     ) {
-        let i = &self.instruments;
-        let case = match env.case.static_name() {
-            Some(n) => KeyValue::new("case", n),
-            None => KeyValue::new("case", env.case.as_str().to_owned()),
-        };
-        let mut base = vec![
-            case,
-            KeyValue::new("tenant.id", env.context.tenant_id.clone()),
-        ];
-        if let Some(app) = &env.context.app_id {
-            base.push(KeyValue::new("app.id", app.clone()));
-        }
+        let g = batch.group(env);
         if let Some(reason) = degraded {
-            let mut attrs = base.clone();
-            attrs.push(KeyValue::new("reason", reason.as_str()));
-            batch.add(Sum::Degraded, attrs, 1);
+            match g.degraded.iter_mut().find(|(r, _)| *r == reason) {
+                Some((_, n)) => *n += 1,
+                None => g.degraded.push((reason, 1)),
+            }
         }
-        let status = if error_of(payload).is_some() {
+        let status: &str = if error_of(payload).is_some() {
             "failed"
         } else {
             status_of(payload).unwrap_or("ok")
         };
-        let mut with_status = base.clone();
-        with_status.push(KeyValue::new("status", status.to_owned()));
+        let status = match g.requests.iter().position(|(s, _)| s.as_ref() == status) {
+            Some(i) => {
+                g.requests[i].1 += 1;
+                i
+            }
+            None => {
+                let label = match status {
+                    "failed" => Cow::Borrowed("failed"),
+                    "ok" => Cow::Borrowed("ok"),
+                    other => Cow::Owned(other.to_owned()),
+                };
+                g.requests.push((label, 1));
+                g.requests.len() - 1
+            }
+        };
         if let Some(t) = tokens_of(payload) {
-            batch.add(Sum::Tokens, base.clone(), t);
+            *g.tokens.get_or_insert(0) += t;
         }
-        let instrument = env
-            .case
-            .built_in_index()
-            .and_then(|row| i.by_case.get(row).map(|inst| (row, inst)));
+        let instrument = g.row.and_then(|row| self.instruments.by_case.get(row));
         match instrument {
             None => {}
-            Some((_, CaseInstrument::Duration(h))) => {
+            Some(CaseInstrument::Duration(_)) => {
                 if let Some(d) = duration_of(payload) {
-                    h.record(d.as_secs_f64(), &with_status);
+                    g.durations.push((status, d.as_secs_f64()));
                 }
             }
-            Some((row, CaseInstrument::Count(_, None))) => batch.add(Sum::Case(row), base, 1),
-            Some((row, CaseInstrument::Count(_, Some((field, value))))) => {
+            Some(CaseInstrument::Count(_, None)) => g.count_label(CountLabel::None),
+            Some(CaseInstrument::Count(_, Some((field, value)))) => {
                 let v = payload.and_then(|p| p.get(*field));
-                let attr = match value {
-                    FieldValue::Text { default } => KeyValue::new(
-                        *field,
-                        v.and_then(Json::as_str).unwrap_or(default).to_owned(),
-                    ),
-                    FieldValue::Flag => {
-                        KeyValue::new(*field, v.and_then(Json::as_bool).unwrap_or(false))
+                match value {
+                    FieldValue::Text { default } => {
+                        let text = v.and_then(Json::as_str).unwrap_or(default);
+                        match g
+                            .counts
+                            .iter_mut()
+                            .find(|(l, _)| matches!(l, CountLabel::Text(t) if t.as_ref() == text))
+                        {
+                            Some((_, n)) => *n += 1,
+                            None => g
+                                .counts
+                                .push((CountLabel::Text(Cow::Owned(text.to_owned())), 1)),
+                        }
                     }
-                };
-                let mut attrs = base;
-                attrs.push(attr);
-                batch.add(Sum::Case(row), attrs, 1);
+                    FieldValue::Flag => {
+                        g.count_label(CountLabel::Flag(v.and_then(Json::as_bool).unwrap_or(false)))
+                    }
+                }
             }
         }
-        batch.add(Sum::Requests, with_status, 1);
     }
 
-    /// Applies a batch's summed counter increments: one update per instrument and attribute
-    /// set, however many events share it.
+    /// Applies a batch: one SDK update per instrument and attribute set, however many events
+    /// share it, and each duration value recorded with its set built once.
     pub fn apply_metrics(&self, batch: MetricBatch) {
         let i = &self.instruments;
-        for ((sum, attrs), n) in batch.sums {
-            let counter = match sum {
-                Sum::Requests => &i.requests,
-                Sum::Tokens => &i.tokens,
-                Sum::Degraded => &i.degraded,
-                Sum::Case(row) => match i.by_case.get(row) {
-                    Some(CaseInstrument::Count(c, _)) => c,
-                    _ => continue,
-                },
+        for g in batch.groups {
+            let mut base = Vec::with_capacity(4);
+            base.push(KeyValue::new("case", g.case.clone()));
+            base.push(KeyValue::new("tenant.id", g.tenant.clone()));
+            if let Some(app) = &g.app {
+                base.push(KeyValue::new("app.id", app.clone()));
+            }
+            let with = |kv: KeyValue| {
+                let mut attrs = base.clone();
+                attrs.push(kv);
+                attrs
             };
-            counter.add(n, &attrs);
+            for (reason, n) in &g.degraded {
+                i.degraded
+                    .add(*n, &with(KeyValue::new("reason", reason.as_str())));
+            }
+            let by_status: Vec<Vec<KeyValue>> = g
+                .requests
+                .iter()
+                .map(|(s, _)| with(KeyValue::new("status", s.clone())))
+                .collect();
+            if let Some(t) = g.tokens {
+                i.tokens.add(t, &base);
+            }
+            match g.row.and_then(|row| i.by_case.get(row)) {
+                Some(CaseInstrument::Duration(h)) => {
+                    for (status, v) in &g.durations {
+                        if let Some(attrs) = by_status.get(*status) {
+                            h.record(*v, attrs);
+                        }
+                    }
+                }
+                Some(CaseInstrument::Count(c, field)) => {
+                    for (label, n) in &g.counts {
+                        match (label, field) {
+                            (CountLabel::None, _) | (_, None) => c.add(*n, &base),
+                            (CountLabel::Text(t), Some((f, _))) => {
+                                c.add(*n, &with(KeyValue::new(*f, t.clone())))
+                            }
+                            (CountLabel::Flag(b), Some((f, _))) => {
+                                c.add(*n, &with(KeyValue::new(*f, *b)))
+                            }
+                        }
+                    }
+                }
+                None => {}
+            }
+            for ((_, n), attrs) in g.requests.iter().zip(&by_status) {
+                i.requests.add(*n, attrs);
+            }
         }
     }
 }
 
-/// Which counter a summed increment goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Sum {
-    Requests,
-    Tokens,
-    Degraded,
-    /// The counter of the built-in case at this row.
-    Case(usize),
+/// The label a case's count carries: none, a payload field's text, or a flag.
+#[derive(Debug, Clone, PartialEq)]
+enum CountLabel {
+    None,
+    Text(Cow<'static, str>),
+    Flag(bool),
 }
 
-/// Counter increments of a batch of events, summed per instrument and attribute set (see
-/// [`Mapper::add_metrics`]): a batch of 512 events of a few tenants and cases makes a few SDK
-/// updates instead of 1,500, each of which sorts, hashes and looks up its attribute set.
+/// The metric updates of one (case, tenant, app) in a batch.
+#[derive(Debug)]
+struct MetricGroup {
+    case: Cow<'static, str>,
+    tenant: String,
+    app: Option<String>,
+    /// The built-in case's row in the case table.
+    row: Option<usize>,
+    /// The next group whose key hashes the same (a chain in `MetricBatch::groups`).
+    next: Option<usize>,
+    /// `requests.total` by status.
+    requests: Vec<(Cow<'static, str>, u64)>,
+    tokens: Option<u64>,
+    degraded: Vec<(ReasonCode, u64)>,
+    /// The case's counter, by label.
+    counts: Vec<(CountLabel, u64)>,
+    /// The case's duration values, with their status (an index into `requests`).
+    durations: Vec<(usize, f64)>,
+}
+
+impl MetricGroup {
+    fn count_label(&mut self, label: CountLabel) {
+        match self.counts.iter_mut().find(|(l, _)| *l == label) {
+            Some((_, n)) => *n += 1,
+            None => self.counts.push((label, 1)),
+        }
+    }
+}
+
+/// The metric updates of a batch of events (see [`Mapper::add_metrics`]), grouped by (case,
+/// tenant, app): a batch of 512 events of a few tenants and cases makes a few SDK counter
+/// updates instead of 1,500, each of which sorts, hashes and looks up its attribute set, and
+/// builds each attribute set once.
 #[derive(Debug, Default)]
 pub struct MetricBatch {
-    sums: FastMap<(Sum, Vec<KeyValue>), u64>,
+    groups: Vec<MetricGroup>,
+    /// The first group of each key hash.
+    index: FastMap<u64, usize>,
 }
 
 impl MetricBatch {
-    fn add(&mut self, sum: Sum, attrs: Vec<KeyValue>, n: u64) {
-        *self.sums.entry((sum, attrs)).or_insert(0) += n;
+    /// The group of `env`'s (case, tenant, app), made on first sight.
+    fn group(&mut self, env: &TelemetryEnvelope) -> &mut MetricGroup {
+        use std::hash::BuildHasher;
+        let case = env.case.as_str();
+        let tenant = env.context.tenant_id.as_str();
+        let app = env.context.app_id.as_deref();
+        let hash = self.index.hasher().hash_one((case, tenant, app));
+        let mut at = self.index.get(&hash).copied();
+        let mut last = None;
+        while let Some(i) = at {
+            let g = &self.groups[i];
+            if g.case == case && g.tenant == tenant && g.app.as_deref() == app {
+                return &mut self.groups[i];
+            }
+            last = Some(i);
+            at = g.next;
+        }
+        let i = self.groups.len();
+        self.groups.push(MetricGroup {
+            case: match env.case.static_name() {
+                Some(n) => Cow::Borrowed(n),
+                None => Cow::Owned(case.to_owned()),
+            },
+            tenant: tenant.to_owned(),
+            app: app.map(str::to_owned),
+            row: env.case.built_in_index(),
+            next: None,
+            requests: Vec::new(),
+            tokens: None,
+            degraded: Vec::new(),
+            counts: Vec::new(),
+            durations: Vec::new(),
+        });
+        match last {
+            Some(l) => self.groups[l].next = Some(i),
+            None => {
+                self.index.insert(hash, i);
+            }
+        }
+        &mut self.groups[i]
     }
 }
 
