@@ -8,6 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The library alone, as a host's build compiles it: with `--all-targets` the test targets'
+# dev-dependencies (this crate with `testing`) unify features into the library, which once hid
+# an item of the `testing` feature used by the default build.
+cargo clippy --lib -- -D warnings
 cargo clippy --all-targets -- -D warnings
 
 # Every target was compiled (checked) just above. Run what the default set changes: the unit

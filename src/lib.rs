@@ -76,6 +76,7 @@ mod runtime;
 pub mod slo;
 // The disk spool (ADR 0004): the enterprise destination's durable queue under
 // `[spool] kind = "disk"`; tests reach it through `testing::internals`.
+#[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
 mod spool;
 pub mod tracing_bridge;
 

@@ -125,11 +125,13 @@ impl MemoryDedup {
     }
 
     /// Keys currently held.
+    #[cfg(any(test, feature = "testing"))]
     pub fn len(&self) -> usize {
         self.seen.len()
     }
 
     /// Whether no key is held.
+    #[cfg(any(test, feature = "testing"))]
     pub fn is_empty(&self) -> bool {
         self.seen.is_empty()
     }

@@ -37,10 +37,10 @@ use crate::contracts::{JsonObject, Payload, TelemetryEnvelope};
 use crate::diagnostics::ledger::{Holder, Outcome};
 use crate::diagnostics::recorder::{EventRef, Stage};
 use crate::diagnostics::{Counters, ReasonCode};
-use crate::export::logs::LogItem;
+use crate::export::logs::{share_out, LogItem, PendingRecord};
+use crate::export::mapping::EncodeBuffers;
 use crate::export::ExportHandles;
 use crate::transport::EnvelopeSource;
-use opentelemetry_sdk::logs::SdkLogRecord;
 
 /// Host code run for every metric/log event of one case, before the built-in mapping.
 ///
@@ -92,6 +92,15 @@ pub(crate) struct MetricHandlerActor {
     wants_settle: bool,
     /// Set while the handler waits for room in the log queue.
     backpressure: Backpressure,
+    /// The encoder's reused buffers, and the size of the last batch's encoded records.
+    bufs: EncodeBuffers,
+    last_size: usize,
+}
+
+/// Where a batch's encoded log records go while it is handled.
+struct Encoding<'a> {
+    bufs: &'a mut EncodeBuffers,
+    entries: &'a mut Vec<u8>,
 }
 
 impl Debug for MetricHandlerActor {
@@ -153,6 +162,8 @@ impl MetricHandlerActor {
             case_handlers,
             source_closed: false,
             backpressure,
+            bufs: EncodeBuffers::default(),
+            last_size: 0,
         }
     }
 
@@ -425,18 +436,32 @@ impl MetricHandlerActor {
         // are noted handled: both happen under the read side of the gate.
         let worker = self.shared.worker.clone();
         let _gate = worker.as_ref().map(|w| w.gate.read());
-        // The batch's log records go to the log batcher in one message.
-        let mut records: Vec<LogItem> = Vec::with_capacity(self.in_hand.len());
+        // The batch's log records go to the log batcher in one message; encoded (when the log
+        // destination takes them) into one buffer the records share.
+        let mut pending: Vec<(PendingRecord, Option<EventRef>)> =
+            Vec::with_capacity(self.in_hand.len());
+        let encode = self.export.log_batcher.takes_encoded();
+        let mut bufs = std::mem::take(&mut self.bufs);
+        let mut entries = Vec::with_capacity(if encode { self.last_size } else { 0 });
         // The batch's counter increments, summed and applied once (before the records go).
         let mut metrics = crate::export::mapping::MetricBatch::default();
         while let Some(w) = self.in_hand.pop_front() {
-            let outcome = catch_unwind(AssertUnwindSafe(|| self.handle_one(&w, &mut metrics)));
+            let outcome = catch_unwind(AssertUnwindSafe(|| {
+                let encoding = encode.then_some(Encoding {
+                    bufs: &mut bufs,
+                    entries: &mut entries,
+                });
+                self.handle_one(&w, &mut metrics, encoding)
+            }));
             match outcome {
-                Ok(record) => records.push((record, Some(w.ev))),
+                Ok(record) => pending.push((record, Some(w.ev))),
                 Err(_) => {
                     self.export
                         .mapper
                         .apply_metrics(std::mem::take(&mut metrics));
+                    // A record the panic interrupted wrote past the last complete one: the
+                    // ranges of the complete ones hold.
+                    let records = share_out(pending, entries);
                     // The actor stops next, so it cannot wait for room: what the log queue
                     // has no room for now is dropped, counted.
                     for (_, ev) in self.queue_records(records) {
@@ -466,6 +491,9 @@ impl MetricHandlerActor {
             }
         }
         self.export.mapper.apply_metrics(metrics);
+        self.bufs = bufs;
+        self.last_size = entries.len();
+        let records = share_out(pending, entries);
         let rest = self.queue_records(records);
         if !rest.is_empty() {
             self.wait_for_room(rest, ctx);
@@ -514,11 +542,14 @@ impl MetricHandlerActor {
     }
 
     /// Handles one event: its metrics, its case handler, and its log record.
+    /// With `encoding`, the record is written there (OTLP protobuf) instead of built as an SDK
+    /// value.
     fn handle_one(
         &self,
         w: &Work,
         metrics: &mut crate::export::mapping::MetricBatch,
-    ) -> SdkLogRecord {
+        encoding: Option<Encoding<'_>>,
+    ) -> PendingRecord {
         let env = &w.env;
         let payload: Option<&JsonObject> = match &env.payload {
             Payload::Inline(p) => Some(p),
@@ -530,6 +561,11 @@ impl MetricHandlerActor {
         };
         let m = &self.export.mapper;
         m.add_metrics(metrics, env, payload, w.degraded);
+        if let Some(Encoding { bufs, entries }) = encoding {
+            let start = entries.len();
+            m.encode_log_record(env, payload, w.degraded, &extra, bufs, entries);
+            return PendingRecord::Encoded(start..entries.len());
+        }
         let mut record = m.log_record(&self.export.logger, env, payload, w.degraded);
         if !extra.is_empty() {
             use opentelemetry::logs::LogRecord as _;
@@ -539,7 +575,7 @@ impl MetricHandlerActor {
                     .map(|kv| (kv.key, crate::export::mapping::value_to_any(kv.value))),
             );
         }
-        record
+        PendingRecord::Sdk(Box::new(record))
     }
 }
 

@@ -35,9 +35,9 @@ use crate::contracts::{JsonObject, Payload};
 use crate::diagnostics::ledger::{Holder, Outcome};
 use crate::diagnostics::recorder::{Detail, EventRef, Stage};
 use crate::diagnostics::{Counters, ReasonCode};
-use crate::export::logs::LogItem;
-use crate::export::mapping::ResolvedIds;
-use crate::export::sink::{GroupTracker, SinkJob, SinkWorker};
+use crate::export::logs::{share_out, LogItem, PendingRecord};
+use crate::export::mapping::{EncodeBuffers, ResolvedIds};
+use crate::export::sink::{GroupTracker, SinkJob, SinkWorker, SpanBatch};
 use crate::export::ExportHandles;
 
 /// Flush at once, and keep flushing every event at once from now on (shutdown).
@@ -58,6 +58,10 @@ pub(crate) struct TraceBatcherActor {
     dedup: MemoryDedup,
     /// Set while the batcher waits for room in the enterprise sink's or the log queue.
     backpressure: Backpressure,
+    /// The encoder's reused buffers.
+    bufs: EncodeBuffers,
+    /// The encoded spans' and companions' size at the last flush: the next flush's first guess.
+    last_sizes: (usize, usize),
 }
 
 /// What a flush could not hand over without waiting: companion records the log queue had no
@@ -87,6 +91,8 @@ impl TraceBatcherActor {
             draining: false,
             dedup,
             backpressure,
+            bufs: EncodeBuffers::default(),
+            last_sizes: (0, 0),
         }
     }
 
@@ -146,7 +152,16 @@ impl TraceBatcherActor {
         let mut resolved: HashMap<TenantApp, (Vec<u64>, Option<String>)> = HashMap::new();
         let mut workers: HashMap<u64, crate::export::sink::SinkWorker> = HashMap::new();
         let no_sinks = export.sinks.is_empty();
-        let mut companions = Vec::with_capacity(items.len());
+        let mut companions: Vec<(PendingRecord, Option<EventRef>)> =
+            Vec::with_capacity(items.len());
+        // Where the enterprise destination and the log batcher take encoded data, spans and
+        // companions are written straight from the envelopes (`export::encode`); SDK values are
+        // built only for a destination that takes them (a tenant sink, JSON lines, SQLite).
+        let encode_spans = export.enterprise_sink.takes_encoded();
+        let encode_logs = export.log_batcher.takes_encoded();
+        let mut enterprise_spans = Vec::with_capacity(self.last_sizes.0);
+        let mut enterprise_count = 0usize;
+        let mut log_entries = Vec::with_capacity(self.last_sizes.1);
         // The batch's counter increments, summed and applied once after the loop.
         let mut metrics = crate::export::mapping::MetricBatch::default();
         for item in items {
@@ -231,11 +246,37 @@ impl TraceBatcherActor {
                 continue;
             }
 
-            let (span, companion) =
-                export
-                    .mapper
-                    .span_and_companion_with(&export.logger, env, payload, &ids);
-            companions.push((companion, None));
+            let need_values = !sinks.is_empty() || (item.to_enterprise && !encode_spans);
+            let mut span = None;
+            if need_values || !encode_logs {
+                if encode_logs {
+                    span = Some(export.mapper.span_with(env, payload, &ids));
+                } else {
+                    let (s, companion) =
+                        export
+                            .mapper
+                            .span_and_companion_with(&export.logger, env, payload, &ids);
+                    span = Some(s);
+                    companions.push((PendingRecord::Sdk(Box::new(companion)), None));
+                }
+            }
+            let span_out = (item.to_enterprise && encode_spans).then_some(&mut enterprise_spans);
+            enterprise_count += usize::from(span_out.is_some());
+            let log_start = log_entries.len();
+            let log_out = encode_logs.then_some(&mut log_entries);
+            if span_out.is_some() || log_out.is_some() {
+                export.mapper.encode_span_and_companion(
+                    env,
+                    payload,
+                    &ids,
+                    &mut self.bufs,
+                    span_out,
+                    log_out,
+                );
+            }
+            if encode_logs {
+                companions.push((PendingRecord::Encoded(log_start..log_entries.len()), None));
+            }
             // A slow operation also gets a log event of its own (`cases.<name>.slow_threshold_ms`).
             if let Some(threshold) = self
                 .shared
@@ -248,14 +289,17 @@ impl TraceBatcherActor {
                     let slow = export
                         .mapper
                         .slow_operation(&export.logger, env, took, threshold);
-                    companions.push((slow, None));
+                    companions.push((PendingRecord::Sdk(Box::new(slow)), None));
                 }
             }
             let group = groups.entry((item.to_enterprise, sinks)).or_default();
-            group.0.push(span);
+            group.0.extend(span);
             group.1.push(ev);
         }
         export.mapper.apply_metrics(metrics);
+        self.last_sizes = (enterprise_spans.len(), log_entries.len());
+        // The flush's encoded records share one buffer: each companion is a slice of it.
+        let companions = share_out(companions, log_entries);
         // Companion logs go to the log batcher in one message per flush.
         counters.companions_queued(companions.len() as u64);
         leftover.companions = export.log_batcher.try_send_many(companions);
@@ -286,9 +330,17 @@ impl TraceBatcherActor {
                 enterprise_job.1.push(tracker);
             }
         }
-        if !enterprise_job.0.is_empty() {
+        if !enterprise_job.1.is_empty() {
+            let spans = if encode_spans {
+                SpanBatch::Encoded {
+                    entries: enterprise_spans,
+                    count: enterprise_count,
+                }
+            } else {
+                SpanBatch::Values(enterprise_job.0)
+            };
             let job = SinkJob::Export {
-                spans: enterprise_job.0,
+                spans,
                 groups: enterprise_job.1,
             };
             // A full enterprise queue is waited on (`wait_for_room`), never dropped.
@@ -316,6 +368,7 @@ fn send_job(
     counters: &Counters,
 ) {
     let n = spans.len() as u64;
+    let spans = SpanBatch::Values(spans);
     if let Err(SinkJob::Export { groups, .. }) = worker.try_send(SinkJob::Export { spans, groups })
     {
         // This sink's copy is lost; the events may still be delivered by another destination,

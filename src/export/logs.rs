@@ -10,28 +10,32 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::InstrumentationScope;
-use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::logs::{LogBatch, LogExporter, SdkLogRecord};
 use opentelemetry_sdk::Resource;
 use tokio::sync::{mpsc, oneshot};
 
+use super::encode::Frame;
 use super::jsonl::JsonlLogExporter;
 use super::sink::classify_otlp_error;
 use super::spooled::{RecordOwner, SpoolControl, SpoolSettings, Stored};
-use super::wire::encode_logs;
+use super::wire::{WireSender, WireSignal};
 use crate::config::HoldPolicy;
 use crate::diagnostics::exporters::ExporterStats;
 use crate::diagnostics::ledger::{Accounted, Holder, Outcome};
 use crate::diagnostics::recorder::{Detail, EventRef, Stage};
 use crate::diagnostics::{Counters, ReasonCode};
 use crate::spool::SpoolError;
+use bytes::Bytes;
 
 /// The log exporter in use (the SDK trait is not object safe).
 #[derive(Debug)]
 // One instance per gateway, built once: the size difference between variants costs nothing.
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum LogBackend {
+    /// The SDK's OTLP exporter: SDK records (with a SQLite copy, which needs them).
     Otlp(opentelemetry_otlp::LogExporter),
+    /// Encoded requests straight to the OTLP endpoint (`export::encode`).
+    Wire(WireSender),
     Jsonl(JsonlLogExporter),
     /// `export.local_output = "discard"`: accepted and thrown away.
     Discard,
@@ -42,29 +46,65 @@ impl LogBackend {
         match self {
             LogBackend::Otlp(e) => e.set_resource(r),
             LogBackend::Jsonl(e) => e.set_resource(r),
-            LogBackend::Discard => {}
+            LogBackend::Wire(_) | LogBackend::Discard => {}
         }
     }
 
-    async fn export(&self, batch: LogBatch<'_>) -> OTelSdkResult {
-        match self {
-            LogBackend::Otlp(e) => e.export(batch).await,
-            LogBackend::Jsonl(e) => e.export(batch).await,
-            LogBackend::Discard => Ok(()),
-        }
+    /// Whether it takes encoded records (see [`LogRecordForm`]).
+    fn takes_encoded(&self) -> bool {
+        matches!(self, LogBackend::Wire(_) | LogBackend::Discard)
     }
 
     fn shutdown(&self) {
         let _ = match self {
             LogBackend::Otlp(e) => e.shutdown(),
             LogBackend::Jsonl(e) => e.shutdown(),
-            LogBackend::Discard => Ok(()),
+            LogBackend::Wire(_) | LogBackend::Discard => Ok(()),
         };
     }
 }
 
+/// A log record as its producer built it: SDK values, or OTLP protobuf written straight from
+/// the envelope (`export::encode`) when the destination takes encoded records
+/// ([`LogBatcher::takes_encoded`]).
+#[derive(Debug)]
+pub(crate) enum LogRecordForm {
+    /// Boxed: the encoded form is the common one, and a queue of them should not be sized for
+    /// the SDK record.
+    Sdk(Box<SdkLogRecord>),
+    /// One complete `ScopeLogs.log_records` entry (usually a slice of a buffer the records of a
+    /// whole flush share).
+    Encoded(Bytes),
+}
+
 /// One record, and the metric/log event it accounts for (none for a span's companion).
-pub(crate) type LogItem = (SdkLogRecord, Option<EventRef>);
+pub(crate) type LogItem = (LogRecordForm, Option<EventRef>);
+
+/// A record a producer made during a batch, until the batch's encoded records are shared out
+/// ([`share_out`]).
+#[derive(Debug)]
+pub(crate) enum PendingRecord {
+    /// Its bytes in the batch's buffer of encoded records.
+    Encoded(std::ops::Range<usize>),
+    /// Boxed, as in [`LogRecordForm`].
+    Sdk(Box<SdkLogRecord>),
+}
+
+/// The items of a batch's records: the encoded ones become slices of one shared buffer
+/// (`entries`, one allocation for the batch).
+pub(crate) fn share_out(
+    pending: impl IntoIterator<Item = (PendingRecord, Option<EventRef>)>,
+    entries: Vec<u8>,
+) -> Vec<LogItem> {
+    let entries = Bytes::from(entries);
+    pending
+        .into_iter()
+        .map(|(r, ev)| match r {
+            PendingRecord::Encoded(range) => (LogRecordForm::Encoded(entries.slice(range)), ev),
+            PendingRecord::Sdk(r) => (LogRecordForm::Sdk(r), ev),
+        })
+        .collect()
+}
 
 /// What the log batcher is sent: records travel in batches, so a producer wakes the batcher
 /// once per batch rather than once per record.
@@ -86,6 +126,8 @@ pub(crate) struct LogBatcher {
     stats: Arc<ExporterStats>,
     /// The disk spool the batches go to, with `[spool] kind = "disk"`.
     pub(crate) spool: Option<Arc<SpoolControl>>,
+    /// Its destination takes encoded records.
+    encoded: bool,
 }
 
 /// Settings of the log batcher.
@@ -109,14 +151,15 @@ const MAX_LOG_QUEUE_PERMITS: usize = u32::MAX as usize;
 const MAX_LOG_CONCURRENCY: usize = 1024;
 
 impl LogBatcher {
-    /// Starts the batcher; with `spool` (its settings and the resource the requests carry) the
-    /// batches go through a disk spool, which can fail to open.
+    /// Starts the batcher; with `spool` the batches go through a disk spool, which can fail to
+    /// open. `resource` is the one the requests carry.
     pub(crate) fn spawn(
         backend: LogBackend,
         settings: LogBatcherSettings,
         counters: Arc<Counters>,
         rt: &tokio::runtime::Handle,
-        spool: Option<(SpoolSettings, Resource)>,
+        spool: Option<SpoolSettings>,
+        resource: Resource,
         #[cfg(feature = "analytics")] sqlite: Option<super::sqlite::SqliteStore>,
     ) -> Result<Self, SpoolError> {
         // Each message holds at least one record, so `capacity` messages never fill before
@@ -129,21 +172,26 @@ impl LogBatcher {
         let queue_stats = stats.clone();
         let taken = room.clone();
         let spool = match spool {
-            Some((spool_settings, resource)) => {
-                let control = SpoolControl::open(
-                    "enterprise logs",
-                    Holder::MetricLogPath,
-                    spool_settings,
-                    counters.clone(),
-                    stats.clone(),
-                    rt,
-                )?;
-                Some((control, resource))
-            }
+            Some(spool_settings) => Some(SpoolControl::open(
+                "enterprise logs",
+                Holder::MetricLogPath,
+                spool_settings,
+                counters.clone(),
+                stats.clone(),
+                rt,
+            )?),
             None => None,
         };
-        let spool_control = spool.as_ref().map(|(c, _)| c.clone());
+        let spool_control = spool.clone();
+        // Encoded records go to an OTLP endpoint or a disk spool as they are; a SQLite copy
+        // needs the SDK values.
+        #[cfg(feature = "analytics")]
+        let values_wanted = sqlite.is_some();
+        #[cfg(not(feature = "analytics"))]
+        let values_wanted = false;
+        let encoded = (spool.is_some() || backend.takes_encoded()) && !values_wanted;
         let backend = Arc::new(Destination {
+            frame: Frame::new(&resource, &scope),
             backend,
             spool,
             #[cfg(feature = "analytics")]
@@ -198,10 +246,7 @@ impl LogBatcher {
                     tokio::spawn(async move {
                         let mut chunk = chunk;
                         match &backend.spool {
-                            Some((spool, resource)) => {
-                                store_batch(&backend, spool, resource, scope, chunk, &counters)
-                                    .await
-                            }
+                            Some(spool) => store_batch(&backend, spool, chunk, &counters).await,
                             None => {
                                 export_batch(
                                     &backend,
@@ -236,7 +281,14 @@ impl LogBatcher {
             capacity,
             stats: queue_stats,
             spool: spool_control,
+            encoded,
         })
+    }
+
+    /// Whether producers should send encoded records ([`LogRecordForm::Encoded`]): the
+    /// destination is an OTLP endpoint, a disk spool or nothing, with no SQLite copy.
+    pub(crate) fn takes_encoded(&self) -> bool {
+        self.encoded
     }
 
     /// Records waiting in the queue, not yet taken by the batcher.
@@ -333,7 +385,9 @@ impl LogBatcher {
 struct Destination {
     backend: LogBackend,
     /// With a disk spool, batches are appended there and sent from it; `backend` is unused.
-    spool: Option<(Arc<SpoolControl>, Resource)>,
+    spool: Option<Arc<SpoolControl>>,
+    /// The resource the requests carry and the scope, encoded.
+    frame: Frame,
     #[cfg(feature = "analytics")]
     sqlite: Option<super::sqlite::SqliteStore>,
 }
@@ -428,45 +482,82 @@ impl RecordOwner for LogRecords {
     }
 }
 
+/// What one try of a log export sends.
+enum Prepared<'a> {
+    Sdk(Vec<(&'a SdkLogRecord, &'a InstrumentationScope)>),
+    Request(Bytes),
+    Discard,
+    /// Encoded records for a destination that takes values: never, by construction; failed,
+    /// counted, if it ever happens.
+    Mismatch,
+}
+
+/// The records of a batch as SDK values, for a destination that takes them; `None` if one is
+/// encoded (never, by construction: producers build what [`LogBatcher::takes_encoded`] says).
+fn sdk_records(batch: &[LogItem]) -> Option<Vec<&SdkLogRecord>> {
+    batch
+        .iter()
+        .map(|(r, _)| match r {
+            LogRecordForm::Sdk(r) => Some(&**r),
+            LogRecordForm::Encoded(_) => None,
+        })
+        .collect()
+}
+
+/// The `ExportLogsServiceRequest` of a batch: encoded records as they are, SDK ones through
+/// the `opentelemetry-proto` transform.
+fn request_of(frame: &Frame, batch: &[LogItem]) -> Vec<u8> {
+    let mut converted = Vec::new();
+    let mut ranges = Vec::with_capacity(batch.len());
+    for (r, _) in batch {
+        if let LogRecordForm::Sdk(r) = r {
+            let start = converted.len();
+            super::encode::write_sdk_log(&mut converted, r);
+            ranges.push(start..converted.len());
+        }
+    }
+    let mut sdk = ranges.into_iter();
+    let parts = batch.iter().map(|(r, _)| match r {
+        LogRecordForm::Encoded(b) => &b[..],
+        LogRecordForm::Sdk(_) => sdk.next().map_or(&[][..], |range| &converted[range]),
+    });
+    // `request` walks the parts twice (their length, then their bytes).
+    let parts: Vec<&[u8]> = parts.collect();
+    frame.request(parts.into_iter())
+}
+
 /// Appends one batch to the disk spool (see `export::spooled`).
 async fn store_batch(
-    dest: &Destination,
+    dest: &Arc<Destination>,
     spool: &Arc<SpoolControl>,
-    resource: &Resource,
-    scope: InstrumentationScope,
-    chunk: Vec<LogItem>,
+    mut chunk: Vec<LogItem>,
     counters: &Arc<Counters>,
 ) {
     let records = chunk.len() as u64;
-    let mut events = Vec::new();
-    let mut kept = Vec::with_capacity(chunk.len());
-    for (record, ev) in chunk {
-        kept.push(record);
-        events.extend(ev);
-    }
+    // The accounting moves to the spool's record.
+    let events: Vec<EventRef> = chunk.iter_mut().filter_map(|(_, ev)| ev.take()).collect();
     let owner = Box::new(LogRecords {
         companions: records - events.len() as u64,
         events: Accounted::Detailed(events),
         records,
         counters: counters.clone(),
     });
-    let resource = resource.clone();
-    let encode = move || {
-        let refs: Vec<(&SdkLogRecord, &InstrumentationScope)> =
-            kept.iter().map(|r| (r, &scope)).collect();
-        let body = encode_logs(&refs, &resource);
-        drop(refs);
-        (body, kept)
-    };
+    let d = dest.clone();
+    let encode = move || (request_of(&d.frame, &chunk), chunk);
     if let Stored::Kept(_kept) = spool.store(encode, owner).await {
         // `[sinks.sqlite]`: a copy of what was spooled, once, never waited for.
         #[cfg(feature = "analytics")]
         if let Some(store) = &dest.sqlite {
-            store.enqueue(super::sqlite::Raw::Logs(_kept));
+            let records = _kept
+                .into_iter()
+                .filter_map(|(r, _)| match r {
+                    LogRecordForm::Sdk(r) => Some(*r),
+                    LogRecordForm::Encoded(_) => None,
+                })
+                .collect();
+            store.enqueue(super::sqlite::Raw::Logs(records));
         }
     }
-    #[cfg(not(feature = "analytics"))]
-    let _ = dest;
 }
 
 async fn export_batch(
@@ -480,25 +571,51 @@ async fn export_batch(
 ) {
     let events = batch.iter().filter(|(_, e)| e.is_some()).count() as u64;
     let n = batch.len() as u64;
-    let refs: Vec<(&SdkLogRecord, &InstrumentationScope)> =
-        batch.iter().map(|(r, _)| (r, scope)).collect();
+    // What each try sends, built once.
+    let prepared = match &dest.backend {
+        LogBackend::Discard => Prepared::Discard,
+        LogBackend::Wire(_) => Prepared::Request(request_of(&dest.frame, batch).into()),
+        LogBackend::Otlp(_) | LogBackend::Jsonl(_) => match sdk_records(batch) {
+            Some(records) => Prepared::Sdk(records.into_iter().map(|r| (r, scope)).collect()),
+            None => Prepared::Mismatch,
+        },
+    };
     // While the failure is transient, the batch is held and tried again with backoff (records
     // arriving meanwhile wait in the bounded queue); a rejection is final at once.
     let held_since = std::time::Instant::now();
     let mut wait = hold.initial;
     let result = loop {
         let started = std::time::Instant::now();
-        let result =
-            match tokio::time::timeout(timeout, dest.backend.export(LogBatch::new(&refs))).await {
-                Ok(r) => r.map_err(|e| {
-                    let msg = e.to_string();
-                    (classify_otlp_error(msg.clone()).reason(), msg)
-                }),
-                Err(_) => Err((
-                    ReasonCode::ExportFailed,
-                    format!("timed out after {timeout:?}"),
+        let sdk_error = |e: opentelemetry_sdk::error::OTelSdkError| {
+            let msg = e.to_string();
+            (classify_otlp_error(msg.clone()).reason(), msg)
+        };
+        let call = async {
+            match (&dest.backend, &prepared) {
+                (LogBackend::Otlp(e), Prepared::Sdk(refs)) => {
+                    e.export(LogBatch::new(refs)).await.map_err(sdk_error)
+                }
+                (LogBackend::Jsonl(e), Prepared::Sdk(refs)) => {
+                    e.export(LogBatch::new(refs)).await.map_err(sdk_error)
+                }
+                (LogBackend::Wire(w), Prepared::Request(body)) => w
+                    .send(WireSignal::Logs, body.clone())
+                    .await
+                    .map_err(|e| (e.reason(), e.to_string())),
+                (_, Prepared::Discard) => Ok(()),
+                _ => Err((
+                    ReasonCode::ExportRejected,
+                    "internal: log records in a form this destination does not take".to_owned(),
                 )),
-            };
+            }
+        };
+        let result = match tokio::time::timeout(timeout, call).await {
+            Ok(r) => r,
+            Err(_) => Err((
+                ReasonCode::ExportFailed,
+                format!("timed out after {timeout:?}"),
+            )),
+        };
         stats.record_call(n, result.is_ok(), started.elapsed());
         match &result {
             Ok(()) | Err((ReasonCode::ExportRejected, _)) => break result,
@@ -533,14 +650,18 @@ async fn export_batch(
             }
         }
     };
-    drop(refs);
+    drop(prepared);
     let companions = n - events;
     match result {
         Ok(()) => {
             // `[sinks.sqlite]`: a copy of what was exported, once, never waited for.
             #[cfg(feature = "analytics")]
             if let Some(store) = &dest.sqlite {
-                let records = batch.iter().map(|(r, _)| r.clone()).collect();
+                let records = sdk_records(batch)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .cloned()
+                    .collect();
                 store.enqueue(super::sqlite::Raw::Logs(records));
             }
             Counters::add(&counters.exported_log_records, n);

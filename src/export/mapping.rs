@@ -39,6 +39,7 @@ use opentelemetry_sdk::logs::{SdkLogRecord, SdkLogger};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 use serde_json::Value as Json;
 
+use super::encode::{self, AttrValue};
 use crate::contracts::{
     CaseMetric, FieldValue, JsonObject, Payload, TelemetryCase, TelemetryEnvelope,
 };
@@ -196,6 +197,15 @@ struct RecordParts<'a> {
     failed: Option<&'a str>,
 }
 
+/// The reused buffers of the encoder (`Mapper::encode_span_and_companion`): one per batcher,
+/// grown by the first events of a batch and kept.
+#[derive(Debug, Default)]
+pub(crate) struct EncodeBuffers {
+    attrs: encode::Attributes,
+    scratch: encode::Scratch,
+    body: String,
+}
+
 /// Span and log names for one case, computed once at start.
 #[derive(Debug, Clone)]
 struct CaseNames {
@@ -237,6 +247,24 @@ pub struct Mapper {
     redactor: Redactor,
     /// Payload keys seen so far (bounded by [`MAX_CACHED_KEYS`]).
     keys: Arc<RwLock<FastMap<Box<str>, KeyInfo>>>,
+    /// `{ns}.payload_ref`, the attribute of an offloaded payload's reference.
+    payload_ref_key: Key,
+}
+
+/// An attribute's key: a fixed name, or a payload key's `{ns}.{key}` (shared).
+#[derive(Debug, Clone, Copy)]
+enum AttrKey<'a> {
+    Static(&'static str),
+    Shared(&'a Key),
+}
+
+impl AttrKey<'_> {
+    fn as_str(&self) -> &str {
+        match self {
+            AttrKey::Static(k) => k,
+            AttrKey::Shared(k) => k.as_str(),
+        }
+    }
 }
 
 /// A case's span name below the namespace: its row's `span_name`, or a custom case's name.
@@ -282,6 +310,7 @@ impl Mapper {
             scope: scope(),
             redactor,
             keys: Arc::default(),
+            payload_ref_key: Key::from(format!("{ns}.payload_ref")),
         }
     }
 
@@ -321,79 +350,103 @@ impl Mapper {
         env: &TelemetryEnvelope,
         payload: Option<&JsonObject>,
     ) -> Vec<KeyValue> {
-        // String values are shared (`Arc<str>`): the span and its companion log record carry
-        // the same attributes without copying them.
-        let text = |s: &str| Value::from(Arc::<str>::from(s));
         let mut a = Vec::with_capacity(8 + payload.map_or(0, |p| p.len()));
-        a.push(KeyValue::new(
-            "telemetry.case",
-            match env.case.static_name() {
-                Some(n) => Value::from(n),
-                None => text(env.case.as_str()),
-            },
-        ));
+        self.visit_attributes(env, payload, |key, v| {
+            let key = match key {
+                AttrKey::Static(k) => Key::from_static_str(k),
+                AttrKey::Shared(k) => k.clone(),
+            };
+            // String values are shared (`Arc<str>`): the span and its companion log record
+            // carry the same attributes without copying them.
+            let value = match v {
+                AttrValue::Str(s) => Value::from(Arc::<str>::from(s)),
+                AttrValue::Bool(b) => Value::Bool(b),
+                AttrValue::I64(i) => Value::I64(i),
+                AttrValue::F64(f) => Value::F64(f),
+            };
+            a.push(KeyValue::new(key, value));
+        });
+        a
+    }
+
+    /// Calls `f` with each attribute of `env`, in order: the one statement of what a span and
+    /// a log record carry, for the SDK values ([`attributes`](Self::attributes)) and the
+    /// encoder alike.
+    fn visit_attributes<F>(&self, env: &TelemetryEnvelope, payload: Option<&JsonObject>, mut f: F)
+    where
+        F: FnMut(AttrKey<'_>, AttrValue<'_>),
+    {
+        f(
+            AttrKey::Static("telemetry.case"),
+            AttrValue::Str(env.case.as_str()),
+        );
         // Formatted once, on the stack, and shared by `event.id` and the correlation fallback.
         let mut id_buf = uuid::Uuid::encode_buffer();
-        let event_id = text(env.event_id.hyphenated().encode_lower(&mut id_buf));
-        a.push(KeyValue::new("event.id", event_id.clone()));
-        a.push(KeyValue::new("tenant.id", text(&env.context.tenant_id)));
+        let event_id: &str = env.event_id.hyphenated().encode_lower(&mut id_buf);
+        f(AttrKey::Static("event.id"), AttrValue::Str(event_id));
+        f(
+            AttrKey::Static("tenant.id"),
+            AttrValue::Str(&env.context.tenant_id),
+        );
         if let Some(app) = &env.context.app_id {
-            a.push(KeyValue::new("app.id", text(app)));
+            f(AttrKey::Static("app.id"), AttrValue::Str(app));
         }
         if let Some(user) = &env.context.user_id {
-            a.push(KeyValue::new("user.id", text(user)));
+            f(AttrKey::Static("user.id"), AttrValue::Str(user));
         }
         let c = &env.correlation;
         let correlation = match (&c.correlation_id, &c.run_id) {
-            (Some(id), _) | (None, Some(id)) => text(id),
+            (Some(id), _) | (None, Some(id)) => id.as_str(),
             (None, None) => event_id,
         };
-        a.push(KeyValue::new("correlation.id", correlation));
+        f(
+            AttrKey::Static("correlation.id"),
+            AttrValue::Str(correlation),
+        );
         if let Some(run) = &c.run_id {
-            a.push(KeyValue::new("run.id", text(run)));
+            f(AttrKey::Static("run.id"), AttrValue::Str(run));
         }
         if let Payload::Ref(r) = &env.payload {
-            a.push(KeyValue::new(format!("{}.payload_ref", self.ns), text(r)));
+            f(AttrKey::Shared(&self.payload_ref_key), AttrValue::Str(r));
         }
-        if let Some(p) = payload {
-            for (k, v) in p {
-                let info = self.key_info(k);
-                if info.content {
-                    a.push(KeyValue::new(
-                        info.key,
-                        format!("ref:{}/{}#{k}", env.context.tenant_id, env.event_id),
-                    ));
-                    continue;
+        let Some(p) = payload else {
+            return;
+        };
+        for (k, v) in p {
+            let info = self.key_info(k);
+            let key = AttrKey::Shared(&info.key);
+            if info.content {
+                let r = format!("ref:{}/{}#{k}", env.context.tenant_id, env.event_id);
+                f(key, AttrValue::Str(&r));
+                continue;
+            }
+            if info.denied {
+                if !v.is_null() {
+                    f(key, AttrValue::Str(self.redactor.replacement()));
                 }
-                if info.denied {
-                    if !v.is_null() {
-                        a.push(KeyValue::new(info.key, text(self.redactor.replacement())));
-                    }
-                    continue;
+                continue;
+            }
+            match v {
+                Json::Null => {}
+                Json::Bool(b) => f(key, AttrValue::Bool(*b)),
+                Json::Number(n) => match n.as_i64() {
+                    Some(i) => f(key, AttrValue::I64(i)),
+                    None => f(key, AttrValue::F64(n.as_f64().unwrap_or(0.0))),
+                },
+                Json::String(s) => {
+                    let clean = if info.safe {
+                        Cow::Borrowed(s.as_str())
+                    } else {
+                        self.redactor.redact_patterns(s)
+                    };
+                    f(key, AttrValue::Str(&truncate(&clean)));
                 }
-                match v {
-                    Json::Null => {}
-                    Json::Bool(b) => a.push(KeyValue::new(info.key, *b)),
-                    Json::Number(n) => match n.as_i64() {
-                        Some(i) => a.push(KeyValue::new(info.key, i)),
-                        None => a.push(KeyValue::new(info.key, n.as_f64().unwrap_or(0.0))),
-                    },
-                    Json::String(s) => {
-                        let clean = if info.safe {
-                            Cow::Borrowed(s.as_str())
-                        } else {
-                            self.redactor.redact_patterns(s)
-                        };
-                        a.push(KeyValue::new(info.key, text(&truncate(&clean))));
-                    }
-                    other => a.push(KeyValue::new(
-                        info.key,
-                        truncate(&self.redactor.redacted_json(k, other).to_string()).into_owned(),
-                    )),
+                other => {
+                    let json = self.redactor.redacted_json(k, other).to_string();
+                    f(key, AttrValue::Str(&truncate(&json)));
                 }
             }
         }
-        a
     }
 
     /// The event's duration when it exceeds `threshold` (from its payload's `duration_ms`, or
@@ -461,6 +514,17 @@ impl Mapper {
         self.span_from(env, payload, self.attributes(env, payload), &ids, failed)
     }
 
+    /// [`span`](Self::span) with the event's ids parsed already.
+    pub(crate) fn span_with(
+        &self,
+        env: &TelemetryEnvelope,
+        payload: Option<&JsonObject>,
+        ids: &ResolvedIds,
+    ) -> SpanData {
+        let failed = self.error_of(payload);
+        self.span_from(env, payload, self.attributes(env, payload), ids, failed)
+    }
+
     /// The span of a trace-shaped event and its companion log record, sharing one computation
     /// of the attributes, ids and failure message.
     pub fn span_and_companion(
@@ -498,6 +562,19 @@ impl Mapper {
         (span, log)
     }
 
+    /// A span's start and end: it ends when the event was created and starts its duration
+    /// (`duration_ms` or `elapsed_time`) earlier.
+    fn span_times(
+        env: &TelemetryEnvelope,
+        payload: Option<&JsonObject>,
+    ) -> (SystemTime, SystemTime) {
+        let end = env.created_at;
+        let start = duration_of(payload)
+            .and_then(|d| end.checked_sub(d))
+            .unwrap_or(end);
+        (start, end)
+    }
+
     fn span_from(
         &self,
         env: &TelemetryEnvelope,
@@ -506,10 +583,7 @@ impl Mapper {
         ids: &ResolvedIds,
         failed: Option<String>,
     ) -> SpanData {
-        let end = env.created_at;
-        let start = duration_of(payload)
-            .and_then(|d| end.checked_sub(d))
-            .unwrap_or(end);
+        let (start, end) = Self::span_times(env, payload);
         let status = match failed {
             Some(msg) => Status::error(msg),
             None => Status::Ok,
@@ -562,6 +636,44 @@ impl Mapper {
         )
     }
 
+    /// A log record's event name, severity and body (written into `body`): the one statement
+    /// of them, for the SDK record and the encoder alike.
+    fn log_facts(
+        &self,
+        env: &TelemetryEnvelope,
+        payload: Option<&JsonObject>,
+        degraded: Option<ReasonCode>,
+        failed: Option<&str>,
+        body: &mut String,
+    ) -> (&'static str, Severity, &'static str) {
+        use std::fmt::Write as _;
+        let event_name = if degraded.is_some() {
+            self.degraded_event
+        } else {
+            self.event_name(&env.case)
+        };
+        let (sev, text) = match (degraded.is_some(), failed.is_some()) {
+            (true, _) => (Severity::Warn, "WARN"),
+            (false, true) => (Severity::Error, "ERROR"),
+            _ => (Severity::Info, "INFO"),
+        };
+        body.clear();
+        // Writing into a String cannot fail.
+        let _ = match (&degraded, failed) {
+            (Some(reason), _) => write!(body, "{} event degraded: {reason}", env.case),
+            (None, Some(err)) => write!(body, "{} failed: {}", env.case, truncate(err)),
+            _ => write!(
+                body,
+                "{} {}",
+                env.case,
+                status_of(payload).map_or(Cow::Borrowed("recorded"), |s| self
+                    .redactor
+                    .redact_str("status", s))
+            ),
+        };
+        (event_name, sev, text)
+    }
+
     fn log_from(&self, logger: &SdkLogger, parts: RecordParts<'_>) -> SdkLogRecord {
         let RecordParts {
             env,
@@ -572,31 +684,13 @@ impl Mapper {
             failed,
         } = parts;
         let mut r = logger.create_log_record();
-        r.set_event_name(if degraded.is_some() {
-            self.degraded_event
-        } else {
-            self.event_name(&env.case)
-        });
+        let mut body = String::new();
+        let (event_name, sev, text) = self.log_facts(env, payload, degraded, failed, &mut body);
+        r.set_event_name(event_name);
         r.set_timestamp(env.created_at);
         r.set_observed_timestamp(SystemTime::now());
-        let (sev, text) = match (degraded.is_some(), failed.is_some()) {
-            (true, _) => (Severity::Warn, "WARN"),
-            (false, true) => (Severity::Error, "ERROR"),
-            _ => (Severity::Info, "INFO"),
-        };
         r.set_severity_number(sev);
         r.set_severity_text(text);
-        let body = match (&degraded, failed) {
-            (Some(reason), _) => format!("{} event degraded: {reason}", env.case),
-            (None, Some(err)) => format!("{} failed: {}", env.case, truncate(err)),
-            _ => format!(
-                "{} {}",
-                env.case,
-                status_of(payload).map_or(Cow::Borrowed("recorded"), |s| self
-                    .redactor
-                    .redact_str("status", s))
-            ),
-        };
         r.set_body(AnyValue::from(body));
         r.set_trace_context(ids.trace_id, ids.span_id, Some(TraceFlags::SAMPLED));
         if let Some(reason) = degraded {
@@ -608,6 +702,116 @@ impl Mapper {
                 .map(|kv| (kv.key.clone(), value_to_any(kv.value.clone()))),
         );
         r
+    }
+
+    /// The span of a trace event and its companion log record, encoded (OTLP protobuf): the
+    /// span appended to `spans` and the record to `logs` (each when given: the destination
+    /// takes encoded data), each as one entry of a batch (see `export::encode`).
+    /// The attributes are encoded once, for both. The same data as
+    /// [`span_and_companion`](Self::span_and_companion).
+    pub(crate) fn encode_span_and_companion(
+        &self,
+        env: &TelemetryEnvelope,
+        payload: Option<&JsonObject>,
+        ids: &ResolvedIds,
+        bufs: &mut EncodeBuffers,
+        spans: Option<&mut Vec<u8>>,
+        logs: Option<&mut Vec<u8>>,
+    ) {
+        let failed = self.error_of(payload);
+        self.encode_attributes(env, payload, bufs);
+        if let Some(spans) = spans {
+            let (start, end) = Self::span_times(env, payload);
+            let name = self.span_name(&env.case);
+            let fields = encode::SpanFields {
+                trace_id: ids.trace_id.to_bytes(),
+                span_id: ids.span_id.to_bytes(),
+                parent_span_id: (ids.parent_span_id != opentelemetry::trace::SpanId::INVALID)
+                    .then(|| ids.parent_span_id.to_bytes()),
+                trace_flags: TraceFlags::SAMPLED.to_u8(),
+                name: &name,
+                // `Span.SpanKind.SPAN_KIND_INTERNAL`, as `SpanKind::Internal` above.
+                kind: 1,
+                start_unix_nano: encode::unix_nanos(start),
+                end_unix_nano: encode::unix_nanos(end),
+                // `Status.StatusCode`: ERROR with the failure message, else OK.
+                status_code: if failed.is_some() { 2 } else { 1 },
+                status_message: failed.as_deref().unwrap_or(""),
+            };
+            encode::write_span(spans, &mut bufs.scratch, &fields, &bufs.attrs);
+        }
+        if let Some(logs) = logs {
+            self.encode_record(env, payload, None, ids, failed.as_deref(), bufs, logs);
+        }
+    }
+
+    /// The log record of a metric/log event, encoded: appended to `out` as one entry of a
+    /// batch. The same data as [`log_record`](Self::log_record).
+    /// `extra` are attributes a case handler added, after the mapping's.
+    pub(crate) fn encode_log_record(
+        &self,
+        env: &TelemetryEnvelope,
+        payload: Option<&JsonObject>,
+        degraded: Option<ReasonCode>,
+        extra: &[KeyValue],
+        bufs: &mut EncodeBuffers,
+        out: &mut Vec<u8>,
+    ) {
+        let ids = ResolvedIds::of(env);
+        let failed = self.error_of(payload);
+        self.encode_attributes(env, payload, bufs);
+        for kv in extra {
+            let key = kv.key.as_str();
+            match &kv.value {
+                Value::Bool(b) => bufs.attrs.push(key, AttrValue::Bool(*b)),
+                Value::I64(i) => bufs.attrs.push(key, AttrValue::I64(*i)),
+                Value::F64(f) => bufs.attrs.push(key, AttrValue::F64(*f)),
+                Value::String(s) => bufs.attrs.push(key, AttrValue::Str(s.as_str())),
+                // As `value_to_any` does for the SDK record: other values as their text.
+                other => bufs.attrs.push(key, AttrValue::Str(&other.to_string())),
+            }
+        }
+        self.encode_record(env, payload, degraded, &ids, failed.as_deref(), bufs, out);
+    }
+
+    fn encode_attributes(
+        &self,
+        env: &TelemetryEnvelope,
+        payload: Option<&JsonObject>,
+        bufs: &mut EncodeBuffers,
+    ) {
+        let attrs = &mut bufs.attrs;
+        attrs.clear();
+        self.visit_attributes(env, payload, |k, v| attrs.push(k.as_str(), v));
+    }
+
+    /// Writes a record whose attributes are in `bufs.attrs` already.
+    #[allow(clippy::too_many_arguments)]
+    fn encode_record(
+        &self,
+        env: &TelemetryEnvelope,
+        payload: Option<&JsonObject>,
+        degraded: Option<ReasonCode>,
+        ids: &ResolvedIds,
+        failed: Option<&str>,
+        bufs: &mut EncodeBuffers,
+        out: &mut Vec<u8>,
+    ) {
+        let (event_name, sev, text) =
+            self.log_facts(env, payload, degraded, failed, &mut bufs.body);
+        let fields = encode::LogFields {
+            time_unix_nano: encode::unix_nanos(env.created_at),
+            observed_unix_nano: encode::unix_nanos(SystemTime::now()),
+            severity_number: sev as i32,
+            severity_text: text,
+            body: &bufs.body,
+            trace_flags: TraceFlags::SAMPLED.to_u8(),
+            trace_id: ids.trace_id.to_bytes(),
+            span_id: ids.span_id.to_bytes(),
+            event_name,
+        };
+        let first = degraded.map(|r| ("degraded.reason", AttrValue::Str(r.as_str())));
+        encode::write_log(out, &mut bufs.scratch, &fields, first, &bufs.attrs);
     }
 
     /// The failure message of a payload, redacted: it becomes a span status and a log body.
@@ -909,4 +1113,269 @@ fn tokens_of(p: Option<&JsonObject>) -> Option<u64> {
     p.get("total_tokens")
         .or_else(|| p.get("tokens"))
         .and_then(Json::as_u64)
+}
+
+/// Item 2 of issue 17: the encoder says what the SDK path says. Random envelopes go both ways
+/// (SDK values encoded by the `opentelemetry-proto` transform the OTLP exporter uses, and
+/// [`Mapper::encode_span_and_companion`] / [`Mapper::encode_log_record`]); both requests are
+/// decoded with the `opentelemetry-proto` types and compared whole: ids, parent links, names,
+/// kinds, times, status, attributes (with redaction, truncation and content references),
+/// events, links, resource, scope, log bodies, severities and event names. Only a log record's
+/// observed time differs (each path reads the clock), so it is compared for being set and then
+/// cleared.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{CaseSection, RedactionSection};
+    use crate::contracts::{Correlation, TelemetryContext};
+    use opentelemetry::logs::LoggerProvider as _;
+    use opentelemetry::metrics::MeterProvider as _;
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use proptest::prelude::*;
+    use prost::Message as _;
+    use std::collections::BTreeMap;
+
+    fn case() -> impl Strategy<Value = TelemetryCase> {
+        prop_oneof![
+            proptest::sample::select(TelemetryCase::BUILT_IN.to_vec()),
+            "[a-z_]{1,12}".prop_map(|n| TelemetryCase::from_name(&n)),
+        ]
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-zA-Z0-9 ._-]{0,24}",
+            // Unicode, secrets the patterns find, and values over the attribute limit.
+            "\\PC{0,16}",
+            Just("Bearer abcdefghijklmnopqrstuvwxyz0123456789".to_owned()),
+            Just("mail me: someone@example.com".to_owned()),
+            (1usize..3).prop_map(|n| "é".repeat(MAX_ATTRIBUTE_BYTES / 2 * n + 1)),
+        ]
+    }
+
+    fn json_value() -> impl Strategy<Value = Json> {
+        let leaf = prop_oneof![
+            Just(Json::Null),
+            any::<bool>().prop_map(Json::from),
+            any::<i64>().prop_map(Json::from),
+            any::<u64>().prop_map(Json::from),
+            (-1e12f64..1e12).prop_map(Json::from),
+            text().prop_map(Json::from),
+        ];
+        leaf.prop_recursive(2, 8, 3, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..3).prop_map(Json::Array),
+                proptest::collection::btree_map("[a-z]{1,6}", inner, 0..3)
+                    .prop_map(|m| Json::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn payload() -> impl Strategy<Value = serde_json::Map<String, Json>> {
+        let key = prop_oneof![
+            "[a-z_]{1,10}",
+            // Content fields, denied keys, and the fields the mapping reads.
+            proptest::sample::select(vec![
+                "query",
+                "answer",
+                "password",
+                "api_key",
+                "status",
+                "error",
+                "duration_ms",
+                "elapsed_time",
+                "total_tokens",
+                "rating",
+            ])
+            .prop_map(str::to_owned),
+        ];
+        let status = proptest::sample::select(vec!["succeeded", "failed", "error", "running"]);
+        (
+            proptest::collection::btree_map(key, json_value(), 0..8),
+            proptest::option::of(status),
+            proptest::option::of(0.0f64..1e7),
+        )
+            .prop_map(|(m, status, ms)| {
+                let mut p: serde_json::Map<String, Json> = m.into_iter().collect();
+                if let Some(s) = status {
+                    p.insert("status".into(), Json::from(s));
+                }
+                if let Some(ms) = ms {
+                    p.insert("duration_ms".into(), Json::from(ms));
+                }
+                p
+            })
+    }
+
+    prop_compose! {
+        fn envelope()(
+            case in case(),
+            tenant in "[a-z0-9-]{1,12}",
+            app in proptest::option::of("[a-z0-9]{1,8}"),
+            user in proptest::option::of("[a-z0-9@.]{1,12}"),
+            correlation_id in proptest::option::of("[a-z0-9-]{1,16}"),
+            run_id in proptest::option::of("[a-z0-9-]{1,16}"),
+            trace_id in proptest::option::of("[0-9a-f]{32}"),
+            parent in proptest::option::of("[0-9a-f]{16}"),
+            payload in payload(),
+            by_ref in proptest::option::of("[a-z0-9/]{1,20}"),
+            created_secs in 0u64..4_000_000_000,
+            root in any::<bool>(),
+        ) -> TelemetryEnvelope {
+            let mut ctx = TelemetryContext::tenant(&tenant);
+            ctx.app_id = app;
+            ctx.user_id = user;
+            let mut env = TelemetryEnvelope::new(case, ctx)
+                .with_correlation(Correlation {
+                    correlation_id,
+                    run_id,
+                    trace_id,
+                    parent_span_id: parent,
+                    ..Correlation::default()
+                })
+                .with_payload(Json::Object(payload));
+            if let Some(r) = by_ref {
+                env.payload = Payload::Ref(r);
+            }
+            env.created_at = std::time::UNIX_EPOCH + Duration::from_millis(created_secs * 1000 + 7);
+            crate::correlation::resolve(&mut env, root);
+            env
+        }
+    }
+
+    struct Fixture {
+        mapper: Mapper,
+        logger: SdkLogger,
+        resource: opentelemetry_sdk::Resource,
+        frame: encode::Frame,
+    }
+
+    fn fixture(include_content: bool) -> Fixture {
+        let table = RoutingTable::new(&BTreeMap::<String, CaseSection>::new());
+        let meter = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+            .build()
+            .meter("encode-test");
+        let redaction = RedactionSection {
+            patterns: vec!["secret-[0-9]+".into()],
+            ..RedactionSection::default()
+        };
+        let redactor = Redactor::from_config(&redaction).expect("redactor");
+        let resource = opentelemetry_sdk::Resource::builder()
+            .with_service_name("encode-test")
+            .with_attribute(KeyValue::new("deployment.environment", "test"))
+            .build();
+        let logger = opentelemetry_sdk::logs::SdkLoggerProvider::builder()
+            .with_resource(resource.clone())
+            .build()
+            .logger("telemetry-gateway");
+        Fixture {
+            mapper: Mapper::new("app", include_content, &table, &meter, redactor),
+            logger,
+            frame: encode::Frame::new(&resource, &scope()),
+            resource,
+        }
+    }
+
+    fn payload_of(env: &TelemetryEnvelope) -> Option<JsonObject> {
+        match &env.payload {
+            Payload::Inline(p) => Some(p.clone()),
+            Payload::Ref(_) => None,
+        }
+    }
+
+    /// Clears the observed times (each path reads the clock) after checking they are set.
+    fn without_observed_time(mut r: ExportLogsServiceRequest) -> ExportLogsServiceRequest {
+        for rl in &mut r.resource_logs {
+            for sl in &mut rl.scope_logs {
+                for l in &mut sl.log_records {
+                    assert!(l.observed_time_unix_nano > 0);
+                    l.observed_time_unix_nano = 0;
+                }
+            }
+        }
+        r
+    }
+
+    fn check_trace_batch(envs: &[TelemetryEnvelope], include_content: bool) {
+        let f = fixture(include_content);
+        let scope = scope();
+        let (mut spans, mut logs) = (Vec::new(), Vec::new());
+        let (mut enc_spans, mut enc_logs, mut bufs) =
+            (Vec::new(), Vec::new(), EncodeBuffers::default());
+        for env in envs {
+            let payload = payload_of(env);
+            let (span, log) = f
+                .mapper
+                .span_and_companion(&f.logger, env, payload.as_ref());
+            spans.push(span);
+            logs.push(log);
+            let ids = ResolvedIds::of(env);
+            f.mapper.encode_span_and_companion(
+                env,
+                payload.as_ref(),
+                &ids,
+                &mut bufs,
+                Some(&mut enc_spans),
+                Some(&mut enc_logs),
+            );
+        }
+        let sdk = ExportTraceServiceRequest::decode(
+            &super::super::wire::encode_spans(&spans, &f.resource)[..],
+        )
+        .expect("SDK request decodes");
+        let ours = ExportTraceServiceRequest::decode(
+            &f.frame.request(std::iter::once(&enc_spans[..]))[..],
+        )
+        .expect("encoded request decodes");
+        assert_eq!(ours, sdk);
+        let records: Vec<_> = logs.iter().map(|l| (l, &scope)).collect();
+        let sdk = ExportLogsServiceRequest::decode(
+            &super::super::wire::encode_logs(&records, &f.resource)[..],
+        )
+        .expect("SDK request decodes");
+        let ours =
+            ExportLogsServiceRequest::decode(&f.frame.request(std::iter::once(&enc_logs[..]))[..])
+                .expect("encoded request decodes");
+        assert_eq!(without_observed_time(ours), without_observed_time(sdk));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        #[test]
+        fn encoded_spans_and_companions_equal_the_sdk_path(
+            envs in proptest::collection::vec(envelope(), 1..5),
+            include_content in any::<bool>(),
+        ) {
+            check_trace_batch(&envs, include_content);
+        }
+
+        #[test]
+        fn encoded_log_records_equal_the_sdk_path(
+            envs in proptest::collection::vec(envelope(), 1..5),
+            degraded in proptest::option::of(proptest::sample::select(vec![
+                ReasonCode::RehydrationFailed,
+                ReasonCode::PayloadRefRefused,
+            ])),
+        ) {
+            let f = fixture(true);
+            let scope = scope();
+            let mut sdk_logs = Vec::new();
+            // Two batches: a request is the concatenation of its batches.
+            let (mut a, mut b, mut bufs) = (Vec::new(), Vec::new(), EncodeBuffers::default());
+            for (i, env) in envs.iter().enumerate() {
+                let payload = payload_of(env);
+                sdk_logs.push(f.mapper.log_record(&f.logger, env, payload.as_ref(), degraded));
+                let out = if i < envs.len() / 2 { &mut a } else { &mut b };
+                f.mapper.encode_log_record(env, payload.as_ref(), degraded, &[], &mut bufs, out);
+            }
+            let records: Vec<_> = sdk_logs.iter().map(|l| (l, &scope)).collect();
+            let sdk = ExportLogsServiceRequest::decode(&super::super::wire::encode_logs(&records, &f.resource)[..])
+                .expect("SDK request decodes");
+            let ours = ExportLogsServiceRequest::decode(&f.frame.request([&a[..], &b[..]].into_iter())[..])
+                .expect("encoded request decodes");
+            prop_assert_eq!(without_observed_time(ours), without_observed_time(sdk));
+        }
+    }
 }

@@ -16,6 +16,7 @@
 //! With no `otlp.endpoint` the enterprise exporter writes spans, logs and metrics as JSON lines to
 //! `export.file_path`, so the embedded default shows output without a collector.
 
+pub(crate) mod encode;
 pub(crate) mod jsonl;
 pub(crate) mod logs;
 pub mod mapping;
@@ -27,6 +28,7 @@ pub mod sink;
 pub(crate) mod spooled;
 #[cfg(feature = "analytics")]
 pub mod sqlite;
+#[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
 pub(crate) mod wire;
 
 use std::collections::{BTreeMap, HashMap};
@@ -324,12 +326,15 @@ impl ExportPipeline {
         #[cfg(feature = "analytics")]
         let sqlite = sqlite_store(cfg, &counters)?;
         #[cfg(feature = "analytics")]
-        let enterprise_sink: Arc<dyn TraceSink> = match &sqlite {
-            Some(store) => Arc::new(sqlite::TeeTraceSink {
-                enterprise: backends.spans,
-                store: store.clone(),
-            }),
-            None => backends.spans,
+        let enterprise_sink = match (&sqlite, backends.spans) {
+            // `[sinks.sqlite]` makes the destination one of SDK values (`enterprise_backends`).
+            (Some(store), sink::Target::Sink(enterprise)) => {
+                sink::Target::Sink(Arc::new(sqlite::TeeTraceSink {
+                    enterprise,
+                    store: store.clone(),
+                }))
+            }
+            (_, spans) => spans,
         };
         #[cfg(not(feature = "analytics"))]
         let enterprise_sink = backends.spans;
@@ -408,8 +413,8 @@ impl ExportPipeline {
                 "enterprise-logs",
                 wire::WireSignal::Logs,
                 cfg.export.log_concurrency,
-            )
-            .map(|settings| (settings, resource.clone())),
+            ),
+            resource.clone(),
             #[cfg(feature = "analytics")]
             sqlite.clone(),
         )
@@ -457,7 +462,7 @@ impl ExportPipeline {
 
 /// The enterprise destination's backends, one per signal.
 struct EnterpriseBackends {
-    spans: Arc<dyn TraceSink>,
+    spans: sink::Target,
     logs: LogBackend,
     metrics: MetricBackend,
     /// Encoded requests' sender, for a disk spool (built only with one).
@@ -530,6 +535,16 @@ fn enterprise_backends(
     cfg: &GatewayConfig,
     resource: &Resource,
 ) -> Result<EnterpriseBackends, ExportBuildError> {
+    // Spans and log records are encoded straight from the envelopes (`export::encode`) and sent
+    // as they are, unless a destination needs SDK values: the JSON lines file, or the copy
+    // `[sinks.sqlite]` keeps of what is exported.
+    let values = cfg.sinks.sqlite.is_some();
+    let frame = || encode::Frame::new(resource, &mapping::scope());
+    let encoded = |sender: Option<wire::WireSender>| sink::Target::Wire {
+        sender,
+        frame: frame(),
+        resource: resource.clone(),
+    };
     let mut backends = match &cfg.otlp.endpoint {
         Some(endpoint) => {
             let mut headers = cfg.otlp.headers.clone();
@@ -547,22 +562,27 @@ fn enterprise_backends(
             let metrics = MetricBackend::Otlp(settings.metrics()?);
             // With disk spools, spans and log records are sent as encoded requests from the
             // spools: no SDK span or log exporter is built (nothing would call it).
-            let wire = match cfg.spool.kind {
-                SpoolKind::Memory => None,
-                SpoolKind::Disk => Some(settings.wire()?),
-            };
-            match wire {
-                Some(wire) => EnterpriseBackends {
-                    spans: Arc::new(DiscardSink::new("enterprise")),
+            match cfg.spool.kind {
+                SpoolKind::Disk => EnterpriseBackends {
+                    spans: sink::Target::Sink(Arc::new(DiscardSink::new("enterprise"))),
                     logs: LogBackend::Discard,
                     metrics,
-                    wire: Some(wire),
+                    wire: Some(settings.wire()?),
                 },
-                None => {
+                SpoolKind::Memory if !values => EnterpriseBackends {
+                    spans: encoded(Some(settings.wire()?)),
+                    logs: LogBackend::Wire(settings.wire()?),
+                    metrics,
+                    wire: None,
+                },
+                SpoolKind::Memory => {
                     let mut spans = settings.spans()?;
                     spans.set_resource(resource);
                     EnterpriseBackends {
-                        spans: Arc::new(OtlpTraceSink::new("enterprise", spans)),
+                        spans: sink::Target::Sink(Arc::new(OtlpTraceSink::new(
+                            "enterprise",
+                            spans,
+                        ))),
                         logs: LogBackend::Otlp(settings.logs()?),
                         metrics,
                         wire: None,
@@ -571,7 +591,11 @@ fn enterprise_backends(
             }
         }
         None if cfg.export.local_output == LocalOutput::Discard => EnterpriseBackends {
-            spans: Arc::new(DiscardSink::new("discard")),
+            spans: if values {
+                sink::Target::Sink(Arc::new(DiscardSink::new("discard")))
+            } else {
+                encoded(None)
+            },
             logs: LogBackend::Discard,
             metrics: MetricBackend::Discard,
             wire: None,
@@ -586,7 +610,10 @@ fn enterprise_backends(
                 })?
                 .with_resource(resource);
             EnterpriseBackends {
-                spans: Arc::new(JsonlTraceSink::new("enterprise", writer.clone())),
+                spans: sink::Target::Sink(Arc::new(JsonlTraceSink::new(
+                    "enterprise",
+                    writer.clone(),
+                ))),
                 logs: LogBackend::Jsonl(JsonlLogExporter::new(writer.clone())),
                 metrics: MetricBackend::Jsonl(JsonlMetricExporter::new(writer)),
                 wire: None,
@@ -597,7 +624,6 @@ fn enterprise_backends(
     Ok(backends)
 }
 
-/// Step 3: `[sinks.sqlite]`: what the enterprise exporter exports is also stored locally.
 #[cfg(feature = "analytics")]
 fn sqlite_store(
     cfg: &GatewayConfig,

@@ -513,7 +513,7 @@ impl SinkRegistry {
             }
         };
         Ok(SinkWorker::spawn_with_stats(
-            sink,
+            super::sink::Target::Sink(sink),
             &p.worker,
             e.stats.clone(),
         ))

@@ -22,6 +22,10 @@ use futures::future::BoxFuture;
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use tokio::sync::mpsc;
 
+use opentelemetry_sdk::Resource;
+
+use super::encode::Frame;
+use super::wire::{WireSender, WireSignal};
 use crate::config::HoldPolicy;
 use crate::diagnostics::exporters::ExporterStats;
 use crate::diagnostics::ledger::{Accounted, Holder, Outcome};
@@ -294,20 +298,98 @@ impl GroupTracker {
     }
 }
 
+/// The spans of one job, in the form its destination takes (`SinkWorker::takes_encoded`).
+#[derive(Debug)]
+pub(crate) enum SpanBatch {
+    /// SDK values: what a [`TraceSink`] (JSON lines, SQLite, Parquet, a host's sink) takes.
+    Values(Vec<SpanData>),
+    /// OTLP protobuf written straight from the envelopes (`export::encode`): a run of complete
+    /// `ScopeSpans.spans` entries, `count` spans. What an OTLP destination (sent as they are)
+    /// and the disk spool (stored as they are) take.
+    Encoded { entries: Vec<u8>, count: usize },
+}
+
+impl SpanBatch {
+    /// How many spans.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            SpanBatch::Values(v) => v.len(),
+            SpanBatch::Encoded { count, .. } => *count,
+        }
+    }
+
+    /// The `ExportTraceServiceRequest` of these spans under `frame`'s resource and scope.
+    pub(crate) fn request(&self, frame: &Frame, resource: &Resource) -> Vec<u8> {
+        match self {
+            SpanBatch::Values(v) => super::wire::encode_spans(v, resource),
+            SpanBatch::Encoded { entries, .. } => frame.request(std::iter::once(&entries[..])),
+        }
+    }
+}
+
 /// What a sink worker is asked to do.
 #[derive(Debug)]
 pub(crate) enum SinkJob {
     /// Export these spans and report to these groups.
     Export {
-        spans: Vec<SpanData>,
+        spans: SpanBatch,
         groups: Vec<Arc<GroupTracker>>,
     },
+}
+
+/// Where a worker sends: a [`TraceSink`] (SDK values), or encoded requests straight to an
+/// OTLP endpoint (`None`: `export.local_output = "discard"`, accepted and thrown away).
+#[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "built once per destination at start, never queued or copied"
+)]
+pub(crate) enum Target {
+    Sink(Arc<dyn TraceSink>),
+    Wire {
+        sender: Option<WireSender>,
+        frame: Frame,
+        resource: Resource,
+    },
+}
+
+impl Target {
+    fn name(&self) -> &str {
+        match self {
+            Target::Sink(s) => s.name(),
+            Target::Wire {
+                sender: Some(_), ..
+            } => "enterprise",
+            Target::Wire { sender: None, .. } => "discard",
+        }
+    }
+
+    /// Whether jobs for it should carry encoded spans.
+    fn takes_encoded(&self) -> bool {
+        matches!(self, Target::Wire { .. })
+    }
+
+    fn shutdown(&self) {
+        if let Target::Sink(s) = self {
+            let _ = s.shutdown();
+        }
+    }
+}
+
+/// What one export attempt sends: built once per job, sent again unchanged while held.
+enum Prepared {
+    Values(Vec<SpanData>),
+    Request(bytes::Bytes),
+    Discard,
+    /// Encoded spans for a sink that takes values: cannot happen (the batcher builds what the
+    /// worker takes); failed, counted, if it ever does.
+    Mismatch,
 }
 
 /// What one worker task owns.
 struct WorkerState {
     name: Arc<str>,
-    sink: Arc<dyn TraceSink>,
+    target: Target,
     timeout: Duration,
     hold: HoldPolicy,
     counters: Arc<Counters>,
@@ -318,15 +400,41 @@ impl WorkerState {
     /// Exports one batch; while the failure is transient, holds it and tries again with
     /// exponential backoff (up to `retry.max_batch_age_secs`). Batches behind it wait in the
     /// bounded queue meanwhile. A rejection is final at once.
-    async fn export_held(&self, spans: Vec<SpanData>, groups: Vec<Arc<GroupTracker>>) {
+    async fn export_held(&self, spans: SpanBatch, groups: Vec<Arc<GroupTracker>>) {
         let n = spans.len() as u64;
+        let prepared = match (&self.target, spans) {
+            (Target::Sink(_), SpanBatch::Values(v)) => Prepared::Values(v),
+            (Target::Sink(_), SpanBatch::Encoded { .. }) => Prepared::Mismatch,
+            (Target::Wire { sender: None, .. }, _) => Prepared::Discard,
+            (
+                Target::Wire {
+                    frame, resource, ..
+                },
+                spans,
+            ) => Prepared::Request(spans.request(frame, resource).into()),
+        };
         let held_since = std::time::Instant::now();
         let mut wait = self.hold.initial;
         let result = loop {
             let started = std::time::Instant::now();
-            let result = match tokio::time::timeout(self.timeout, self.sink.export(&spans)).await {
-                Ok(r) => r,
-                Err(_) => Err(SinkError::Timeout(self.timeout)),
+            let result = match (&self.target, &prepared) {
+                (Target::Sink(sink), Prepared::Values(spans)) => {
+                    match tokio::time::timeout(self.timeout, sink.export(spans)).await {
+                        Ok(r) => r,
+                        Err(_) => Err(SinkError::Timeout(self.timeout)),
+                    }
+                }
+                (
+                    Target::Wire {
+                        sender: Some(sender),
+                        ..
+                    },
+                    Prepared::Request(body),
+                ) => sender.send(WireSignal::Traces, body.clone()).await,
+                (_, Prepared::Discard) => Ok(()),
+                _ => Err(SinkError::Rejected(
+                    "internal: spans in a form this destination does not take".into(),
+                )),
             };
             self.stats.record_call(n, result.is_ok(), started.elapsed());
             match &result {
@@ -392,6 +500,8 @@ pub(crate) struct SinkWorker {
     pub(crate) name: Arc<str>,
     tx: mpsc::Sender<SinkJob>,
     pub(crate) stats: Arc<ExporterStats>,
+    /// It takes encoded spans ([`SpanBatch::Encoded`]).
+    encoded: bool,
 }
 
 /// How every sink worker of a gateway runs (`[trace_batcher]`, `[otlp]`, `[retry]`).
@@ -412,17 +522,17 @@ pub(crate) struct SinkWorkerParams {
 }
 
 impl SinkWorker {
-    /// Starts the worker for `sink`.
-    pub(crate) fn spawn(sink: Arc<dyn TraceSink>, params: &SinkWorkerParams) -> Self {
-        let name = params.counters.log.sanitize(sink.name()).into_owned();
+    /// Starts the worker for `target`.
+    pub(crate) fn spawn(target: Target, params: &SinkWorkerParams) -> Self {
+        let name = params.counters.log.sanitize(target.name()).into_owned();
         let stats = params.counters.exporters.register(&name, "traces");
-        Self::spawn_with_stats(sink, params, stats)
+        Self::spawn_with_stats(target, params, stats)
     }
 
     /// [`spawn`](Self::spawn) with counters the caller registered (a tenant sink keeps its
     /// counters across closing and reopening).
     pub(crate) fn spawn_with_stats(
-        sink: Arc<dyn TraceSink>,
+        target: Target,
         params: &SinkWorkerParams,
         stats: Arc<ExporterStats>,
     ) -> Self {
@@ -436,10 +546,11 @@ impl SinkWorker {
         } = params.clone();
         let (tx, rx) = mpsc::channel::<SinkJob>(queue_batches);
         // Sanitized once here: every journey step names its destination with this string.
-        let name: Arc<str> = Arc::from(counters.log.sanitize(sink.name()).as_ref());
+        let name: Arc<str> = Arc::from(counters.log.sanitize(target.name()).as_ref());
+        let encoded = target.takes_encoded();
         let worker = WorkerState {
             name: name.clone(),
-            sink,
+            target,
             timeout,
             hold,
             counters,
@@ -461,18 +572,36 @@ impl SinkWorker {
                 },
             )
             .await;
-            let _ = worker.sink.shutdown();
+            worker.target.shutdown();
         });
-        SinkWorker { name, tx, stats }
+        SinkWorker {
+            name,
+            tx,
+            stats,
+            encoded,
+        }
     }
 
-    /// A destination whose queue is read by a worker of its own (the spooled one).
+    /// A destination whose queue is read by a worker of its own (the spooled one), taking
+    /// encoded spans or SDK values.
     pub(crate) fn from_channel(
         name: Arc<str>,
         tx: mpsc::Sender<SinkJob>,
         stats: Arc<ExporterStats>,
+        encoded: bool,
     ) -> Self {
-        SinkWorker { name, tx, stats }
+        SinkWorker {
+            name,
+            tx,
+            stats,
+            encoded,
+        }
+    }
+
+    /// Whether it takes encoded spans ([`SpanBatch::Encoded`]): an OTLP destination or a disk
+    /// spool without a SQLite copy. Every worker takes SDK values.
+    pub(crate) fn takes_encoded(&self) -> bool {
+        self.encoded
     }
 
     /// (batches waiting, capacity) now; `None` once the queue is closed.

@@ -39,8 +39,9 @@ use opentelemetry_sdk::Resource;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, Notify};
 
-use super::sink::{GroupTracker, SinkError, SinkJob, SinkWorker, SinkWorkerParams};
-use super::wire::{encode_spans, WireSender, WireSignal};
+use super::encode::Frame;
+use super::sink::{GroupTracker, SinkError, SinkJob, SinkWorker, SinkWorkerParams, SpanBatch};
+use super::wire::{WireSender, WireSignal};
 use crate::config::HoldPolicy;
 use crate::diagnostics::exporters::ExporterStats;
 use crate::diagnostics::ledger::{Holder, Outcome};
@@ -1104,6 +1105,9 @@ pub(crate) fn spawn_traces(
     let (tx, mut rx) = mpsc::channel::<SinkJob>(worker.queue_batches.max(1));
     let appender = control.clone();
     let counters = worker.counters.clone();
+    // Encoded spans are stored as they are; a copy for SQLite needs the SDK values.
+    let encoded = on_appended.is_none();
+    let frame = Arc::new(Frame::new(&resource, &super::mapping::scope()));
     worker.rt.spawn(async move {
         while let Some(SinkJob::Export { spans, groups }) = rx.recv().await {
             if appender.stopped.load(Ordering::SeqCst) {
@@ -1114,9 +1118,9 @@ pub(crate) fn spawn_traces(
                 spans: spans.len() as u64,
                 counters: counters.clone(),
             });
-            let resource = resource.clone();
-            let encode = move || (encode_spans(&spans, &resource), spans);
-            if let Stored::Kept(spans) = appender.store(encode, owner).await {
+            let (resource, frame) = (resource.clone(), frame.clone());
+            let encode = move || (spans.request(&frame, &resource), spans);
+            if let Stored::Kept(SpanBatch::Values(spans)) = appender.store(encode, owner).await {
                 if let Some(f) = &on_appended {
                     f(&spans);
                 }
@@ -1141,5 +1145,5 @@ pub(crate) fn spawn_traces(
         }
     });
     let name: Arc<str> = control.name.clone();
-    Ok((SinkWorker::from_channel(name, tx, stats), control))
+    Ok((SinkWorker::from_channel(name, tx, stats, encoded), control))
 }

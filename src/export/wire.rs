@@ -1,29 +1,25 @@
 //! OTLP export requests as bytes: encoded once, sent unchanged.
 //!
 //! The disk spool (issue 16) stores an export request as the bytes an exporter would send, so a
-//! replay after a restart sends exactly what would have been sent; the encode-once work (issue
-//! 17) sends those bytes without building the request again. This module is that seam:
-//! [`encode_spans`] and [`encode_logs`] build the request bytes, and [`WireSender`] sends any
-//! encoded request unchanged: over gRPC through a pass-through codec on the signal's service
-//! method, or over HTTP as the body of a `POST` to `/v1/traces` or `/v1/logs`.
+//! replay after a restart sends exactly what would have been sent; the encode-once path (issue
+//! 17) builds those bytes straight from the envelope (`export::encode`) and sends them without an
+//! SDK exporter. This module is the sending seam: [`WireSender`] sends any encoded request
+//! unchanged, over gRPC through a pass-through codec on the signal's service method, or over HTTP
+//! as the body of a `POST` to `/v1/traces` or `/v1/logs`. [`encode_spans`] builds the request the
+//! SDK's exporter would build for span values (a custom sink's batch, spooled); `encode_logs`
+//! does the same for log records and exists for the tests that hold the gateway's own encoding
+//! equal to the SDK's.
 //!
 //! Errors keep the SDK exporter's classification (`SinkError`): a malformed-data answer (gRPC
 //! `INVALID_ARGUMENT`, HTTP 400) is a rejection, never retried; anything else is a failure the caller may
 //! hold and retry.
-//!
-//! Its user is the disk spool (`export::spooled`): what it stores is what [`encode_spans`] and
-//! [`encode_logs`] build, and what it sends goes through [`WireSender`].
 
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes};
-use opentelemetry::InstrumentationScope;
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
-use opentelemetry_proto::transform::logs::tonic::group_logs_by_resource_and_scope;
 use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
-use opentelemetry_sdk::logs::{LogBatch, SdkLogRecord};
 use opentelemetry_sdk::trace::SpanData;
 use opentelemetry_sdk::Resource;
 use prost::Message;
@@ -69,11 +65,20 @@ pub fn encode_spans(spans: &[SpanData], resource: &Resource) -> Vec<u8> {
 }
 
 /// The `ExportLogsServiceRequest` for `records` under `resource`, encoded (OTLP protobuf): the
-/// same message the SDK's OTLP log exporter builds for them.
+/// same message the SDK's OTLP log exporter builds for them. Tests compare the gateway's own
+/// encoding with it.
+#[cfg(any(test, feature = "testing"))]
 pub fn encode_logs(
-    records: &[(&SdkLogRecord, &InstrumentationScope)],
+    records: &[(
+        &opentelemetry_sdk::logs::SdkLogRecord,
+        &opentelemetry::InstrumentationScope,
+    )],
     resource: &Resource,
 ) -> Vec<u8> {
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use opentelemetry_proto::transform::logs::tonic::group_logs_by_resource_and_scope;
+    use opentelemetry_sdk::logs::LogBatch;
+
     let resource = ResourceAttributesWithSchema::from(resource);
     let batch = LogBatch::new(records);
     let request = ExportLogsServiceRequest {
@@ -228,9 +233,18 @@ impl WireSender {
                     grpc.unary(request, path, PassThrough)
                         .await
                         .map(|_| ())
-                        .map_err(|status| match status.code() {
-                            tonic::Code::InvalidArgument => SinkError::Rejected(status.to_string()),
-                            _ => SinkError::Failed(status.to_string()),
+                        .map_err(|status| {
+                            // Worded as the SDK exporter words it: the code's name, then the
+                            // collector's message.
+                            let text = format!(
+                                "export failed with gRPC code: {:?}, message: {:?}",
+                                status.code(),
+                                status.message()
+                            );
+                            match status.code() {
+                                tonic::Code::InvalidArgument => SinkError::Rejected(text),
+                                _ => SinkError::Failed(text),
+                            }
                         })
                 }
                 Transport::Http {

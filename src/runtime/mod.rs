@@ -77,8 +77,10 @@ mod start;
 pub use builder::GatewayBuilder;
 use builder::{MaybeTransport, TransportParts};
 pub use errors::{EmitError, StartError};
+pub use handle::GatewayHandle;
 use handle::Inner;
-pub use handle::{GatewayHandle, IntakeFreeze};
+#[cfg(feature = "testing")]
+pub use handle::IntakeFreeze;
 pub use shutdown::ShutdownReport;
 #[cfg(feature = "redis")]
 use shutdown::{run_on_thread, SETTLE_POLL};
