@@ -31,6 +31,68 @@ fn first8(u: Uuid) -> [u8; 8] {
     [b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]
 }
 
+// Ids as hex, written and read without `core::fmt` (its machinery costs more than the digits):
+// the same text as `TraceId`'s and `SpanId`'s `Display`, lowercase and zero-padded.
+
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+fn hex_of(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(HEX_DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(HEX_DIGITS[usize::from(b & 0x0f)]));
+    }
+    s
+}
+
+fn nibble(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// `N` bytes from exactly `2 * N` hex digits.
+fn bytes_of<const N: usize>(hex: &str) -> Option<[u8; N]> {
+    let digits = hex.as_bytes();
+    if digits.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        *byte = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+    }
+    Some(out)
+}
+
+/// A trace id as 32 lowercase hex digits (what `TraceId`'s `Display` writes).
+pub(crate) fn trace_hex(id: TraceId) -> String {
+    hex_of(&id.to_bytes())
+}
+
+/// A span id as 16 lowercase hex digits (what `SpanId`'s `Display` writes).
+pub(crate) fn span_hex(id: SpanId) -> String {
+    hex_of(&id.to_bytes())
+}
+
+/// A trace id from hex: what `TraceId::from_hex` accepts (it also takes fewer digits).
+pub(crate) fn parse_trace_id(hex: &str) -> Option<TraceId> {
+    match bytes_of::<16>(hex) {
+        Some(b) => Some(TraceId::from_bytes(b)),
+        None => TraceId::from_hex(hex).ok(),
+    }
+}
+
+/// A span id from hex: what `SpanId::from_hex` accepts.
+pub(crate) fn parse_span_id(hex: &str) -> Option<SpanId> {
+    match bytes_of::<8>(hex) {
+        Some(b) => Some(SpanId::from_bytes(b)),
+        None => SpanId::from_hex(hex).ok(),
+    }
+}
+
 /// The HTTP header a host takes a request's correlation id from, and returns it in.
 pub const CORRELATION_HEADER: &str = "x-correlation-id";
 
@@ -90,6 +152,8 @@ pub fn resolve(env: &mut TelemetryEnvelope, root_span: bool) {
 pub struct RunIds {
     ids: crate::FastMap<String, (String, String)>,
     capacity: usize,
+    /// The ids of the last run asked for, when `capacity` is 0.
+    last: (String, String),
 }
 
 impl RunIds {
@@ -98,53 +162,66 @@ impl RunIds {
         RunIds {
             ids: Default::default(),
             capacity,
+            last: Default::default(),
         }
     }
 
-    /// (trace id, root span id) of `run`, as hex.
-    fn of(&mut self, run: &str) -> (String, String) {
-        if let Some(ids) = self.ids.get(run) {
-            return ids.clone();
-        }
-        let ids = (
-            derive_trace_id(run).to_string(),
-            derive_root_span_id(run).to_string(),
-        );
-        if self.capacity > 0 {
+    /// (trace id, root span id) of `run`, as hex: borrowed from the cache, or from `last`
+    /// when caching is off (the cache is then empty).
+    fn of(&mut self, run: &str) -> (&str, &str) {
+        let derive = || {
+            (
+                trace_hex(derive_trace_id(run)),
+                span_hex(derive_root_span_id(run)),
+            )
+        };
+        if self.capacity == 0 {
+            self.last = derive();
+        } else if !self.ids.contains_key(run) {
             if self.ids.len() >= self.capacity {
                 self.ids.clear();
             }
-            self.ids.insert(run.to_owned(), ids.clone());
+            self.ids.insert(run.to_owned(), derive());
         }
-        ids
+        let last = (self.last.0.as_str(), self.last.1.as_str());
+        self.ids
+            .get(run)
+            .map_or(last, |(trace, root)| (trace.as_str(), root.as_str()))
     }
 }
 
 /// [`resolve`] with the ids of recent runs cached in `runs` (the gateway actor keeps one).
+///
+/// Allocates only the strings it stores: the event id is formatted on the stack, and a cached
+/// run's ids are copied straight from the cache.
 pub fn resolve_with(env: &mut TelemetryEnvelope, root_span: bool, runs: &mut RunIds) {
-    let event_key = env.event_id.to_string();
+    let mut buf = Uuid::encode_buffer();
+    let event_key: &str = env.event_id.hyphenated().encode_lower(&mut buf);
     let c = &mut env.correlation;
     let run_ids = c.run_id.as_deref().map(|run| runs.of(run));
     if c.trace_id.is_none() {
-        c.trace_id = Some(match &run_ids {
-            Some((trace, _)) => trace.clone(),
-            None => derive_trace_id(&event_key).to_string(),
+        c.trace_id = Some(match run_ids {
+            Some((trace, _)) => trace.to_owned(),
+            None => trace_hex(derive_trace_id(event_key)),
         });
     }
     let is_root = root_span && c.parent_span_id.is_none();
     if c.span_id.is_none() {
-        c.span_id = Some(match (&run_ids, is_root) {
-            (Some((_, root)), true) => root.clone(),
-            _ => derive_span_id(&event_key).to_string(),
+        c.span_id = Some(match (run_ids, is_root) {
+            (Some((_, root)), true) => root.to_owned(),
+            _ => span_hex(derive_span_id(event_key)),
         });
     }
     if c.parent_span_id.is_none() && !root_span {
         if let Some((_, root)) = run_ids {
-            c.parent_span_id = Some(root);
+            c.parent_span_id = Some(root.to_owned());
         }
     }
     if c.correlation_id.is_none() {
-        c.correlation_id = Some(c.run_id.clone().unwrap_or(event_key));
+        c.correlation_id = Some(match &c.run_id {
+            Some(run) => run.clone(),
+            None => event_key.to_owned(),
+        });
     }
 }
 
@@ -162,17 +239,17 @@ impl ResolvedIds {
         let trace_id = c
             .trace_id
             .as_deref()
-            .and_then(|h| TraceId::from_hex(h).ok())
+            .and_then(parse_trace_id)
             .unwrap_or_else(|| derive_trace_id(&env.event_id.to_string()));
         let span_id = c
             .span_id
             .as_deref()
-            .and_then(|h| SpanId::from_hex(h).ok())
+            .and_then(parse_span_id)
             .unwrap_or_else(|| derive_span_id(&env.event_id.to_string()));
         let parent_span_id = c
             .parent_span_id
             .as_deref()
-            .and_then(|h| SpanId::from_hex(h).ok())
+            .and_then(parse_span_id)
             .unwrap_or(SpanId::INVALID);
         ResolvedIds {
             trace_id,
@@ -223,6 +300,54 @@ mod tests {
         assert!(run.correlation.parent_span_id.is_none());
         assert_ne!(node.correlation.span_id, run.correlation.span_id);
         assert_eq!(run.correlation.correlation_id.as_deref(), Some("run-42"));
+    }
+
+    #[test]
+    fn the_run_cache_changes_no_id() {
+        // Runs interleaved, more of them than the cache holds (it is cleared and refilled),
+        // and events without a run: every id equals what resolution without a cache gives.
+        let mut runs = RunIds::new(2);
+        for i in 0..30u32 {
+            let run = (i % 5 != 4).then(|| format!("run-{}", i % 4));
+            let case = if i % 3 == 0 {
+                TelemetryCase::WorkflowRun
+            } else {
+                TelemetryCase::NodeExecution
+            };
+            let mut env = TelemetryEnvelope::new(case, TelemetryContext::tenant("t"));
+            if let Some(run) = run {
+                env = env.with_run_id(run);
+            }
+            let root = i % 3 == 0;
+            let mut plain = env.clone();
+            resolve_with(&mut env, root, &mut runs);
+            resolve(&mut plain, root);
+            assert_eq!(env.correlation, plain.correlation, "event {i}");
+            if env.correlation.run_id.is_none() {
+                let key = env.event_id.to_string();
+                assert_eq!(
+                    env.correlation.correlation_id.as_deref(),
+                    Some(key.as_str())
+                );
+                let span = derive_span_id(&key).to_string();
+                assert_eq!(env.correlation.span_id.as_deref(), Some(span.as_str()));
+            }
+        }
+    }
+
+    #[test]
+    fn hex_is_what_the_opentelemetry_types_write_and_read() {
+        use proptest::prelude::*;
+        proptest!(|(t in any::<u128>(), sp in any::<u64>(), text in "[0-9a-fA-F+]{0,34}")| {
+            let (trace, span) = (TraceId::from(t), SpanId::from(sp));
+            prop_assert_eq!(trace_hex(trace), trace.to_string());
+            prop_assert_eq!(span_hex(span), span.to_string());
+            prop_assert_eq!(parse_trace_id(&trace.to_string()), Some(trace));
+            prop_assert_eq!(parse_span_id(&span.to_string()), Some(span));
+            // Any text: the same answer as the SDK's parser.
+            prop_assert_eq!(parse_trace_id(&text), TraceId::from_hex(&text).ok());
+            prop_assert_eq!(parse_span_id(&text), SpanId::from_hex(&text).ok());
+        });
     }
 
     #[test]

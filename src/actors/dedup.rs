@@ -28,8 +28,9 @@ use crate::config::{DedupBackendKind, DedupSection};
 /// What identifies an event for dedup.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DedupKey {
-    /// The tenant: two tenants' ids never collide.
-    pub tenant_id: String,
+    /// The tenant: two tenants' ids never collide. Shared with the event's reference
+    /// (`EventRef::tenant_id`), so a check allocates no copy of it.
+    pub tenant_id: std::sync::Arc<str>,
     /// The event id.
     pub event_id: Uuid,
 }

@@ -29,7 +29,7 @@ use crate::contracts::{
     JsonObject, Payload, PayloadFallback, SignalType, TelemetryEnvelope, MAX_FALLBACK_BYTES,
 };
 use crate::diagnostics::ledger::{Holder, Outcome};
-use crate::diagnostics::recorder::{Detail, EventRef, Stage};
+use crate::diagnostics::recorder::{Detail, EventRef, Interned, Stage};
 use crate::diagnostics::{Counters, ReasonCode};
 use crate::export::mapping::CONTENT_FIELDS;
 use crate::payload_store::PayloadStore;
@@ -43,6 +43,10 @@ pub(crate) const FALLBACK_MAX_STRING_BYTES: usize = 1024;
 /// after its first one skip the hashing.
 pub(crate) const RUN_ID_CACHE_RUNS: usize = 4096;
 
+/// Tenant and run ids the gateway actor shares between the references of the events that
+/// carry them (`EventRef::of_interned`; about 100 bytes each).
+pub(crate) const INTERNED_IDS: usize = 4096;
+
 /// The gateway actor.
 #[derive(Debug)]
 pub(crate) struct GatewayActor {
@@ -54,6 +58,8 @@ pub(crate) struct GatewayActor {
     offloads_in_flight: usize,
     max_offloads: usize,
     run_ids: crate::correlation::RunIds,
+    /// Tenant and run ids shared by the events' references.
+    interned: Interned,
     /// Set while the actor waits for room in the trace or metric/log queue.
     backpressure: Backpressure,
 }
@@ -77,6 +83,7 @@ impl GatewayActor {
             offloads_in_flight: 0,
             max_offloads,
             run_ids: crate::correlation::RunIds::new(RUN_ID_CACHE_RUNS),
+            interned: Interned::new(INTERNED_IDS),
             backpressure,
         }
     }
@@ -210,7 +217,7 @@ impl GatewayActor {
             gateway_enabled: gw,
             enterprise_enabled: ent,
         } = item;
-        let mut ev = EventRef::of(&env);
+        let mut ev = EventRef::of_interned(&env, &mut self.interned);
         self.counters().recorder().attach(&mut ev);
         self.counters().received(&ev.case);
         // Where the event goes, and why not: the routing table's decisions (`routing.rs`).

@@ -240,7 +240,7 @@ impl MetricHandlerActor {
             .iter()
             .filter(|w| !w.deduped)
             .map(|w| DedupKey {
-                tenant_id: w.env.context.tenant_id.clone(),
+                tenant_id: w.ev.tenant_id.clone(),
                 event_id: w.env.event_id,
             })
             .collect();

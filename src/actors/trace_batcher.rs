@@ -168,7 +168,7 @@ impl TraceBatcherActor {
             let env = &item.env;
             let ev = item.ev;
             let key = DedupKey {
-                tenant_id: env.context.tenant_id.clone(),
+                tenant_id: ev.tenant_id.clone(),
                 event_id: env.event_id,
             };
             if self.dedup.check(key) == Verdict::Duplicate {

@@ -192,6 +192,40 @@ pub struct EventRef {
     pub(crate) journey: Option<Arc<JourneyCell>>,
 }
 
+/// Shared copies of strings that many events carry (tenant ids, run ids), so that each event's
+/// [`EventRef`] clones an `Arc` instead of allocating. Bounded: when full it is cleared and
+/// refilled by the events that follow.
+#[derive(Debug)]
+pub(crate) struct Interned {
+    strings: FastMap<Arc<str>, ()>,
+    capacity: usize,
+}
+
+impl Interned {
+    /// At most `capacity` strings (0: nothing is kept, every call allocates).
+    pub(crate) fn new(capacity: usize) -> Self {
+        Interned {
+            strings: FastMap::default(),
+            capacity,
+        }
+    }
+
+    /// The shared copy of `s`.
+    pub(crate) fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some((kept, ())) = self.strings.get_key_value(s) {
+            return kept.clone();
+        }
+        let fresh: Arc<str> = Arc::from(s);
+        if self.capacity > 0 {
+            if self.strings.len() >= self.capacity {
+                self.strings.clear();
+            }
+            self.strings.insert(fresh.clone(), ());
+        }
+        fresh
+    }
+}
+
 /// The name of a case as a shared string; built-in names are made once per process.
 fn case_name(case: &crate::contracts::TelemetryCase) -> Arc<str> {
     static BUILT_IN: LazyLock<Vec<Arc<str>>> = LazyLock::new(|| {
@@ -221,6 +255,32 @@ impl EventRef {
             event_id: env.event_id,
             correlation_id,
             tenant_id: Arc::from(env.context.tenant_id.as_str()),
+            case: case_name(&env.case),
+            created_at: env.created_at,
+            journey: None,
+        }
+    }
+
+    /// [`EventRef::of`] with the strings events repeat (the tenant id, a run id standing for
+    /// the correlation id) shared from `strings` rather than allocated for each event.
+    pub(crate) fn of_interned(
+        env: &crate::contracts::TelemetryEnvelope,
+        strings: &mut Interned,
+    ) -> Self {
+        let correlation_id: Arc<str> =
+            match (&env.correlation.correlation_id, &env.correlation.run_id) {
+                // A host's correlation id is usually one request's: not worth keeping.
+                (Some(c), _) => Arc::from(c.as_str()),
+                (None, Some(run)) => strings.get(run),
+                (None, None) => {
+                    let mut buf = Uuid::encode_buffer();
+                    Arc::from(&*env.event_id.hyphenated().encode_lower(&mut buf))
+                }
+            };
+        EventRef {
+            event_id: env.event_id,
+            correlation_id,
+            tenant_id: strings.get(&env.context.tenant_id),
             case: case_name(&env.case),
             created_at: env.created_at,
             journey: None,
@@ -779,6 +839,60 @@ impl FlightRecorder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_interned_reference_equals_the_plain_one_and_shares_its_strings() {
+        use crate::contracts::{TelemetryCase, TelemetryContext, TelemetryEnvelope};
+        let mut strings = Interned::new(2);
+        let run = |tenant: &str, run: Option<&str>, cid: Option<&str>| {
+            let mut e = TelemetryEnvelope::new(
+                TelemetryCase::NodeExecution,
+                TelemetryContext::tenant(tenant),
+            );
+            e.correlation.run_id = run.map(str::to_owned);
+            e.correlation.correlation_id = cid.map(str::to_owned);
+            e
+        };
+        let events = [
+            run("acme", Some("run-1"), None),
+            run("acme", Some("run-1"), None),
+            run("globex", None, Some("req-7")),
+            run("acme", None, None),
+            run("initech", Some("run-2"), None),
+        ];
+        let mut refs = Vec::new();
+        for e in &events {
+            let (a, b) = (EventRef::of(e), EventRef::of_interned(e, &mut strings));
+            assert_eq!(
+                (
+                    a.event_id,
+                    &a.correlation_id,
+                    &a.tenant_id,
+                    &a.case,
+                    a.created_at
+                ),
+                (
+                    b.event_id,
+                    &b.correlation_id,
+                    &b.tenant_id,
+                    &b.case,
+                    b.created_at
+                )
+            );
+            refs.push(b);
+        }
+        // The same run and tenant: one allocation shared.
+        assert!(Arc::ptr_eq(&refs[0].tenant_id, &refs[1].tenant_id));
+        assert!(Arc::ptr_eq(
+            &refs[0].correlation_id,
+            &refs[1].correlation_id
+        ));
+        // Bounded: at most 2 strings kept, whatever came through.
+        assert!(strings.strings.len() <= 2);
+        let mut none = Interned::new(0);
+        let (x, y) = (none.get("acme"), none.get("acme"));
+        assert!(!Arc::ptr_eq(&x, &y) && none.strings.is_empty());
+    }
 
     fn ev(id: u128, cid: &str) -> EventRef {
         EventRef {

@@ -169,37 +169,57 @@ fn put_key_value(out: &mut Vec<u8>, key: &str, v: AttrValue<'_>) {
     put_any_value(out, v);
 }
 
-/// The attributes of one event, encoded once: each a length-delimited `KeyValue` (its length
-/// and its bytes), so the span and the log record copy them under their own field numbers.
+/// The attributes of one event, encoded once: each a length-delimited `KeyValue` behind a
+/// one-byte tag left blank, so the span and the log record copy the whole buffer at once and
+/// write their own field number into the blanks.
 #[derive(Debug, Default)]
 pub(crate) struct Attributes {
     buf: Vec<u8>,
-    /// (start, end) of each encoded entry in `buf`, length prefix included.
-    entries: Vec<(usize, usize)>,
-    scratch: Vec<u8>,
+    /// Where each entry starts in `buf` (its blank tag byte).
+    starts: Vec<usize>,
 }
 
 impl Attributes {
     /// Empties it, keeping its memory.
     pub(crate) fn clear(&mut self) {
         self.buf.clear();
-        self.entries.clear();
+        self.starts.clear();
     }
 
     /// Appends one attribute.
     pub(crate) fn push(&mut self, key: &str, v: AttrValue<'_>) {
-        self.scratch.clear();
-        put_key_value(&mut self.scratch, key, v);
-        let start = self.buf.len();
-        put_varint(&mut self.buf, self.scratch.len() as u64);
-        self.buf.extend_from_slice(&self.scratch);
-        self.entries.push((start, self.buf.len()));
+        let key_len = if key.is_empty() {
+            0
+        } else {
+            1 + varint_len(key.len() as u64) + key.len()
+        };
+        let value_len = any_value_len(v);
+        let len = key_len + 1 + varint_len(value_len as u64) + value_len;
+        self.starts.push(self.buf.len());
+        self.buf.reserve(1 + varint_len(len as u64) + len);
+        self.buf.push(0);
+        put_varint(&mut self.buf, len as u64);
+        put_key_value(&mut self.buf, key, v);
     }
 
     fn write(&self, out: &mut Vec<u8>, field: u32) {
-        for &(start, end) in &self.entries {
-            put_tag(out, field, LEN);
-            out.extend_from_slice(&self.buf[start..end]);
+        let tag = (field << 3) | LEN;
+        match u8::try_from(tag) {
+            // A one-byte tag (every field number below 16): one copy, then the tags.
+            Ok(tag) if tag < 0x80 => {
+                let base = out.len();
+                out.extend_from_slice(&self.buf);
+                for &start in &self.starts {
+                    out[base + start] = tag;
+                }
+            }
+            _ => {
+                let ends = self.starts.iter().skip(1).copied().chain([self.buf.len()]);
+                for (&start, end) in self.starts.iter().zip(ends) {
+                    put_tag(out, field, LEN);
+                    out.extend_from_slice(&self.buf[start + 1..end]);
+                }
+            }
         }
     }
 }
@@ -420,6 +440,34 @@ mod tests {
             let mut out = Vec::new();
             put_any_value(&mut out, v);
             assert_eq!(out.len(), any_value_len(v), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn attributes_are_the_key_values_under_any_field_number() {
+        let long = "v".repeat(200);
+        let attrs: [(&str, AttrValue<'_>); 5] = [
+            ("a", AttrValue::Str("x")),
+            ("", AttrValue::Bool(true)),
+            ("n", AttrValue::I64(-7)),
+            ("long", AttrValue::Str(&long)),
+            ("f", AttrValue::F64(1.5)),
+        ];
+        let mut set = Attributes::default();
+        for (k, v) in attrs {
+            set.push(k, v);
+        }
+        // Fields 9 and 6 (one-byte tags, the copy-then-tag path) and 20 (a two-byte tag).
+        for field in [9, 6, 20] {
+            let mut expected = Vec::new();
+            for (k, v) in attrs {
+                let mut kv = Vec::new();
+                put_key_value(&mut kv, k, v);
+                put_bytes(&mut expected, field, &kv);
+            }
+            let mut out = vec![0xAA];
+            set.write(&mut out, field);
+            assert_eq!(&out[1..], &expected[..], "field {field}");
         }
     }
 }

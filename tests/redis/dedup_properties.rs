@@ -37,7 +37,7 @@ type Key = (usize, u128);
 
 fn dedup_key((tenant, id): Key) -> DedupKey {
     DedupKey {
-        tenant_id: TENANTS[tenant].to_owned(),
+        tenant_id: TENANTS[tenant].into(),
         event_id: Uuid::from_u128(id),
     }
 }
