@@ -4,7 +4,7 @@
 //! runtime) counts allocations and bytes while a gateway (memory dedup, `local_output =
 //! "discard"`, the enterprise destination on) takes a closed-loop stream of events, the same
 //! events as the load generator's `--mode trace` (a workflow run of ten node executions) and
-//! `--mode metric` (four metric/log cases). The envelopes are built before counting starts, so
+//! `--mode metric` (four metric/log cases): `testing::load_event`. The envelopes are built before counting starts, so
 //! what is counted is the gateway's own work, from `emit()` to every event settled
 //! (`in_flight == 0`). Each path runs at two sizes and the difference is divided by the
 //! difference in events, so start-up and timer-driven work cancel out, as in
@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use telemetry_gateway::config::LocalOutput;
-use telemetry_gateway::{GatewayConfig, TelemetryCase, TelemetryContext, TelemetryEnvelope};
+use telemetry_gateway::testing::{load_event, LoadMix};
+use telemetry_gateway::{GatewayConfig, TelemetryEnvelope};
 
 /// Counts allocations and allocated bytes of every thread.
 struct Counting;
@@ -58,53 +59,14 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-#[derive(Clone, Copy, PartialEq)]
-enum Path {
-    Trace,
-    Metric,
-}
-
-/// The load generator's events (`examples/loadgen.rs`, `make_plain_event`).
-fn event(path: Path, i: u64) -> TelemetryEnvelope {
-    let tenant = if i.is_multiple_of(2) {
-        "acme"
-    } else {
-        "globex"
-    };
-    let ctx = TelemetryContext::tenant(tenant).app("app-1").user("u-1");
-    match path {
-        Path::Trace if i.is_multiple_of(11) => {
-            TelemetryEnvelope::new(TelemetryCase::WorkflowRun, ctx)
-                .with_run_id(format!("run-{}", i / 11))
-                .with_payload(
-                    json!({"status": "succeeded", "duration_ms": 400, "total_tokens": 600}),
-                )
-        }
-        Path::Trace => TelemetryEnvelope::new(TelemetryCase::NodeExecution, ctx)
-            .with_run_id(format!("run-{}", i / 11))
-            .with_payload(json!({"node_id": "node-1", "node_type": "llm",
-                "status": "succeeded", "duration_ms": 40, "total_tokens": 120})),
-        Path::Metric => match (i / 2) % 4 {
-            0 => TelemetryEnvelope::new(TelemetryCase::AppCreated, ctx)
-                .with_payload(json!({"app_mode": "workflow"})),
-            1 => TelemetryEnvelope::new(TelemetryCase::FeedbackCreated, ctx)
-                .with_payload(json!({"rating": "like"})),
-            2 => TelemetryEnvelope::new(TelemetryCase::ToolExecution, ctx)
-                .with_payload(json!({"tool_name": "web_search", "duration_ms": 120})),
-            _ => TelemetryEnvelope::new(TelemetryCase::ModerationCheck, ctx)
-                .with_payload(json!({"flagged": false})),
-        },
-    }
-}
-
 /// Allocations and bytes counted while `n` events go through a fresh gateway.
-fn run(path: Path, n: u64) -> Result<(u64, u64), String> {
+fn run(mix: LoadMix, n: u64) -> Result<(u64, u64), String> {
     let mut cfg = GatewayConfig::default();
     cfg.gateway.enterprise_enabled = true;
     cfg.otlp.endpoint = None;
     cfg.export.local_output = LocalOutput::Discard;
     let gateway = telemetry_gateway::start(cfg).map_err(|e| e.to_string())?;
-    let events: Vec<TelemetryEnvelope> = (0..n).map(|i| event(path, i)).collect();
+    let events: Vec<TelemetryEnvelope> = (0..n).map(|i| load_event(mix, i, 0)).collect();
     // Closed loop, as `scripts/instructions.sh` runs the load generator: the pipeline stays
     // full and nothing is refused.
     let max_in_flight = 5_000;
@@ -156,11 +118,14 @@ fn main() -> ExitCode {
     // The metric/log path's figure depends on how many events a handler batch holds, which
     // depends on thread scheduling: three measurements, the median reported with the range.
     let rounds = if benching { 3 } else { 1 };
-    for (name, path) in [("trace", Path::Trace), ("metric_log", Path::Metric)] {
+    for (name, mix) in [
+        ("trace", LoadMix::Trace),
+        ("metric_log", LoadMix::MetricLog),
+    ] {
         let mut per_event = Vec::new();
         let mut bytes = Vec::new();
         for _ in 0..rounds {
-            let measured = run(path, small).and_then(|a| Ok((a, run(path, large)?)));
+            let measured = run(mix, small).and_then(|a| Ok((a, run(mix, large)?)));
             let ((a_small, b_small), (a_large, b_large)) = match measured {
                 Ok(m) => m,
                 Err(e) => {

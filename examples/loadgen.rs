@@ -75,7 +75,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use telemetry_gateway::config::{DedupBackendKind, LocalOutput};
-use telemetry_gateway::testing::{OtlpReceiver, RedisServer, Signal};
+use telemetry_gateway::testing::{load_event, LoadMix, OtlpReceiver, RedisServer, Signal};
 use telemetry_gateway::{GatewayConfig, TelemetryCase, TelemetryContext, TelemetryEnvelope};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -324,45 +324,12 @@ fn make_event(mode: Mode, i: u64, producer: usize) -> TelemetryEnvelope {
 }
 
 fn make_plain_event(mode: Mode, i: u64, producer: usize) -> TelemetryEnvelope {
-    let tenant = if i.is_multiple_of(2) {
-        "acme"
-    } else {
-        "globex"
+    let mix = match mode {
+        Mode::Trace => LoadMix::Trace,
+        Mode::Mixed => LoadMix::Mixed,
+        _ => LoadMix::MetricLog,
     };
-    let ctx = TelemetryContext::tenant(tenant).app("app-1").user("u-1");
-    let trace = match mode {
-        Mode::Trace => true,
-        Mode::Mixed => i.is_multiple_of(2),
-        _ => false,
-    };
-    if trace {
-        let k = if mode == Mode::Mixed { i / 2 } else { i };
-        let run = k / 11;
-        let run_id = format!("p{producer}-run-{run}");
-        if k.is_multiple_of(11) {
-            TelemetryEnvelope::new(TelemetryCase::WorkflowRun, ctx)
-                .with_run_id(run_id)
-                .with_payload(
-                    json!({"status": "succeeded", "duration_ms": 400, "total_tokens": 600}),
-                )
-        } else {
-            TelemetryEnvelope::new(TelemetryCase::NodeExecution, ctx)
-                .with_run_id(run_id)
-                .with_payload(json!({"node_id": "node-1", "node_type": "llm",
-                    "status": "succeeded", "duration_ms": 40, "total_tokens": 120}))
-        }
-    } else {
-        match (i / 2) % 4 {
-            0 => TelemetryEnvelope::new(TelemetryCase::AppCreated, ctx)
-                .with_payload(json!({"app_mode": "workflow"})),
-            1 => TelemetryEnvelope::new(TelemetryCase::FeedbackCreated, ctx)
-                .with_payload(json!({"rating": "like"})),
-            2 => TelemetryEnvelope::new(TelemetryCase::ToolExecution, ctx)
-                .with_payload(json!({"tool_name": "web_search", "duration_ms": 120})),
-            _ => TelemetryEnvelope::new(TelemetryCase::ModerationCheck, ctx)
-                .with_payload(json!({"flagged": false})),
-        }
-    }
+    load_event(mix, i, producer)
 }
 
 fn new_hist() -> Histogram<u64> {

@@ -243,22 +243,7 @@ fn case_name(case: &crate::contracts::TelemetryCase) -> Arc<str> {
 impl EventRef {
     /// The reference of an envelope.
     pub fn of(env: &crate::contracts::TelemetryEnvelope) -> Self {
-        let correlation_id: Arc<str> =
-            match (&env.correlation.correlation_id, &env.correlation.run_id) {
-                (Some(c), _) | (None, Some(c)) => Arc::from(c.as_str()),
-                (None, None) => {
-                    let mut buf = Uuid::encode_buffer();
-                    Arc::from(&*env.event_id.hyphenated().encode_lower(&mut buf))
-                }
-            };
-        EventRef {
-            event_id: env.event_id,
-            correlation_id,
-            tenant_id: Arc::from(env.context.tenant_id.as_str()),
-            case: case_name(&env.case),
-            created_at: env.created_at,
-            journey: None,
-        }
+        Self::of_interned(env, &mut Interned::new(0))
     }
 
     /// [`EventRef::of`] with the strings events repeat (the tenant id, a run id standing for

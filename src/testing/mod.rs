@@ -3,12 +3,15 @@
 //! - [`OtlpReceiver`]: a real OTLP gRPC receiver (the `opentelemetry-proto` crate's tonic
 //!   services) on a loopback port, recording what arrives.
 //! - [`RedisServer`]: starts a real `redis-server` on a free loopback port and stops it on drop.
+//! - [`load_event`]: the events of the load generator and the allocation bench.
 
+mod load;
 mod otlp_http;
 mod otlp_receiver;
 #[cfg(feature = "redis")]
 mod redis_server;
 
+pub use load::{load_event, LoadMix};
 pub use otlp_receiver::{OtlpReceiver, Received, Signal};
 
 /// Parts of the gateway's inside that property tests and benchmarks drive directly: the dedup
