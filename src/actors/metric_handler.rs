@@ -21,7 +21,7 @@
 //! entry) is a duplicate. (Before, any entry delivered more than once was exempt, so an entry
 //! deferred while dedup was away and a re-appended copy of it could both be handled.)
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -84,7 +84,7 @@ pub(crate) struct MetricHandlerActor {
     rehydrator: Addr<RehydratorActor>,
     shared: Arc<Shared>,
     export: Arc<ExportHandles>,
-    case_handlers: Arc<HashMap<String, Arc<dyn CaseHandler>>>,
+    case_handlers: Arc<crate::FastMap<String, Arc<dyn CaseHandler>>>,
     source_closed: bool,
     /// Events of earlier batches that reached their outcome, for the source's `settle` (kept
     /// only when the source wants it).
@@ -129,7 +129,7 @@ pub(crate) struct HandlerParts {
     /// The export pipeline's handles.
     pub(crate) export: Arc<ExportHandles>,
     /// The host's case handlers, by case name.
-    pub(crate) case_handlers: Arc<HashMap<String, Arc<dyn CaseHandler>>>,
+    pub(crate) case_handlers: Arc<crate::FastMap<String, Arc<dyn CaseHandler>>>,
     /// Its waits for room in the log queue (for the shutdown's liveness check).
     pub(crate) backpressure: Backpressure,
 }

@@ -210,7 +210,8 @@ pub struct Counters {
     pub(crate) metric_overflow: parking_lot::Mutex<std::collections::BTreeSet<String>>,
     /// Per case: received by the gateway actor, delivered, dropped. Keys are the routing table's
     /// cases (fixed at start) plus `other` for names the table does not know.
-    by_case: std::sync::OnceLock<std::collections::HashMap<String, ledger::CaseCells>>,
+    /// Fixed at start (no key comes from input), looked up per event: the fast hasher.
+    by_case: std::sync::OnceLock<crate::FastMap<String, ledger::CaseCells>>,
 }
 
 /// The per-case counter bucket of a case name the routing table does not know.
@@ -278,7 +279,7 @@ impl Counters {
 
     /// Sets the case names counted per case (once, at start).
     pub(crate) fn init_cases<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
-        let mut map: std::collections::HashMap<String, ledger::CaseCells> = names
+        let mut map: crate::FastMap<String, ledger::CaseCells> = names
             .into_iter()
             .map(|n| (n.to_owned(), Default::default()))
             .collect();

@@ -584,7 +584,10 @@ impl FlightRecorder {
     /// through it. The gateway does this once per event, a metric handler once per event it
     /// takes from its transport.
     pub fn attach(&self, ev: &mut EventRef) {
-        self.attach_all(std::slice::from_mut(ev));
+        // One event (the gateway actor's case): no ordering to build.
+        let shards = self.shards.read();
+        let cell = shards[shard_of(&ev.event_id, shards.len())].lock().cell(ev);
+        ev.journey = Some(cell);
     }
 
     /// [`FlightRecorder::attach`] for a batch, taking each shard's lock once.

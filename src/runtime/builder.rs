@@ -7,7 +7,8 @@ use super::*;
 #[derive(Debug)]
 pub struct GatewayBuilder {
     pub(super) config: GatewayConfig,
-    pub(super) case_handlers: HashMap<String, Arc<dyn CaseHandler>>,
+    /// Fixed at start (no key comes from input), looked up per metric/log event.
+    pub(super) case_handlers: crate::FastMap<String, Arc<dyn CaseHandler>>,
     pub(super) payload_store: Option<PayloadStore>,
     pub(super) sinks: Vec<(String, Option<String>, Arc<dyn TraceSink>)>,
     pub(super) transport: Option<TransportParts>,
@@ -28,7 +29,7 @@ impl GatewayBuilder {
     pub fn new(config: GatewayConfig) -> Self {
         GatewayBuilder {
             config,
-            case_handlers: HashMap::new(),
+            case_handlers: crate::FastMap::default(),
             payload_store: None,
             sinks: Vec::new(),
             transport: None,

@@ -56,7 +56,7 @@ use crate::transport::{EnvelopeSource, InProcessTransport, MetricTransport};
 use actix::prelude::*;
 use parking_lot::Mutex;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;

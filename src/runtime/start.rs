@@ -611,7 +611,7 @@ pub(super) struct ActorParts {
     pub(super) export: Arc<ExportHandles>,
     pub(super) store: PayloadStore,
     pub(super) dedups: Vec<DedupActor>,
-    pub(super) case_handlers: Arc<HashMap<String, Arc<dyn CaseHandler>>>,
+    pub(super) case_handlers: Arc<crate::FastMap<String, Arc<dyn CaseHandler>>>,
     pub(super) gw_rx: mpsc::Receiver<GatewayItem>,
     pub(super) trace_tx: mpsc::Sender<TraceItem>,
     pub(super) trace_rx: mpsc::Receiver<TraceItem>,
