@@ -32,6 +32,7 @@ fn an_out_of_range_value_in_a_file_names_the_key() {
             "[metric_pool]\npool_size = 100000\n",
             "metric_pool.pool_size",
         ),
+        ("[trace_batcher]\nshards = 100000\n", "trace_batcher.shards"),
         (
             "[gateway]\nqueue_capacity = 9223372036854775807\n",
             "gateway.queue_capacity",

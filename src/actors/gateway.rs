@@ -24,6 +24,7 @@ use bytes::Bytes;
 use serde_json::Value as Json;
 use tokio::sync::mpsc;
 
+use super::trace_batcher::TraceShards;
 use super::{Backpressure, GatewayItem, Shared, TraceItem};
 use crate::contracts::{
     JsonObject, Payload, PayloadFallback, SignalType, TelemetryEnvelope, MAX_FALLBACK_BYTES,
@@ -51,7 +52,7 @@ pub(crate) const INTERNED_IDS: usize = 4096;
 #[derive(Debug)]
 pub(crate) struct GatewayActor {
     shared: Arc<Shared>,
-    trace_tx: mpsc::Sender<TraceItem>,
+    trace_tx: TraceShards,
     transport: Arc<dyn MetricTransport>,
     store: PayloadStore,
     inline_threshold: usize,
@@ -67,7 +68,7 @@ pub(crate) struct GatewayActor {
 impl GatewayActor {
     pub(crate) fn new(
         shared: Arc<Shared>,
-        trace_tx: mpsc::Sender<TraceItem>,
+        trace_tx: TraceShards,
         transport: Arc<dyn MetricTransport>,
         store: PayloadStore,
         inline_threshold: usize,
@@ -139,10 +140,12 @@ impl GatewayActor {
                     to_enterprise,
                     ev,
                 };
-                match self.trace_tx.try_send(item) {
+                let tx = self.trace_tx.queue_for(&item.env);
+                match tx.try_send(item) {
                     Ok(()) => Counters::add(&c.routed_trace, 1),
                     Err(mpsc::error::TrySendError::Full(item)) => {
-                        self.wait_for_trace_room(item, ctx)
+                        let tx = tx.clone();
+                        self.wait_for_trace_room(tx, item, ctx)
                     }
                     Err(mpsc::error::TrySendError::Closed(item)) => {
                         c.settle(&item.ev, Holder::TracePath, closed_outcome("trace queue"));
@@ -163,10 +166,14 @@ impl GatewayActor {
         c.leave(Holder::Gateway);
     }
 
-    /// The trace queue is full: waits for room, taking nothing else meanwhile (see the module
-    /// docs). The event stays counted on the trace path while it waits.
-    fn wait_for_trace_room(&mut self, item: TraceItem, ctx: &mut Context<Self>) {
-        let tx = self.trace_tx.clone();
+    /// The shard's trace queue is full: waits for room, taking nothing else meanwhile (see the
+    /// module docs). The event stays counted on the trace path while it waits.
+    fn wait_for_trace_room(
+        &mut self,
+        tx: mpsc::Sender<TraceItem>,
+        item: TraceItem,
+        ctx: &mut Context<Self>,
+    ) {
         let send = self.backpressure.during(async move { tx.send(item).await });
         ctx.wait(send.into_actor(self).map(|sent, act, _ctx| {
             let c = &act.shared.counters;

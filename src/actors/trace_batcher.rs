@@ -26,12 +26,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::hash::BuildHasher;
+
 use actix::prelude::*;
 use opentelemetry_sdk::trace::SpanData;
+use tokio::sync::mpsc;
 
 use super::dedup::{DedupKey, MemoryDedup, Verdict};
 use super::{Backpressure, Shared, TraceItem};
-use crate::contracts::{JsonObject, Payload};
+use crate::contracts::{JsonObject, Payload, TelemetryEnvelope};
 use crate::diagnostics::ledger::{Holder, Outcome};
 use crate::diagnostics::recorder::{Detail, EventRef, Stage};
 use crate::diagnostics::{Counters, ReasonCode};
@@ -44,6 +47,48 @@ use crate::export::ExportHandles;
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub(crate) struct Drain;
+
+/// The queues of the batcher's shards (`trace_batcher.shards`), each read by one batcher actor
+/// on its own thread. The gateway actor is the only sender: when it stops, every shard's stream
+/// ends and the shard flushes.
+#[derive(Debug, Clone)]
+pub(crate) struct TraceShards {
+    queues: Vec<mpsc::Sender<TraceItem>>,
+}
+
+impl TraceShards {
+    /// `queues`: one per shard; `None` when there is none.
+    pub(crate) fn new(queues: Vec<mpsc::Sender<TraceItem>>) -> Option<Self> {
+        (!queues.is_empty()).then_some(TraceShards { queues })
+    }
+
+    /// The queue of the shard that takes `env`, picked by its trace id: the events of a trace
+    /// (a run) stay together, and a re-sent event (same ids) goes where its first copy went, to
+    /// the same memory dedup. An event without a trace id (never, once ids are resolved) goes by
+    /// its event id.
+    pub(crate) fn queue_for(&self, env: &TelemetryEnvelope) -> &mpsc::Sender<TraceItem> {
+        let n = self.queues.len() as u64;
+        let i = if n <= 1 {
+            0
+        } else {
+            let h = match &env.correlation.trace_id {
+                Some(t) => SHARD_HASH.hash_one(t.as_str()),
+                None => SHARD_HASH.hash_one(env.event_id.as_u128()),
+            };
+            h % n
+        };
+        // In bounds: `new` keeps at least one queue, and `i < n`.
+        &self.queues[i as usize]
+    }
+
+    /// Every shard's queue, for the probes (their depths summed).
+    pub(crate) fn queues(&self) -> &[mpsc::Sender<TraceItem>] {
+        &self.queues
+    }
+}
+
+/// The shard hash: fixed, so a shard's share does not change between runs of a test.
+const SHARD_HASH: foldhash::fast::FixedState = foldhash::fast::FixedState::with_seed(0x7472_6163);
 
 /// The trace batcher.
 #[derive(Debug)]
@@ -426,5 +471,58 @@ impl Handler<Drain> for TraceBatcherActor {
     fn handle(&mut self, _msg: Drain, ctx: &mut Context<Self>) {
         self.draining = true;
         self.flush(ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contracts::{TelemetryCase, TelemetryContext};
+
+    fn shards(n: usize) -> (TraceShards, Vec<mpsc::Receiver<TraceItem>>) {
+        let (txs, rxs) = (0..n).map(|_| mpsc::channel(1)).unzip();
+        (TraceShards::new(txs).expect("at least one shard"), rxs)
+    }
+
+    fn shard_of(s: &TraceShards, env: &TelemetryEnvelope) -> usize {
+        let q = s.queue_for(env);
+        s.queues()
+            .iter()
+            .position(|t| t.same_channel(q))
+            .expect("one of the shards")
+    }
+
+    #[test]
+    fn a_trace_keeps_its_shard_and_traces_spread_over_every_shard() {
+        assert!(TraceShards::new(Vec::new()).is_none());
+        let (s, _rxs) = shards(4);
+        let mut per_shard = [0usize; 4];
+        for run in 0..400 {
+            let event = |case, root| {
+                let mut env = TelemetryEnvelope::new(case, TelemetryContext::tenant("t"))
+                    .with_run_id(format!("run-{run}"));
+                crate::correlation::resolve(&mut env, root);
+                env
+            };
+            let first = shard_of(&s, &event(TelemetryCase::WorkflowRun, true));
+            for _ in 0..3 {
+                assert_eq!(
+                    shard_of(&s, &event(TelemetryCase::NodeExecution, false)),
+                    first
+                );
+            }
+            per_shard[first] += 1;
+        }
+        // 400 traces over 4 shards: each shard gets a fair share (100 expected).
+        assert!(
+            per_shard.iter().all(|&c| (60..=140).contains(&c)),
+            "{per_shard:?}"
+        );
+        // One shard takes everything, an event without a trace id too.
+        let (one, _rx) = shards(1);
+        let env = TelemetryEnvelope::new(TelemetryCase::AppCreated, TelemetryContext::tenant("t"));
+        assert_eq!(shard_of(&one, &env), 0);
+        // With several, such an event goes by its event id, the same way every time.
+        assert_eq!(shard_of(&s, &env), shard_of(&s, &env));
     }
 }

@@ -36,7 +36,7 @@ pub fn ceiling_of(key: &str) -> (u64, &'static str) {
         (MAX_BYTES, "bytes; 1 TiB")
     } else if matches!(
         field,
-        "pool_size" | "sink_concurrency" | "log_concurrency" | "max_offloads_in_flight"
+        "pool_size" | "shards" | "sink_concurrency" | "log_concurrency" | "max_offloads_in_flight"
     ) || field == "max_live_sinks"
     {
         (MAX_PARALLELISM, "threads, tasks or calls at once")

@@ -20,7 +20,7 @@ pub const DEFAULT_DEDUP_KEY_PREFIX: &str = "telemetry:dedup";
 /// Default of `dedup.timeout_ms`: the most one dedup call may take before failing open.
 pub const DEFAULT_DEDUP_TIMEOUT_MS: u64 = 50;
 
-/// Default of `dedup.memory_max_entries` (per handler).
+/// Default of `dedup.memory_max_entries` (per handler and per trace batcher shard).
 pub const DEFAULT_DEDUP_MEMORY_MAX_ENTRIES: usize = 100_000;
 
 /// Default of `dedup.reconnect_interval_ms`: how often a down Redis is tried again.
@@ -51,7 +51,7 @@ pub struct DedupSection {
     pub key_prefix: String,
     /// The most one dedup call may take; past it the event is processed (fail-open) and counted.
     pub timeout_ms: u64,
-    /// Entries kept per handler by the memory backend.
+    /// Entries kept per handler (and per trace batcher shard) by the memory backend.
     pub memory_max_entries: usize,
     /// How often a Redis that is down is tried again.
     pub reconnect_interval_ms: u64,

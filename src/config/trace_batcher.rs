@@ -19,6 +19,9 @@ pub const DEFAULT_SINK_QUEUE_BATCHES: usize = 16;
 /// Default of `trace_batcher.sink_concurrency`: export calls in flight per sink.
 pub const DEFAULT_SINK_CONCURRENCY: usize = 4;
 
+/// Default of `trace_batcher.shards`: batcher actors, each on its own thread.
+pub const DEFAULT_TRACE_SHARDS: usize = 1;
+
 /// Default of `trace_batcher.max_live_sinks`: tenant sinks kept open at once; the least recently
 /// used one is closed (and rebuilt on its tenant's next trace) to make room.
 pub const DEFAULT_MAX_LIVE_SINKS: usize = 64;
@@ -27,9 +30,15 @@ pub const DEFAULT_MAX_LIVE_SINKS: usize = 64;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TraceBatcherSection {
-    /// Trace events waiting for the batcher; when it is full the gateway actor waits for room
-    /// (the gateway queue fills, then `emit()` refuses).
+    /// Trace events waiting for the batcher, across its shards (each shard's queue holds an
+    /// equal part, rounded up); when a shard's is full the gateway actor waits for room (the
+    /// gateway queue fills, then `emit()` refuses).
     pub queue_capacity: usize,
+    /// Batcher actors, each on its own thread with its own queue, batches and memory dedup
+    /// (`dedup.memory_max_entries` each, as for a handler). An event goes to the shard its trace
+    /// id picks, so the events of one trace (a run) stay together and a re-sent event meets
+    /// its first copy. More shards map and encode spans on more cores.
+    pub shards: usize,
     /// A batch is flushed when this many events wait.
     pub max_batch_size: usize,
     /// ...or when the oldest waiting event has waited this long.
@@ -50,6 +59,7 @@ impl Default for TraceBatcherSection {
     fn default() -> Self {
         TraceBatcherSection {
             queue_capacity: DEFAULT_TRACE_QUEUE_CAPACITY,
+            shards: DEFAULT_TRACE_SHARDS,
             max_batch_size: DEFAULT_MAX_BATCH_SIZE,
             flush_interval_ms: DEFAULT_FLUSH_INTERVAL_MS,
             sink_queue_batches: DEFAULT_SINK_QUEUE_BATCHES,
@@ -64,6 +74,7 @@ impl TraceBatcherSection {
         at_least_one(&[
             ("trace_batcher.queue_capacity", self.queue_capacity as u64),
             ("trace_batcher.max_batch_size", self.max_batch_size as u64),
+            ("trace_batcher.shards", self.shards as u64),
             (
                 "trace_batcher.sink_queue_batches",
                 self.sink_queue_batches as u64,
@@ -75,5 +86,10 @@ impl TraceBatcherSection {
             ("trace_batcher.max_live_sinks", self.max_live_sinks as u64),
         ])?;
         greater_than_zero(&[("trace_batcher.flush_interval_ms", self.flush_interval_ms)])
+    }
+
+    /// Each shard's queue: an equal part of `queue_capacity`, rounded up (at least 1).
+    pub(crate) fn shard_queue_capacity(&self) -> usize {
+        self.queue_capacity.div_ceil(self.shards.max(1)).max(1)
     }
 }

@@ -29,7 +29,7 @@ use crate::actors::dedup::{DedupActor, DedupBuildError, MemoryDedup};
 use crate::actors::gateway::GatewayActor;
 use crate::actors::metric_handler::{CaseHandler, HandlerParts, MetricHandlerActor};
 use crate::actors::rehydrator::RehydratorActor;
-use crate::actors::trace_batcher::{Drain, TraceBatcherActor};
+use crate::actors::trace_batcher::{Drain, TraceBatcherActor, TraceShards};
 use crate::actors::{Backpressure, GatewayItem, Shared, TraceItem};
 use crate::config::SinkSection;
 #[cfg(feature = "redis")]

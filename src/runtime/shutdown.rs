@@ -244,19 +244,24 @@ fn lost_actors(lifecycle: &Lifecycle, deadline: Duration) -> Vec<String> {
     lost
 }
 
-/// Step 3: from here on the batcher flushes every event as it arrives (`Drain`: a control
-/// message, not awaited; its effect is observed through the gauges, and it is sent again if the
-/// mailbox refused it). Waits until no event is held by any stage, asking the log batcher to
+/// Step 3: from here on every batcher shard flushes each event as it arrives (`Drain`: a
+/// control message, not awaited; its effect is observed through the gauges, and it is sent again
+/// to a shard whose mailbox refused it). Waits until no event is held by any stage, asking the log batcher to
 /// export early meanwhile.
 fn drain_paths(lifecycle: &Lifecycle, counters: &Counters, by: &Deadline) -> bool {
-    let batcher = &lifecycle.actors.batcher;
-    let drain_sent = AtomicBool::new(batcher.try_send(Drain).is_ok());
+    let batchers = &lifecycle.actors.batchers;
+    let drain_sent: Vec<AtomicBool> = batchers
+        .iter()
+        .map(|b| AtomicBool::new(b.try_send(Drain).is_ok()))
+        .collect();
     let handles = lifecycle.export.handles.clone();
     let rt = lifecycle.export.rt.handle().clone();
     let last_nudge = Mutex::new(Instant::now() - LOG_NUDGE_INTERVAL);
     let nudge = || {
-        if !drain_sent.load(Ordering::Relaxed) {
-            drain_sent.store(batcher.try_send(Drain).is_ok(), Ordering::Relaxed);
+        for (batcher, sent) in batchers.iter().zip(&drain_sent) {
+            if !sent.load(Ordering::Relaxed) {
+                sent.store(batcher.try_send(Drain).is_ok(), Ordering::Relaxed);
+            }
         }
         let mut last = last_nudge.lock();
         if last.elapsed() >= LOG_NUDGE_INTERVAL {

@@ -60,8 +60,16 @@ impl GatewayBuilder {
         });
         // 9. The bounded queues, and the actor system on its own thread.
         let (gw_tx, gw_rx) = mpsc::channel::<GatewayItem>(cfg.gateway.queue_capacity);
-        let (trace_tx, trace_rx) = mpsc::channel::<TraceItem>(cfg.trace_batcher.queue_capacity);
-        let queues = queue_readers(&gw_tx, &trace_tx, &transport, &export);
+        let (trace_txs, trace_rxs): (Vec<_>, Vec<_>) = (0..cfg.trace_batcher.shards)
+            .map(|_| mpsc::channel::<TraceItem>(cfg.trace_batcher.shard_queue_capacity()))
+            .unzip();
+        let trace_shards = TraceShards::new(trace_txs).ok_or_else(|| {
+            StartError::Config(ConfigError::invalid(
+                "trace_batcher.shards",
+                "must be at least 1",
+            ))
+        })?;
+        let queues = queue_readers(&gw_tx, trace_shards.queues(), &transport, &export);
         let live = Arc::new(AtomicBool::new(true));
         let (system, thread, actors) = spawn_actor_system(
             ActorParts {
@@ -72,8 +80,8 @@ impl GatewayBuilder {
                 dedups,
                 case_handlers: Arc::new(case_handlers),
                 gw_rx,
-                trace_tx,
-                trace_rx,
+                trace_shards,
+                trace_rxs,
                 transport: transport.clone(),
                 sources: intake.sources,
             },
@@ -327,7 +335,7 @@ fn metric_transport(
 /// Step 9: how full each bounded queue is, for the probes.
 fn queue_readers(
     gw_tx: &mpsc::Sender<GatewayItem>,
-    trace_tx: &mpsc::Sender<TraceItem>,
+    trace_txs: &[mpsc::Sender<TraceItem>],
     transport: &Arc<dyn MetricTransport>,
     export: &ExportPipeline,
 ) -> Vec<(String, QueueReader)> {
@@ -338,7 +346,7 @@ fn queue_readers(
     let enterprise = &export.handles.enterprise_sink;
     vec![
         ("gateway".into(), weak_reader(gw_tx)),
-        ("trace".into(), weak_reader(trace_tx)),
+        ("trace".into(), weak_readers(trace_txs)),
         (
             "metric_log".into(),
             Box::new(move || Some((transport.queued(), transport.capacity()))),
@@ -549,7 +557,8 @@ pub(super) fn check_case_handlers<'a>(
 pub(super) struct Actors {
     #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     pub(super) gateway: Addr<GatewayActor>,
-    pub(super) batcher: Addr<TraceBatcherActor>,
+    /// One per `trace_batcher.shards`.
+    pub(super) batchers: Vec<Addr<TraceBatcherActor>>,
     /// Held for the gateway's lifetime: actix restarts a supervised actor only while its
     /// mailbox is connected, i.e. while some `Addr` to it is alive.
     pub(super) handlers: Vec<Addr<MetricHandlerActor>>,
@@ -597,10 +606,18 @@ pub(super) struct Lifecycle {
 
 /// A queue reader that does not keep the queue open.
 pub(super) fn weak_reader<T: Send + 'static>(tx: &mpsc::Sender<T>) -> QueueReader {
-    let weak = tx.downgrade();
+    weak_readers(std::slice::from_ref(tx))
+}
+
+/// One reader for several queues (the trace batcher's shards): their depths and capacities
+/// summed, while any of them is open.
+pub(super) fn weak_readers<T: Send + 'static>(txs: &[mpsc::Sender<T>]) -> QueueReader {
+    let weak: Vec<_> = txs.iter().map(mpsc::Sender::downgrade).collect();
     Box::new(move || {
-        weak.upgrade()
+        weak.iter()
+            .filter_map(|w| w.upgrade())
             .map(|t| (t.max_capacity() - t.capacity(), t.max_capacity()))
+            .reduce(|a, b| (a.0 + b.0, a.1 + b.1))
     })
 }
 
@@ -613,14 +630,16 @@ pub(super) struct ActorParts {
     pub(super) dedups: Vec<DedupActor>,
     pub(super) case_handlers: Arc<crate::FastMap<String, Arc<dyn CaseHandler>>>,
     pub(super) gw_rx: mpsc::Receiver<GatewayItem>,
-    pub(super) trace_tx: mpsc::Sender<TraceItem>,
-    pub(super) trace_rx: mpsc::Receiver<TraceItem>,
+    /// One queue per trace batcher shard.
+    pub(super) trace_shards: TraceShards,
+    pub(super) trace_rxs: Vec<mpsc::Receiver<TraceItem>>,
     pub(super) transport: Arc<dyn MetricTransport>,
     pub(super) sources: Vec<Box<dyn EnvelopeSource>>,
 }
 
-/// Starts every actor in the current actix system: the trace batcher, one arbiter per handler
-/// with its dedup, rehydrator and supervised metric handler, then the gateway actor.
+/// Starts every actor in the current actix system: one arbiter per trace batcher shard, one
+/// arbiter per handler with its dedup, rehydrator and supervised metric handler, then the
+/// gateway actor (on the system's own thread).
 pub(super) fn start_actors(parts: ActorParts) -> Actors {
     let ActorParts {
         cfg,
@@ -630,39 +649,41 @@ pub(super) fn start_actors(parts: ActorParts) -> Actors {
         dedups,
         case_handlers,
         gw_rx,
-        trace_tx,
-        trace_rx,
+        trace_shards,
+        trace_rxs,
         transport,
         sources,
     } = parts;
     let cfg = &cfg;
-    let batcher_dedup = MemoryDedup::new(
-        cfg.dedup.memory_max_entries,
-        Duration::from_secs(cfg.dedup.ttl_secs),
-    );
-    let (batcher_shared, batcher_export) = (shared.clone(), export.clone());
     let max_batch = cfg.trace_batcher.max_batch_size;
     let interval = Duration::from_millis(cfg.trace_batcher.flush_interval_ms);
-    let batcher_waits = Backpressure::default();
-    let waits = batcher_waits.clone();
-    let batcher = TraceBatcherActor::create(move |ctx| {
-        ctx.add_stream(tokio_stream::wrappers::ReceiverStream::new(trace_rx));
-        TraceBatcherActor::new(
-            batcher_shared,
-            batcher_export,
-            max_batch,
-            interval,
-            batcher_dedup,
-            waits,
-        )
-    });
-
     let mut arbiters = Vec::new();
     let mut handlers = Vec::new();
-    let mut liveness = vec![(
-        "trace_batcher".to_owned(),
-        alive_or_waiting(&batcher, batcher_waits),
-    )];
+    let mut liveness = Vec::new();
+    let mut batchers = Vec::new();
+    let sharded = trace_rxs.len() > 1;
+    for (index, trace_rx) in trace_rxs.into_iter().enumerate() {
+        let dedup = MemoryDedup::new(
+            cfg.dedup.memory_max_entries,
+            Duration::from_secs(cfg.dedup.ttl_secs),
+        );
+        let (shared, export) = (shared.clone(), export.clone());
+        let waits = Backpressure::default();
+        let batcher_waits = waits.clone();
+        let arbiter = Arbiter::new();
+        let batcher = TraceBatcherActor::start_in_arbiter(&arbiter.handle(), move |ctx| {
+            ctx.add_stream(tokio_stream::wrappers::ReceiverStream::new(trace_rx));
+            TraceBatcherActor::new(shared, export, max_batch, interval, dedup, batcher_waits)
+        });
+        let name = if sharded {
+            format!("trace_batcher[{index}]")
+        } else {
+            "trace_batcher".to_owned()
+        };
+        liveness.push((name, alive_or_waiting(&batcher, waits)));
+        batchers.push(batcher);
+        arbiters.push(arbiter);
+    }
     for (index, (source, dedup)) in sources.into_iter().zip(dedups).enumerate() {
         let arbiter = Arbiter::new();
         let h = arbiter.handle();
@@ -701,11 +722,11 @@ pub(super) fn start_actors(parts: ActorParts) -> Actors {
     let waits = gateway_waits.clone();
     let gateway = GatewayActor::create(move |ctx| {
         ctx.add_stream(tokio_stream::wrappers::ReceiverStream::new(gw_rx));
-        // The gateway owns the only sender of the trace queue: when it stops, the batcher's
-        // stream ends and the batcher flushes.
+        // The gateway owns the only senders of the trace queues: when it stops, every shard's
+        // stream ends and the shard flushes.
         GatewayActor::new(
             shared,
-            trace_tx,
+            trace_shards,
             transport,
             store,
             threshold,
@@ -719,7 +740,7 @@ pub(super) fn start_actors(parts: ActorParts) -> Actors {
     ));
     Actors {
         gateway,
-        batcher,
+        batchers,
         handlers,
         arbiters,
         liveness,

@@ -47,6 +47,56 @@ fn batches_flush_by_size_and_a_lone_event_flushes_by_time() {
 }
 
 #[test]
+fn sharded_batchers_deliver_each_event_once_and_catch_every_resend() {
+    // Four batcher shards: a trace event goes to the shard its trace id picks, so a re-sent
+    // event meets its first copy in that shard's memory dedup. If the shard were picked any
+    // other way, about three resends in four would reach a shard that never saw the event,
+    // and be delivered twice.
+    let (mut cfg, dir) = support::config(); // spans to the JSON lines file
+    cfg.trace_batcher.shards = 4;
+    cfg.trace_batcher.queue_capacity = 64; // 16 per shard: the gateway waits for room too
+    let gw = telemetry_gateway::start(cfg).unwrap();
+    let mut sent = Vec::new();
+    // 61 runs of 6 events: 366, not a multiple of the shard count, so not even a round robin
+    // would send a resend where its first copy went.
+    for r in 0..61 {
+        sent.push(run(r));
+        for _ in 0..5 {
+            sent.push(
+                TelemetryEnvelope::new(
+                    TelemetryCase::NodeExecution,
+                    TelemetryContext::tenant("t1"),
+                )
+                .with_run_id(format!("run-{r}")),
+            );
+        }
+    }
+    let n = sent.len() as u64;
+    for env in sent.iter().chain(&sent) {
+        gw.emit(env.clone()).unwrap();
+    }
+    let s = support::shut_down_balanced(&gw).stats;
+    assert_eq!(s.emitted, 2 * n);
+    assert_eq!(s.delivered, n, "{s:?}");
+    assert_eq!(s.dropped_for(ReasonCode::Duplicate), n, "{s:?}");
+    assert_eq!(s.dropped_total(), n, "{s:?}");
+    assert_eq!(s.exported.spans, n);
+    // Each event's span once, and the spans of a run in one trace.
+    let text = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
+    let spans: Vec<serde_json::Value> = text
+        .lines()
+        .filter(|l| l.contains("\"signal\":\"span\""))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ids = |field: &str| -> std::collections::HashSet<String> {
+        spans.iter().map(|s| s[field].to_string()).collect()
+    };
+    assert_eq!(spans.len() as u64, n);
+    assert_eq!(ids("span_id").len() as u64, n);
+    assert_eq!(ids("trace_id").len(), 61);
+}
+
+#[test]
 fn shutdown_exports_everything_and_later_emits_are_counted_drops() {
     let (cfg, dir) = support::config();
     let gw = telemetry_gateway::start(cfg).unwrap();
