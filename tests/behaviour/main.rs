@@ -12,6 +12,7 @@ mod diagnose_in_60_seconds;
 mod diagnostics_http;
 mod fuzz_properties;
 mod host_apps;
+mod independent_receiver;
 mod layering;
 mod otlp_export;
 mod payloads;
