@@ -358,7 +358,10 @@ mod tests {
             derive_trace_id("run-42").to_string(),
             "a1bd150aa1725074be8ba5b06cfbbdd1"
         );
-        assert_eq!(derive_root_span_id("run-42").to_string(), "ff5a63b0da295779");
+        assert_eq!(
+            derive_root_span_id("run-42").to_string(),
+            "ff5a63b0da295779"
+        );
         assert_eq!(
             derive_span_id("01890a5d-ac96-774b-bcce-b302099a8057").to_string(),
             "4c9640fe230a56ae"

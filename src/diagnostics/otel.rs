@@ -19,7 +19,9 @@ use super::probes::Probes;
 pub(crate) struct SelfHistograms {
     export_duration: opentelemetry::metrics::Histogram<f64>,
     export_batch_size: opentelemetry::metrics::Histogram<u64>,
-    emit_to_export: opentelemetry::metrics::Histogram<f64>,
+    /// Bound to `signal = "trace"` and `signal = "metric_log"`: recorded once per delivered
+    /// event, so the SDK's attribute lookup is done once here instead of at every record.
+    emit_to_export: [opentelemetry::metrics::BoundHistogram<f64>; 2],
 }
 
 impl SelfHistograms {
@@ -43,8 +45,11 @@ impl SelfHistograms {
         signal: crate::contracts::SignalType,
         d: std::time::Duration,
     ) {
-        self.emit_to_export
-            .record(d.as_secs_f64(), &[KeyValue::new("signal", signal.as_str())]);
+        let i = match signal {
+            crate::contracts::SignalType::Trace => 0,
+            crate::contracts::SignalType::MetricLog => 1,
+        };
+        self.emit_to_export[i].record(d.as_secs_f64());
     }
 }
 
@@ -71,7 +76,14 @@ pub(crate) fn register(provider: &SdkMeterProvider, probes: Arc<Probes>) {
             .with_description(help)
             .with_unit(unit)
             .build(),
-        emit_to_export: f64_histogram(&catalogue::EMIT_TO_EXPORT),
+        emit_to_export: {
+            let h = f64_histogram(&catalogue::EMIT_TO_EXPORT);
+            [
+                crate::contracts::SignalType::Trace,
+                crate::contracts::SignalType::MetricLog,
+            ]
+            .map(|s| h.bind(&[KeyValue::new("signal", s.as_str())]))
+        },
     };
     // One instance, shared by every exporter's stats and the emit-to-export recording.
     let _ = probes.counters.exporters.otel.set(hist);

@@ -938,9 +938,25 @@ impl Mapper {
             }
             match g.row.and_then(|row| i.by_case.get(row)) {
                 Some(CaseInstrument::Duration(h)) => {
+                    // A status with several values records them through a handle bound to its
+                    // attribute set: the SDK sorts, hashes and looks the set up once, not per
+                    // value (a histogram takes each value; a batch holds hundreds).
+                    let mut values = vec![0usize; by_status.len()];
+                    for (status, _) in &g.durations {
+                        if let Some(n) = values.get_mut(*status) {
+                            *n += 1;
+                        }
+                    }
+                    let bound: Vec<_> = by_status
+                        .iter()
+                        .zip(&values)
+                        .map(|(attrs, &n)| (n > 1).then(|| h.bind(attrs)))
+                        .collect();
                     for (status, v) in &g.durations {
-                        if let Some(attrs) = by_status.get(*status) {
-                            h.record(*v, attrs);
+                        match (bound.get(*status), by_status.get(*status)) {
+                            (Some(Some(b)), _) => b.record(*v),
+                            (_, Some(attrs)) => h.record(*v, attrs),
+                            _ => {}
                         }
                     }
                 }

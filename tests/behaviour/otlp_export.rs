@@ -156,6 +156,67 @@ fn a_workflow_run_with_nodes_arrives_as_one_trace_with_logs_and_metrics() {
     assert_eq!(report.stats.exported.log_records, 5);
 }
 
+#[test]
+fn a_batch_of_durations_arrives_whole_in_each_status_histogram() {
+    // One flush of 50 node executions, two statuses: each status's values are recorded through
+    // a handle bound to its attribute set (`Mapper::apply_metrics`); every value must arrive,
+    // under the right attributes.
+    let rx = OtlpReceiver::start();
+    let (mut cfg, _dir) = support::config();
+    cfg.otlp.endpoint = Some(rx.endpoint());
+    cfg.trace_batcher.flush_interval_ms = 2_000; // one flush, at shutdown
+    let gw = start(cfg).unwrap();
+    let ctx = TelemetryContext::tenant("acme").app("a");
+    for i in 1..=50u64 {
+        let (status, ms) = if i <= 40 {
+            ("succeeded", i)
+        } else {
+            ("failed", 100)
+        };
+        gw.emit(
+            TelemetryEnvelope::new(TelemetryCase::NodeExecution, ctx.clone())
+                .with_run_id("run-d")
+                .with_payload(
+                    json!({"node_id": format!("n{i}"), "status": status, "duration_ms": ms}),
+                ),
+        )
+        .unwrap();
+    }
+    let s = support::shut_down_balanced(&gw).stats;
+    assert_eq!(s.delivered, 50);
+    let r = rx.received();
+    let metric = r
+        .metrics
+        .iter()
+        .rev()
+        .find(|m| m.name == "app.node.duration")
+        .expect("the node duration histogram arrived");
+    let Some(Data::Histogram(h)) = &metric.data else {
+        panic!("not a histogram: {metric:?}")
+    };
+    let mut by_status = HashMap::new();
+    for p in &h.data_points {
+        assert_eq!(
+            attr_str(&p.attributes, "case").as_deref(),
+            Some("node_execution")
+        );
+        assert_eq!(
+            attr_str(&p.attributes, "tenant.id").as_deref(),
+            Some("acme")
+        );
+        assert_eq!(attr_str(&p.attributes, "app.id").as_deref(), Some("a"));
+        let status = attr_str(&p.attributes, "status").expect("a status");
+        by_status.insert(status, (p.count, p.sum.unwrap_or_default()));
+    }
+    assert_eq!(by_status.len(), 2, "{by_status:?}");
+    let (n, sum) = by_status["succeeded"];
+    assert_eq!(n, 40);
+    assert!((sum - 0.820).abs() < 1e-9, "{sum}"); // (1 + ... + 40) ms
+    let (n, sum) = by_status["failed"];
+    assert_eq!(n, 10);
+    assert!((sum - 1.0).abs() < 1e-9, "{sum}");
+}
+
 /// Ten workflow runs against a collector that answers every export with INVALID_ARGUMENT
 /// (HTTP 400 for the HTTP receiver): all ten are dropped as `export_rejected`, none retried.
 fn rejected_by(rx: &OtlpReceiver, protocol: telemetry_gateway::config::OtlpProtocol) {
