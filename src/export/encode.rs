@@ -78,6 +78,7 @@ mod kv {
     pub(super) const DOUBLE: u32 = 4;
 }
 
+#[inline]
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
@@ -86,10 +87,12 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
+#[inline]
 fn put_tag(out: &mut Vec<u8>, field: u32, wire: u32) {
     put_varint(out, u64::from((field << 3) | wire));
 }
 
+#[inline]
 fn put_bytes(out: &mut Vec<u8>, field: u32, b: &[u8]) {
     put_tag(out, field, LEN);
     put_varint(out, b.len() as u64);
@@ -97,22 +100,26 @@ fn put_bytes(out: &mut Vec<u8>, field: u32, b: &[u8]) {
 }
 
 /// A string field; an empty one is left out, as prost does for a plain (non-oneof) field.
+#[inline]
 fn put_str(out: &mut Vec<u8>, field: u32, s: &str) {
     if !s.is_empty() {
         put_bytes(out, field, s.as_bytes());
     }
 }
 
+#[inline]
 fn put_fixed64(out: &mut Vec<u8>, field: u32, v: u64) {
     put_tag(out, field, FIXED64);
     out.extend_from_slice(&v.to_le_bytes());
 }
 
+#[inline]
 fn put_fixed32(out: &mut Vec<u8>, field: u32, v: u32) {
     put_tag(out, field, FIXED32);
     out.extend_from_slice(&v.to_le_bytes());
 }
 
+#[inline]
 fn put_enum(out: &mut Vec<u8>, field: u32, v: i32) {
     if v != 0 {
         put_tag(out, field, VARINT);
@@ -131,6 +138,7 @@ pub(crate) enum AttrValue<'a> {
 }
 
 /// Writes an `AnyValue` message's content (a oneof: written even when it is a default value).
+#[inline]
 fn put_any_value(out: &mut Vec<u8>, v: AttrValue<'_>) {
     match v {
         AttrValue::Str(s) => put_bytes(out, kv::STRING, s.as_bytes()),
@@ -147,6 +155,7 @@ fn put_any_value(out: &mut Vec<u8>, v: AttrValue<'_>) {
 }
 
 /// The length of [`put_any_value`]'s output.
+#[inline]
 fn any_value_len(v: AttrValue<'_>) -> usize {
     match v {
         AttrValue::Str(s) => 1 + varint_len(s.len() as u64) + s.len(),
@@ -156,12 +165,14 @@ fn any_value_len(v: AttrValue<'_>) -> usize {
     }
 }
 
+#[inline]
 fn varint_len(v: u64) -> usize {
     // 1 byte per 7 bits, at least one.
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// A `KeyValue` message's content.
+#[inline]
 fn put_key_value(out: &mut Vec<u8>, key: &str, v: AttrValue<'_>) {
     put_str(out, kv::KEY, key);
     put_tag(out, kv::VALUE, LEN);
@@ -421,6 +432,34 @@ impl Frame {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_attribute_is_a_key_value_behind_a_blank_tag() {
+        use proptest::prelude::*;
+        let value = prop_oneof![
+            ".{0,300}".prop_map(|s: String| (s, 0u8, 0i64, 0f64)),
+            any::<bool>().prop_map(|b| (String::new(), 1 + u8::from(b), 0, 0.0)),
+            any::<i64>().prop_map(|i| (String::new(), 3, i, 0.0)),
+            any::<f64>().prop_map(|f| (String::new(), 4, 0, f)),
+        ];
+        proptest!(|(key in ".{0,200}", (s, kind, i, f) in value)| {
+            let v = match kind {
+                0 => AttrValue::Str(&s),
+                1 | 2 => AttrValue::Bool(kind == 2),
+                3 => AttrValue::I64(i),
+                _ => AttrValue::F64(f),
+            };
+            let mut attrs = Attributes::default();
+            attrs.push(&key, v);
+            let mut kv = Vec::new();
+            put_key_value(&mut kv, &key, v);
+            let mut expected = vec![0];
+            put_varint(&mut expected, kv.len() as u64);
+            expected.extend_from_slice(&kv);
+            prop_assert_eq!(&attrs.buf, &expected);
+            prop_assert_eq!(&attrs.starts, &vec![0]);
+        });
+    }
 
     #[test]
     fn varint_lengths_match_the_encoding() {
