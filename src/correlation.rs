@@ -36,13 +36,20 @@ fn first8(u: Uuid) -> [u8; 8] {
 
 const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
+/// An id's bytes (8 or 16) as hex.
 fn hex_of(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(HEX_DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(HEX_DIGITS[usize::from(b & 0x0f)]));
+    // Digits gathered on the stack and copied once: a `String::push` per char encodes each
+    // as UTF-8 on the way in.
+    let mut digits = [0u8; 32];
+    let n = (bytes.len() * 2).min(digits.len());
+    for (pair, b) in digits[..n].chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX_DIGITS[usize::from(b >> 4)];
+        pair[1] = HEX_DIGITS[usize::from(b & 0x0f)];
     }
-    s
+    // Hex digits are ASCII: the check passes.
+    std::str::from_utf8(&digits[..n])
+        .map(str::to_owned)
+        .unwrap_or_default()
 }
 
 fn nibble(c: u8) -> Option<u8> {

@@ -221,6 +221,17 @@ fn normalize(key: &str) -> SmallVec<[char; 48]> {
     }
 }
 
+/// How the values under one key are redacted (see [`Redactor::rule_of`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyRule {
+    /// A safe key: values pass as they are.
+    Safe,
+    /// A denied key: the whole value is replaced.
+    Denied,
+    /// Any other key: the parts matching a pattern are replaced.
+    Scanned,
+}
+
 impl Redactor {
     /// Builds a redactor from `[redaction]`, compiling every pattern once.
     pub fn from_config(cfg: &RedactionSection) -> Result<Redactor, RedactionError> {
@@ -321,14 +332,29 @@ impl Redactor {
     /// with the parts matching a pattern replaced, unless `key` is safe. Pass `""` as `key`
     /// for a value that has none (a log message). Borrows `value` when nothing is replaced.
     pub fn redact_str<'a>(&self, key: &str, value: &'a str) -> Cow<'a, str> {
+        self.redact_by(self.rule_of(key), value)
+    }
+
+    /// What the values under `key` go through: decided once for a key the caller uses for
+    /// every event (a payload's `status`, `error`), then applied with [`Redactor::redact_by`].
+    pub(crate) fn rule_of(&self, key: &str) -> KeyRule {
         let rev = normalize(key);
         if self.safe_normalized(&rev) {
-            return Cow::Borrowed(value);
+            KeyRule::Safe
+        } else if self.denied_normalized(&rev) {
+            KeyRule::Denied
+        } else {
+            KeyRule::Scanned
         }
-        if self.denied_normalized(&rev) {
-            return Cow::Owned(self.inner.replacement.to_string());
+    }
+
+    /// [`Redactor::redact_str`] for a key whose rule is known.
+    pub(crate) fn redact_by<'a>(&self, rule: KeyRule, value: &'a str) -> Cow<'a, str> {
+        match rule {
+            KeyRule::Safe => Cow::Borrowed(value),
+            KeyRule::Denied => Cow::Owned(self.inner.replacement.to_string()),
+            KeyRule::Scanned => self.redact_patterns(value),
         }
-        self.redact_patterns(value)
     }
 
     /// Replaces the parts of `value` matching any pattern. Overlapping matches (a JWT inside a

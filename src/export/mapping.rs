@@ -44,7 +44,7 @@ use crate::contracts::{
     CaseMetric, FieldValue, JsonObject, Payload, TelemetryCase, TelemetryEnvelope,
 };
 use crate::diagnostics::ReasonCode;
-use crate::redaction::Redactor;
+use crate::redaction::{KeyRule, Redactor};
 use crate::routing::RoutingTable;
 
 /// Payload fields that hold user content, redacted when `export.include_content = false`.
@@ -238,13 +238,17 @@ pub const MAX_CACHED_KEYS: usize = 4096;
 pub struct Mapper {
     ns: String,
     include_content: bool,
-    names: HashMap<String, CaseNames>,
+    /// Keys fixed at start: the fast hasher.
+    names: FastMap<String, CaseNames>,
     degraded_event: &'static str,
     slow_event: &'static str,
     instruments: Instruments,
     scope: InstrumentationScope,
     /// Applied to every payload value before it becomes an attribute, a status or a body.
     redactor: Redactor,
+    /// The redaction rules of the payload's `status` and `error` (every event reads them).
+    status_rule: KeyRule,
+    error_rule: KeyRule,
     /// Payload keys seen so far (bounded by [`MAX_CACHED_KEYS`]).
     keys: Arc<RwLock<FastMap<Box<str>, KeyInfo>>>,
     /// `{ns}.payload_ref`, the attribute of an offloaded payload's reference.
@@ -308,6 +312,8 @@ impl Mapper {
             slow_event: leak(format!("{ns}.slow_operation")),
             instruments: Instruments::new(meter, ns),
             scope: scope(),
+            status_rule: redactor.rule_of("status"),
+            error_rule: redactor.rule_of("error"),
             redactor,
             keys: Arc::default(),
             payload_ref_key: Key::from(format!("{ns}.payload_ref")),
@@ -646,7 +652,6 @@ impl Mapper {
         failed: Option<&str>,
         body: &mut String,
     ) -> (&'static str, Severity, &'static str) {
-        use std::fmt::Write as _;
         let event_name = if degraded.is_some() {
             self.degraded_event
         } else {
@@ -657,20 +662,26 @@ impl Mapper {
             (false, true) => (Severity::Error, "ERROR"),
             _ => (Severity::Info, "INFO"),
         };
+        // Written piece by piece: `core::fmt` costs more than these few copies.
         body.clear();
-        // Writing into a String cannot fail.
-        let _ = match (&degraded, failed) {
-            (Some(reason), _) => write!(body, "{} event degraded: {reason}", env.case),
-            (None, Some(err)) => write!(body, "{} failed: {}", env.case, truncate(err)),
-            _ => write!(
-                body,
-                "{} {}",
-                env.case,
-                status_of(payload).map_or(Cow::Borrowed("recorded"), |s| self
-                    .redactor
-                    .redact_str("status", s))
-            ),
-        };
+        body.push_str(env.case.as_str());
+        match (&degraded, failed) {
+            (Some(reason), _) => {
+                body.push_str(" event degraded: ");
+                body.push_str(reason.as_str());
+            }
+            (None, Some(err)) => {
+                body.push_str(" failed: ");
+                body.push_str(&truncate(err));
+            }
+            _ => {
+                body.push(' ');
+                match status_of(payload) {
+                    Some(s) => body.push_str(&self.redactor.redact_by(self.status_rule, s)),
+                    None => body.push_str("recorded"),
+                }
+            }
+        }
         (event_name, sev, text)
     }
 
@@ -816,7 +827,7 @@ impl Mapper {
 
     /// The failure message of a payload, redacted: it becomes a span status and a log body.
     fn error_of(&self, payload: Option<&JsonObject>) -> Option<String> {
-        error_of(payload).map(|e| match self.redactor.redact_str("error", &e) {
+        error_of(payload).map(|e| match self.redactor.redact_by(self.error_rule, &e) {
             Cow::Borrowed(_) => e,
             Cow::Owned(r) => r,
         })
