@@ -12,6 +12,13 @@
 # size, since the load generator runs the baseline in the same process after the gateway.
 #
 #   scripts/instructions.sh [SMALL LARGE]        (default 10000 30000)
+#   REPEAT=3 scripts/instructions.sh             (each run three times, the median kept;
+#                                                 for an even count the lower middle one)
+#
+# Since the trace batcher has a thread of its own, one build's trace figure moves by up to 4%
+# between runs (under valgrind, which runs one thread at a time, how many events a flush takes
+# follows the interleaving of the threads): REPEAT=3 takes the median of three runs of each
+# size, at three times the time.
 #
 # Prints one line per measurement and, last, a JSON object. Takes a few minutes. Needs
 # valgrind (the Debian package; installed when missing, as scripts/test.sh does).
@@ -30,14 +37,24 @@ bin=target/release/examples/loadgen
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
-# Total instructions (Ir, every thread) of one run of the load generator with these arguments.
+repeat="${REPEAT:-1}"
+case "$repeat" in
+  '' | *[!0-9]* | 0) echo "REPEAT must be a whole number of at least 1, not '$repeat'" >&2; exit 2 ;;
+esac
+
+# Total instructions (Ir, every thread) of the load generator with these arguments: the
+# median of REPEAT runs.
 ir() {
-  local out="$work/cg.$RANDOM"
-  valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" "$@" >/dev/null 2>"$out.err" || {
-    cat "$out.err" >&2
-    return 1
-  }
-  awk '/^(summary|totals):/ { print $2; exit }' "$out"
+  local i out totals=()
+  for ((i = 0; i < repeat; i++)); do
+    out="$work/cg.$RANDOM"
+    valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" "$@" >/dev/null 2>"$out.err" || {
+      cat "$out.err" >&2
+      return 1
+    }
+    totals+=("$(awk '/^(summary|totals):/ { print $2; exit }' "$out")")
+  done
+  printf '%s\n' "${totals[@]}" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
 }
 
 closed="--max-in-flight 5000"
@@ -81,6 +98,6 @@ echo "otel-bsp:        $bsp_noop instructions per event (noop exporter)" >&2
 echo "trace path:      $trace_otlp instructions per event (OTLP to an in-process receiver)" >&2
 echo "otel-bsp:        $bsp_otlp instructions per event (OTLP to an in-process receiver)" >&2
 echo "metric/log path: $metric instructions per event (memory dedup, noop exporter)" >&2
-printf '{"small":%s,"large":%s,"trace_ir_per_event":%s,"otel_bsp_ir_per_event":%s,"trace_vs_otel_bsp":%s,"trace_otlp_ir_per_event":%s,"otel_bsp_otlp_ir_per_event":%s,"trace_vs_otel_bsp_otlp":%s,"metric_ir_per_event":%s}\n' \
-  "$small" "$large" "$trace_noop" "$bsp_noop" "$(ratio "$bsp_noop" "$trace_noop")" \
+printf '{"small":%s,"large":%s,"repeat":%s,"trace_ir_per_event":%s,"otel_bsp_ir_per_event":%s,"trace_vs_otel_bsp":%s,"trace_otlp_ir_per_event":%s,"otel_bsp_otlp_ir_per_event":%s,"trace_vs_otel_bsp_otlp":%s,"metric_ir_per_event":%s}\n' \
+  "$small" "$large" "$repeat" "$trace_noop" "$bsp_noop" "$(ratio "$bsp_noop" "$trace_noop")" \
   "$trace_otlp" "$bsp_otlp" "$(ratio "$bsp_otlp" "$trace_otlp")" "$metric"
