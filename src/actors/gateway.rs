@@ -52,7 +52,7 @@ pub(crate) const INTERNED_IDS: usize = 4096;
 #[derive(Debug)]
 pub(crate) struct GatewayActor {
     shared: Arc<Shared>,
-    trace_tx: TraceShards,
+    trace_shards: TraceShards,
     transport: Arc<dyn MetricTransport>,
     store: PayloadStore,
     inline_threshold: usize,
@@ -68,7 +68,7 @@ pub(crate) struct GatewayActor {
 impl GatewayActor {
     pub(crate) fn new(
         shared: Arc<Shared>,
-        trace_tx: TraceShards,
+        trace_shards: TraceShards,
         transport: Arc<dyn MetricTransport>,
         store: PayloadStore,
         inline_threshold: usize,
@@ -77,7 +77,7 @@ impl GatewayActor {
     ) -> Self {
         GatewayActor {
             shared,
-            trace_tx,
+            trace_shards,
             transport,
             store,
             inline_threshold,
@@ -140,7 +140,7 @@ impl GatewayActor {
                     to_enterprise,
                     ev,
                 };
-                let tx = self.trace_tx.queue_for(&item.env);
+                let tx = self.trace_shards.queue_for(&item.env);
                 match tx.try_send(item) {
                     Ok(()) => Counters::add(&c.routed_trace, 1),
                     Err(mpsc::error::TrySendError::Full(item)) => {

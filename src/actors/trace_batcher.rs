@@ -23,10 +23,9 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
-
-use std::hash::BuildHasher;
 
 use actix::prelude::*;
 use opentelemetry_sdk::trace::SpanData;

@@ -952,21 +952,20 @@ impl Mapper {
                     // A status with several values records them through a handle bound to its
                     // attribute set: the SDK sorts, hashes and looks the set up once, not per
                     // value (a histogram takes each value; a batch holds hundreds).
-                    let mut values = vec![0usize; by_status.len()];
-                    for (status, _) in &g.durations {
-                        if let Some(n) = values.get_mut(*status) {
-                            *n += 1;
-                        }
-                    }
-                    let bound: Vec<_> = by_status
-                        .iter()
-                        .zip(&values)
-                        .map(|(attrs, &n)| (n > 1).then(|| h.bind(attrs)))
-                        .collect();
-                    for (status, v) in &g.durations {
-                        match (bound.get(*status), by_status.get(*status)) {
-                            (Some(Some(b)), _) => b.record(*v),
-                            (_, Some(attrs)) => h.record(*v, attrs),
+                    for (status, attrs) in by_status.iter().enumerate() {
+                        let mut values = g
+                            .durations
+                            .iter()
+                            .filter(|(s, _)| *s == status)
+                            .map(|(_, v)| *v);
+                        match (values.next(), values.next()) {
+                            (Some(v), None) => h.record(v, attrs),
+                            (Some(first), Some(second)) => {
+                                let bound = h.bind(attrs);
+                                for v in [first, second].into_iter().chain(values) {
+                                    bound.record(v);
+                                }
+                            }
                             _ => {}
                         }
                     }

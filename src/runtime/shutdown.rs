@@ -245,9 +245,9 @@ fn lost_actors(lifecycle: &Lifecycle, deadline: Duration) -> Vec<String> {
 }
 
 /// Step 3: from here on every batcher shard flushes each event as it arrives (`Drain`: a
-/// control message, not awaited; its effect is observed through the gauges, and it is sent again
-/// to a shard whose mailbox refused it). Waits until no event is held by any stage, asking the log batcher to
-/// export early meanwhile.
+/// control message, not awaited; its effect is observed through the gauges, and it is sent
+/// again to a shard whose mailbox refused it). Waits until no event is held by any stage,
+/// asking the log batcher to export early meanwhile.
 fn drain_paths(lifecycle: &Lifecycle, counters: &Counters, by: &Deadline) -> bool {
     let batchers = &lifecycle.actors.batchers;
     let drain_sent: Vec<AtomicBool> = batchers

@@ -237,20 +237,16 @@ fn an_independent_receiver_decodes_the_same_spans_and_log_records() {
 
     let (resources, theirs): (Vec<_>, Vec<_>) =
         theirs.into_iter().partition(|v| v["signal"] == "resource");
-    let their_spans = sorted(
-        theirs
-            .iter()
-            .filter(|v| v["signal"] == "span")
-            .cloned()
-            .collect(),
-    );
-    let their_logs = sorted(
-        theirs
-            .iter()
-            .filter(|v| v["signal"] == "log")
-            .cloned()
-            .collect(),
-    );
+    let of_signal = |signal: &str| {
+        sorted(
+            theirs
+                .iter()
+                .filter(|v| v["signal"] == signal)
+                .cloned()
+                .collect(),
+        )
+    };
+    let (their_spans, their_logs) = (of_signal("span"), of_signal("log"));
     let our_spans = sorted(received.spans.iter().map(span_json).collect());
     let our_logs = sorted(received.logs.iter().map(log_json).collect());
 
@@ -263,13 +259,11 @@ fn an_independent_receiver_decodes_the_same_spans_and_log_records() {
     assert_eq!(our_spans.len(), traces);
     assert!(our_logs.len() >= events.len(), "{}", our_logs.len());
     // Field by field, every one.
-    assert_eq!(their_spans.len(), our_spans.len());
-    for (a, b) in their_spans.iter().zip(&our_spans) {
-        assert_eq!(a, b);
-    }
-    assert_eq!(their_logs.len(), our_logs.len());
-    for (a, b) in their_logs.iter().zip(&our_logs) {
-        assert_eq!(a, b);
+    for (theirs, ours) in [(&their_spans, &our_spans), (&their_logs, &our_logs)] {
+        assert_eq!(theirs.len(), ours.len());
+        for (a, b) in theirs.iter().zip(ours) {
+            assert_eq!(a, b);
+        }
     }
     // What was compared holds what the events said: the failed node is an error with its
     // message, its attributes keep their types, the redaction held, a host's ids were kept.

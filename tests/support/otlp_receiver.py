@@ -128,17 +128,30 @@ class Out:
             self.file.flush()
 
 
+def canonical_request(signal, resources, scopes_of, items_of, canonical):
+    """Every item of an export request, each group behind its resource and scope."""
+    objects = []
+    for r in resources:
+        for scoped in scopes_of(r):
+            objects.append(canonical_resource(signal, r.resource, scoped.scope))
+            objects.extend(canonical(item) for item in items_of(scoped))
+    return objects
+
+
 class Traces(trace_service_pb2_grpc.TraceServiceServicer):
     def __init__(self, out):
         self.out = out
 
     def Export(self, request, context):
-        objects = []
-        for rs in request.resource_spans:
-            for ss in rs.scope_spans:
-                objects.append(canonical_resource("span", rs.resource, ss.scope))
-                objects.extend(canonical_span(s) for s in ss.spans)
-        self.out.write(objects)
+        self.out.write(
+            canonical_request(
+                "span",
+                request.resource_spans,
+                lambda r: r.scope_spans,
+                lambda s: s.spans,
+                canonical_span,
+            )
+        )
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
@@ -147,12 +160,15 @@ class Logs(logs_service_pb2_grpc.LogsServiceServicer):
         self.out = out
 
     def Export(self, request, context):
-        objects = []
-        for rl in request.resource_logs:
-            for sl in rl.scope_logs:
-                objects.append(canonical_resource("log", rl.resource, sl.scope))
-                objects.extend(canonical_log(r) for r in sl.log_records)
-        self.out.write(objects)
+        self.out.write(
+            canonical_request(
+                "log",
+                request.resource_logs,
+                lambda r: r.scope_logs,
+                lambda s: s.log_records,
+                canonical_log,
+            )
+        )
         return logs_service_pb2.ExportLogsServiceResponse()
 
 
